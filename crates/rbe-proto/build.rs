@@ -1,0 +1,20 @@
+//! Compiles rbe's internal .proto files with protox, so no system `protoc`
+//! is needed. Output is deterministic and needs neither network nor `.git`.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        root.join("rbe/casd/v1/casd.proto"),
+        root.join("google/rpc/error_details.proto"),
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let fds = protox::compile(&files, [&root])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
