@@ -1,1 +1,22 @@
-//! rbe-cas
+//! rbe's content-addressable store and action cache on local disk.
+//!
+//! - [`store::Store`]: blobs, verified on the way in (and on the way out when
+//!   configured), durable before they are indexed, LRU-bounded by size.
+//! - [`index::Index`]: the compact in-memory index behind FindMissingBlobs.
+//! - [`ac::ActionCache`]: action results, served only when complete.
+//! - [`uploads::Uploads`]: resumable ByteStream writes.
+//! - [`pins::Leases`]: protection from eviction for work in flight.
+//!
+//! The crate is synchronous; callers on an async runtime run its I/O on
+//! blocking threads. Nothing here knows about gRPC.
+#![warn(missing_docs)]
+
+pub mod ac;
+pub mod error;
+pub mod index;
+pub mod pins;
+pub mod store;
+pub mod uploads;
+
+pub use error::CasError;
+pub use store::{BlobReader, BlobWriter, Store, StoreConfig, StoreStats};

@@ -1,0 +1,577 @@
+//! The on-disk CAS: `<root>/cas.v1/<function>/<2 hex>/<64 hex>`, read-only
+//! files written as `<root>/tmp/<uuid>` and renamed into place only after
+//! their content has been hashed, checked and made durable.
+//!
+//! Durability order (so a crash never leaves a torn file under a blob's name):
+//! data written -> data synced -> rename -> directory synced -> index insert.
+//! The index, and so FindMissingBlobs, learns of a blob only after that.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use rbe_proto::{Digest, DigestFunction, Hasher};
+
+use crate::error::CasError;
+use crate::index::{Index, Key};
+
+/// Batches with at least this many new blobs use one `syncfs` per phase
+/// instead of one `fsync` per file: a batch of 1 KiB blobs is otherwise
+/// bounded by fsync latency, not by bandwidth.
+const SYNCFS_BATCH: usize = 8;
+
+/// Store settings (a subset of the daemon's validated config).
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Directory holding `cas.v1/`, `ac.v1/` and `tmp/`.
+    pub root: PathBuf,
+    /// Upper bound on stored bytes.
+    pub max_size: u64,
+    /// Eviction starts above `high_watermark * max_size` ...
+    pub high_watermark: f64,
+    /// ... and stops at `low_watermark * max_size`.
+    pub low_watermark: f64,
+    /// Hash every blob again while it is read, and refuse corrupt ones.
+    pub verify_reads: bool,
+}
+
+/// Live figures.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    /// Blobs indexed.
+    pub blobs: u64,
+    /// Bytes indexed.
+    pub bytes: u64,
+    /// Blobs evicted since start.
+    pub evicted: u64,
+    /// Corrupt files removed since start.
+    pub corrupt_removed: u64,
+    /// Pinned blobs.
+    pub pinned: u64,
+    /// True while the startup scan runs.
+    pub loading: bool,
+    /// Approximate heap used by the index.
+    pub index_heap_bytes: u64,
+}
+
+/// The content-addressable store.
+pub struct Store {
+    cfg: StoreConfig,
+    cas_dir: PathBuf,
+    tmp_dir: PathBuf,
+    index: Mutex<Index>,
+    // Serializes "rename into place + index insert" against "index miss +
+    // unlink" so eviction never deletes a blob that was just re-added.
+    rename_lock: Mutex<()>,
+    loading: AtomicBool,
+    evicting: AtomicBool,
+    evicted: AtomicU64,
+    corrupt_removed: AtomicU64,
+}
+
+fn io_err<'a>(op: &'static str, p: &'a Path, d: Option<&'a Digest>) -> impl FnOnce(std::io::Error) -> CasError + 'a {
+    move |e| CasError::io(op, p, e, d)
+}
+
+fn is_hex64(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn sync_dir(p: &Path) -> Result<(), CasError> {
+    File::open(p).and_then(|f| f.sync_all()).map_err(io_err("sync directory", p, None))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store and removes leftover temp files.
+    /// The index starts empty and in "loading" state; call
+    /// [`Store::load_index`] (typically on a background thread) to fill it.
+    pub fn open(cfg: StoreConfig) -> Result<Arc<Store>, CasError> {
+        let cas_dir = cfg.root.join("cas.v1");
+        let tmp_dir = cfg.root.join("tmp");
+        for f in DigestFunction::ALL {
+            for shard in 0..=255u8 {
+                let d = cas_dir.join(f.name()).join(hex::encode([shard]));
+                fs::create_dir_all(&d).map_err(io_err("create", &d, None))?;
+            }
+        }
+        fs::create_dir_all(&tmp_dir).map_err(io_err("create", &tmp_dir, None))?;
+        // Temp files are uploads that never completed; none was acknowledged.
+        let entries = fs::read_dir(&tmp_dir).map_err(io_err("read", &tmp_dir, None))?;
+        let mut removed = 0u64;
+        for e in entries.flatten() {
+            if fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed leftover temp files from an earlier run");
+        }
+        Ok(Arc::new(Store {
+            cfg,
+            cas_dir,
+            tmp_dir,
+            index: Mutex::new(Index::new()),
+            rename_lock: Mutex::new(()),
+            loading: AtomicBool::new(true),
+            evicting: AtomicBool::new(false),
+            evicted: AtomicU64::new(0),
+            corrupt_removed: AtomicU64::new(0),
+        }))
+    }
+
+    /// The store's configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Directory for temp files (same filesystem as the store).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    fn path(&self, k: &Key) -> PathBuf {
+        let hex = hex::encode(k.hash);
+        self.cas_dir.join(k.function.name()).join(&hex[..2]).join(hex)
+    }
+
+    fn high_bytes(&self) -> u64 {
+        (self.cfg.max_size as f64 * self.cfg.high_watermark) as u64
+    }
+
+    /// Scans the disk and fills the index, oldest files coldest. Files whose
+    /// names are not hashes are removed. Blobs added while this runs stay.
+    pub fn load_index(&self) -> Result<(), CasError> {
+        let started = std::time::Instant::now();
+        let mut found: Vec<(Key, u64, SystemTime)> = Vec::new();
+        for f in DigestFunction::ALL {
+            for shard in 0..=255u8 {
+                let dir = self.cas_dir.join(f.name()).join(hex::encode([shard]));
+                let entries = fs::read_dir(&dir).map_err(io_err("read", &dir, None))?;
+                for e in entries.flatten() {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    let mut hash = [0u8; 32];
+                    if !is_hex64(&name) || hex::decode_to_slice(name.as_bytes(), &mut hash).is_err() {
+                        tracing::warn!(path = %e.path().display(), "removing stray file from the CAS");
+                        let _ = fs::remove_file(e.path());
+                        continue;
+                    }
+                    let Ok(meta) = e.metadata() else { continue };
+                    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    found.push((Key { function: f, hash }, meta.len(), mtime));
+                }
+            }
+        }
+        // Newest first, each appended at the cold end: the oldest ends coldest.
+        found.sort_by(|a, b| b.2.cmp(&a.2));
+        {
+            let mut ix = self.index.lock();
+            ix.reserve(found.len());
+            for (k, size, _) in &found {
+                ix.insert(*k, *size, true);
+            }
+        }
+        self.loading.store(false, Ordering::Release);
+        tracing::info!(blobs = found.len(), elapsed_ms = started.elapsed().as_millis() as u64, "CAS index loaded");
+        self.maybe_evict();
+        Ok(())
+    }
+
+    /// Whether the index is still being loaded.
+    pub fn is_loading(&self) -> bool {
+        self.loading.load(Ordering::Acquire)
+    }
+
+    /// Whether the blob is present (a hit counts as a use). While the index
+    /// loads, a miss is checked on disk so the answer is never wrong.
+    pub fn contains(&self, d: &Digest) -> bool {
+        if d.is_empty_blob() {
+            return true;
+        }
+        let k = Key::from(d);
+        if let Some(size) = self.index.lock().touch(&k) {
+            return size == d.size;
+        }
+        if self.is_loading() {
+            if let Ok(meta) = fs::metadata(self.path(&k)) {
+                if meta.len() == d.size {
+                    self.index.lock().insert(k, d.size, false);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// The digests among `ds` that are not present.
+    pub fn find_missing(&self, ds: &[Digest]) -> Vec<Digest> {
+        if !self.is_loading() {
+            let mut ix = self.index.lock();
+            return ds
+                .iter()
+                .filter(|d| !d.is_empty_blob() && ix.touch(&Key::from(*d)) != Some(d.size))
+                .copied()
+                .collect();
+        }
+        ds.iter().filter(|d| !self.contains(d)).copied().collect()
+    }
+
+    /// Starts a streaming write; bytes are hashed as they arrive.
+    pub fn begin_write(self: &Arc<Self>, digest: Digest) -> Result<BlobWriter, CasError> {
+        if digest.size > self.high_bytes() {
+            return Err(CasError::NoSpace {
+                digest,
+                reason: format!("blob is larger than the store's bound of {} bytes", self.high_bytes()),
+            });
+        }
+        let tmp_path = self.tmp_dir.join(uuid::Uuid::new_v4().to_string());
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&tmp_path)
+            .map_err(io_err("create", &tmp_path, Some(&digest)))?;
+        Ok(BlobWriter {
+            store: Arc::clone(self),
+            digest,
+            tmp_path,
+            file: Some(file),
+            hasher: digest.function.hasher(),
+            written: 0,
+        })
+    }
+
+    /// Stores one blob whose bytes are all in memory (fsync'd before return).
+    pub fn put(self: &Arc<Self>, digest: Digest, data: &[u8]) -> Result<(), CasError> {
+        if self.contains(&digest) {
+            return Ok(());
+        }
+        let mut w = self.begin_write(digest)?;
+        w.write(data)?;
+        w.finish()
+    }
+
+    /// Stores many small blobs with two filesystem syncs in all, not two per
+    /// blob. Each result says whether that blob is now durably present.
+    pub fn put_batch(self: &Arc<Self>, items: &[(Digest, &[u8])]) -> Vec<Result<(), CasError>> {
+        let mut results: Vec<Result<(), CasError>> = Vec::with_capacity(items.len());
+        let mut pending: Vec<(usize, BlobWriter)> = Vec::new();
+        for (i, (d, data)) in items.iter().enumerate() {
+            if self.contains(d) {
+                results.push(Ok(()));
+                continue;
+            }
+            let r = self.begin_write(*d).and_then(|mut w| {
+                w.write(data)?;
+                w.verify()?;
+                Ok(w)
+            });
+            match r {
+                Ok(w) => {
+                    pending.push((i, w));
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if pending.len() < SYNCFS_BATCH {
+            for (i, w) in pending {
+                results[i] = w.finish();
+            }
+            return results;
+        }
+        if let Err(e) = self.syncfs() {
+            let msg = e.to_string();
+            for (i, _) in &pending {
+                results[*i] = Err(CasError::Io { op: "syncfs", path: msg.clone(), source: std::io::Error::other("sync failed") });
+            }
+            return results;
+        }
+        let mut placed = Vec::with_capacity(pending.len());
+        for (i, mut w) in pending {
+            match w.rename_into_place() {
+                Ok(()) => placed.push((i, w)),
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        let synced = self.syncfs();
+        for (i, mut w) in placed {
+            match &synced {
+                Ok(()) => w.publish(),
+                Err(e) => results[i] = Err(CasError::Io { op: "syncfs", path: e.to_string(), source: std::io::Error::other("sync failed") }),
+            }
+        }
+        self.maybe_evict();
+        results
+    }
+
+    fn syncfs(&self) -> Result<(), CasError> {
+        let f = File::open(&self.tmp_dir).map_err(io_err("open", &self.tmp_dir, None))?;
+        rustix::fs::syncfs(&f).map_err(|e| CasError::io("syncfs", &self.tmp_dir, e.into(), None))
+    }
+
+    /// Opens a blob for a verified, chunked read of `[offset, offset+limit)`
+    /// (`limit` 0 means to the end).
+    pub fn reader(self: &Arc<Self>, d: Digest, offset: u64, limit: u64) -> Result<BlobReader, CasError> {
+        let end = if limit == 0 { d.size } else { d.size.min(offset.saturating_add(limit)) };
+        if d.is_empty_blob() {
+            return Ok(BlobReader { store: Arc::clone(self), digest: d, file: None, hasher: None, pos: 0, offset: 0, end: 0 });
+        }
+        let k = Key::from(&d);
+        let path = self.path(&k);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.index.lock().remove(&k);
+                return Err(CasError::NotFound(d));
+            }
+            Err(e) => return Err(CasError::io("open", &path, e, Some(&d))),
+        };
+        let len = file.metadata().map_err(io_err("stat", &path, Some(&d)))?.len();
+        if len != d.size {
+            self.quarantine(&d);
+            return Err(CasError::Corrupt(d));
+        }
+        self.index.lock().touch(&k);
+        let verify = self.cfg.verify_reads;
+        // Verification needs every byte, so a verified ranged read still
+        // hashes from the start; unverified reads seek.
+        let pos = if verify { 0 } else { offset.min(end) };
+        if pos > 0 {
+            file.seek(SeekFrom::Start(pos)).map_err(io_err("seek", &path, Some(&d)))?;
+        }
+        Ok(BlobReader {
+            store: Arc::clone(self),
+            digest: d,
+            file: Some(file),
+            hasher: verify.then(|| d.function.hasher()),
+            pos,
+            offset,
+            end,
+        })
+    }
+
+    /// Reads a whole blob into memory, verified.
+    pub fn read_all(self: &Arc<Self>, d: Digest) -> Result<Vec<u8>, CasError> {
+        let mut r = self.reader(d, 0, 0)?;
+        let mut out = Vec::with_capacity(d.size as usize);
+        while let Some(chunk) = r.next_chunk(1 << 20)? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Removes a blob found corrupt so it is never served again.
+    pub fn quarantine(&self, d: &Digest) {
+        let k = Key::from(d);
+        let _g = self.rename_lock.lock();
+        self.index.lock().remove(&k);
+        let p = self.path(&k);
+        if fs::remove_file(&p).is_ok() {
+            self.corrupt_removed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(digest = %d, path = %p.display(), "corrupt blob removed from the CAS");
+        }
+    }
+
+    /// Pins present blobs against eviction; returns those that are absent.
+    pub fn pin(&self, ds: &[Digest]) -> Vec<Digest> {
+        let mut ix = self.index.lock();
+        ds.iter().filter(|d| !d.is_empty_blob() && !ix.pin(&Key::from(*d))).copied().collect()
+    }
+
+    /// Releases pins taken with [`Store::pin`].
+    pub fn unpin(&self, ds: &[Digest]) {
+        let mut ix = self.index.lock();
+        for d in ds {
+            ix.unpin(&Key::from(d));
+        }
+    }
+
+    /// Live figures.
+    pub fn stats(&self) -> StoreStats {
+        let ix = self.index.lock();
+        StoreStats {
+            blobs: ix.len() as u64,
+            bytes: ix.bytes(),
+            evicted: self.evicted.load(Ordering::Relaxed),
+            corrupt_removed: self.corrupt_removed.load(Ordering::Relaxed),
+            pinned: ix.pinned(),
+            loading: self.is_loading(),
+            index_heap_bytes: ix.heap_bytes() as u64,
+        }
+    }
+
+    /// Evicts down to the low watermark when above the high one.
+    pub fn maybe_evict(&self) {
+        if self.index.lock().bytes() <= self.high_bytes() {
+            return;
+        }
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let low = (self.cfg.max_size as f64 * self.cfg.low_watermark) as u64;
+        let victims = self.index.lock().evict_to(low);
+        let mut freed = 0u64;
+        for v in &victims {
+            let _g = self.rename_lock.lock();
+            // A writer may have put the blob back since it was chosen.
+            if self.index.lock().peek(&v.key).is_none() && fs::remove_file(self.path(&v.key)).is_ok() {
+                freed += v.size;
+            }
+        }
+        self.evicted.fetch_add(victims.len() as u64, Ordering::Relaxed);
+        self.evicting.store(false, Ordering::Release);
+        tracing::info!(evicted = victims.len(), freed_bytes = freed, "evicted least recently used blobs");
+    }
+}
+
+/// A blob being written: bytes go to a temp file and through the hasher.
+/// Dropping it without [`BlobWriter::finish`] deletes the temp file.
+pub struct BlobWriter {
+    store: Arc<Store>,
+    digest: Digest,
+    tmp_path: PathBuf,
+    file: Option<File>,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl BlobWriter {
+    /// The blob being written.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends bytes; refuses more than the digest's size.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), CasError> {
+        let received = self.written + data.len() as u64;
+        if received > self.digest.size {
+            return Err(CasError::TooLarge { digest: self.digest, received });
+        }
+        let file = self.file.as_mut().ok_or_else(|| CasError::io("write", &self.tmp_path, std::io::Error::other("writer already closed"), None))?;
+        file.write_all(data).map_err(|e| CasError::io("write", &self.tmp_path, e, Some(&self.digest)))?;
+        self.hasher.update(data);
+        self.written = received;
+        Ok(())
+    }
+
+    /// Checks size and hash of everything written.
+    fn verify(&mut self) -> Result<(), CasError> {
+        let hash = self.hasher.clone().finish();
+        if self.written != self.digest.size || hash != self.digest.hash {
+            return Err(CasError::DigestMismatch {
+                expected: self.digest,
+                actual_hash: hex::encode(hash),
+                actual_size: self.written,
+            });
+        }
+        Ok(())
+    }
+
+    fn rename_into_place(&mut self) -> Result<(), CasError> {
+        self.file = None;
+        let dest = self.store.path(&Key::from(&self.digest));
+        let _g = self.store.rename_lock.lock();
+        fs::rename(&self.tmp_path, &dest).map_err(|e| CasError::io("rename", &dest, e, Some(&self.digest)))?;
+        // From here the temp name is gone; Drop must not try to delete it.
+        self.tmp_path = PathBuf::new();
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        self.store.index.lock().insert(Key::from(&self.digest), self.digest.size, false);
+    }
+
+    /// Verifies, makes durable, moves into place and indexes the blob.
+    pub fn finish(mut self) -> Result<(), CasError> {
+        self.verify()?;
+        if let Some(f) = self.file.as_ref() {
+            f.sync_all().map_err(|e| CasError::io("fsync", &self.tmp_path, e, Some(&self.digest)))?;
+        }
+        self.rename_into_place()?;
+        let dest = self.store.path(&Key::from(&self.digest));
+        if let Some(dir) = dest.parent() {
+            sync_dir(dir)?;
+        }
+        self.publish();
+        self.store.maybe_evict();
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.tmp_path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// A verified chunked reader over one blob.
+pub struct BlobReader {
+    store: Arc<Store>,
+    digest: Digest,
+    file: Option<File>,
+    hasher: Option<Hasher>,
+    pos: u64,
+    offset: u64,
+    end: u64,
+}
+
+impl BlobReader {
+    /// The next chunk of the requested range, `None` at its end. With
+    /// verification on, reading past the range's end happens internally to
+    /// finish the hash, and a mismatch is an error (the blob is removed).
+    pub fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>, CasError> {
+        loop {
+            let Some(file) = self.file.as_mut() else { return Ok(None) };
+            let total = if self.hasher.is_some() { self.digest.size } else { self.end };
+            if self.pos >= total {
+                self.file = None;
+                if let Some(h) = self.hasher.take() {
+                    if h.finish() != self.digest.hash {
+                        self.store.quarantine(&self.digest);
+                        return Err(CasError::Corrupt(self.digest));
+                    }
+                }
+                return Ok(None);
+            }
+            let want = (total - self.pos).min(max as u64) as usize;
+            let mut buf = vec![0u8; want];
+            let mut got = 0;
+            while got < want {
+                let n = file.read(&mut buf[got..]).map_err(|e| CasError::io("read", Path::new("blob"), e, Some(&self.digest)))?;
+                if n == 0 {
+                    self.store.quarantine(&self.digest);
+                    return Err(CasError::Corrupt(self.digest));
+                }
+                got += n;
+            }
+            if let Some(h) = self.hasher.as_mut() {
+                h.update(&buf);
+            }
+            let start = self.pos;
+            self.pos += want as u64;
+            // Keep only the part inside [offset, end).
+            let lo = self.offset.max(start);
+            let hi = self.end.min(self.pos);
+            if lo >= hi {
+                continue;
+            }
+            if lo == start && hi == self.pos {
+                return Ok(Some(buf));
+            }
+            return Ok(Some(buf[(lo - start) as usize..(hi - start) as usize].to_vec()));
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Store behaviour on a real filesystem.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use rbe_cas::{CasError, Store, StoreConfig};
+use rbe_proto::{Digest, DigestFunction};
+
+fn open(dir: &std::path::Path, max: u64) -> Arc<Store> {
+    let s = Store::open(StoreConfig { root: dir.to_path_buf(), max_size: max, high_watermark: 0.9, low_watermark: 0.5, verify_reads: true })
+        .expect("open");
+    s.load_index().expect("load");
+    s
+}
+
+fn blob_path(dir: &std::path::Path, d: &Digest) -> std::path::PathBuf {
+    let h = d.hex();
+    dir.join("cas.v1").join(d.function.name()).join(&h[..2]).join(h)
+}
+
+#[test]
+fn put_read_and_readonly_inode() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1 << 30);
+    for f in DigestFunction::ALL {
+        let d = Digest::of(f, b"hello");
+        assert!(!s.contains(&d));
+        s.put(d, b"hello").expect("put");
+        assert!(s.contains(&d));
+        assert_eq!(s.read_all(d).expect("read"), b"hello");
+        let mode = std::fs::metadata(blob_path(t.path(), &d)).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o222, 0, "CAS files are read-only");
+    }
+    assert!(s.contains(&Digest::empty(DigestFunction::Sha256)));
+}
+
+#[test]
+fn wrong_content_is_refused_and_leaves_nothing() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1 << 30);
+    let d = Digest::of(DigestFunction::Sha256, b"hello");
+    assert!(matches!(s.put(d, b"hellp"), Err(CasError::DigestMismatch { .. })));
+    assert!(matches!(s.put(d, b"hello!"), Err(CasError::TooLarge { .. })));
+    assert!(!s.contains(&d));
+    assert_eq!(std::fs::read_dir(t.path().join("tmp")).expect("ls").count(), 0);
+}
+
+#[test]
+fn corrupt_file_is_detected_and_removed() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1 << 30);
+    let d = Digest::of(DigestFunction::Sha256, b"precious bytes");
+    s.put(d, b"precious bytes").expect("put");
+    let p = blob_path(t.path(), &d);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(&p, b"PRECIOUS bytes").expect("corrupt");
+    assert!(matches!(s.read_all(d), Err(CasError::Corrupt(_))));
+    assert!(!s.contains(&d));
+    assert!(!p.exists());
+}
+
+#[test]
+fn restart_rebuilds_index_and_cleans_temp_files() {
+    let t = tempfile::tempdir().expect("tmp");
+    let d = Digest::of(DigestFunction::Blake3, b"survivor");
+    {
+        let s = open(t.path(), 1 << 30);
+        s.put(d, b"survivor").expect("put");
+        let _w = s.begin_write(Digest::of(DigestFunction::Sha256, b"torn")).expect("begin");
+        std::mem::forget(_w); // simulate a crash mid-upload: temp file stays
+    }
+    assert_eq!(std::fs::read_dir(t.path().join("tmp")).expect("ls").count(), 1);
+    let s = open(t.path(), 1 << 30);
+    assert_eq!(std::fs::read_dir(t.path().join("tmp")).expect("ls").count(), 0);
+    assert!(s.contains(&d));
+    assert_eq!(s.stats().blobs, 1);
+}
+
+#[test]
+fn lru_eviction_respects_watermarks_and_pins() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1000); // high 900, low 500
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..9u8).map(|i| {
+        let data = vec![i; 100];
+        (Digest::of(DigestFunction::Sha256, &data), data)
+    }).collect();
+    for (d, data) in &blobs[..8] {
+        s.put(*d, data).expect("put");
+    }
+    assert!(s.pin(&[blobs[0].0]).is_empty());
+    assert!(s.contains(&blobs[1].0)); // touch: 1 becomes recent
+    s.put(blobs[8].0, &blobs[8].1).expect("put"); // 900 bytes: not above high
+    assert_eq!(s.stats().blobs, 9);
+    let extra = vec![42u8; 100];
+    let de = Digest::of(DigestFunction::Sha256, &extra);
+    s.put(de, &extra).expect("put"); // 1000 > 900: evict to 500
+    let st = s.stats();
+    assert!(st.bytes <= 500, "{st:?}");
+    assert!(s.contains(&blobs[0].0), "pinned survives");
+    assert!(s.contains(&blobs[1].0), "recently used survives");
+    assert!(s.contains(&de), "newest survives");
+    assert!(!s.contains(&blobs[2].0), "oldest unpinned goes");
+    assert!(!blob_path(t.path(), &blobs[2].0).exists());
+}
+
+#[test]
+fn batch_put_with_syncfs() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1 << 30);
+    let datas: Vec<Vec<u8>> = (0..50u32).map(|i| i.to_le_bytes().repeat(10)).collect();
+    let mut items: Vec<(Digest, &[u8])> = datas.iter().map(|d| (Digest::of(DigestFunction::Sha256, d), d.as_slice())).collect();
+    items[3].1 = b"wrong";
+    let res = s.put_batch(&items);
+    assert!(matches!(res[3], Err(CasError::DigestMismatch { .. })));
+    assert_eq!(res.iter().filter(|r| r.is_ok()).count(), 49);
+    assert_eq!(s.find_missing(&items.iter().map(|i| i.0).collect::<Vec<_>>()), vec![items[3].0]);
+}
+
+#[test]
+fn ranged_reads() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1 << 30);
+    let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+    let d = Digest::of(DigestFunction::Sha256, &data);
+    s.put(d, &data).expect("put");
+    let mut r = s.reader(d, 1234, 5000).expect("reader");
+    let mut got = Vec::new();
+    while let Some(c) = r.next_chunk(777).expect("chunk") {
+        got.extend(c);
+    }
+    assert_eq!(got, &data[1234..6234]);
+}
