@@ -29,11 +29,16 @@ pub struct ActionCache {
 }
 
 /// Every CAS digest an action result references, for completeness checks.
-fn referenced(store: &Arc<Store>, f: DigestFunction, ar: &ActionResult) -> Result<Vec<Digest>, CasError> {
+fn referenced(
+    store: &Arc<Store>,
+    f: DigestFunction,
+    ar: &ActionResult,
+) -> Result<Vec<Digest>, CasError> {
     let mut out = Vec::new();
     let mut push = |d: Option<&rbe_proto::reapi::Digest>| -> Result<(), CasError> {
         if let Some(d) = d {
-            let d = Digest::from_reapi(f, d).map_err(|_| CasError::BadActionResult(Digest::empty(f)))?;
+            let d = Digest::from_reapi(f, d)
+                .map_err(|_| CasError::BadActionResult(Digest::empty(f)))?;
             out.push(d);
         }
         Ok(())
@@ -46,7 +51,8 @@ fn referenced(store: &Arc<Store>, f: DigestFunction, ar: &ActionResult) -> Resul
     let mut trees = Vec::new();
     for o in &ar.output_directories {
         if let Some(t) = o.tree_digest.as_ref() {
-            let t = Digest::from_reapi(f, t).map_err(|_| CasError::BadActionResult(Digest::empty(f)))?;
+            let t = Digest::from_reapi(f, t)
+                .map_err(|_| CasError::BadActionResult(Digest::empty(f)))?;
             trees.push(t);
         }
     }
@@ -76,7 +82,11 @@ impl ActionCache {
 
     fn path(&self, partition: &str, d: &Digest) -> PathBuf {
         let hex = d.hex();
-        self.dir.join(partition).join(d.function.name()).join(&hex[..2]).join(hex)
+        self.dir
+            .join(partition)
+            .join(d.function.name())
+            .join(&hex[..2])
+            .join(hex)
     }
 
     /// Looks a result up; `Ok(None)` when absent or incomplete.
@@ -115,7 +125,11 @@ impl ActionCache {
         }
         let tmp = self.store.tmp_dir().join(uuid::Uuid::new_v4().to_string());
         let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o444).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&tmp)?;
             f.write_all(&ar.encode_to_vec())?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;

@@ -55,11 +55,23 @@ pub enum CasError {
 
 impl CasError {
     /// Wraps an I/O error, mapping a full disk to [`CasError::NoSpace`].
-    pub fn io(op: &'static str, path: &std::path::Path, source: std::io::Error, digest: Option<&Digest>) -> Self {
+    pub fn io(
+        op: &'static str,
+        path: &std::path::Path,
+        source: std::io::Error,
+        digest: Option<&Digest>,
+    ) -> Self {
         if let (Some(28), Some(d)) = (source.raw_os_error(), digest) {
             // ENOSPC
-            return CasError::NoSpace { digest: *d, reason: format!("{op} {}: disk full", path.display()) };
+            return CasError::NoSpace {
+                digest: *d,
+                reason: format!("{op} {}: disk full", path.display()),
+            };
         }
-        CasError::Io { op, path: path.display().to_string(), source }
+        CasError::Io {
+            op,
+            path: path.display().to_string(),
+            source,
+        }
     }
 }

@@ -23,7 +23,10 @@ pub struct Key {
 
 impl From<&Digest> for Key {
     fn from(d: &Digest) -> Self {
-        Key { function: d.function, hash: d.hash }
+        Key {
+            function: d.function,
+            hash: d.hash,
+        }
     }
 }
 
@@ -111,7 +114,9 @@ impl Index {
 
     fn find(&self, k: &Key) -> Option<u32> {
         let slab = &self.slab;
-        self.table.find(hash_key(k), |&i| slab[i as usize].key == *k).copied()
+        self.table
+            .find(hash_key(k), |&i| slab[i as usize].key == *k)
+            .copied()
     }
 
     fn unlink(&mut self, i: u32) {
@@ -167,7 +172,13 @@ impl Index {
         if self.touch(&k).is_some() {
             return;
         }
-        let entry = Entry { size, prev: NIL, next: NIL, pins: 0, key: k };
+        let entry = Entry {
+            size,
+            prev: NIL,
+            next: NIL,
+            pins: 0,
+            key: k,
+        };
         let i = match self.free.pop() {
             Some(i) => {
                 self.slab[i as usize] = entry;
@@ -179,7 +190,8 @@ impl Index {
             }
         };
         let slab = &self.slab;
-        self.table.insert_unique(hash_key(&k), i, |&j| hash_key(&slab[j as usize].key));
+        self.table
+            .insert_unique(hash_key(&k), i, |&j| hash_key(&slab[j as usize].key));
         if as_oldest && self.tail != NIL {
             let t = self.tail;
             self.slab[i as usize].prev = t;
@@ -194,7 +206,10 @@ impl Index {
     /// Removes a blob; returns its size if it was present.
     pub fn remove(&mut self, k: &Key) -> Option<u64> {
         let slab = &self.slab;
-        let entry = self.table.find_entry(hash_key(k), |&i| slab[i as usize].key == *k).ok()?;
+        let entry = self
+            .table
+            .find_entry(hash_key(k), |&i| slab[i as usize].key == *k)
+            .ok()?;
         let (i, _) = entry.remove();
         self.unlink(i);
         let e = &self.slab[i as usize];
@@ -270,7 +285,10 @@ mod tests {
         let mut hash = [0u8; 32];
         hash[0] = n;
         hash[31] = n;
-        Key { function: DigestFunction::Sha256, hash }
+        Key {
+            function: DigestFunction::Sha256,
+            hash,
+        }
     }
 
     #[test]

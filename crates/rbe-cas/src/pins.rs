@@ -21,13 +21,20 @@ pub struct Leases {
 impl Leases {
     /// A table whose leases last at most `max_ttl`.
     pub fn new(store: Arc<Store>, max_ttl: Duration) -> Self {
-        Leases { store, leases: Mutex::new(HashMap::new()), max_ttl }
+        Leases {
+            store,
+            leases: Mutex::new(HashMap::new()),
+            max_ttl,
+        }
     }
 
     /// Pins what is present; returns the lease id and the absent digests.
     pub fn pin(&self, digests: Vec<Digest>, ttl: Duration) -> (String, Vec<Digest>) {
         let missing = self.store.pin(&digests);
-        let pinned: Vec<Digest> = digests.into_iter().filter(|d| !missing.contains(d) && !d.is_empty_blob()).collect();
+        let pinned: Vec<Digest> = digests
+            .into_iter()
+            .filter(|d| !missing.contains(d) && !d.is_empty_blob())
+            .collect();
         let id = uuid::Uuid::new_v4().to_string();
         let until = Instant::now() + ttl.min(self.max_ttl);
         self.leases.lock().insert(id.clone(), (pinned, until));
@@ -50,8 +57,14 @@ impl Leases {
         let now = Instant::now();
         let expired: Vec<Vec<Digest>> = {
             let mut l = self.leases.lock();
-            let ids: Vec<String> = l.iter().filter(|(_, (_, t))| *t <= now).map(|(k, _)| k.clone()).collect();
-            ids.into_iter().filter_map(|id| l.remove(&id).map(|(d, _)| d)).collect()
+            let ids: Vec<String> = l
+                .iter()
+                .filter(|(_, (_, t))| *t <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| l.remove(&id).map(|(d, _)| d))
+                .collect()
         };
         for ds in &expired {
             self.store.unpin(ds);

@@ -74,16 +74,25 @@ pub struct Store {
     corrupt_removed: AtomicU64,
 }
 
-fn io_err<'a>(op: &'static str, p: &'a Path, d: Option<&'a Digest>) -> impl FnOnce(std::io::Error) -> CasError + 'a {
+fn io_err<'a>(
+    op: &'static str,
+    p: &'a Path,
+    d: Option<&'a Digest>,
+) -> impl FnOnce(std::io::Error) -> CasError + 'a {
     move |e| CasError::io(op, p, e, d)
 }
 
 fn is_hex64(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn sync_dir(p: &Path) -> Result<(), CasError> {
-    File::open(p).and_then(|f| f.sync_all()).map_err(io_err("sync directory", p, None))
+    File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("sync directory", p, None))
 }
 
 impl Store {
@@ -136,7 +145,10 @@ impl Store {
 
     fn path(&self, k: &Key) -> PathBuf {
         let hex = hex::encode(k.hash);
-        self.cas_dir.join(k.function.name()).join(&hex[..2]).join(hex)
+        self.cas_dir
+            .join(k.function.name())
+            .join(&hex[..2])
+            .join(hex)
     }
 
     fn high_bytes(&self) -> u64 {
@@ -156,7 +168,8 @@ impl Store {
                     let name = e.file_name();
                     let name = name.to_string_lossy();
                     let mut hash = [0u8; 32];
-                    if !is_hex64(&name) || hex::decode_to_slice(name.as_bytes(), &mut hash).is_err() {
+                    if !is_hex64(&name) || hex::decode_to_slice(name.as_bytes(), &mut hash).is_err()
+                    {
                         tracing::warn!(path = %e.path().display(), "removing stray file from the CAS");
                         let _ = fs::remove_file(e.path());
                         continue;
@@ -168,7 +181,7 @@ impl Store {
             }
         }
         // Newest first, each appended at the cold end: the oldest ends coldest.
-        found.sort_by(|a, b| b.2.cmp(&a.2));
+        found.sort_by_key(|e| std::cmp::Reverse(e.2));
         {
             let mut ix = self.index.lock();
             ix.reserve(found.len());
@@ -177,7 +190,11 @@ impl Store {
             }
         }
         self.loading.store(false, Ordering::Release);
-        tracing::info!(blobs = found.len(), elapsed_ms = started.elapsed().as_millis() as u64, "CAS index loaded");
+        tracing::info!(
+            blobs = found.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "CAS index loaded"
+        );
         self.maybe_evict();
         Ok(())
     }
@@ -226,7 +243,10 @@ impl Store {
         if digest.size > self.high_bytes() {
             return Err(CasError::NoSpace {
                 digest,
-                reason: format!("blob is larger than the store's bound of {} bytes", self.high_bytes()),
+                reason: format!(
+                    "blob is larger than the store's bound of {} bytes",
+                    self.high_bytes()
+                ),
             });
         }
         let tmp_path = self.tmp_dir.join(uuid::Uuid::new_v4().to_string());
@@ -288,7 +308,11 @@ impl Store {
         if let Err(e) = self.syncfs() {
             let msg = e.to_string();
             for (i, _) in &pending {
-                results[*i] = Err(CasError::Io { op: "syncfs", path: msg.clone(), source: std::io::Error::other("sync failed") });
+                results[*i] = Err(CasError::Io {
+                    op: "syncfs",
+                    path: msg.clone(),
+                    source: std::io::Error::other("sync failed"),
+                });
             }
             return results;
         }
@@ -303,7 +327,13 @@ impl Store {
         for (i, mut w) in placed {
             match &synced {
                 Ok(()) => w.publish(),
-                Err(e) => results[i] = Err(CasError::Io { op: "syncfs", path: e.to_string(), source: std::io::Error::other("sync failed") }),
+                Err(e) => {
+                    results[i] = Err(CasError::Io {
+                        op: "syncfs",
+                        path: e.to_string(),
+                        source: std::io::Error::other("sync failed"),
+                    })
+                }
             }
         }
         self.maybe_evict();
@@ -317,10 +347,27 @@ impl Store {
 
     /// Opens a blob for a verified, chunked read of `[offset, offset+limit)`
     /// (`limit` 0 means to the end).
-    pub fn reader(self: &Arc<Self>, d: Digest, offset: u64, limit: u64) -> Result<BlobReader, CasError> {
-        let end = if limit == 0 { d.size } else { d.size.min(offset.saturating_add(limit)) };
+    pub fn reader(
+        self: &Arc<Self>,
+        d: Digest,
+        offset: u64,
+        limit: u64,
+    ) -> Result<BlobReader, CasError> {
+        let end = if limit == 0 {
+            d.size
+        } else {
+            d.size.min(offset.saturating_add(limit))
+        };
         if d.is_empty_blob() {
-            return Ok(BlobReader { store: Arc::clone(self), digest: d, file: None, hasher: None, pos: 0, offset: 0, end: 0 });
+            return Ok(BlobReader {
+                store: Arc::clone(self),
+                digest: d,
+                file: None,
+                hasher: None,
+                pos: 0,
+                offset: 0,
+                end: 0,
+            });
         }
         let k = Key::from(&d);
         let path = self.path(&k);
@@ -332,7 +379,10 @@ impl Store {
             }
             Err(e) => return Err(CasError::io("open", &path, e, Some(&d))),
         };
-        let len = file.metadata().map_err(io_err("stat", &path, Some(&d)))?.len();
+        let len = file
+            .metadata()
+            .map_err(io_err("stat", &path, Some(&d)))?
+            .len();
         if len != d.size {
             self.quarantine(&d);
             return Err(CasError::Corrupt(d));
@@ -343,7 +393,8 @@ impl Store {
         // hashes from the start; unverified reads seek.
         let pos = if verify { 0 } else { offset.min(end) };
         if pos > 0 {
-            file.seek(SeekFrom::Start(pos)).map_err(io_err("seek", &path, Some(&d)))?;
+            file.seek(SeekFrom::Start(pos))
+                .map_err(io_err("seek", &path, Some(&d)))?;
         }
         Ok(BlobReader {
             store: Arc::clone(self),
@@ -381,7 +432,10 @@ impl Store {
     /// Pins present blobs against eviction; returns those that are absent.
     pub fn pin(&self, ds: &[Digest]) -> Vec<Digest> {
         let mut ix = self.index.lock();
-        ds.iter().filter(|d| !d.is_empty_blob() && !ix.pin(&Key::from(*d))).copied().collect()
+        ds.iter()
+            .filter(|d| !d.is_empty_blob() && !ix.pin(&Key::from(*d)))
+            .copied()
+            .collect()
     }
 
     /// Releases pins taken with [`Store::pin`].
@@ -420,13 +474,20 @@ impl Store {
         for v in &victims {
             let _g = self.rename_lock.lock();
             // A writer may have put the blob back since it was chosen.
-            if self.index.lock().peek(&v.key).is_none() && fs::remove_file(self.path(&v.key)).is_ok() {
+            if self.index.lock().peek(&v.key).is_none()
+                && fs::remove_file(self.path(&v.key)).is_ok()
+            {
                 freed += v.size;
             }
         }
-        self.evicted.fetch_add(victims.len() as u64, Ordering::Relaxed);
+        self.evicted
+            .fetch_add(victims.len() as u64, Ordering::Relaxed);
         self.evicting.store(false, Ordering::Release);
-        tracing::info!(evicted = victims.len(), freed_bytes = freed, "evicted least recently used blobs");
+        tracing::info!(
+            evicted = victims.len(),
+            freed_bytes = freed,
+            "evicted least recently used blobs"
+        );
     }
 }
 
@@ -456,10 +517,21 @@ impl BlobWriter {
     pub fn write(&mut self, data: &[u8]) -> Result<(), CasError> {
         let received = self.written + data.len() as u64;
         if received > self.digest.size {
-            return Err(CasError::TooLarge { digest: self.digest, received });
+            return Err(CasError::TooLarge {
+                digest: self.digest,
+                received,
+            });
         }
-        let file = self.file.as_mut().ok_or_else(|| CasError::io("write", &self.tmp_path, std::io::Error::other("writer already closed"), None))?;
-        file.write_all(data).map_err(|e| CasError::io("write", &self.tmp_path, e, Some(&self.digest)))?;
+        let file = self.file.as_mut().ok_or_else(|| {
+            CasError::io(
+                "write",
+                &self.tmp_path,
+                std::io::Error::other("writer already closed"),
+                None,
+            )
+        })?;
+        file.write_all(data)
+            .map_err(|e| CasError::io("write", &self.tmp_path, e, Some(&self.digest)))?;
         self.hasher.update(data);
         self.written = received;
         Ok(())
@@ -482,21 +554,26 @@ impl BlobWriter {
         self.file = None;
         let dest = self.store.path(&Key::from(&self.digest));
         let _g = self.store.rename_lock.lock();
-        fs::rename(&self.tmp_path, &dest).map_err(|e| CasError::io("rename", &dest, e, Some(&self.digest)))?;
+        fs::rename(&self.tmp_path, &dest)
+            .map_err(|e| CasError::io("rename", &dest, e, Some(&self.digest)))?;
         // From here the temp name is gone; Drop must not try to delete it.
         self.tmp_path = PathBuf::new();
         Ok(())
     }
 
     fn publish(&mut self) {
-        self.store.index.lock().insert(Key::from(&self.digest), self.digest.size, false);
+        self.store
+            .index
+            .lock()
+            .insert(Key::from(&self.digest), self.digest.size, false);
     }
 
     /// Verifies, makes durable, moves into place and indexes the blob.
     pub fn finish(mut self) -> Result<(), CasError> {
         self.verify()?;
         if let Some(f) = self.file.as_ref() {
-            f.sync_all().map_err(|e| CasError::io("fsync", &self.tmp_path, e, Some(&self.digest)))?;
+            f.sync_all()
+                .map_err(|e| CasError::io("fsync", &self.tmp_path, e, Some(&self.digest)))?;
         }
         self.rename_into_place()?;
         let dest = self.store.path(&Key::from(&self.digest));
@@ -534,8 +611,14 @@ impl BlobReader {
     /// finish the hash, and a mismatch is an error (the blob is removed).
     pub fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>, CasError> {
         loop {
-            let Some(file) = self.file.as_mut() else { return Ok(None) };
-            let total = if self.hasher.is_some() { self.digest.size } else { self.end };
+            let Some(file) = self.file.as_mut() else {
+                return Ok(None);
+            };
+            let total = if self.hasher.is_some() {
+                self.digest.size
+            } else {
+                self.end
+            };
             if self.pos >= total {
                 self.file = None;
                 if let Some(h) = self.hasher.take() {
@@ -550,7 +633,9 @@ impl BlobReader {
             let mut buf = vec![0u8; want];
             let mut got = 0;
             while got < want {
-                let n = file.read(&mut buf[got..]).map_err(|e| CasError::io("read", Path::new("blob"), e, Some(&self.digest)))?;
+                let n = file
+                    .read(&mut buf[got..])
+                    .map_err(|e| CasError::io("read", Path::new("blob"), e, Some(&self.digest)))?;
                 if n == 0 {
                     self.store.quarantine(&self.digest);
                     return Err(CasError::Corrupt(self.digest));
@@ -571,7 +656,9 @@ impl BlobReader {
             if lo == start && hi == self.pos {
                 return Ok(Some(buf));
             }
-            return Ok(Some(buf[(lo - start) as usize..(hi - start) as usize].to_vec()));
+            return Ok(Some(
+                buf[(lo - start) as usize..(hi - start) as usize].to_vec(),
+            ));
         }
     }
 }

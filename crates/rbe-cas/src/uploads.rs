@@ -21,14 +21,22 @@ impl Uploads {
     /// A registry whose entries lapse after `expiry`; at most `max_parked`
     /// are kept (the oldest is dropped first) so memory and fds stay bounded.
     pub fn new(expiry: Duration, max_parked: usize) -> Self {
-        Uploads { parked: Mutex::new(HashMap::new()), expiry, max_parked }
+        Uploads {
+            parked: Mutex::new(HashMap::new()),
+            expiry,
+            max_parked,
+        }
     }
 
     /// Parks an interrupted upload.
     pub fn park(&self, name: String, w: BlobWriter) {
         let mut p = self.parked.lock();
         if p.len() >= self.max_parked {
-            if let Some(oldest) = p.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = p
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            {
                 p.remove(&oldest);
             }
         }

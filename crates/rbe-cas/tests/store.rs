@@ -7,15 +7,24 @@ use rbe_cas::{CasError, Store, StoreConfig};
 use rbe_proto::{Digest, DigestFunction};
 
 fn open(dir: &std::path::Path, max: u64) -> Arc<Store> {
-    let s = Store::open(StoreConfig { root: dir.to_path_buf(), max_size: max, high_watermark: 0.9, low_watermark: 0.5, verify_reads: true })
-        .expect("open");
+    let s = Store::open(StoreConfig {
+        root: dir.to_path_buf(),
+        max_size: max,
+        high_watermark: 0.9,
+        low_watermark: 0.5,
+        verify_reads: true,
+    })
+    .expect("open");
     s.load_index().expect("load");
     s
 }
 
 fn blob_path(dir: &std::path::Path, d: &Digest) -> std::path::PathBuf {
     let h = d.hex();
-    dir.join("cas.v1").join(d.function.name()).join(&h[..2]).join(h)
+    dir.join("cas.v1")
+        .join(d.function.name())
+        .join(&h[..2])
+        .join(h)
 }
 
 #[test]
@@ -28,7 +37,10 @@ fn put_read_and_readonly_inode() {
         s.put(d, b"hello").expect("put");
         assert!(s.contains(&d));
         assert_eq!(s.read_all(d).expect("read"), b"hello");
-        let mode = std::fs::metadata(blob_path(t.path(), &d)).expect("stat").permissions().mode();
+        let mode = std::fs::metadata(blob_path(t.path(), &d))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o222, 0, "CAS files are read-only");
     }
     assert!(s.contains(&Digest::empty(DigestFunction::Sha256)));
@@ -39,10 +51,19 @@ fn wrong_content_is_refused_and_leaves_nothing() {
     let t = tempfile::tempdir().expect("tmp");
     let s = open(t.path(), 1 << 30);
     let d = Digest::of(DigestFunction::Sha256, b"hello");
-    assert!(matches!(s.put(d, b"hellp"), Err(CasError::DigestMismatch { .. })));
-    assert!(matches!(s.put(d, b"hello!"), Err(CasError::TooLarge { .. })));
+    assert!(matches!(
+        s.put(d, b"hellp"),
+        Err(CasError::DigestMismatch { .. })
+    ));
+    assert!(matches!(
+        s.put(d, b"hello!"),
+        Err(CasError::TooLarge { .. })
+    ));
     assert!(!s.contains(&d));
-    assert_eq!(std::fs::read_dir(t.path().join("tmp")).expect("ls").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(t.path().join("tmp")).expect("ls").count(),
+        0
+    );
 }
 
 #[test]
@@ -66,12 +87,20 @@ fn restart_rebuilds_index_and_cleans_temp_files() {
     {
         let s = open(t.path(), 1 << 30);
         s.put(d, b"survivor").expect("put");
-        let _w = s.begin_write(Digest::of(DigestFunction::Sha256, b"torn")).expect("begin");
+        let _w = s
+            .begin_write(Digest::of(DigestFunction::Sha256, b"torn"))
+            .expect("begin");
         std::mem::forget(_w); // simulate a crash mid-upload: temp file stays
     }
-    assert_eq!(std::fs::read_dir(t.path().join("tmp")).expect("ls").count(), 1);
+    assert_eq!(
+        std::fs::read_dir(t.path().join("tmp")).expect("ls").count(),
+        1
+    );
     let s = open(t.path(), 1 << 30);
-    assert_eq!(std::fs::read_dir(t.path().join("tmp")).expect("ls").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(t.path().join("tmp")).expect("ls").count(),
+        0
+    );
     assert!(s.contains(&d));
     assert_eq!(s.stats().blobs, 1);
 }
@@ -80,10 +109,12 @@ fn restart_rebuilds_index_and_cleans_temp_files() {
 fn lru_eviction_respects_watermarks_and_pins() {
     let t = tempfile::tempdir().expect("tmp");
     let s = open(t.path(), 1000); // high 900, low 500
-    let blobs: Vec<(Digest, Vec<u8>)> = (0..9u8).map(|i| {
-        let data = vec![i; 100];
-        (Digest::of(DigestFunction::Sha256, &data), data)
-    }).collect();
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..9u8)
+        .map(|i| {
+            let data = vec![i; 100];
+            (Digest::of(DigestFunction::Sha256, &data), data)
+        })
+        .collect();
     for (d, data) in &blobs[..8] {
         s.put(*d, data).expect("put");
     }
@@ -108,12 +139,18 @@ fn batch_put_with_syncfs() {
     let t = tempfile::tempdir().expect("tmp");
     let s = open(t.path(), 1 << 30);
     let datas: Vec<Vec<u8>> = (0..50u32).map(|i| i.to_le_bytes().repeat(10)).collect();
-    let mut items: Vec<(Digest, &[u8])> = datas.iter().map(|d| (Digest::of(DigestFunction::Sha256, d), d.as_slice())).collect();
+    let mut items: Vec<(Digest, &[u8])> = datas
+        .iter()
+        .map(|d| (Digest::of(DigestFunction::Sha256, d), d.as_slice()))
+        .collect();
     items[3].1 = b"wrong";
     let res = s.put_batch(&items);
     assert!(matches!(res[3], Err(CasError::DigestMismatch { .. })));
     assert_eq!(res.iter().filter(|r| r.is_ok()).count(), 49);
-    assert_eq!(s.find_missing(&items.iter().map(|i| i.0).collect::<Vec<_>>()), vec![items[3].0]);
+    assert_eq!(
+        s.find_missing(&items.iter().map(|i| i.0).collect::<Vec<_>>()),
+        vec![items[3].0]
+    );
 }
 
 #[test]

@@ -1,1 +1,77 @@
-//! rbe-net
+//! Listening sockets and local gRPC channels for the rbe daemons.
+//!
+//! - [`from_activation_or_bind`] turns a socket-activated descriptor (from
+//!   [`rbe_systemd::take_listen_fds`]) or, failing that, a freshly bound
+//!   address into a [`Listener`].
+//! - [`serve`] runs a tonic router on a [`Listener`] until shutdown.
+//! - [`unix_channel`] connects to another daemon's Unix socket.
+//!
+//! Both ends use the same large HTTP/2 flow-control windows
+//! ([`tune_server`], [`tune_endpoint`]) so multi-megabyte ByteStream
+//! transfers are not throttled by the 64 KiB HTTP/2 default.
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod channel;
+mod listener;
+mod serve;
+
+pub use channel::{tune_endpoint, unix_channel};
+pub use listener::{from_activation_or_bind, take_all_activated, Bind, Listener};
+pub use serve::{serve, tune_server};
+
+use std::path::PathBuf;
+
+/// Per-stream HTTP/2 flow-control window.
+pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+/// Per-connection HTTP/2 flow-control window.
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
+/// Errors setting up listeners and channels.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A socket-activated descriptor is not what the daemon expects.
+    #[error("socket-activated fd {name:?}: {reason}")]
+    Activation {
+        /// The descriptor's `FileDescriptorName=`.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Binding the fallback address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address or socket path.
+        addr: String,
+        /// The failing system call's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A process is already accepting connections on this Unix socket.
+    #[error("{}: already in use by a running process", .path.display())]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket is at the Unix socket path.
+    #[error("{}: exists and is not a socket; refusing to remove it", .path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Preparing the Unix socket path (directory, stale file, mode) failed.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path being worked on.
+        path: PathBuf,
+        /// The failing system call's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Called outside a tokio runtime.
+    #[error("rbe-net listeners must be created inside a tokio runtime")]
+    NoRuntime,
+}
+
+#[cfg(test)]
+mod tests;

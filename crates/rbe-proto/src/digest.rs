@@ -21,7 +21,9 @@ pub enum DigestError {
     #[error("digest function {0} is not supported; rbe supports sha256 and blake3")]
     UnsupportedFunction(String),
     /// The hash has the wrong number of characters for its function.
-    #[error("hash {hash:?} has {len} characters; {function} needs 64 lowercase hex characters{hint}")]
+    #[error(
+        "hash {hash:?} has {len} characters; {function} needs 64 lowercase hex characters{hint}"
+    )]
     HashLength {
         /// The hash as received (truncated for display).
         hash: String,
@@ -107,6 +109,8 @@ impl fmt::Display for DigestFunction {
 }
 
 /// A streaming hasher for one of the supported functions.
+// One hasher exists per blob in flight, so variant size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Hasher {
     /// SHA-256 (ring's assembly implementation, as fast as OpenSSL's).
@@ -171,14 +175,21 @@ impl Digest {
                 hint: length_hint(hash.len()),
             });
         }
-        if !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::HashNotLowercaseHex(hash.to_string()));
         }
         let size = u64::try_from(size).map_err(|_| DigestError::NegativeSize(size))?;
         let mut raw = [0u8; 32];
         hex::decode_to_slice(hash, &mut raw)
             .map_err(|_| DigestError::HashNotLowercaseHex(hash.to_string()))?;
-        Ok(Self { function, hash: raw, size })
+        Ok(Self {
+            function,
+            hash: raw,
+            size,
+        })
     }
 
     /// Validates a REAPI digest message.
@@ -196,7 +207,10 @@ impl Digest {
 
     /// The REAPI message.
     pub fn to_reapi(&self) -> reapi::Digest {
-        reapi::Digest { hash: self.hex(), size_bytes: self.size as i64 }
+        reapi::Digest {
+            hash: self.hex(),
+            size_bytes: self.size as i64,
+        }
     }
 
     /// The hash as lowercase hex.
@@ -208,7 +222,11 @@ impl Digest {
     pub fn of(function: DigestFunction, data: &[u8]) -> Self {
         let mut h = function.hasher();
         h.update(data);
-        Self { function, hash: h.finish(), size: data.len() as u64 }
+        Self {
+            function,
+            hash: h.finish(),
+            size: data.len() as u64,
+        }
     }
 
     /// The digest of the empty blob, which is always present.
@@ -256,10 +274,22 @@ mod tests {
     #[test]
     fn rejects_bad_hashes() {
         let f = DigestFunction::Sha256;
-        assert!(matches!(Digest::parse(f, &EMPTY_SHA256.to_uppercase(), 0), Err(DigestError::HashNotLowercaseHex(_))));
-        assert!(matches!(Digest::parse(f, &EMPTY_SHA256[..40], 0), Err(DigestError::HashLength { len: 40, .. })));
-        assert!(matches!(Digest::parse(f, EMPTY_SHA256, -1), Err(DigestError::NegativeSize(-1))));
-        let msg = Digest::parse(f, &EMPTY_SHA256[..40], 0).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(matches!(
+            Digest::parse(f, &EMPTY_SHA256.to_uppercase(), 0),
+            Err(DigestError::HashNotLowercaseHex(_))
+        ));
+        assert!(matches!(
+            Digest::parse(f, &EMPTY_SHA256[..40], 0),
+            Err(DigestError::HashLength { len: 40, .. })
+        ));
+        assert!(matches!(
+            Digest::parse(f, EMPTY_SHA256, -1),
+            Err(DigestError::NegativeSize(-1))
+        ));
+        let msg = Digest::parse(f, &EMPTY_SHA256[..40], 0)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains("SHA-1"), "{msg}");
     }
 
@@ -267,7 +297,9 @@ mod tests {
     fn functions() {
         assert_eq!(DigestFunction::from_reapi(0), Ok(DigestFunction::Sha256));
         assert_eq!(DigestFunction::from_reapi(9), Ok(DigestFunction::Blake3));
-        assert!(matches!(DigestFunction::from_reapi(3), Err(DigestError::UnsupportedFunction(n)) if n == "md5"));
+        assert!(
+            matches!(DigestFunction::from_reapi(3), Err(DigestError::UnsupportedFunction(n)) if n == "md5")
+        );
         assert!(DigestFunction::from_reapi(2).is_err());
         assert!(DigestFunction::from_reapi(999).is_err());
     }

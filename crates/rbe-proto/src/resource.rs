@@ -81,14 +81,24 @@ pub struct WriteResource {
     pub digest: Digest,
 }
 
-const RESERVED: [&str; 7] =
-    ["blobs", "uploads", "actions", "actionResults", "operations", "capabilities", "compressed-blobs"];
+const RESERVED: [&str; 7] = [
+    "blobs",
+    "uploads",
+    "actions",
+    "actionResults",
+    "operations",
+    "capabilities",
+    "compressed-blobs",
+];
 
 /// Longest resource name accepted; longer names are hostile, not clients.
 pub const MAX_RESOURCE_NAME: usize = 4096;
 
 fn malformed(name: &str, reason: &'static str) -> ResourceError {
-    ResourceError::Malformed { name: name.chars().take(200).collect(), reason }
+    ResourceError::Malformed {
+        name: name.chars().take(200).collect(),
+        reason,
+    }
 }
 
 /// Validates instance-name segments: no empty, `.`, `..` or reserved segment
@@ -123,12 +133,23 @@ fn parse_blob_tail(
 ) -> Result<(Compressor, Digest, usize), ResourceError> {
     let mut i = 0;
     let compressor = if compressed {
-        let c = segs.first().ok_or_else(|| malformed(name, "missing compressor"))?;
+        let c = segs
+            .first()
+            .ok_or_else(|| malformed(name, "missing compressor"))?;
         i += 1;
         match *c {
             "zstd" => Compressor::Zstd,
-            "identity" => return Err(malformed(name, "identity is not a compressor for compressed-blobs")),
-            other => return Err(ResourceError::UnsupportedCompressor(other.chars().take(40).collect())),
+            "identity" => {
+                return Err(malformed(
+                    name,
+                    "identity is not a compressor for compressed-blobs",
+                ))
+            }
+            other => {
+                return Err(ResourceError::UnsupportedCompressor(
+                    other.chars().take(40).collect(),
+                ))
+            }
         }
     } else {
         Compressor::Identity
@@ -139,11 +160,15 @@ fn parse_blob_tail(
         i += 1;
     }
     let hash = segs.get(i).ok_or_else(|| malformed(name, "missing hash"))?;
-    let size_s = segs.get(i + 1).ok_or_else(|| malformed(name, "missing size"))?;
+    let size_s = segs
+        .get(i + 1)
+        .ok_or_else(|| malformed(name, "missing size"))?;
     if size_s.is_empty() || !size_s.bytes().all(|b| b.is_ascii_digit()) || size_s.len() > 19 {
         return Err(malformed(name, "size is not a decimal number"));
     }
-    let size: i64 = size_s.parse().map_err(|_| malformed(name, "size is out of range"))?;
+    let size: i64 = size_s
+        .parse()
+        .map_err(|_| malformed(name, "size is out of range"))?;
     // SHA-256 is the only 64-character function REAPI lets clients leave
     // implicit; BLAKE3 must be named.
     let function = explicit.unwrap_or(DigestFunction::Sha256);
@@ -151,7 +176,11 @@ fn parse_blob_tail(
     Ok((compressor, digest, i + 2))
 }
 
-fn split_instance<'a>(name: &str, segs: &'a [&'a str], keys: &[&str]) -> Result<(String, usize), ResourceError> {
+fn split_instance<'a>(
+    name: &str,
+    segs: &'a [&'a str],
+    keys: &[&str],
+) -> Result<(String, usize), ResourceError> {
     let pos = segs
         .iter()
         .position(|s| keys.contains(s))
@@ -186,7 +215,11 @@ pub fn parse_read(name: &str) -> Result<ReadResource, ResourceError> {
     if used != tail.len() {
         return Err(malformed(name, "trailing segments after size"));
     }
-    Ok(ReadResource { instance, compressor, digest })
+    Ok(ReadResource {
+        instance,
+        compressor,
+        digest,
+    })
 }
 
 /// Parses a ByteStream Write resource name.
@@ -195,20 +228,43 @@ pub fn parse_write(name: &str) -> Result<WriteResource, ResourceError> {
     let segs: Vec<&str> = name.split('/').collect();
     let (instance, pos) = split_instance(name, &segs, &["uploads", "blobs", "compressed-blobs"])?;
     if segs[pos] != "uploads" {
-        return Err(malformed(name, "a write name needs uploads/{uuid}/ before blobs/"));
+        return Err(malformed(
+            name,
+            "a write name needs uploads/{uuid}/ before blobs/",
+        ));
     }
-    let uuid = segs.get(pos + 1).ok_or_else(|| malformed(name, "missing upload uuid"))?;
-    if uuid.is_empty() || uuid.len() > 128 || !uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(malformed(name, "upload uuid must be 1-128 characters of [A-Za-z0-9_-]"));
+    let uuid = segs
+        .get(pos + 1)
+        .ok_or_else(|| malformed(name, "missing upload uuid"))?;
+    if uuid.is_empty()
+        || uuid.len() > 128
+        || !uuid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(malformed(
+            name,
+            "upload uuid must be 1-128 characters of [A-Za-z0-9_-]",
+        ));
     }
     let compressed = match segs.get(pos + 2) {
         Some(&"blobs") => false,
         Some(&"compressed-blobs") => true,
-        _ => return Err(malformed(name, "expected blobs/ or compressed-blobs/ after the upload uuid")),
+        _ => {
+            return Err(malformed(
+                name,
+                "expected blobs/ or compressed-blobs/ after the upload uuid",
+            ))
+        }
     };
     // Anything after the size is optional metadata, which rbe ignores.
     let (compressor, digest, _) = parse_blob_tail(name, &segs[pos + 3..], compressed)?;
-    Ok(WriteResource { instance, uuid: uuid.to_string(), compressor, digest })
+    Ok(WriteResource {
+        instance,
+        uuid: uuid.to_string(),
+        compressor,
+        digest,
+    })
 }
 
 /// The canonical read name of a blob (used by clients and tests).
@@ -262,7 +318,8 @@ mod tests {
         let w = parse_write(&format!("i/uploads/u-1/blobs/{H}/3/meta/data")).expect("meta");
         assert_eq!(w.uuid, "u-1");
         assert_eq!(w.digest.size, 3);
-        let w = parse_write(&format!("uploads/u/compressed-blobs/zstd/blake3/{H}/3")).expect("zstd");
+        let w =
+            parse_write(&format!("uploads/u/compressed-blobs/zstd/blake3/{H}/3")).expect("zstd");
         assert_eq!(w.compressor, Compressor::Zstd);
     }
 

@@ -9,11 +9,18 @@ use crate::wkt::Any;
 use crate::Digest;
 
 fn any<M: Message>(type_name: &str, m: &M) -> Any {
-    Any { type_url: format!("type.googleapis.com/{type_name}"), value: m.encode_to_vec() }
+    Any {
+        type_url: format!("type.googleapis.com/{type_name}"),
+        value: m.encode_to_vec(),
+    }
 }
 
 fn with_details(code: Code, message: String, details: Vec<Any>) -> Status {
-    let st = rpc::Status { code: code as i32, message: message.clone(), details };
+    let st = rpc::Status {
+        code: code as i32,
+        message: message.clone(),
+        details,
+    };
     Status::with_details(code, message, st.encode_to_vec().into())
 }
 
@@ -44,7 +51,11 @@ pub fn exhausted_retry(message: String, retry_after: std::time::Duration) -> Sta
             nanos: retry_after.subsec_nanos() as i32,
         }),
     };
-    with_details(Code::ResourceExhausted, message, vec![any("google.rpc.RetryInfo", &ri)])
+    with_details(
+        Code::ResourceExhausted,
+        message,
+        vec![any("google.rpc.RetryInfo", &ri)],
+    )
 }
 
 /// Decodes the `google.rpc.Status` details of a status (for tests and clients).

@@ -1,1 +1,49 @@
-fn main() {}
+//! rbectl: the rbe admin CLI.
+
+mod config_check;
+mod local;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "rbe admin tool")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run rbe-casd and rbe-frontend as child processes, without systemd.
+    Local(local::LocalArgs),
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate the configuration of each daemon without starting anything.
+    Check(config_check::CheckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Local(a) => local::run(a),
+        Cmd::Config {
+            cmd: ConfigCmd::Check(a),
+        } => config_check::run(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rbectl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Builds casd's state and services and runs them until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rbe_cas::ac::ActionCache;
+use rbe_cas::pins::Leases;
+use rbe_cas::uploads::Uploads;
+use rbe_cas::{Store, StoreConfig};
+use rbe_config::CasdSettings;
+use rbe_proto::bytestream::byte_stream_server::ByteStreamServer;
+use rbe_proto::casd::casd_server::CasdServer;
+use rbe_proto::reapi::action_cache_server::ActionCacheServer;
+use rbe_proto::reapi::capabilities_server::CapabilitiesServer;
+use rbe_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{ac, bytestream, cas, local, Casd};
+
+/// gRPC message limit: a full batch plus framing.
+fn message_limit(s: &CasdSettings) -> usize {
+    (s.limits.max_batch_total_size_bytes as usize)
+        .saturating_mul(2)
+        .max(8 << 20)
+}
+
+pub async fn run(
+    settings: CasdSettings,
+    mut fds: Vec<(String, std::os::fd::OwnedFd)>,
+) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let listener = rbe_net::from_activation_or_bind(
+        &mut fds,
+        "casd",
+        rbe_net::Bind::Unix {
+            path: settings.listen.socket.clone(),
+            mode: settings.listen.socket_mode,
+        },
+    )
+    .context("opening the casd socket")?;
+    if !rbe_systemd::under_systemd() {
+        tracing::info!("not started by systemd: bound own socket, no notify");
+    }
+
+    let st = &settings.storage;
+    let store = Store::open(StoreConfig {
+        root: st.path.clone(),
+        max_size: st.max_size,
+        high_watermark: st.high_watermark,
+        low_watermark: st.low_watermark,
+        verify_reads: st.verify_reads,
+    })
+    .with_context(|| format!("opening the store at {}", st.path.display()))?;
+    let casd = Arc::new(Casd {
+        ac: ActionCache::open(Arc::clone(&store)).context("opening the action cache")?,
+        uploads: Uploads::new(Duration::from_secs(st.upload_expiry_secs), 1024),
+        leases: Leases::new(Arc::clone(&store), Duration::from_secs(st.max_pin_ttl_secs)),
+        store: Arc::clone(&store),
+        settings: Arc::clone(&settings),
+    });
+
+    // Serve at once; the index fills in the background and lookups fall back
+    // to the disk until it is complete.
+    let loader = Arc::clone(&store);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = loader.load_index() {
+            tracing::error!(error = %e, "CAS index scan failed");
+        }
+    });
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(housekeeping(Arc::clone(&casd), shutdown.clone()));
+
+    let limit = message_limit(&settings);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let router = rbe_net::tune_server(tonic::transport::Server::builder())
+        .add_service(health)
+        .add_service(CapabilitiesServer::new(cas::CapabilitiesService(
+            Arc::clone(&casd),
+        )))
+        .add_service(
+            ContentAddressableStorageServer::new(cas::CasService(Arc::clone(&casd)))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            ActionCacheServer::new(ac::ActionCacheService(Arc::clone(&casd)))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ByteStreamServer::new(bytestream::ByteStreamService(Arc::clone(&casd)))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(CasdServer::new(local::LocalService(Arc::clone(&casd))));
+
+    rbe_systemd::notify_ready();
+    tracing::info!(socket = %listener.local_addr_string(), store = %st.path.display(), "rbe-casd serving");
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        rbe_systemd::wait_for_shutdown_signal().await;
+        rbe_systemd::notify_stopping();
+        tracing::info!("stopping: finishing requests in flight");
+        stop.cancel();
+    });
+    rbe_net::serve(router, listener, shutdown.clone().cancelled_owned())
+        .await
+        .context("serving")?;
+    tracing::info!("rbe-casd stopped");
+    Ok(())
+}
+
+/// Periodic work: STATUS= line, watchdog pings, expiring uploads and leases.
+async fn housekeeping(casd: Arc<Casd>, shutdown: CancellationToken) {
+    let watchdog = rbe_systemd::watchdog_interval();
+    let tick = watchdog
+        .unwrap_or(Duration::from_secs(5))
+        .min(Duration::from_secs(5));
+    let mut last_sweep = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        // Pinging from the loop that also does the work means a wedged
+        // runtime stops the pings and systemd restarts us.
+        rbe_systemd::notify_watchdog();
+        let s = casd.store.stats();
+        rbe_systemd::notify_status(&format!(
+            "{}{} blobs, {} MiB of {} MiB, {} evicted",
+            if s.loading { "loading index; " } else { "" },
+            s.blobs,
+            s.bytes >> 20,
+            casd.settings.storage.max_size >> 20,
+            s.evicted
+        ));
+        if last_sweep.elapsed() > Duration::from_secs(30) {
+            last_sweep = std::time::Instant::now();
+            let uploads = casd.uploads.sweep();
+            let leases = casd.leases.sweep();
+            if uploads + leases > 0 {
+                tracing::info!(uploads, leases, "expired abandoned uploads and leases");
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! ActionCache: results are returned only when complete (see rbe-cas), with
+//! stdout, stderr and requested output files inlined within a byte budget.
+
+use std::sync::Arc;
+
+use rbe_proto::reapi::{
+    action_cache_server::ActionCache, ActionResult, GetActionResultRequest,
+    UpdateActionResultRequest,
+};
+use rbe_proto::{Digest, DigestFunction};
+use tonic::{Request, Response, Status};
+
+use super::{blocking, cas_status, digest_status, Casd};
+
+/// The ActionCache service.
+pub struct ActionCacheService(pub Arc<Casd>);
+
+/// Checks that every digest in a result is well formed before storing it.
+fn validate(f: DigestFunction, ar: &ActionResult) -> Result<(), Status> {
+    let check = |d: Option<&rbe_proto::reapi::Digest>, what: &str| -> Result<(), Status> {
+        match d {
+            Some(d) => Digest::from_reapi(f, d)
+                .map(|_| ())
+                .map_err(|e| Status::invalid_argument(format!("{what}: {e}"))),
+            None => Ok(()),
+        }
+    };
+    for o in &ar.output_files {
+        if o.digest.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "output file {:?} has no digest",
+                o.path
+            )));
+        }
+        check(o.digest.as_ref(), &format!("output file {:?}", o.path))?;
+    }
+    for o in &ar.output_directories {
+        if o.tree_digest.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "output directory {:?} has no tree digest",
+                o.path
+            )));
+        }
+        check(
+            o.tree_digest.as_ref(),
+            &format!("output directory {:?}", o.path),
+        )?;
+    }
+    check(ar.stdout_digest.as_ref(), "stdout_digest")?;
+    check(ar.stderr_digest.as_ref(), "stderr_digest")
+}
+
+#[tonic::async_trait]
+impl ActionCache for ActionCacheService {
+    async fn get_action_result(
+        &self,
+        req: Request<GetActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let req = req.into_inner();
+        let partition = self.0.partition(&req.instance_name)?;
+        let f = DigestFunction::from_reapi(req.digest_function).map_err(digest_status)?;
+        let action =
+            Digest::from_reapi_opt(f, req.action_digest.as_ref()).map_err(digest_status)?;
+        let casd = Arc::clone(&self.0);
+        let budget = self.0.settings.limits.max_inline_bytes;
+        let result = blocking(move || -> Result<Option<ActionResult>, Status> {
+            let Some(mut ar) = casd.ac.get(&partition, &action).map_err(cas_status)? else {
+                return Ok(None);
+            };
+            let mut left = budget;
+            let mut inline = |d: Option<&rbe_proto::reapi::Digest>| -> Option<Vec<u8>> {
+                let d = Digest::from_reapi(f, d?).ok()?;
+                if d.size > left {
+                    return None;
+                }
+                let data = casd.store.read_all(d).ok()?;
+                left -= d.size;
+                Some(data)
+            };
+            if req.inline_stdout && ar.stdout_raw.is_empty() {
+                if let Some(b) = inline(ar.stdout_digest.as_ref()) {
+                    ar.stdout_raw = b;
+                }
+            }
+            if req.inline_stderr && ar.stderr_raw.is_empty() {
+                if let Some(b) = inline(ar.stderr_digest.as_ref()) {
+                    ar.stderr_raw = b;
+                }
+            }
+            for o in ar.output_files.iter_mut() {
+                if req.inline_output_files.contains(&o.path) && o.contents.is_empty() {
+                    if let Some(b) = inline(o.digest.as_ref()) {
+                        o.contents = b;
+                    }
+                }
+            }
+            Ok(Some(ar))
+        })
+        .await??;
+        match result {
+            Some(ar) => Ok(Response::new(ar)),
+            None => Err(Status::not_found(format!(
+                "no complete action result for {action}"
+            ))),
+        }
+    }
+
+    async fn update_action_result(
+        &self,
+        req: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let req = req.into_inner();
+        let partition = self.0.partition(&req.instance_name)?;
+        let f = DigestFunction::from_reapi(req.digest_function).map_err(digest_status)?;
+        let action =
+            Digest::from_reapi_opt(f, req.action_digest.as_ref()).map_err(digest_status)?;
+        let mut ar = req
+            .action_result
+            .ok_or_else(|| Status::invalid_argument("action_result is missing"))?;
+        validate(f, &ar)?;
+        // Inlined bytes are a transport convenience; the stored result refers
+        // to the CAS only, so it stays small.
+        ar.stdout_raw = Default::default();
+        ar.stderr_raw = Default::default();
+        for o in ar.output_files.iter_mut() {
+            o.contents = Default::default();
+        }
+        let casd = Arc::clone(&self.0);
+        let stored = ar.clone();
+        blocking(move || casd.ac.put(&partition, &action, &stored))
+            .await?
+            .map_err(cas_status)?;
+        tracing::debug!(action_digest = %action, "action result stored");
+        Ok(Response::new(ar))
+    }
+}

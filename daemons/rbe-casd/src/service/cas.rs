@@ -1,0 +1,395 @@
+//! Capabilities and ContentAddressableStorage.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use prost::Message;
+use rbe_proto::reapi::{
+    self, batch_read_blobs_response, batch_update_blobs_response,
+    capabilities_server::Capabilities,
+    content_addressable_storage_server::ContentAddressableStorage, BatchReadBlobsRequest,
+    BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse, Directory,
+    FindMissingBlobsRequest, FindMissingBlobsResponse, GetCapabilitiesRequest, GetTreeRequest,
+    GetTreeResponse, ServerCapabilities,
+};
+use rbe_proto::resource::Compressor;
+use rbe_proto::{rpc, Digest, DigestFunction};
+use tonic::{Code, Request, Response, Status};
+
+use super::{blocking, cas_status, digest_status, Casd, MAX_DIRECTORY_BYTES};
+
+/// The Capabilities service.
+pub struct CapabilitiesService(pub Arc<Casd>);
+/// The CAS service.
+pub struct CasService(pub Arc<Casd>);
+
+/// What casd advertises; rbe-frontend adds execution capabilities on top.
+pub fn server_capabilities(max_batch: u64) -> ServerCapabilities {
+    use reapi::{compressor, symlink_absolute_path_strategy};
+    ServerCapabilities {
+        cache_capabilities: Some(reapi::CacheCapabilities {
+            digest_functions: DigestFunction::ALL.iter().map(|f| f.to_reapi()).collect(),
+            action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
+                update_enabled: true,
+            }),
+            cache_priority_capabilities: None,
+            max_batch_total_size_bytes: max_batch as i64,
+            symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed as i32,
+            supported_compressors: vec![compressor::Value::Zstd as i32],
+            supported_batch_update_compressors: vec![compressor::Value::Zstd as i32],
+            ..Default::default()
+        }),
+        execution_capabilities: None,
+        deprecated_api_version: None,
+        low_api_version: Some(rbe_proto::semver::SemVer {
+            major: 2,
+            minor: 0,
+            patch: 0,
+            prerelease: String::new(),
+        }),
+        high_api_version: Some(rbe_proto::semver::SemVer {
+            major: 2,
+            minor: 3,
+            patch: 0,
+            prerelease: String::new(),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl Capabilities for CapabilitiesService {
+    async fn get_capabilities(
+        &self,
+        req: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<ServerCapabilities>, Status> {
+        self.0.partition(&req.get_ref().instance_name)?;
+        Ok(Response::new(server_capabilities(
+            self.0.settings.limits.max_batch_total_size_bytes,
+        )))
+    }
+}
+
+fn status_ok() -> Option<rpc::Status> {
+    Some(rpc::Status {
+        code: 0,
+        message: String::new(),
+        details: vec![],
+    })
+}
+
+fn status_of(s: &Status) -> Option<rpc::Status> {
+    Some(rpc::Status {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        details: vec![],
+    })
+}
+
+fn decompress(d: &Digest, data: &[u8]) -> Result<Vec<u8>, Status> {
+    // The digest bounds the output, so a zstd bomb cannot grow memory.
+    zstd::bulk::decompress(data, d.size as usize).map_err(|e| {
+        Status::invalid_argument(format!(
+            "zstd data for {d} does not decompress within its size: {e}"
+        ))
+    })
+}
+
+impl CasService {
+    fn function(&self, v: i32) -> Result<DigestFunction, Status> {
+        DigestFunction::from_reapi(v).map_err(digest_status)
+    }
+}
+
+type TreeStream = Pin<Box<dyn Stream<Item = Result<GetTreeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        req: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let req = req.into_inner();
+        self.0.partition(&req.instance_name)?;
+        let f = self.function(req.digest_function)?;
+        let ds = req
+            .blob_digests
+            .iter()
+            .map(|d| Digest::from_reapi(f, d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(digest_status)?;
+        let store = Arc::clone(&self.0.store);
+        let missing = if store.is_loading() {
+            blocking(move || store.find_missing(&ds)).await?
+        } else {
+            store.find_missing(&ds)
+        };
+        Ok(Response::new(FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(Digest::to_reapi).collect(),
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        req: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let req = req.into_inner();
+        self.0.partition(&req.instance_name)?;
+        let f = self.function(req.digest_function)?;
+        let max = self.0.settings.limits.max_batch_total_size_bytes;
+        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        if total > max {
+            return Err(Status::invalid_argument(format!(
+                "batch carries {total} bytes, more than the advertised max_batch_total_size_bytes {max}; use ByteStream"
+            )));
+        }
+        // Validate every entry first; per-blob failures are reported per blob.
+        let mut prepared: Vec<Result<(Digest, Vec<u8>), Status>> =
+            Vec::with_capacity(req.requests.len());
+        let mut responses = Vec::with_capacity(req.requests.len());
+        for r in req.requests {
+            let d = Digest::from_reapi_opt(f, r.digest.as_ref()).map_err(digest_status);
+            responses.push(batch_update_blobs_response::Response {
+                digest: r.digest.clone(),
+                status: None,
+            });
+            prepared.push(d.and_then(|d| match Compressor::from_reapi(r.compressor) {
+                Some(Compressor::Identity) => Ok((d, r.data)),
+                Some(Compressor::Zstd) => decompress(&d, &r.data).map(|data| (d, data)),
+                None => Err(Status::invalid_argument(format!(
+                    "compressor {} is not supported",
+                    r.compressor
+                ))),
+            }));
+        }
+        let store = Arc::clone(&self.0.store);
+        let results = blocking(move || {
+            let ok: Vec<(usize, Digest, Vec<u8>)> = prepared
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.as_ref().ok().map(|(d, data)| (i, *d, data.clone())))
+                .collect();
+            let items: Vec<(Digest, &[u8])> = ok
+                .iter()
+                .map(|(_, d, data)| (*d, data.as_slice()))
+                .collect();
+            let res = store.put_batch(&items);
+            let mut out: Vec<Option<rpc::Status>> = prepared
+                .iter()
+                .map(|p| p.as_ref().err().and_then(status_of))
+                .collect();
+            for ((i, _, _), r) in ok.iter().zip(res) {
+                out[*i] = match r {
+                    Ok(()) => status_ok(),
+                    Err(e) => status_of(&cas_status(e)),
+                };
+            }
+            out
+        })
+        .await?;
+        for (resp, st) in responses.iter_mut().zip(results) {
+            resp.status = st;
+        }
+        Ok(Response::new(BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        req: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let req = req.into_inner();
+        self.0.partition(&req.instance_name)?;
+        let f = self.function(req.digest_function)?;
+        let ds = req
+            .digests
+            .iter()
+            .map(|d| Digest::from_reapi(f, d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(digest_status)?;
+        let max = self.0.settings.limits.max_batch_total_size_bytes;
+        let total: u64 = ds.iter().map(|d| d.size).sum();
+        if total > max {
+            return Err(Status::invalid_argument(format!(
+                "batch asks for {total} bytes, more than the advertised max_batch_total_size_bytes {max}; use ByteStream"
+            )));
+        }
+        let zstd_ok = req
+            .acceptable_compressors
+            .contains(&Compressor::Zstd.to_reapi());
+        let store = Arc::clone(&self.0.store);
+        let responses = blocking(move || {
+            ds.iter()
+                .map(|d| {
+                    let mut resp = batch_read_blobs_response::Response {
+                        digest: Some(d.to_reapi()),
+                        ..Default::default()
+                    };
+                    match store.read_all(*d) {
+                        Ok(data) => {
+                            resp.status = status_ok();
+                            // Small blobs are not worth the compressor's framing.
+                            if zstd_ok && data.len() > 512 {
+                                if let Ok(c) = zstd::bulk::compress(&data, 1) {
+                                    if c.len() < data.len() {
+                                        resp.data = c;
+                                        resp.compressor = Compressor::Zstd.to_reapi();
+                                        return resp;
+                                    }
+                                }
+                            }
+                            resp.data = data;
+                        }
+                        Err(e) => resp.status = status_of(&cas_status(e)),
+                    }
+                    resp
+                })
+                .collect()
+        })
+        .await?;
+        Ok(Response::new(BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = TreeStream;
+
+    async fn get_tree(
+        &self,
+        req: Request<GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        let req = req.into_inner();
+        self.0.partition(&req.instance_name)?;
+        let f = self.function(req.digest_function)?;
+        let root = Digest::from_reapi_opt(f, req.root_digest.as_ref()).map_err(digest_status)?;
+        if !self.0.store.contains(&root) {
+            return Err(Status::not_found(format!(
+                "root directory {root} is not in the CAS"
+            )));
+        }
+        let skip: usize = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token.parse().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "page_token {:?} is not one this server issued",
+                    req.page_token
+                ))
+            })?
+        };
+        let page = if req.page_size <= 0 {
+            1000
+        } else {
+            (req.page_size as usize).min(10_000)
+        };
+        let store = Arc::clone(&self.0.store);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            // Breadth-first, each directory once; missing parts are omitted
+            // as REAPI specifies.
+            let mut queue = VecDeque::from([root]);
+            let mut seen = HashSet::from([root]);
+            let mut index = 0usize;
+            let mut batch = Vec::new();
+            while let Some(d) = queue.pop_front() {
+                if d.size > MAX_DIRECTORY_BYTES {
+                    let _ = tx.blocking_send(Err(Status::invalid_argument(format!(
+                        "directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes"
+                    ))));
+                    return;
+                }
+                let Ok(bytes) = store.read_all(d) else {
+                    continue;
+                };
+                let dir = match Directory::decode(bytes.as_slice()) {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::new(
+                            Code::InvalidArgument,
+                            format!("blob {d} is not a Directory: {e}"),
+                        )));
+                        return;
+                    }
+                };
+                for c in &dir.directories {
+                    if let Ok(cd) = Digest::from_reapi_opt(f, c.digest.as_ref()) {
+                        if seen.insert(cd) {
+                            queue.push_back(cd);
+                        }
+                    }
+                }
+                index += 1;
+                if index <= skip {
+                    continue;
+                }
+                batch.push(dir);
+                if batch.len() == page {
+                    let more = !queue.is_empty();
+                    let token = if more {
+                        index.to_string()
+                    } else {
+                        String::new()
+                    };
+                    if tx
+                        .blocking_send(Ok(GetTreeResponse {
+                            directories: std::mem::take(&mut batch),
+                            next_page_token: token,
+                        }))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if !more {
+                        return;
+                    }
+                }
+            }
+            if !batch.is_empty() || index <= skip {
+                let _ = tx.blocking_send(Ok(GetTreeResponse {
+                    directories: batch,
+                    next_page_token: String::new(),
+                }));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn split_blob(
+        &self,
+        _: Request<reapi::SplitBlobRequest>,
+    ) -> Result<Response<reapi::SplitBlobResponse>, Status> {
+        Err(Status::unimplemented(
+            "blob splitting is not advertised by rbe",
+        ))
+    }
+
+    type GetChunkMappingStream =
+        Pin<Box<dyn Stream<Item = Result<reapi::GetChunkMappingResponse, Status>> + Send>>;
+
+    async fn get_chunk_mapping(
+        &self,
+        _: Request<reapi::GetChunkMappingRequest>,
+    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+        Err(Status::unimplemented(
+            "blob splitting is not advertised by rbe",
+        ))
+    }
+
+    async fn splice_blob(
+        &self,
+        _: Request<reapi::SpliceBlobRequest>,
+    ) -> Result<Response<reapi::SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented(
+            "blob splicing is not advertised by rbe",
+        ))
+    }
+
+    async fn register_chunk_mapping(
+        &self,
+        _: Request<tonic::Streaming<reapi::RegisterChunkMappingRequest>>,
+    ) -> Result<Response<reapi::RegisterChunkMappingResponse>, Status> {
+        Err(Status::unimplemented(
+            "blob splicing is not advertised by rbe",
+        ))
+    }
+}

@@ -1,0 +1,123 @@
+//! Capabilities, CAS and action cache, forwarded.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use rbe_proto::reapi::{
+    self, action_cache_server::ActionCache, capabilities_server::Capabilities,
+    content_addressable_storage_server::ContentAddressableStorage,
+};
+use tonic::{Request, Response, Status};
+
+use super::Upstream;
+
+pub struct CapabilitiesProxy(pub Upstream);
+pub struct CasProxy(pub Upstream);
+pub struct AcProxy(pub Upstream);
+
+#[tonic::async_trait]
+impl Capabilities for CapabilitiesProxy {
+    async fn get_capabilities(
+        &self,
+        req: Request<reapi::GetCapabilitiesRequest>,
+    ) -> Result<Response<reapi::ServerCapabilities>, Status> {
+        // casd decides the cache capabilities, so the advertised batch limit
+        // is always the one casd enforces. Execution is added by the
+        // scheduler once it exists.
+        self.0
+            .capabilities()
+            .get_capabilities(req.into_inner())
+            .await
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasProxy {
+    async fn find_missing_blobs(
+        &self,
+        req: Request<reapi::FindMissingBlobsRequest>,
+    ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        self.0.cas().find_missing_blobs(req.into_inner()).await
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        req: Request<reapi::BatchUpdateBlobsRequest>,
+    ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        self.0.cas().batch_update_blobs(req.into_inner()).await
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        req: Request<reapi::BatchReadBlobsRequest>,
+    ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        self.0.cas().batch_read_blobs(req.into_inner()).await
+    }
+
+    type GetTreeStream = BoxStream<reapi::GetTreeResponse>;
+
+    async fn get_tree(
+        &self,
+        req: Request<reapi::GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        let inner = self.0.cas().get_tree(req.into_inner()).await?.into_inner();
+        Ok(Response::new(Box::pin(inner.map(|r| r))))
+    }
+
+    async fn split_blob(
+        &self,
+        _: Request<reapi::SplitBlobRequest>,
+    ) -> Result<Response<reapi::SplitBlobResponse>, Status> {
+        Err(Status::unimplemented(
+            "blob splitting is not advertised by rbe",
+        ))
+    }
+
+    type GetChunkMappingStream = BoxStream<reapi::GetChunkMappingResponse>;
+
+    async fn get_chunk_mapping(
+        &self,
+        _: Request<reapi::GetChunkMappingRequest>,
+    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+        Err(Status::unimplemented(
+            "blob splitting is not advertised by rbe",
+        ))
+    }
+
+    async fn splice_blob(
+        &self,
+        _: Request<reapi::SpliceBlobRequest>,
+    ) -> Result<Response<reapi::SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented(
+            "blob splicing is not advertised by rbe",
+        ))
+    }
+
+    async fn register_chunk_mapping(
+        &self,
+        _: Request<tonic::Streaming<reapi::RegisterChunkMappingRequest>>,
+    ) -> Result<Response<reapi::RegisterChunkMappingResponse>, Status> {
+        Err(Status::unimplemented(
+            "blob splicing is not advertised by rbe",
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCache for AcProxy {
+    async fn get_action_result(
+        &self,
+        req: Request<reapi::GetActionResultRequest>,
+    ) -> Result<Response<reapi::ActionResult>, Status> {
+        self.0.ac().get_action_result(req.into_inner()).await
+    }
+
+    async fn update_action_result(
+        &self,
+        req: Request<reapi::UpdateActionResultRequest>,
+    ) -> Result<Response<reapi::ActionResult>, Status> {
+        self.0.ac().update_action_result(req.into_inner()).await
+    }
+}
