@@ -142,3 +142,72 @@ async fn sigkill_during_100_uploads_loses_nothing_acknowledged() {
         "temp files cleaned at startup"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_survives_casd_restart() {
+    let mut s = Stack::start().await;
+    let ch = s.channel();
+    let d = Digest::of(DigestFunction::Sha256, b"before");
+    client::write(&ch, "", &d, b"before", 3).await.expect("write");
+    s.casd.kill9();
+    let e = client::read(&ch, "", &d).await.expect_err("casd is down");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    s.casd.restart().await;
+    // The frontend reconnects on its own.
+    let mut last = None;
+    for _ in 0..100 {
+        match client::read(&ch, "", &d).await {
+            Ok(b) => {
+                assert_eq!(b, b"before");
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(last.is_none(), "frontend did not recover: {last:?}");
+    assert!(s.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_blobs_survive_eviction() {
+    use rbe_proto::casd::{casd_client::CasdClient, PinRequest, StatsRequest, UnpinRequest};
+    let tmp = tempfile::tempdir().expect("tmp");
+    // 1 MiB store: eviction above 950 KiB down to 850 KiB.
+    let casd = Casd::start(tmp.path(), "1MiB", "").await;
+    let ch = casd.channel().await;
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..12u64)
+        .map(|i| {
+            let b = blob(i + 500, 100 * 1024);
+            (Digest::of(DigestFunction::Sha256, &b), b)
+        })
+        .collect();
+    for (d, b) in &blobs[..4] {
+        client::write(&ch, "", d, b, 65536).await.expect("write");
+    }
+    let mut local = CasdClient::new(ch.clone());
+    let absent = Digest::of(DigestFunction::Sha256, b"absent");
+    let pin = local
+        .pin(PinRequest {
+            instance_name: String::new(),
+            digest_function: 1,
+            digests: [blobs[0].0, absent].iter().map(|d| rbe_proto::casd::Digest { hash: d.hex(), size_bytes: d.size as i64 }).collect(),
+            ttl_seconds: 60,
+        })
+        .await
+        .expect("pin")
+        .into_inner();
+    assert_eq!(pin.missing.len(), 1, "absent blobs are reported, not pinned");
+    for (d, b) in &blobs[4..] {
+        client::write(&ch, "", d, b, 65536).await.expect("write");
+    }
+    let stats = local.stats(StatsRequest {}).await.expect("stats").into_inner();
+    assert!(stats.evicted_blobs > 0, "{stats:?}");
+    assert!(stats.bytes <= 1 << 20, "{stats:?}");
+    let missing = client::find_missing(&ch, "", &[blobs[0].0, blobs[1].0]).await.expect("fmb");
+    assert_eq!(missing, vec![blobs[1].0], "the pinned oldest blob stays, the unpinned one goes");
+    local.unpin(UnpinRequest { lease: pin.lease.clone() }).await.expect("unpin");
+    let e = local.unpin(UnpinRequest { lease: pin.lease }).await.expect_err("twice");
+    assert_eq!(e.code(), Code::NotFound);
+}

@@ -58,6 +58,22 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Reports a skipped test on the real stderr: libtest captures `println!`,
+/// but a skip reason must be seen in a plain `cargo test` run.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {reason}");
+}
+
+/// Where a daemon's stderr goes in tests: a log file in its state dir, so
+/// test output stays readable; the path is printed if the daemon dies.
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    match std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))) {
+        Ok(f) => Stdio::from(f),
+        Err(_) => Stdio::inherit(),
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -79,7 +95,7 @@ async fn wait_healthy(ch: Channel, child: &mut Child, what: &str) {
             }
         }
         if let Ok(Some(st)) = child.try_wait() {
-            panic!("{what} exited before becoming healthy: {st}");
+            panic!("{what} exited before becoming healthy: {st} (see its .log in the state dir)");
         }
         assert!(Instant::now() < deadline, "{what} not healthy within 30 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -117,6 +133,7 @@ impl Casd {
             .arg("--config-dir")
             .arg(&self.layout.config_dir)
             .stdin(Stdio::null())
+            .stderr(log_file(&self.layout.root, "casd"))
             .spawn()
             .expect("spawn rbe-casd");
         let ch = self.channel().await;
@@ -184,6 +201,7 @@ impl Stack {
             .arg("--config-dir")
             .arg(&casd.layout.config_dir)
             .stdin(Stdio::null())
+            .stderr(log_file(tmp.path(), "frontend"))
             .spawn()
             .expect("spawn rbe-frontend");
         let ch = Channel::from_shared(format!("http://{addr}"))

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian 12 machine: installs what the tests
+# need (Bazel 4.2.3 from Debian, systemd's tools, BuildGrid's bgd client),
+# then checks formatting and lints and runs every test with real binaries,
+# real sockets, a real Bazel and a real bgd.
+#
+# Needs a Rust toolchain (cargo >= 1.85) and, for the installs, root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "system packages"
+need=()
+command -v bazel >/dev/null 2>&1 || need+=(bazel-bootstrap)
+command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "not root: cannot install ${need[*]}; tests needing them will say SKIP"
+  fi
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+
+step "BuildGrid bgd client (independent REAPI client)"
+# shellcheck source=tests/scripts/bgd-env.sh
+. tests/scripts/bgd-env.sh
+if ensure_bgd; then echo "bgd: $BGD"; else echo "bgd unavailable: its test will say SKIP"; fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "build binaries"
+cargo build --workspace --bins --quiet
+
+step "cargo test"
+# The daemons are built above; the test kit need not run cargo again.
+RBE_TEST_NO_BUILD=1 cargo test --workspace 2>&1 | tee /tmp/rbe-test-$$.log
+status=${PIPESTATUS[0]}
+echo
+grep -h '^SKIP' /tmp/rbe-test-$$.log | sort -u || true
+rm -f /tmp/rbe-test-$$.log
+exit "$status"
