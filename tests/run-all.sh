@@ -43,9 +43,15 @@ cargo build --workspace --bins --quiet
 
 step "cargo test"
 # The daemons are built above; the test kit need not run cargo again.
-RBE_TEST_NO_BUILD=1 cargo test --workspace 2>&1 | tee /tmp/rbe-test-$$.log
+log=$(mktemp)
+set +e
+RBE_TEST_NO_BUILD=1 cargo test --workspace --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+set -e
 echo
-grep -h '^SKIP' /tmp/rbe-test-$$.log | sort -u || true
-rm -f /tmp/rbe-test-$$.log
+grep -h '^SKIP' "$log" | sort -u || true
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, g }' "$log"
+rm -f "$log"
 exit "$status"

@@ -13,23 +13,11 @@ use rbe_proto::reapi::{
 };
 use rbe_proto::resource::{self, Compressor};
 use rbe_proto::{Digest, DigestFunction};
-use rbe_testkit::{client, Stack};
+use rbe_testkit::{client, pseudo_random, Stack};
 use tonic::Code;
 
 fn sha(data: &[u8]) -> Digest {
     Digest::of(DigestFunction::Sha256, data)
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

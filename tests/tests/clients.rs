@@ -13,7 +13,8 @@ fn scripts() -> PathBuf {
 }
 
 fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
 fn run_script(script: &str, endpoint: &str, env: &[(&str, &str)]) {
@@ -27,13 +28,18 @@ fn run_script(script: &str, endpoint: &str, env: &[(&str, &str)]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
-    assert!(stdout.lines().any(|l| l.starts_with("PASS")), "{script} printed no PASS line:\n{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("PASS")),
+        "{script} printed no PASS line:\n{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bazel_builds_with_remote_cache_and_rebuilds_all_from_cache() {
     if !on_path("bazel") {
-        rbe_testkit::skip("bazel is not installed (apt-get install bazel-bootstrap; tests/run-all.sh does it)");
+        rbe_testkit::skip(
+            "bazel is not installed (apt-get install bazel-bootstrap; tests/run-all.sh does it)",
+        );
         return;
     }
     let mut s = Stack::start().await;
@@ -43,9 +49,15 @@ async fn bazel_builds_with_remote_cache_and_rebuilds_all_from_cache() {
         .await
         .expect("bazel run");
     // Again under an instance name, which the shared store also serves.
-    tokio::task::spawn_blocking(move || run_script("bazel-cache-e2e.sh", &endpoint, &[("REMOTE_INSTANCE_NAME", "ci/main")]))
-        .await
-        .expect("bazel run with instance");
+    tokio::task::spawn_blocking(move || {
+        run_script(
+            "bazel-cache-e2e.sh",
+            &endpoint,
+            &[("REMOTE_INSTANCE_NAME", "ci/main")],
+        )
+    })
+    .await
+    .expect("bazel run with instance");
     assert!(s.alive());
 }
 
@@ -53,13 +65,17 @@ async fn bazel_builds_with_remote_cache_and_rebuilds_all_from_cache() {
 async fn buildgrid_bgd_uploads_and_downloads_files_and_trees() {
     let venv = std::env::var("BGD_VENV").unwrap_or_else(|_| "/var/tmp/bgd-venv".into());
     if !Path::new(&venv).join("bin/bgd").is_file() {
-        rbe_testkit::skip(&format!("BuildGrid's bgd is not installed in {venv} (tests/run-all.sh installs it)"));
+        rbe_testkit::skip(&format!(
+            "BuildGrid's bgd is not installed in {venv} (tests/run-all.sh installs it)"
+        ));
         return;
     }
     let mut s = Stack::start().await;
     let endpoint = format!("grpc://{}", s.addr);
-    tokio::task::spawn_blocking(move || run_script("bgd-roundtrip.sh", &endpoint, &[("BGD_VENV", &venv)]))
-        .await
-        .expect("bgd run");
+    tokio::task::spawn_blocking(move || {
+        run_script("bgd-roundtrip.sh", &endpoint, &[("BGD_VENV", &venv)])
+    })
+    .await
+    .expect("bgd run");
     assert!(s.alive());
 }

@@ -15,29 +15,61 @@ fn write(p: &std::path::Path, s: &str) {
 fn broken_configs_stop_the_daemon_naming_file_key_and_reason() {
     let t = tempfile::tempdir().expect("tmp");
     let cases = [
-        ("casd.toml", "[storage]\nmax_size = \"lots\"\n", "storage.max_size"),
+        (
+            "casd.toml",
+            "[storage]\nmax_size = \"lots\"\n",
+            "storage.max_size",
+        ),
         ("casd.toml", "[storage]\nno_such_key = 1\n", "no_such_key"),
         ("casd.toml", "[storage\n", "casd.toml:1"),
-        ("casd.toml", "[storage]\nlow_watermark = 0.99\nhigh_watermark = 0.9\n", "low_watermark"),
-        ("casd.toml.d/10-x.toml", "[limits]\nmax_batch_total_size_bytes = -1\n", "10-x.toml"),
+        (
+            "casd.toml",
+            "[storage]\nlow_watermark = 0.99\nhigh_watermark = 0.9\n",
+            "low_watermark",
+        ),
+        (
+            "casd.toml.d/10-x.toml",
+            "[limits]\nmax_batch_total_size_bytes = -1\n",
+            "10-x.toml",
+        ),
     ];
     for (file, content, needle) in cases {
         let dir = t.path().join(format!("c{}", needle.len()));
         let _ = std::fs::remove_dir_all(&dir);
         write(&dir.join(file), content);
-        let out = Command::new(bin("rbe-casd")).arg("--config-dir").arg(&dir).output().expect("run");
+        let out = Command::new(bin("rbe-casd"))
+            .arg("--config-dir")
+            .arg(&dir)
+            .output()
+            .expect("run");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(78), "EX_CONFIG for {file}: {err}");
-        assert!(err.contains(needle), "error for {content:?} should name {needle:?}: {err}");
-        assert!(err.contains(&dir.display().to_string()), "error names the file: {err}");
+        assert!(
+            err.contains(needle),
+            "error for {content:?} should name {needle:?}: {err}"
+        );
+        assert!(
+            err.contains(&dir.display().to_string()),
+            "error names the file: {err}"
+        );
     }
     // rbectl config check reports the same without starting anything.
     let dir = t.path().join("check");
-    write(&dir.join("frontend.toml"), "[listen]\ngrpc = [\"not an address\"]\n");
-    let out = Command::new(bin("rbectl")).args(["config", "check", "--config-dir"]).arg(&dir).output().expect("run");
+    write(
+        &dir.join("frontend.toml"),
+        "[listen]\ngrpc = [\"not an address\"]\n",
+    );
+    let out = Command::new(bin("rbectl"))
+        .args(["config", "check", "--config-dir"])
+        .arg(&dir)
+        .output()
+        .expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(78), "{text}");
-    assert!(text.contains("casd: ok") && text.contains("listen.grpc"), "{text}");
+    assert!(
+        text.contains("casd: ok") && text.contains("listen.grpc"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,20 +104,34 @@ async fn casd_takes_its_socket_from_systemd_by_name() {
         // The first connection starts the daemon; retry until it answers.
         match client::write(&ch, "", &d, b"activated", 4).await {
             Ok(_) => break,
-            Err(e) => assert!(Instant::now() < deadline, "no answer on the activated socket: {e:?}"),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no answer on the activated socket: {e:?}"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(client::read(&ch, "", &d).await.expect("read"), b"activated");
-    assert!(!layout.casd_socket().exists(), "must not bind the configured path when activated");
+    assert!(
+        !layout.casd_socket().exists(),
+        "must not bind the configured path when activated"
+    );
     // SIGTERM stops it cleanly.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("kill");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
     let st = child.wait().expect("wait");
     assert!(st.success(), "clean exit on SIGTERM: {st}");
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
     std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
         .ok_or(())
 }

@@ -5,26 +5,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use rbe_proto::{Digest, DigestFunction};
-use rbe_testkit::{client, Casd, Stack};
+use rbe_testkit::{client, pseudo_random, Casd, Stack};
 use tonic::Code;
-
-fn blob(i: u64, size: usize) -> Vec<u8> {
-    let mut x = i.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_file_on_disk_is_never_served() {
     let mut s = Stack::start().await;
     let ch = s.channel();
-    let data = blob(1, 200_000);
+    let data = pseudo_random(200_000, 1);
     let d = Digest::of(DigestFunction::Sha256, &data);
     client::write(&ch, "", &d, &data, 65536)
         .await
@@ -77,7 +65,7 @@ async fn sigkill_during_100_uploads_loses_nothing_acknowledged() {
     let blobs: Arc<Vec<(Digest, Vec<u8>)>> = Arc::new(
         (0..100u64)
             .map(|i| {
-                let b = blob(i + 1, 256 * 1024 + i as usize * 1000);
+                let b = pseudo_random(256 * 1024 + i as usize * 1000, i + 1);
                 (Digest::of(DigestFunction::Sha256, &b), b)
             })
             .collect(),
@@ -148,7 +136,9 @@ async fn frontend_survives_casd_restart() {
     let mut s = Stack::start().await;
     let ch = s.channel();
     let d = Digest::of(DigestFunction::Sha256, b"before");
-    client::write(&ch, "", &d, b"before", 3).await.expect("write");
+    client::write(&ch, "", &d, b"before", 3)
+        .await
+        .expect("write");
     s.casd.kill9();
     let e = client::read(&ch, "", &d).await.expect_err("casd is down");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
@@ -179,7 +169,7 @@ async fn pinned_blobs_survive_eviction() {
     let ch = casd.channel().await;
     let blobs: Vec<(Digest, Vec<u8>)> = (0..12u64)
         .map(|i| {
-            let b = blob(i + 500, 100 * 1024);
+            let b = pseudo_random(100 * 1024, i + 500);
             (Digest::of(DigestFunction::Sha256, &b), b)
         })
         .collect();
@@ -192,22 +182,50 @@ async fn pinned_blobs_survive_eviction() {
         .pin(PinRequest {
             instance_name: String::new(),
             digest_function: 1,
-            digests: [blobs[0].0, absent].iter().map(|d| rbe_proto::casd::Digest { hash: d.hex(), size_bytes: d.size as i64 }).collect(),
+            digests: [blobs[0].0, absent]
+                .iter()
+                .map(|d| rbe_proto::casd::Digest {
+                    hash: d.hex(),
+                    size_bytes: d.size as i64,
+                })
+                .collect(),
             ttl_seconds: 60,
         })
         .await
         .expect("pin")
         .into_inner();
-    assert_eq!(pin.missing.len(), 1, "absent blobs are reported, not pinned");
+    assert_eq!(
+        pin.missing.len(),
+        1,
+        "absent blobs are reported, not pinned"
+    );
     for (d, b) in &blobs[4..] {
         client::write(&ch, "", d, b, 65536).await.expect("write");
     }
-    let stats = local.stats(StatsRequest {}).await.expect("stats").into_inner();
+    let stats = local
+        .stats(StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
     assert!(stats.evicted_blobs > 0, "{stats:?}");
     assert!(stats.bytes <= 1 << 20, "{stats:?}");
-    let missing = client::find_missing(&ch, "", &[blobs[0].0, blobs[1].0]).await.expect("fmb");
-    assert_eq!(missing, vec![blobs[1].0], "the pinned oldest blob stays, the unpinned one goes");
-    local.unpin(UnpinRequest { lease: pin.lease.clone() }).await.expect("unpin");
-    let e = local.unpin(UnpinRequest { lease: pin.lease }).await.expect_err("twice");
+    let missing = client::find_missing(&ch, "", &[blobs[0].0, blobs[1].0])
+        .await
+        .expect("fmb");
+    assert_eq!(
+        missing,
+        vec![blobs[1].0],
+        "the pinned oldest blob stays, the unpinned one goes"
+    );
+    local
+        .unpin(UnpinRequest {
+            lease: pin.lease.clone(),
+        })
+        .await
+        .expect("unpin");
+    let e = local
+        .unpin(UnpinRequest { lease: pin.lease })
+        .await
+        .expect_err("twice");
     assert_eq!(e.code(), Code::NotFound);
 }

@@ -205,7 +205,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (wall, lat) = upload(&client, batches, a.concurrency).await?;
     let missing = count_missing(&client, &a.target.instance, &digests).await?;
     if missing != 0 {
-        bail!("{missing} of {} uploaded blobs are reported missing", a.count);
+        bail!(
+            "{missing} of {} uploaded blobs are reported missing",
+            a.count
+        );
     }
     let rate = a.count as f64 / wall.as_secs_f64();
     let payload = mibs((a.count * a.size) as u64, wall);

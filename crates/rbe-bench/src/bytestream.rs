@@ -66,6 +66,27 @@ pub struct Args {
     /// Skip the reads.
     #[arg(long)]
     no_read: bool,
+    /// Before each run, time `openssl dgst -sha256 FILE` (needs --file) and
+    /// report each run's throughput as a ratio of it: paired ratios are far
+    /// less sensitive to a noisy machine than absolute figures.
+    #[arg(long)]
+    openssl: bool,
+}
+
+/// MiB/s of `openssl dgst -sha256` over `file` (its size is `size`).
+fn openssl_mibs(file: &std::path::Path, size: u64) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let out = std::process::Command::new("openssl")
+        .arg("dgst")
+        .arg("-sha256")
+        .arg(file)
+        .output()
+        .context("running openssl")?;
+    let dt = t.elapsed();
+    if !out.status.success() {
+        bail!("openssl dgst failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(mibs(size, dt))
 }
 
 fn load(a: &Args) -> anyhow::Result<Vec<u8>> {
@@ -97,6 +118,17 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     if a.size_mib == 0 || a.runs == 0 || a.chunk_kib == 0 {
         bail!("--size-mib, --runs and --chunk-kib must be positive");
     }
+    let openssl_file = match (&a.file, a.openssl) {
+        (Some(f), true) => Some(f.clone()),
+        (None, true) => bail!("--openssl needs --file"),
+        (_, false) => None,
+    };
+    let file_size = match &openssl_file {
+        Some(f) => std::fs::metadata(f)
+            .with_context(|| format!("{}", f.display()))?
+            .len(),
+        None => 0,
+    };
     let func = a.function.digest_function();
     let mut data = Arc::new(load(&a)?);
     let size = data.len() as u64;
@@ -122,7 +154,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 
     let mut writes = Vec::new();
     let mut reads = Vec::new();
+    let mut openssl = Vec::new();
+    let (mut write_ratios, mut read_ratios) = (Vec::new(), Vec::new());
     for run in 0..a.runs {
+        let ossl = match &openssl_file {
+            Some(f) => Some(openssl_mibs(f, file_size)?),
+            None => None,
+        };
         {
             let buf = Arc::get_mut(&mut data).context("blob buffer still shared")?;
             rand::rng().fill_bytes(&mut buf[..16]);
@@ -162,6 +200,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             );
         }
         writes.push(mibs(size, wt));
+        if let Some(o) = ossl {
+            openssl.push(o);
+            write_ratios.push(mibs(size, wt) / o);
+        }
 
         // Read.
         let mut rt_line = String::new();
@@ -200,14 +242,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 }
             }
             reads.push(mibs(size, rt));
+            if let Some(o) = ossl {
+                read_ratios.push(mibs(size, rt) / o);
+            }
             rt_line = format!(
                 ", read {:.0} MiB/s in {:.2} s ({messages} messages)",
                 mibs(size, rt),
                 rt.as_secs_f64()
             );
         }
+        let ossl_line = ossl
+            .map(|o| format!(" [openssl sha256 just before: {o:.0} MiB/s]"))
+            .unwrap_or_default();
         println!(
-            "  run {}: write {:.0} MiB/s in {:.2} s{rt_line}",
+            "  run {}: write {:.0} MiB/s in {:.2} s{rt_line}{ossl_line}",
             run + 1,
             mibs(size, wt),
             wt.as_secs_f64()
@@ -219,6 +267,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         wm / local_hash,
         rm / local_hash
     );
+    if !openssl.is_empty() {
+        println!(
+            "  median of paired ratios vs openssl: write {:.2}, read {:.2} (openssl median {:.0} MiB/s)",
+            median(&write_ratios),
+            median(&read_ratios),
+            median(&openssl)
+        );
+    }
     Json::new("bytestream")
         .s("label", &a.target.label)
         .s("endpoint", &a.target.endpoint)
@@ -232,6 +288,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .n("write_mibs_median", wm)
         .a("read_mibs", &reads)
         .n("read_mibs_median", rm)
+        .a("openssl_mibs", &openssl)
+        .n("openssl_mibs_median", median(&openssl))
+        .a("write_ratio_vs_openssl", &write_ratios)
+        .n("write_ratio_vs_openssl_median", median(&write_ratios))
+        .a("read_ratio_vs_openssl", &read_ratios)
+        .n("read_ratio_vs_openssl_median", median(&read_ratios))
         .print();
     Ok(())
 }

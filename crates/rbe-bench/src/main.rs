@@ -45,7 +45,8 @@ enum Cmd {
 /// Where to send requests.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Target {
-    /// gRPC endpoint, e.g. http://127.0.0.1:8980 (grpc:// is accepted too).
+    /// gRPC endpoint, e.g. http://127.0.0.1:8980 (grpc:// is accepted too),
+    /// or unix:/path/to/socket.
     #[arg(long)]
     pub endpoint: String,
     /// REAPI instance name.
@@ -61,7 +62,14 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// Connects to `endpoint` with the same HTTP/2 window sizes rbe's own
 /// clients use (applied to every server measured, so it is fair).
+/// `unix:/path` connects to a Unix socket (e.g. casd's, bypassing the
+/// frontend, to see what the proxy hop costs).
 pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+    if let Some(path) = endpoint.strip_prefix("unix:") {
+        return rbe_net::unix_channel(std::path::Path::new(path))
+            .await
+            .with_context(|| format!("unix socket {path}"));
+    }
     let uri = match endpoint.strip_prefix("grpc://") {
         Some(rest) => format!("http://{rest}"),
         None if endpoint.contains("://") => endpoint.to_string(),

@@ -9,6 +9,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod activation;
+pub mod daemon;
 mod logging;
 mod notify;
 mod signals;

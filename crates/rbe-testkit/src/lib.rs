@@ -68,10 +68,28 @@ pub fn skip(reason: &str) {
 /// Where a daemon's stderr goes in tests: a log file in its state dir, so
 /// test output stays readable; the path is printed if the daemon dies.
 fn log_file(dir: &Path, name: &str) -> Stdio {
-    match std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))) {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+    {
         Ok(f) => Stdio::from(f),
         Err(_) => Stdio::inherit(),
     }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), distinct per seed: test
+/// blobs that do not compress and do not collide.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).

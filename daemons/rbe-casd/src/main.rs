@@ -7,7 +7,6 @@ mod service;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 
 /// Command line. Everything else comes from casd.toml (see rbe.toml(5)).
@@ -32,37 +31,12 @@ fn main() -> ExitCode {
     };
     let settings = match rbe_config::load_casd(&dirs) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("rbe-casd: configuration error: {e}");
-            return ExitCode::from(78); // EX_CONFIG: systemd shows it as a config failure
-        }
+        Err(e) => return rbe_systemd::daemon::config_error("rbe-casd", &e),
     };
     if args.check_config {
         println!("{settings:#?}");
         return ExitCode::SUCCESS;
     }
-    // Before any thread exists: this edits the environment.
-    let fds = match rbe_systemd::take_listen_fds() {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("rbe-casd: socket activation: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = rbe_systemd::init_logging(&settings.log.level, "rbe-casd") {
-        eprintln!("rbe-casd: logging: {e}");
-    }
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .and_then(|rt| rt.block_on(server::run(settings, fds)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "rbe-casd failed");
-            eprintln!("rbe-casd: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let level = settings.log.level.clone();
+    rbe_systemd::daemon::run("rbe-casd", settings, &level, server::run)
 }

@@ -8,7 +8,6 @@ mod server;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 
 /// Command line. Everything else comes from frontend.toml (see rbe.toml(5)).
@@ -33,37 +32,12 @@ fn main() -> ExitCode {
     };
     let settings = match rbe_config::load_frontend(&dirs) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("rbe-frontend: configuration error: {e}");
-            return ExitCode::from(78); // EX_CONFIG
-        }
+        Err(e) => return rbe_systemd::daemon::config_error("rbe-frontend", &e),
     };
     if args.check_config {
         println!("{settings:#?}");
         return ExitCode::SUCCESS;
     }
-    // Before any thread exists: this edits the environment.
-    let fds = match rbe_systemd::take_listen_fds() {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("rbe-frontend: socket activation: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = rbe_systemd::init_logging(&settings.log.level, "rbe-frontend") {
-        eprintln!("rbe-frontend: logging: {e}");
-    }
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .and_then(|rt| rt.block_on(server::run(settings, fds)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "rbe-frontend failed");
-            eprintln!("rbe-frontend: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let level = settings.log.level.clone();
+    rbe_systemd::daemon::run("rbe-frontend", settings, &level, server::run)
 }

@@ -50,6 +50,21 @@ fn validate(f: DigestFunction, ar: &ActionResult) -> Result<(), Status> {
     check(ar.stderr_digest.as_ref(), "stderr_digest")
 }
 
+impl ActionCacheService {
+    /// Validates the instance, digest function and action digest of a request.
+    fn target(
+        &self,
+        instance: &str,
+        function: i32,
+        action: Option<&rbe_proto::reapi::Digest>,
+    ) -> Result<(String, DigestFunction, Digest), Status> {
+        let partition = self.0.partition(instance)?;
+        let f = DigestFunction::from_reapi(function).map_err(digest_status)?;
+        let action = Digest::from_reapi_opt(f, action).map_err(digest_status)?;
+        Ok((partition, f, action))
+    }
+}
+
 #[tonic::async_trait]
 impl ActionCache for ActionCacheService {
     async fn get_action_result(
@@ -57,10 +72,11 @@ impl ActionCache for ActionCacheService {
         req: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let req = req.into_inner();
-        let partition = self.0.partition(&req.instance_name)?;
-        let f = DigestFunction::from_reapi(req.digest_function).map_err(digest_status)?;
-        let action =
-            Digest::from_reapi_opt(f, req.action_digest.as_ref()).map_err(digest_status)?;
+        let (partition, f, action) = self.target(
+            &req.instance_name,
+            req.digest_function,
+            req.action_digest.as_ref(),
+        )?;
         let casd = Arc::clone(&self.0);
         let budget = self.0.settings.limits.max_inline_bytes;
         let result = blocking(move || -> Result<Option<ActionResult>, Status> {
@@ -110,10 +126,11 @@ impl ActionCache for ActionCacheService {
         req: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let req = req.into_inner();
-        let partition = self.0.partition(&req.instance_name)?;
-        let f = DigestFunction::from_reapi(req.digest_function).map_err(digest_status)?;
-        let action =
-            Digest::from_reapi_opt(f, req.action_digest.as_ref()).map_err(digest_status)?;
+        let (partition, f, action) = self.target(
+            &req.instance_name,
+            req.digest_function,
+            req.action_digest.as_ref(),
+        )?;
         let mut ar = req
             .action_result
             .ok_or_else(|| Status::invalid_argument("action_result is missing"))?;
