@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
         root.join("rbe/casd/v1/casd.proto"),
+        root.join("rbe/worker/v1/worker.proto"),
         root.join("google/rpc/error_details.proto"),
     ];
     for f in &files {

@@ -6,6 +6,7 @@
 //! - [`ac::ActionCache`]: action results, served only when complete.
 //! - [`uploads::Uploads`]: resumable ByteStream writes.
 //! - [`pins::Leases`]: protection from eviction for work in flight.
+//! - [`materialize`]: input trees for actions, by hard links.
 //!
 //! The crate is synchronous; callers on an async runtime run its I/O on
 //! blocking threads. Nothing here knows about gRPC.
@@ -14,6 +15,7 @@
 pub mod ac;
 pub mod error;
 pub mod index;
+pub mod materialize;
 pub mod pins;
 pub mod store;
 pub mod uploads;

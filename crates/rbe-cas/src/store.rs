@@ -151,6 +151,60 @@ impl Store {
             .join(hex)
     }
 
+    /// Path of a present blob's file (for hard links into action trees).
+    pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.path(&Key::from(d))
+    }
+
+    /// Path of the executable twin of a blob: a separate inode with mode
+    /// 0555, made on first use, so that linking an executable input never
+    /// changes the mode of the plain blob's inode.
+    pub(crate) fn exec_variant(&self, d: &Digest) -> Result<PathBuf, CasError> {
+        let plain = self.blob_path(d);
+        let mut x = plain.clone().into_os_string();
+        x.push(".x");
+        let x = PathBuf::from(x);
+        if x.exists() {
+            return Ok(x);
+        }
+        let tmp = self.tmp_dir.join(uuid::Uuid::new_v4().to_string());
+        let r = (|| -> std::io::Result<()> {
+            let mut src = File::open(&plain)?;
+            let mut dst = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o555)
+                .open(&tmp)?;
+            std::io::copy(&mut src, &mut dst)?;
+            dst.sync_all()?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Err(CasError::NotFound(*d));
+            }
+            return Err(CasError::io("make executable copy", &plain, e, Some(d)));
+        }
+        let _g = self.rename_lock.lock();
+        // Copied from a blob that may have been evicted meanwhile: publish
+        // only while the plain blob is still indexed.
+        if self.index.lock().peek(&Key::from(d)).is_none() {
+            let _ = fs::remove_file(&tmp);
+            return Err(CasError::NotFound(*d));
+        }
+        fs::rename(&tmp, &x).map_err(|e| CasError::io("rename", &x, e, Some(d)))?;
+        Ok(x)
+    }
+
+    fn remove_files(&self, k: &Key) -> bool {
+        let p = self.path(k);
+        let mut x = p.clone().into_os_string();
+        x.push(".x");
+        let _ = fs::remove_file(PathBuf::from(x));
+        fs::remove_file(p).is_ok()
+    }
+
     fn high_bytes(&self) -> u64 {
         (self.cfg.max_size as f64 * self.cfg.high_watermark) as u64
     }
@@ -168,6 +222,9 @@ impl Store {
                     let name = e.file_name();
                     let name = name.to_string_lossy();
                     let mut hash = [0u8; 32];
+                    if name.strip_suffix(".x").is_some_and(is_hex64) {
+                        continue; // an executable twin; removed with its blob
+                    }
                     if !is_hex64(&name) || hex::decode_to_slice(name.as_bytes(), &mut hash).is_err()
                     {
                         tracing::warn!(path = %e.path().display(), "removing stray file from the CAS");
@@ -423,7 +480,7 @@ impl Store {
         let _g = self.rename_lock.lock();
         self.index.lock().remove(&k);
         let p = self.path(&k);
-        if fs::remove_file(&p).is_ok() {
+        if self.remove_files(&k) {
             self.corrupt_removed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(digest = %d, path = %p.display(), "corrupt blob removed from the CAS");
         }
@@ -474,9 +531,7 @@ impl Store {
         for v in &victims {
             let _g = self.rename_lock.lock();
             // A writer may have put the blob back since it was chosen.
-            if self.index.lock().peek(&v.key).is_none()
-                && fs::remove_file(self.path(&v.key)).is_ok()
-            {
+            if self.index.lock().peek(&v.key).is_none() && self.remove_files(&v.key) {
                 freed += v.size;
             }
         }

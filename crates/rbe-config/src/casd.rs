@@ -61,6 +61,9 @@ pub struct Storage {
     pub upload_expiry_secs: u64,
     /// Upper bound on how long a client may pin a blob.
     pub max_pin_ttl_secs: u64,
+    /// Directories casd may materialize input trees into (by hard links,
+    /// so they must be on the store's filesystem): rbe-workerd's work_dir.
+    pub materialize_roots: Vec<PathBuf>,
 }
 
 impl Default for Storage {
@@ -73,6 +76,7 @@ impl Default for Storage {
             verify_reads: true,
             upload_expiry_secs: 600,
             max_pin_ttl_secs: 3600,
+            materialize_roots: vec![PathBuf::from("/var/lib/rbe/work")],
         }
     }
 }
@@ -163,6 +167,7 @@ struct StorageFragment {
     verify_reads: Option<bool>,
     upload_expiry_secs: Option<u64>,
     max_pin_ttl_secs: Option<u64>,
+    materialize_roots: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,8 +205,12 @@ impl CasdFragment {
             verify_reads: s.verify_reads.unwrap_or(d.storage.verify_reads),
             upload_expiry_secs: s.upload_expiry_secs.unwrap_or(d.storage.upload_expiry_secs),
             max_pin_ttl_secs: s.max_pin_ttl_secs.unwrap_or(d.storage.max_pin_ttl_secs),
+            materialize_roots: s.materialize_roots.unwrap_or(d.storage.materialize_roots),
         };
         check_absolute(prov, "storage.path", &storage.path)?;
+        for r in &storage.materialize_roots {
+            check_absolute(prov, "storage.materialize_roots", r)?;
+        }
         if storage.max_size == 0 {
             return Err(prov.error("storage.max_size", "must be greater than zero"));
         }

@@ -17,6 +17,8 @@ pub struct FrontendSettings {
     pub casd: CasdClient,
     /// `[limits]`
     pub limits: FrontendLimits,
+    /// `[execution]`
+    pub execution: Execution,
     /// `[log]`
     pub log: Log,
 }
@@ -69,12 +71,52 @@ impl Default for FrontendLimits {
     }
 }
 
+/// `[execution]`: the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Execution {
+    /// Timeout for actions that set none, in seconds.
+    pub default_timeout_secs: u64,
+    /// Longest timeout an action may ask for, in seconds.
+    pub max_timeout_secs: u64,
+    /// Queued actions beyond this are refused with RESOURCE_EXHAUSTED.
+    pub max_queued: u64,
+    /// How long completed operations stay visible to WaitExecution and
+    /// GetOperation, in seconds.
+    pub operation_retention_secs: u64,
+    /// A queued action that no connected worker can run fails after this
+    /// many seconds.
+    pub unmatchable_grace_secs: u64,
+}
+
+impl Default for Execution {
+    fn default() -> Self {
+        Execution {
+            default_timeout_secs: 900,
+            max_timeout_secs: 3600,
+            max_queued: 10_000,
+            operation_retention_secs: 600,
+            unmatchable_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecutionFragment {
+    default_timeout_secs: Option<u64>,
+    max_timeout_secs: Option<u64>,
+    max_queued: Option<u64>,
+    operation_retention_secs: Option<u64>,
+    unmatchable_grace_secs: Option<u64>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FrontendFragment {
     listen: Option<ListenFragment>,
     casd: Option<CasdFragment>,
     limits: Option<LimitsFragment>,
+    execution: Option<ExecutionFragment>,
     log: Option<LogFragment>,
 }
 
@@ -141,11 +183,47 @@ impl FrontendFragment {
             ));
         }
 
+        let e = self.execution.unwrap_or_default();
+        let de = d.execution;
+        let execution = Execution {
+            default_timeout_secs: e.default_timeout_secs.unwrap_or(de.default_timeout_secs),
+            max_timeout_secs: e.max_timeout_secs.unwrap_or(de.max_timeout_secs),
+            max_queued: e.max_queued.unwrap_or(de.max_queued),
+            operation_retention_secs: e
+                .operation_retention_secs
+                .unwrap_or(de.operation_retention_secs),
+            unmatchable_grace_secs: e
+                .unmatchable_grace_secs
+                .unwrap_or(de.unmatchable_grace_secs),
+        };
+        for (key, v) in [
+            (
+                "execution.default_timeout_secs",
+                execution.default_timeout_secs,
+            ),
+            ("execution.max_timeout_secs", execution.max_timeout_secs),
+            ("execution.max_queued", execution.max_queued),
+        ] {
+            if v == 0 {
+                return Err(prov.error(key, "must be greater than 0"));
+            }
+        }
+        if execution.default_timeout_secs > execution.max_timeout_secs {
+            return Err(prov.error(
+                "execution.default_timeout_secs",
+                format!(
+                    "{} exceeds execution.max_timeout_secs ({})",
+                    execution.default_timeout_secs, execution.max_timeout_secs
+                ),
+            ));
+        }
+
         let log = LogFragment::build(self.log, prov)?;
         Ok(FrontendSettings {
             listen,
             casd,
             limits,
+            execution,
             log,
         })
     }

@@ -16,14 +16,16 @@ mod frontend;
 mod layer;
 pub mod local;
 mod size;
+mod workerd;
 
 use std::path::PathBuf;
 
 pub use casd::{CasdListen, CasdSettings, Instances, Limits, Storage};
 pub use common::Log;
 pub use error::{ConfigError, Origin};
-pub use frontend::{CasdClient, FrontendLimits, FrontendListen, FrontendSettings};
+pub use frontend::{CasdClient, Execution, FrontendLimits, FrontendListen, FrontendSettings};
 pub use size::{parse_size, ParseSizeError};
+pub use workerd::{Sandbox, WorkerSection, WorkerdSettings};
 
 /// The standard search path, lowest precedence first: vendor defaults,
 /// runtime overrides, then the administrator's files.
@@ -46,7 +48,13 @@ pub fn load_frontend(dirs: &[PathBuf]) -> Result<FrontendSettings, ConfigError> 
     fragment.build(&prov)
 }
 
-/// Every dotted key `daemon` (`"casd"` or `"frontend"`) accepts; empty for
+/// Loads `workerd.toml` and its drop-ins from `dirs`.
+pub fn load_workerd(dirs: &[PathBuf]) -> Result<WorkerdSettings, ConfigError> {
+    let (fragment, prov) = layer::load::<workerd::WorkerdFragment>("workerd", dirs)?;
+    fragment.build(&prov)
+}
+
+/// Every dotted key `daemon` (`"casd"`, `"frontend"` or `"workerd"`) accepts; empty for
 /// an unknown daemon.
 pub fn known_keys(daemon: &str) -> Vec<&'static str> {
     // Kept by hand so it can be `'static`; a test checks it against the
@@ -62,6 +70,7 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "storage.verify_reads",
             "storage.upload_expiry_secs",
             "storage.max_pin_ttl_secs",
+            "storage.materialize_roots",
             "limits.max_batch_total_size_bytes",
             "limits.max_inline_bytes",
             "instances.allowed",
@@ -73,6 +82,24 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "listen.local",
             "casd.socket",
             "limits.max_message_bytes",
+            "execution.default_timeout_secs",
+            "execution.max_timeout_secs",
+            "execution.max_queued",
+            "execution.operation_retention_secs",
+            "execution.unmatchable_grace_secs",
+            "log.level",
+        ],
+        "workerd" => vec![
+            "frontend.socket",
+            "casd.socket",
+            "worker.name",
+            "worker.slots",
+            "worker.work_dir",
+            "worker.platform",
+            "sandbox.uid",
+            "sandbox.gid",
+            "sandbox.network",
+            "sandbox.max_output_bytes",
             "log.level",
         ],
         _ => Vec::new(),

@@ -30,7 +30,7 @@ fn shipped_frontend_defaults_match_builtin_except_public_listen() {
 
 #[test]
 fn every_known_key_is_in_the_shipped_files() {
-    for daemon in ["casd", "frontend"] {
+    for daemon in ["casd", "frontend", "workerd"] {
         let text =
             std::fs::read_to_string(defaults_dir().join(format!("{daemon}.toml"))).expect("read");
         let doc: toml::Table = text.parse().expect("toml");
@@ -43,4 +43,12 @@ fn every_known_key_is_in_the_shipped_files() {
             assert!(present, "{daemon}.toml lacks {key}");
         }
     }
+}
+
+#[test]
+fn shipped_workerd_defaults_match_builtin() {
+    let shipped =
+        rbe_config::load_workerd(&[defaults_dir()]).expect("shipped workerd.toml is valid");
+    let builtin = rbe_config::load_workerd(&[]).expect("built-in defaults");
+    assert_eq!(shipped, builtin);
 }

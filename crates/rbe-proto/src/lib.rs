@@ -3,6 +3,7 @@
 //! - [`reapi`], [`bytestream`], [`longrunning`]: the Remote Execution API types
 //!   from the `bazel-remote-apis` crate, re-exported under short names.
 //! - [`casd`]: rbe-casd's local API (`proto/rbe/casd/v1/casd.proto`).
+//! - [`worker`]: the worker stream (`proto/rbe/worker/v1/worker.proto`).
 //! - [`rpc`]: the `google.rpc` error details rbe attaches to statuses.
 //! - [`digest`] and [`resource`]: validated digests and ByteStream resource
 //!   names, so that nothing past the service edge handles raw strings.
@@ -53,4 +54,10 @@ pub mod rpc {
 #[allow(missing_docs, clippy::all)]
 pub mod casd {
     tonic::include_proto!("rbe.casd.v1");
+}
+
+/// The worker stream between rbe-workerd and rbe-frontend.
+#[allow(missing_docs, clippy::all)]
+pub mod worker {
+    tonic::include_proto!("rbe.worker.v1");
 }

@@ -55,6 +55,7 @@ pub async fn run(
     let casd = Arc::new(Casd {
         ac: ActionCache::open(Arc::clone(&store)).context("opening the action cache")?,
         uploads: Uploads::new(Duration::from_secs(st.upload_expiry_secs), 1024),
+        dirs: rbe_cas::materialize::DirCache::new(100_000),
         leases: Leases::new(Arc::clone(&store), Duration::from_secs(st.max_pin_ttl_secs)),
         store: Arc::clone(&store),
         settings: Arc::clone(&settings),

@@ -2,6 +2,7 @@
 //! cache and ByteStream by streaming to rbe-casd (and, in later releases,
 //! Execution, the scheduler and the cluster gossip).
 
+mod exec;
 mod proxy;
 mod server;
 

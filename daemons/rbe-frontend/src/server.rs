@@ -1,6 +1,11 @@
 //! Opens the listeners, builds the services and serves until shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use rbe_proto::longrunning::operations_server::OperationsServer;
+use rbe_proto::reapi::execution_server::ExecutionServer;
+use rbe_proto::worker::worker_hub_server::WorkerHubServer;
 
 use anyhow::Context;
 use rbe_config::FrontendSettings;
@@ -43,7 +48,8 @@ pub async fn run(
         },
     )
     .with_context(|| format!("listening on {}", settings.listen.local.display()))?;
-    listeners.push(local);
+    // The worker hub is served on the local socket only: a worker gets
+    // actions and reports results, which no network client may do.
 
     let max_message = settings.limits.max_message_bytes as usize;
     let upstream = Upstream {
@@ -62,8 +68,15 @@ pub async fn run(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    let exec = crate::exec::Exec::new(upstream.clone(), settings.execution.clone());
     let router = rbe_net::tune_server(tonic::transport::Server::builder())
         .add_service(health)
+        .add_service(ExecutionServer::new(
+            crate::exec::execution::ExecutionService(Arc::clone(&exec)),
+        ))
+        .add_service(OperationsServer::new(
+            crate::exec::operations::OperationsService(Arc::clone(&exec)),
+        ))
         .add_service(CapabilitiesServer::new(cas::CapabilitiesProxy(
             upstream.clone(),
         )))
@@ -83,8 +96,21 @@ pub async fn run(
                 .max_encoding_message_size(max_message),
         );
 
+    let local_router =
+        router
+            .clone()
+            .add_service(WorkerHubServer::new(crate::exec::hub::HubService(
+                Arc::clone(&exec),
+            )));
+
     let shutdown = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
+    tracing::info!(listen = %local.local_addr_string(), "rbe-frontend listening (local)");
+    servers.spawn(rbe_net::serve(
+        local_router,
+        local,
+        shutdown.clone().cancelled_owned(),
+    ));
     for l in listeners {
         tracing::info!(listen = %l.local_addr_string(), "rbe-frontend listening");
         servers.spawn(rbe_net::serve(
@@ -101,7 +127,7 @@ pub async fn run(
         tracing::info!("stopping: finishing requests in flight");
         stop.cancel();
     });
-    let watchdog = tokio::spawn(heartbeat(shutdown.clone()));
+    let watchdog = tokio::spawn(heartbeat(shutdown.clone(), Arc::clone(&exec)));
     while let Some(r) = servers.join_next().await {
         match r {
             Ok(Ok(())) => {}
@@ -121,15 +147,21 @@ pub async fn run(
 }
 
 /// Watchdog pings and STATUS= from the main runtime.
-async fn heartbeat(shutdown: CancellationToken) {
+async fn heartbeat(shutdown: CancellationToken, exec: Arc<crate::exec::Exec>) {
     let tick = rbe_systemd::watchdog_interval()
         .unwrap_or(Duration::from_secs(5))
         .min(Duration::from_secs(5));
-    rbe_systemd::notify_status("serving CAS, action cache and ByteStream");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tick) => rbe_systemd::notify_watchdog(),
+            _ = tokio::time::sleep(tick) => {}
         }
+        rbe_systemd::notify_watchdog();
+        exec.tick();
+        let c = exec.sched.lock().counts();
+        rbe_systemd::notify_status(&format!(
+            "{} queued, {} running, {} workers, {} free slots",
+            c.queued, c.executing, c.workers, c.free_slots
+        ));
     }
 }

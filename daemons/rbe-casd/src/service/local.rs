@@ -3,13 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rbe_cas::materialize::{self, TreeError};
 use rbe_proto::casd::{
-    casd_server, PinRequest, PinResponse, StatsRequest, StatsResponse, UnpinRequest, UnpinResponse,
+    casd_server, MaterializeRequest, MaterializeResponse, PinRequest, PinResponse, StatsRequest,
+    StatsResponse, UnpinRequest, UnpinResponse,
 };
 use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
-use super::{digest_status, Casd};
+use super::{blocking, cas_status, digest_status, Casd};
 
 /// The local API service.
 pub struct LocalService(pub Arc<Casd>);
@@ -66,5 +68,37 @@ impl casd_server::Casd for LocalService {
                 "lease {lease:?} is unknown or expired"
             )))
         }
+    }
+
+    async fn materialize(
+        &self,
+        req: Request<MaterializeRequest>,
+    ) -> Result<Response<MaterializeResponse>, Status> {
+        let req = req.into_inner();
+        self.0.partition(&req.instance_name)?;
+        let f = DigestFunction::from_reapi(req.digest_function).map_err(digest_status)?;
+        let root = req
+            .root
+            .ok_or_else(|| Status::invalid_argument("root is missing"))?;
+        let root = Digest::parse(f, &root.hash, root.size_bytes).map_err(digest_status)?;
+        let casd = Arc::clone(&self.0);
+        let started = std::time::Instant::now();
+        let r = blocking(move || {
+            let roots = &casd.settings.storage.materialize_roots;
+            let target = materialize::open_target(&req.target, roots)?;
+            materialize::materialize(&casd.store, &casd.dirs, f, root, &target, req.copy)
+        })
+        .await?;
+        let m = r.map_err(|e| match e {
+            TreeError::Invalid(m) => Status::invalid_argument(m),
+            TreeError::Cas(e) => cas_status(e),
+        })?;
+        tracing::debug!(digest = %root, files = m.files, directories = m.directories, missing = m.missing.len(), elapsed_us = started.elapsed().as_micros() as u64, "materialized input tree");
+        Ok(Response::new(MaterializeResponse {
+            missing: m.missing.iter().map(to_proto).collect(),
+            files: m.files,
+            directories: m.directories,
+            bytes: m.bytes,
+        }))
     }
 }

@@ -27,6 +27,7 @@ pub struct Casd {
     pub ac: ActionCache,
     pub uploads: Uploads,
     pub leases: Leases,
+    pub dirs: rbe_cas::materialize::DirCache,
     pub settings: Arc<CasdSettings>,
 }
 

@@ -22,12 +22,26 @@ impl Capabilities for CapabilitiesProxy {
         req: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
         // casd decides the cache capabilities, so the advertised batch limit
-        // is always the one casd enforces. Execution is added by the
-        // scheduler once it exists.
-        self.0
+        // is always the one casd enforces; execution is the frontend's.
+        let mut caps = self
+            .0
             .capabilities()
             .get_capabilities(req.into_inner())
-            .await
+            .await?;
+        use reapi::digest_function::Value as F;
+        caps.get_mut().execution_capabilities = Some(reapi::ExecutionCapabilities {
+            digest_function: F::Sha256 as i32,
+            exec_enabled: true,
+            execution_priority_capabilities: Some(reapi::PriorityCapabilities {
+                priorities: vec![reapi::priority_capabilities::PriorityRange {
+                    min_priority: i32::MIN,
+                    max_priority: i32::MAX,
+                }],
+            }),
+            supported_node_properties: vec![],
+            digest_functions: vec![F::Sha256 as i32, F::Blake3 as i32],
+        });
+        Ok(caps)
     }
 }
 

@@ -1,0 +1,341 @@
+//! Builds an action's input tree from the store, for rbe-workerd.
+//!
+//! Everything is created relative to directory file descriptors opened with
+//! `O_NOFOLLOW`, so no name (already validated) and no symlink in the tree
+//! can make casd write outside the target. Files are hard links to the
+//! store's read-only inodes; executables link to a separate 0555 twin so a
+//! plain blob's mode never changes. Directories are made 0777 so the
+//! unprivileged action user can create outputs in them (the work directory
+//! above is closed to everyone else).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prost::Message;
+use rbe_proto::reapi::Directory;
+use rbe_proto::{Digest, DigestFunction};
+use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+
+use crate::error::CasError;
+use crate::store::Store;
+
+/// Largest Directory message accepted.
+pub const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
+/// Most directories in one input tree.
+pub const MAX_DIRECTORIES: usize = 1_000_000;
+
+/// What went wrong with a tree, beyond missing blobs.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// A name or structure the REAPI forbids.
+    #[error("invalid input tree: {0}")]
+    Invalid(String),
+    /// A store failure.
+    #[error(transparent)]
+    Cas(#[from] CasError),
+}
+
+/// Result of a materialization.
+#[derive(Debug, Default)]
+pub struct Materialized {
+    /// Blobs absent from the store (nothing was built when non-empty).
+    pub missing: Vec<Digest>,
+    /// Files created.
+    pub files: u64,
+    /// Directories created.
+    pub directories: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+}
+
+/// A bounded cache of decoded Directory messages: input trees of one build
+/// share most of their directories.
+pub struct DirCache {
+    map: Mutex<HashMap<Digest, Arc<Directory>>>,
+    cap: usize,
+}
+
+impl DirCache {
+    /// A cache of at most `cap` directories.
+    pub fn new(cap: usize) -> Self {
+        DirCache {
+            map: Mutex::new(HashMap::new()),
+            cap,
+        }
+    }
+
+    fn get(&self, store: &Arc<Store>, d: Digest) -> Result<Arc<Directory>, TreeError> {
+        if let Some(dir) = self.map.lock().get(&d) {
+            return Ok(Arc::clone(dir));
+        }
+        if d.size > MAX_DIRECTORY_BYTES {
+            return Err(TreeError::Invalid(format!(
+                "directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes"
+            )));
+        }
+        let bytes = store.read_all(d)?;
+        let dir = Arc::new(
+            Directory::decode(bytes.as_slice())
+                .map_err(|e| TreeError::Invalid(format!("blob {d} is not a Directory: {e}")))?,
+        );
+        let mut m = self.map.lock();
+        if m.len() >= self.cap {
+            // Simple and bounded: a full cache starts over.
+            m.clear();
+        }
+        m.insert(d, Arc::clone(&dir));
+        Ok(dir)
+    }
+}
+
+/// Checks one entry name: a single, real path component.
+pub fn check_name(name: &str) -> Result<(), TreeError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(TreeError::Invalid(format!(
+            "entry name {name:?} is empty, '.', '..' or contains '/' or NUL"
+        )));
+    }
+    Ok(())
+}
+
+fn digest_of(
+    f: DigestFunction,
+    d: Option<&rbe_proto::reapi::Digest>,
+    what: &str,
+) -> Result<Digest, TreeError> {
+    let d = d.ok_or_else(|| TreeError::Invalid(format!("{what} has no digest")))?;
+    Digest::from_reapi(f, d).map_err(|e| TreeError::Invalid(format!("{what}: {e}")))
+}
+
+/// Loads and validates the whole tree.
+/// A loaded tree: its directories by digest, and the blobs it lacks.
+struct Tree {
+    dirs: HashMap<Digest, Arc<Directory>>,
+    missing: Vec<Digest>,
+}
+
+fn load_tree(
+    store: &Arc<Store>,
+    cache: &DirCache,
+    f: DigestFunction,
+    root: Digest,
+) -> Result<Tree, TreeError> {
+    let mut dirs = HashMap::new();
+    let mut missing = Vec::new();
+    let mut files = Vec::new();
+    let mut queue = VecDeque::from([root]);
+    let mut seen = HashSet::from([root]);
+    while let Some(d) = queue.pop_front() {
+        if dirs.len() >= MAX_DIRECTORIES {
+            return Err(TreeError::Invalid(format!(
+                "more than {MAX_DIRECTORIES} directories"
+            )));
+        }
+        let dir = match cache.get(store, d) {
+            Ok(dir) => dir,
+            Err(TreeError::Cas(CasError::NotFound(_)))
+            | Err(TreeError::Cas(CasError::Corrupt(_))) => {
+                missing.push(d);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut names = HashSet::new();
+        for n in dir
+            .files
+            .iter()
+            .map(|x| &x.name)
+            .chain(dir.directories.iter().map(|x| &x.name))
+            .chain(dir.symlinks.iter().map(|x| &x.name))
+        {
+            check_name(n)?;
+            if !names.insert(n.as_str()) {
+                return Err(TreeError::Invalid(format!(
+                    "name {n:?} appears twice in directory {d}"
+                )));
+            }
+        }
+        for file in &dir.files {
+            files.push(digest_of(
+                f,
+                file.digest.as_ref(),
+                &format!("file {:?}", file.name),
+            )?);
+        }
+        for sub in &dir.directories {
+            let sd = digest_of(f, sub.digest.as_ref(), &format!("directory {:?}", sub.name))?;
+            if seen.insert(sd) {
+                queue.push_back(sd);
+            }
+        }
+        dirs.insert(d, dir);
+    }
+    missing.extend(store.find_missing(&files));
+    Ok(Tree { dirs, missing })
+}
+
+fn io(op: &'static str, path: &str, e: rustix::io::Errno) -> TreeError {
+    TreeError::Cas(CasError::Io {
+        op,
+        path: path.to_string(),
+        source: e.into(),
+    })
+}
+
+/// Opens `target`, refusing symlinks anywhere on the way and any target
+/// outside `roots`.
+pub fn open_target(target: &str, roots: &[std::path::PathBuf]) -> Result<OwnedFd, TreeError> {
+    let p = Path::new(target);
+    if !p.is_absolute()
+        || p.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        })
+    {
+        return Err(TreeError::Invalid(format!(
+            "target {target:?} must be an absolute, normalized path"
+        )));
+    }
+    if !roots.iter().any(|r| p.starts_with(r) && p != r) {
+        return Err(TreeError::Invalid(format!(
+            "target {target:?} is not under a configured materialize root {roots:?}"
+        )));
+    }
+    let fd = rustix::fs::openat2(
+        CWD,
+        target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::NO_SYMLINKS,
+    )
+    .map_err(|e| io("open target", target, e))?;
+    let mut entries = rustix::fs::Dir::read_from(&fd).map_err(|e| io("list target", target, e))?;
+    while let Some(Ok(e)) = entries.next() {
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            return Err(TreeError::Invalid(format!(
+                "target {target:?} is not empty"
+            )));
+        }
+    }
+    Ok(fd)
+}
+
+/// Builds the tree rooted at `root` into the directory `target`.
+pub fn materialize(
+    store: &Arc<Store>,
+    cache: &DirCache,
+    f: DigestFunction,
+    root: Digest,
+    target: &OwnedFd,
+    copy: bool,
+) -> Result<Materialized, TreeError> {
+    let Tree { dirs, missing } = load_tree(store, cache, f, root)?;
+    if !missing.is_empty() {
+        return Ok(Materialized {
+            missing,
+            ..Default::default()
+        });
+    }
+    let mut out = Materialized::default();
+    build(store, &dirs, f, root, target, copy, &mut out, "")?;
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    store: &Arc<Store>,
+    dirs: &HashMap<Digest, Arc<Directory>>,
+    f: DigestFunction,
+    d: Digest,
+    at: &OwnedFd,
+    copy: bool,
+    out: &mut Materialized,
+    rel: &str,
+) -> Result<(), TreeError> {
+    let dir = dirs
+        .get(&d)
+        .ok_or_else(|| TreeError::Invalid(format!("directory {d} vanished")))?;
+    for file in &dir.files {
+        let fd = digest_of(f, file.digest.as_ref(), &file.name)?;
+        let path = format!("{rel}{}", file.name);
+        if copy || fd.is_empty_blob() {
+            write_copy(store, fd, file.is_executable, at, &file.name, &path)?;
+        } else {
+            let src = if file.is_executable {
+                store.exec_variant(&fd)?
+            } else {
+                store.blob_path(&fd)
+            };
+            rustix::fs::linkat(CWD, &src, at.as_fd(), file.name.as_str(), AtFlags::empty())
+                .map_err(|e| {
+                    if e == rustix::io::Errno::NOENT {
+                        TreeError::Cas(CasError::NotFound(fd))
+                    } else {
+                        io("link", &path, e)
+                    }
+                })?;
+        }
+        out.files += 1;
+        out.bytes += fd.size;
+    }
+    for link in &dir.symlinks {
+        if link.target.is_empty() || link.target.contains('\0') {
+            return Err(TreeError::Invalid(format!(
+                "symlink {:?} has an empty or invalid target",
+                link.name
+            )));
+        }
+        rustix::fs::symlinkat(link.target.as_str(), at.as_fd(), link.name.as_str())
+            .map_err(|e| io("symlink", &format!("{rel}{}", link.name), e))?;
+    }
+    for sub in &dir.directories {
+        let sd = digest_of(f, sub.digest.as_ref(), &sub.name)?;
+        let path = format!("{rel}{}/", sub.name);
+        rustix::fs::mkdirat(at.as_fd(), sub.name.as_str(), Mode::from_raw_mode(0o777))
+            .map_err(|e| io("mkdir", &path, e))?;
+        let child = rustix::fs::openat(
+            at.as_fd(),
+            sub.name.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("open", &path, e))?;
+        // mkdir applies the umask; the action user needs to write here.
+        rustix::fs::fchmod(&child, Mode::from_raw_mode(0o777))
+            .map_err(|e| io("chmod", &path, e))?;
+        out.directories += 1;
+        build(store, dirs, f, sd, &child, copy, out, &path)?;
+    }
+    Ok(())
+}
+
+fn write_copy(
+    store: &Arc<Store>,
+    d: Digest,
+    executable: bool,
+    at: &OwnedFd,
+    name: &str,
+    path: &str,
+) -> Result<(), TreeError> {
+    let mode = if executable { 0o555 } else { 0o444 };
+    let fd = rustix::fs::openat(
+        at.as_fd(),
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .map_err(|e| io("create", path, e))?;
+    let mut file = std::fs::File::from(fd);
+    let mut reader = store.reader(d, 0, 0)?;
+    while let Some(chunk) = reader.next_chunk(1 << 20)? {
+        std::io::Write::write_all(&mut file, &chunk)
+            .map_err(|e| TreeError::Cas(CasError::io("write", Path::new(path), e, Some(&d))))?;
+    }
+    Ok(())
+}

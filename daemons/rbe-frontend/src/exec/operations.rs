@@ -1,0 +1,154 @@
+//! google.longrunning.Operations over execution operations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rbe_proto::longrunning::{
+    operations_server::Operations, CancelOperationRequest, DeleteOperationRequest,
+    GetOperationRequest, ListOperationsRequest, ListOperationsResponse, Operation,
+    WaitOperationRequest,
+};
+use rbe_proto::wkt::Empty;
+use tonic::{Request, Response, Status};
+
+use super::{operation, Exec};
+
+/// The Operations service.
+pub struct OperationsService(pub Arc<Exec>);
+
+impl OperationsService {
+    fn current(&self, name: &str) -> Result<Operation, Status> {
+        let id = self.0.lookup(name).ok_or_else(|| {
+            Status::not_found(format!("operation {name:?} is unknown or has expired"))
+        })?;
+        let ops = self.0.ops.lock();
+        let o = ops
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("operation {name:?} has expired")))?;
+        let snap = o.watch.borrow().clone();
+        Ok(operation(
+            &o.name,
+            &o.action_digest,
+            o.digest_function,
+            &snap,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl Operations for OperationsService {
+    async fn list_operations(
+        &self,
+        req: Request<ListOperationsRequest>,
+    ) -> Result<Response<ListOperationsResponse>, Status> {
+        let req = req.into_inner();
+        let skip: usize = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("page_token is not one this server issued"))?
+        };
+        let page = if req.page_size <= 0 {
+            1000
+        } else {
+            (req.page_size as usize).min(10_000)
+        };
+        let ids = self.0.sched.lock().ids();
+        let ops = self.0.ops.lock();
+        let operations: Vec<Operation> = ids
+            .iter()
+            .skip(skip)
+            .take(page)
+            .filter_map(|id| ops.get(id))
+            .map(|o| {
+                operation(
+                    &o.name,
+                    &o.action_digest,
+                    o.digest_function,
+                    &o.watch.borrow(),
+                )
+            })
+            .collect();
+        let next = skip + page;
+        Ok(Response::new(ListOperationsResponse {
+            operations,
+            next_page_token: if next < ids.len() {
+                next.to_string()
+            } else {
+                String::new()
+            },
+            unreachable: vec![],
+        }))
+    }
+
+    async fn get_operation(
+        &self,
+        req: Request<GetOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        self.current(&req.into_inner().name).map(Response::new)
+    }
+
+    async fn delete_operation(
+        &self,
+        req: Request<DeleteOperationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let name = req.into_inner().name;
+        let op = self.current(&name)?;
+        if !op.done {
+            return Err(Status::failed_precondition(format!(
+                "operation {name:?} is still running; cancel it first"
+            )));
+        }
+        // Forgetting the name is enough: the scheduler drops the completed
+        // operation at its retention time.
+        self.0.names.lock().remove(&name);
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn cancel_operation(
+        &self,
+        req: Request<CancelOperationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let name = req.into_inner().name;
+        let id = self.0.lookup(&name).ok_or_else(|| {
+            Status::not_found(format!("operation {name:?} is unknown or has expired"))
+        })?;
+        let effect = self
+            .0
+            .sched
+            .lock()
+            .cancel(id)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        self.0.apply_cancel(id, effect);
+        self.0.dispatch();
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn wait_operation(
+        &self,
+        req: Request<WaitOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let req = req.into_inner();
+        let id = self.0.lookup(&req.name).ok_or_else(|| {
+            Status::not_found(format!(
+                "operation {:?} is unknown or has expired",
+                req.name
+            ))
+        })?;
+        let mut rx = {
+            let ops = self.0.ops.lock();
+            ops.get(&id)
+                .ok_or_else(|| Status::not_found("operation has expired"))?
+                .watch
+                .subscribe()
+        };
+        let limit = req
+            .timeout
+            .map(|t| Duration::from_secs(t.seconds.max(0) as u64))
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(600));
+        let _ = tokio::time::timeout(limit, rx.wait_for(|s| s.response.is_some())).await;
+        self.current(&req.name).map(Response::new)
+    }
+}
