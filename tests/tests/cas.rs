@@ -115,7 +115,7 @@ async fn bytestream_roundtrip_both_functions_and_zstd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_blob_is_always_present() {
-    let s = Stack::start().await;
+    let mut s = Stack::start().await;
     let ch = s.channel();
     for f in DigestFunction::ALL {
         let d = Digest::empty(f);
@@ -125,6 +125,7 @@ async fn empty_blob_is_always_present() {
             .is_empty());
         assert!(client::read(&ch, "", &d).await.expect("read").is_empty());
     }
+    assert!(s.alive());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +278,7 @@ async fn hostile_resource_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_write_resumes_and_wrong_offset_is_refused() {
-    let s = Stack::start().await;
+    let mut s = Stack::start().await;
     let ch = s.channel();
     let data = pseudo_random(1 << 20, 7);
     let d = sha(&data);
@@ -385,6 +386,7 @@ async fn interrupted_write_resumes_and_wrong_offset_is_refused() {
         .await
         .expect_err("gap");
     assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(s.alive());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +457,7 @@ async fn oversized_batches_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_read_with_zstd() {
-    let s = Stack::start().await;
+    let mut s = Stack::start().await;
     let ch = s.channel();
     let text = b"abcabcabc".repeat(1000);
     let d = sha(&text);
@@ -482,12 +484,13 @@ async fn batch_read_with_zstd() {
         r.responses[1].status.as_ref().expect("status").code,
         Code::NotFound as i32
     );
+    assert!(s.alive());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_tree_pages_through_a_tree() {
     use prost::Message;
-    let s = Stack::start().await;
+    let mut s = Stack::start().await;
     let ch = s.channel();
     // root -> 30 subdirectories, each with one file; one shared subdir twice.
     let file = sha(b"content");
@@ -560,4 +563,136 @@ async fn get_tree_pages_through_a_tree() {
         .await
         .expect_err("bad token");
     assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(s.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_bombs_and_lies_in_batches_are_refused() {
+    let mut s = Stack::start().await;
+    let ch = s.channel();
+    let mut cas = ContentAddressableStorageClient::new(ch.clone());
+    let bomb = zstd::encode_all(vec![0u8; 64 << 20].as_slice(), 19).expect("zstd");
+    assert!(bomb.len() < 1 << 20);
+    let huge = rbe_proto::reapi::Digest {
+        hash: sha(b"x").hex(),
+        size_bytes: 1 << 40,
+    };
+    for (digest, what) in [
+        (huge, "claims 1 TiB"),
+        (sha(&vec![0u8; 64 << 20]).to_reapi(), "64 MiB of zeros"),
+    ] {
+        let req = rbe_proto::reapi::BatchUpdateBlobsRequest {
+            instance_name: String::new(),
+            requests: vec![rbe_proto::reapi::batch_update_blobs_request::Request {
+                digest: Some(digest),
+                data: bomb.clone(),
+                compressor: 1,
+            }],
+            digest_function: 1,
+        };
+        let e = cas.batch_update_blobs(req).await.expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+    }
+    // A small entry that lies about its size decompresses within the bound
+    // and fails its own check.
+    let text = b"hello hello hello".repeat(100);
+    let z = zstd::encode_all(text.as_slice(), 3).expect("zstd");
+    let mut d = sha(&text).to_reapi();
+    d.size_bytes = 10;
+    let req = rbe_proto::reapi::BatchUpdateBlobsRequest {
+        instance_name: String::new(),
+        requests: vec![rbe_proto::reapi::batch_update_blobs_request::Request {
+            digest: Some(d),
+            data: z,
+            compressor: 1,
+        }],
+        digest_function: 1,
+    };
+    let r = cas
+        .batch_update_blobs(req)
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(
+        r.responses[0].status.as_ref().expect("status").code,
+        Code::InvalidArgument as i32
+    );
+    assert!(s.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_frame_zstd_upload_is_decoded_completely() {
+    let mut s = Stack::start().await;
+    let ch = s.channel();
+    // Many frames in one message, decoding to well over the 1 MiB buffer.
+    let data = pseudo_random(3 << 20, 99);
+    let mut z = Vec::new();
+    for part in data.chunks(100_000) {
+        z.extend(zstd::encode_all(part, 1).expect("zstd"));
+    }
+    let d = sha(&data);
+    let name = resource::write_name("", "frames", &d, Compressor::Zstd);
+    let mut msgs = Vec::new();
+    let mut off = 0usize;
+    for c in z.chunks(1 << 20) {
+        msgs.push(WriteRequest {
+            resource_name: if off == 0 {
+                name.clone()
+            } else {
+                String::new()
+            },
+            write_offset: off as i64,
+            finish_write: off + c.len() == z.len(),
+            data: c.to_vec(),
+        });
+        off += c.len();
+    }
+    ByteStreamClient::new(ch.clone())
+        .max_encoding_message_size(8 << 20)
+        .write(futures::stream::iter(msgs))
+        .await
+        .expect("write");
+    assert_eq!(client::read(&ch, "", &d).await.expect("read"), data);
+    assert!(s.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upload_name_written_by_two_streams_at_once() {
+    let mut s = Stack::start().await;
+    let ch = s.channel();
+    let data = pseudo_random(4 << 20, 5);
+    let d = sha(&data);
+    let name = resource::write_name("", "same-uuid", &d, Compressor::Identity);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (ch, name, data) = (ch.clone(), name.clone(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            let msgs: Vec<WriteRequest> = data
+                .chunks(64 << 10)
+                .enumerate()
+                .map(|(i, c)| WriteRequest {
+                    resource_name: if i == 0 { name.clone() } else { String::new() },
+                    write_offset: (i * (64 << 10)) as i64,
+                    finish_write: (i + 1) * (64 << 10) >= data.len(),
+                    data: c.to_vec(),
+                })
+                .collect();
+            ByteStreamClient::new(ch)
+                .write(futures::stream::iter(msgs))
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(r) => {
+                assert_eq!(r.into_inner().committed_size, data.len() as i64);
+                ok += 1;
+            }
+            Err(e) => assert_eq!(e.code(), Code::Aborted, "the loser is told to retry: {e:?}"),
+        }
+    }
+    assert!(ok >= 1);
+    assert_eq!(client::read(&ch, "", &d).await.expect("read"), data);
+    assert!(s.alive());
 }

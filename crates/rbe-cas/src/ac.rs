@@ -58,6 +58,10 @@ fn referenced(
     }
     for t in trees {
         out.push(t);
+        if t.size > crate::materialize::MAX_DIRECTORY_BYTES {
+            // Too large to check; treated as incomplete so the client re-runs.
+            return Err(CasError::NotFound(t));
+        }
         // A missing or unreadable tree makes the whole result incomplete.
         let bytes = store.read_all(t)?;
         let tree = Tree::decode(bytes.as_slice()).map_err(|_| CasError::BadActionResult(t))?;

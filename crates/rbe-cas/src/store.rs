@@ -6,8 +6,10 @@
 //! data written -> data synced -> rename -> directory synced -> index insert.
 //! The index, and so FindMissingBlobs, learns of a blob only after that.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,9 +67,15 @@ pub struct Store {
     cas_dir: PathBuf,
     tmp_dir: PathBuf,
     index: Mutex<Index>,
-    // Serializes "rename into place + index insert" against "index miss +
-    // unlink" so eviction never deletes a blob that was just re-added.
-    rename_lock: Mutex<()>,
+    // Blobs renamed into place but not yet indexed (a writer may be between
+    // its rename and its directory sync or batch syncfs). Eviction and
+    // quarantine hold this lock while they unlink, and never unlink a blob
+    // that is indexed or listed here: a re-upload is never deleted under its
+    // writer.
+    publishing: Mutex<HashMap<Key, u32>>,
+    // Keys removed while the startup scan runs, so the scan does not put
+    // them back.
+    removed_while_loading: Mutex<HashSet<Key>>,
     loading: AtomicBool,
     evicting: AtomicBool,
     evicted: AtomicU64,
@@ -125,7 +133,8 @@ impl Store {
             cas_dir,
             tmp_dir,
             index: Mutex::new(Index::new()),
-            rename_lock: Mutex::new(()),
+            publishing: Mutex::new(HashMap::new()),
+            removed_while_loading: Mutex::new(HashSet::new()),
             loading: AtomicBool::new(true),
             evicting: AtomicBool::new(false),
             evicted: AtomicU64::new(0),
@@ -186,7 +195,7 @@ impl Store {
             }
             return Err(CasError::io("make executable copy", &plain, e, Some(d)));
         }
-        let _g = self.rename_lock.lock();
+        let _g = self.publishing.lock();
         // Copied from a blob that may have been evicted meanwhile: publish
         // only while the plain blob is still indexed.
         if self.index.lock().peek(&Key::from(d)).is_none() {
@@ -198,6 +207,9 @@ impl Store {
     }
 
     fn remove_files(&self, k: &Key) -> bool {
+        if self.is_loading() {
+            self.removed_while_loading.lock().insert(*k);
+        }
         let p = self.path(k);
         let mut x = p.clone().into_os_string();
         x.push(".x");
@@ -240,13 +252,17 @@ impl Store {
         // Newest first, each appended at the cold end: the oldest ends coldest.
         found.sort_by_key(|e| std::cmp::Reverse(e.2));
         {
+            let removed = self.removed_while_loading.lock();
             let mut ix = self.index.lock();
             ix.reserve(found.len());
             for (k, size, _) in &found {
-                ix.insert(*k, *size, true);
+                if !removed.contains(k) {
+                    ix.insert(*k, *size, true);
+                }
             }
+            self.loading.store(false, Ordering::Release);
         }
-        self.loading.store(false, Ordering::Release);
+        self.removed_while_loading.lock().clear();
         tracing::info!(
             blobs = found.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -320,6 +336,7 @@ impl Store {
             file: Some(file),
             hasher: digest.function.hasher(),
             written: 0,
+            renamed: false,
         })
     }
 
@@ -348,6 +365,15 @@ impl Store {
                 w.verify()?;
                 Ok(w)
             });
+            // Close each temp file once written: syncfs needs no open fds,
+            // and a batch of thousands of tiny blobs must not hold
+            // thousands of descriptors.
+            let r = r.map(|mut w| {
+                if pending.len() + 1 >= SYNCFS_BATCH {
+                    w.file = None;
+                }
+                w
+            });
             match r {
                 Ok(w) => {
                     pending.push((i, w));
@@ -362,13 +388,24 @@ impl Store {
             }
             return results;
         }
+        let sync_failed = |e: &std::io::Error, d: &Digest| {
+            CasError::io(
+                "syncfs",
+                &self.tmp_dir,
+                std::io::Error::new(e.kind(), e.to_string()),
+                Some(d),
+            )
+        };
         if let Err(e) = self.syncfs() {
-            let msg = e.to_string();
-            for (i, _) in &pending {
-                results[*i] = Err(CasError::Io {
-                    op: "syncfs",
-                    path: msg.clone(),
-                    source: std::io::Error::other("sync failed"),
+            for (i, w) in &pending {
+                results[*i] = Err(match e.raw_os_error() {
+                    Some(code) => CasError::io(
+                        "syncfs",
+                        &self.tmp_dir,
+                        std::io::Error::from_raw_os_error(code),
+                        Some(&w.digest),
+                    ),
+                    None => sync_failed(&e, &w.digest),
                 });
             }
             return results;
@@ -385,10 +422,14 @@ impl Store {
             match &synced {
                 Ok(()) => w.publish(),
                 Err(e) => {
-                    results[i] = Err(CasError::Io {
-                        op: "syncfs",
-                        path: e.to_string(),
-                        source: std::io::Error::other("sync failed"),
+                    results[i] = Err(match e.raw_os_error() {
+                        Some(code) => CasError::io(
+                            "syncfs",
+                            &self.tmp_dir,
+                            std::io::Error::from_raw_os_error(code),
+                            Some(&w.digest),
+                        ),
+                        None => sync_failed(e, &w.digest),
                     })
                 }
             }
@@ -397,9 +438,9 @@ impl Store {
         results
     }
 
-    fn syncfs(&self) -> Result<(), CasError> {
-        let f = File::open(&self.tmp_dir).map_err(io_err("open", &self.tmp_dir, None))?;
-        rustix::fs::syncfs(&f).map_err(|e| CasError::io("syncfs", &self.tmp_dir, e.into(), None))
+    fn syncfs(&self) -> std::io::Result<()> {
+        let f = File::open(&self.tmp_dir)?;
+        rustix::fs::syncfs(&f).map_err(std::io::Error::from)
     }
 
     /// Opens a blob for a verified, chunked read of `[offset, offset+limit)`
@@ -418,6 +459,7 @@ impl Store {
         if d.is_empty_blob() {
             return Ok(BlobReader {
                 store: Arc::clone(self),
+                inode: (0, 0),
                 digest: d,
                 file: None,
                 hasher: None,
@@ -436,13 +478,17 @@ impl Store {
             }
             Err(e) => return Err(CasError::io("open", &path, e, Some(&d))),
         };
-        let len = file
-            .metadata()
-            .map_err(io_err("stat", &path, Some(&d)))?
-            .len();
-        if len != d.size {
-            self.quarantine(&d);
-            return Err(CasError::Corrupt(d));
+        let meta = file.metadata().map_err(io_err("stat", &path, Some(&d)))?;
+        let inode = (meta.dev(), meta.ino());
+        if meta.len() != d.size {
+            // The hash names the file, so a request with the right hash and
+            // the wrong size is only a wrong request, unless the index
+            // agrees with the request: then the file was truncated.
+            if self.index.lock().peek(&k) == Some(d.size) {
+                self.quarantine_file(&d, Some(inode));
+                return Err(CasError::Corrupt(d));
+            }
+            return Err(CasError::NotFound(d));
         }
         self.index.lock().touch(&k);
         let verify = self.cfg.verify_reads;
@@ -455,6 +501,7 @@ impl Store {
         }
         Ok(BlobReader {
             store: Arc::clone(self),
+            inode,
             digest: d,
             file: Some(file),
             hasher: verify.then(|| d.function.hasher()),
@@ -476,10 +523,25 @@ impl Store {
 
     /// Removes a blob found corrupt so it is never served again.
     pub fn quarantine(&self, d: &Digest) {
+        self.quarantine_file(d, None);
+    }
+
+    /// Removes the corrupt file, but only if `inode` (when given) is still
+    /// the one under the blob's name: a good copy may have replaced it.
+    fn quarantine_file(&self, d: &Digest, inode: Option<(u64, u64)>) {
         let k = Key::from(d);
-        let _g = self.rename_lock.lock();
-        self.index.lock().remove(&k);
+        let publishing = self.publishing.lock();
+        if publishing.contains_key(&k) {
+            return; // a verified copy is being put in place
+        }
         let p = self.path(&k);
+        if let Some((dev, ino)) = inode {
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.dev() == dev && m.ino() == ino => {}
+                _ => return,
+            }
+        }
+        self.index.lock().remove(&k);
         if self.remove_files(&k) {
             self.corrupt_removed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(digest = %d, path = %p.display(), "corrupt blob removed from the CAS");
@@ -528,18 +590,23 @@ impl Store {
         let low = (self.cfg.max_size as f64 * self.cfg.low_watermark) as u64;
         let victims = self.index.lock().evict_to(low);
         let mut freed = 0u64;
+        let mut removed = 0u64;
         for v in &victims {
-            let _g = self.rename_lock.lock();
-            // A writer may have put the blob back since it was chosen.
-            if self.index.lock().peek(&v.key).is_none() && self.remove_files(&v.key) {
+            let publishing = self.publishing.lock();
+            // A writer may have put the blob back since it was chosen, or
+            // be about to index it.
+            if self.index.lock().peek(&v.key).is_none()
+                && !publishing.contains_key(&v.key)
+                && self.remove_files(&v.key)
+            {
                 freed += v.size;
+                removed += 1;
             }
         }
-        self.evicted
-            .fetch_add(victims.len() as u64, Ordering::Relaxed);
+        self.evicted.fetch_add(removed, Ordering::Relaxed);
         self.evicting.store(false, Ordering::Release);
         tracing::info!(
-            evicted = victims.len(),
+            evicted = removed,
             freed_bytes = freed,
             "evicted least recently used blobs"
         );
@@ -555,6 +622,7 @@ pub struct BlobWriter {
     file: Option<File>,
     hasher: Hasher,
     written: u64,
+    renamed: bool,
 }
 
 impl BlobWriter {
@@ -607,20 +675,37 @@ impl BlobWriter {
 
     fn rename_into_place(&mut self) -> Result<(), CasError> {
         self.file = None;
-        let dest = self.store.path(&Key::from(&self.digest));
-        let _g = self.store.rename_lock.lock();
+        let key = Key::from(&self.digest);
+        let dest = self.store.path(&key);
+        let mut publishing = self.store.publishing.lock();
         fs::rename(&self.tmp_path, &dest)
             .map_err(|e| CasError::io("rename", &dest, e, Some(&self.digest)))?;
+        // Until `publish`, eviction and quarantine leave this name alone.
+        *publishing.entry(key).or_insert(0) += 1;
+        self.renamed = true;
         // From here the temp name is gone; Drop must not try to delete it.
         self.tmp_path = PathBuf::new();
         Ok(())
     }
 
     fn publish(&mut self) {
-        self.store
-            .index
-            .lock()
-            .insert(Key::from(&self.digest), self.digest.size, false);
+        let key = Key::from(&self.digest);
+        self.store.index.lock().insert(key, self.digest.size, false);
+        self.unmark();
+    }
+
+    fn unmark(&mut self) {
+        if !std::mem::replace(&mut self.renamed, false) {
+            return;
+        }
+        let key = Key::from(&self.digest);
+        let mut publishing = self.store.publishing.lock();
+        if let Some(n) = publishing.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                publishing.remove(&key);
+            }
+        }
     }
 
     /// Verifies, makes durable, moves into place and indexes the blob.
@@ -643,6 +728,9 @@ impl BlobWriter {
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
+        // Renamed but never indexed (a sync failed): the file stays until a
+        // restart's scan indexes it; it is no longer protected.
+        self.unmark();
         if !self.tmp_path.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.tmp_path);
         }
@@ -652,6 +740,7 @@ impl Drop for BlobWriter {
 /// A verified chunked reader over one blob.
 pub struct BlobReader {
     store: Arc<Store>,
+    inode: (u64, u64),
     digest: Digest,
     file: Option<File>,
     hasher: Option<Hasher>,
@@ -678,7 +767,7 @@ impl BlobReader {
                 self.file = None;
                 if let Some(h) = self.hasher.take() {
                     if h.finish() != self.digest.hash {
-                        self.store.quarantine(&self.digest);
+                        self.store.quarantine_file(&self.digest, Some(self.inode));
                         return Err(CasError::Corrupt(self.digest));
                     }
                 }
@@ -692,7 +781,7 @@ impl BlobReader {
                     .read(&mut buf[got..])
                     .map_err(|e| CasError::io("read", Path::new("blob"), e, Some(&self.digest)))?;
                 if n == 0 {
-                    self.store.quarantine(&self.digest);
+                    self.store.quarantine_file(&self.digest, Some(self.inode));
                     return Err(CasError::Corrupt(self.digest));
                 }
                 got += n;

@@ -4,6 +4,8 @@
 //! expire; their temp files are deleted.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -13,6 +15,8 @@ use crate::store::BlobWriter;
 /// Parked, resumable uploads keyed by resource name.
 pub struct Uploads {
     parked: Mutex<HashMap<String, (BlobWriter, Instant)>>,
+    // Uploads with a stream attached right now, and their committed bytes.
+    active: Mutex<HashMap<String, Arc<AtomicU64>>>,
     expiry: Duration,
     max_parked: usize,
 }
@@ -23,6 +27,7 @@ impl Uploads {
     pub fn new(expiry: Duration, max_parked: usize) -> Self {
         Uploads {
             parked: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
             expiry,
             max_parked,
         }
@@ -48,8 +53,27 @@ impl Uploads {
         self.parked.lock().remove(name).map(|(w, _)| w)
     }
 
-    /// Bytes committed by a parked upload.
+    /// Marks an upload as having a stream attached; `None` if another
+    /// stream is already writing it. The counter is for QueryWriteStatus.
+    pub fn activate(&self, name: &str) -> Option<ActiveUpload<'_>> {
+        let mut a = self.active.lock();
+        if a.contains_key(name) {
+            return None;
+        }
+        let committed = Arc::new(AtomicU64::new(0));
+        a.insert(name.to_string(), Arc::clone(&committed));
+        Some(ActiveUpload {
+            uploads: self,
+            name: name.to_string(),
+            committed,
+        })
+    }
+
+    /// Bytes committed by an active or parked upload.
     pub fn committed(&self, name: &str) -> Option<u64> {
+        if let Some(c) = self.active.lock().get(name) {
+            return Some(c.load(Ordering::Acquire));
+        }
         self.parked.lock().get(name).map(|(w, _)| w.written())
     }
 
@@ -60,5 +84,25 @@ impl Uploads {
         let expiry = self.expiry;
         p.retain(|_, (_, t)| t.elapsed() < expiry);
         before - p.len()
+    }
+}
+
+/// An upload with a stream attached; dropping it detaches.
+pub struct ActiveUpload<'a> {
+    uploads: &'a Uploads,
+    name: String,
+    committed: Arc<AtomicU64>,
+}
+
+impl ActiveUpload<'_> {
+    /// Records the bytes committed so far.
+    pub fn set_committed(&self, n: u64) {
+        self.committed.store(n, Ordering::Release);
+    }
+}
+
+impl Drop for ActiveUpload<'_> {
+    fn drop(&mut self) {
+        self.uploads.active.lock().remove(&self.name);
     }
 }

@@ -167,3 +167,38 @@ fn ranged_reads() {
     }
     assert_eq!(got, &data[1234..6234]);
 }
+
+#[test]
+fn a_read_with_the_wrong_size_does_not_delete_the_blob() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1 << 30);
+    let d = Digest::of(DigestFunction::Sha256, b"keep me");
+    s.put(d, b"keep me").expect("put");
+    let wrong = Digest { size: 3, ..d };
+    assert!(matches!(s.read_all(wrong), Err(CasError::NotFound(_))));
+    assert!(!s.contains(&wrong));
+    assert_eq!(s.read_all(d).expect("still there"), b"keep me");
+}
+
+#[test]
+fn big_batches_do_not_hold_a_descriptor_per_blob() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1 << 30);
+    let datas: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    let items: Vec<(Digest, &[u8])> = datas
+        .iter()
+        .map(|d| (Digest::of(DigestFunction::Sha256, d), d.as_slice()))
+        .collect();
+    let before = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let res = s.put_batch(&items);
+    assert!(res.iter().all(Result::is_ok));
+    let after = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(after <= before + 2, "fds leaked: {before} -> {after}");
+    assert!(s
+        .find_missing(&items.iter().map(|i| i.0).collect::<Vec<_>>())
+        .is_empty());
+}

@@ -1,6 +1,7 @@
 //! `rbectl local`: the whole stack as child processes of one terminal
 //! command, for a first try and for development. No systemd, no root.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -70,7 +71,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(name: &'static str, bin: &Path, config_dir: &Path) -> anyhow::Result<Self> {
+        // Its own process group: Ctrl-C reaches rbectl only, which then stops
+        // the daemons in order (frontend first).
         let child = Command::new(bin)
+            .process_group(0)
             .arg("--config-dir")
             .arg(config_dir)
             .spawn()
@@ -109,7 +113,43 @@ impl Daemon {
     }
 }
 
+/// SIGINT and SIGTERM, installed before any daemon starts so that a signal
+/// during startup stops what was started instead of orphaning it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 async fn wait_healthy(
+    channel: tonic::transport::Channel,
+    what: &str,
+    daemons: &mut [&mut Daemon],
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        r = wait_healthy_inner(channel, what, daemons) => r,
+        _ = signals.recv() => bail!("interrupted while starting {what}"),
+    }
+}
+
+async fn wait_healthy_inner(
     channel: tonic::transport::Channel,
     what: &str,
     daemons: &mut [&mut Daemon],
@@ -150,11 +190,12 @@ pub fn run(a: LocalArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut signals = rt.block_on(async { Signals::new() })?;
 
     let mut casd = Daemon::start("rbe-casd", &casd_bin, &layout.config_dir)?;
     let r = rt.block_on(async {
         let ch = rbe_net::unix_channel(&layout.casd_socket()).await?;
-        wait_healthy(ch, "rbe-casd", &mut [&mut casd]).await
+        wait_healthy(ch, "rbe-casd", &mut [&mut casd], &mut signals).await
     });
     if let Err(e) = r {
         casd.stop(Duration::from_secs(5));
@@ -170,7 +211,13 @@ pub fn run(a: LocalArgs) -> anyhow::Result<ExitCode> {
     let r = rt.block_on(async {
         let ch =
             tonic::transport::Endpoint::from_shared(format!("http://{}", a.listen))?.connect_lazy();
-        wait_healthy(ch, "rbe-frontend", &mut [&mut casd, &mut frontend]).await
+        wait_healthy(
+            ch,
+            "rbe-frontend",
+            &mut [&mut casd, &mut frontend],
+            &mut signals,
+        )
+        .await
     });
     if let Err(e) = r {
         frontend.stop(Duration::from_secs(5));
@@ -188,12 +235,10 @@ pub fn run(a: LocalArgs) -> anyhow::Result<ExitCode> {
     println!("Press Ctrl-C to stop.");
 
     let why = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok::<Option<String>, anyhow::Error>(None),
-                _ = term.recv() => return Ok(None),
+                _ = signals.recv() => return Ok::<Option<String>, anyhow::Error>(None),
                 _ = tick.tick() => {
                     if let Some(w) = frontend.exited().or_else(|| casd.exited()) {
                         return Ok(Some(w));

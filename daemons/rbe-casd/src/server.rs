@@ -63,14 +63,24 @@ pub async fn run(
 
     // Serve at once; the index fills in the background and lookups fall back
     // to the disk until it is complete.
-    let loader = Arc::clone(&store);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = loader.load_index() {
-            tracing::error!(error = %e, "CAS index scan failed");
-        }
-    });
-
     let shutdown = CancellationToken::new();
+    // An index that cannot be built would leave eviction blind, so a failed
+    // scan stops the daemon (systemd restarts it) instead of limping on.
+    let load_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (loader, failed, stop) = (
+            Arc::clone(&store),
+            Arc::clone(&load_failed),
+            shutdown.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = loader.load_index() {
+                tracing::error!(error = %e, "CAS index scan failed; stopping");
+                failed.store(true, std::sync::atomic::Ordering::Release);
+                stop.cancel();
+            }
+        });
+    }
     tokio::spawn(housekeeping(Arc::clone(&casd), shutdown.clone()));
 
     let limit = message_limit(&settings);
@@ -110,6 +120,9 @@ pub async fn run(
     rbe_net::serve(router, listener, shutdown.clone().cancelled_owned())
         .await
         .context("serving")?;
+    if load_failed.load(std::sync::atomic::Ordering::Acquire) {
+        anyhow::bail!("the CAS index scan failed (see the log above)");
+    }
     tracing::info!("rbe-casd stopped");
     Ok(())
 }

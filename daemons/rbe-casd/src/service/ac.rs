@@ -135,12 +135,52 @@ impl ActionCache for ActionCacheService {
             .action_result
             .ok_or_else(|| Status::invalid_argument("action_result is missing"))?;
         validate(f, &ar)?;
-        // Inlined bytes are a transport convenience; the stored result refers
-        // to the CAS only, so it stays small.
-        ar.stdout_raw = Default::default();
-        ar.stderr_raw = Default::default();
+        // Inlined bytes are a transport convenience: they go to the CAS and
+        // the stored result refers to them by digest, so it stays small and
+        // nothing a client sent is lost.
+        let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
+        for (raw, digest, what) in [
+            (&mut ar.stdout_raw, &mut ar.stdout_digest, "stdout_raw"),
+            (&mut ar.stderr_raw, &mut ar.stderr_digest, "stderr_raw"),
+        ] {
+            if raw.is_empty() {
+                continue;
+            }
+            let d = Digest::of(f, raw);
+            match digest {
+                Some(given) if *given != d.to_reapi() => {
+                    return Err(Status::invalid_argument(format!(
+                        "{what} does not match its digest"
+                    )));
+                }
+                _ => *digest = Some(d.to_reapi()),
+            }
+            blobs.push((d, std::mem::take(raw)));
+        }
         for o in ar.output_files.iter_mut() {
-            o.contents = Default::default();
+            if o.contents.is_empty() {
+                continue;
+            }
+            let d = Digest::of(f, &o.contents);
+            if o.digest.as_ref() != Some(&d.to_reapi()) {
+                return Err(Status::invalid_argument(format!(
+                    "contents of output file {:?} do not match its digest",
+                    o.path
+                )));
+            }
+            blobs.push((d, std::mem::take(&mut o.contents)));
+        }
+        if !blobs.is_empty() {
+            let store = Arc::clone(&self.0.store);
+            let results = blocking(move || {
+                let items: Vec<(Digest, &[u8])> =
+                    blobs.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+                store.put_batch(&items)
+            })
+            .await?;
+            for r in results {
+                r.map_err(cas_status)?;
+            }
         }
         let casd = Arc::clone(&self.0);
         let stored = ar.clone();

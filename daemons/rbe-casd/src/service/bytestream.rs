@@ -1,142 +1,165 @@
-//! ByteStream Read/Write/QueryWriteStatus over the store, streamed: reads and
-//! writes run on a blocking thread connected by a small channel, so hashing
-//! and disk I/O overlap with the network and no blob is held in memory.
+//! ByteStream Read/Write/QueryWriteStatus over the store, streamed.
+//!
+//! Disk and hash work runs in short blocking calls of up to 1 MiB each;
+//! waiting for the client is asynchronous, so a slow or idle client holds no
+//! thread. A write buffers at most 1 MiB while the previous chunk is being
+//! hashed and written, which overlaps network, hashing and disk.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use rbe_cas::BlobWriter;
+use rbe_cas::{BlobReader, BlobWriter, CasError};
 use rbe_proto::bytestream::{
     byte_stream_server::ByteStream, QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest,
     ReadResponse, WriteRequest, WriteResponse,
 };
 use rbe_proto::resource::{self, Compressor};
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{blocking, cas_status, resource_status, Casd};
 
 /// Chunk size for reads: large enough for throughput, well under the 4 MiB
 /// default gRPC message limit of clients.
 const READ_CHUNK: usize = 1 << 20;
+/// Bytes gathered from a write stream before one blocking write.
+const WRITE_BATCH: usize = 1 << 20;
+/// A write stream that sends nothing for this long is cut (and parked for
+/// resumption), so idle clients cannot pin resources.
+const WRITE_IDLE: Duration = Duration::from_secs(60);
 
 /// The ByteStream service.
 pub struct ByteStreamService(pub Arc<Casd>);
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
-fn reader_thread(
-    casd: Arc<Casd>,
-    res: resource::ReadResource,
-    offset: u64,
-    limit: u64,
-    tx: mpsc::Sender<Result<ReadResponse, Status>>,
-) {
-    let d = res.digest;
-    let mut reader = match casd.store.reader(d, offset, limit) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tx.blocking_send(Err(cas_status(e)));
-            return;
-        }
-    };
-    let mut encoder = match res.compressor {
-        Compressor::Identity => None,
-        Compressor::Zstd => match zstd::stream::write::Encoder::new(Vec::new(), 1) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                let _ = tx.blocking_send(Err(Status::internal(format!("zstd: {e}"))));
-                return;
+/// A read in progress: the verified reader and, for compressed reads, the
+/// encoder. Moved into each blocking call and back.
+struct ReadState {
+    reader: BlobReader,
+    encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
+    done: bool,
+}
+
+impl ReadState {
+    /// The next piece of wire data; empty at the end.
+    fn next(&mut self) -> Result<Vec<u8>, Status> {
+        use std::io::Write;
+        loop {
+            if self.done {
+                return Ok(Vec::new());
             }
-        },
-    };
-    loop {
-        match reader.next_chunk(READ_CHUNK) {
-            Ok(Some(chunk)) => {
-                let data = match encoder.as_mut() {
-                    None => chunk,
+            match self.reader.next_chunk(READ_CHUNK).map_err(cas_status)? {
+                Some(chunk) => match self.encoder.as_mut() {
+                    None => return Ok(chunk),
                     Some(enc) => {
-                        use std::io::Write;
-                        if let Err(e) = enc.write_all(&chunk).and_then(|_| enc.flush()) {
-                            let _ = tx.blocking_send(Err(Status::internal(format!("zstd: {e}"))));
-                            return;
+                        enc.write_all(&chunk)
+                            .and_then(|_| enc.flush())
+                            .map_err(|e| Status::internal(format!("zstd: {e}")))?;
+                        let out = std::mem::take(enc.get_mut());
+                        if !out.is_empty() {
+                            return Ok(out);
                         }
-                        std::mem::take(enc.get_mut())
                     }
-                };
-                if !data.is_empty() && tx.blocking_send(Ok(ReadResponse { data })).is_err() {
-                    return; // client went away
+                },
+                None => {
+                    self.done = true;
+                    return match self.encoder.take() {
+                        Some(enc) => enc
+                            .finish()
+                            .map_err(|e| Status::internal(format!("zstd: {e}"))),
+                        None => Ok(Vec::new()),
+                    };
                 }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(cas_status(e)));
-                return;
-            }
-        }
-    }
-    if let Some(enc) = encoder {
-        match enc.finish() {
-            Ok(tail) if !tail.is_empty() => {
-                let _ = tx.blocking_send(Ok(ReadResponse { data: tail }));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let _ = tx.blocking_send(Err(Status::internal(format!("zstd: {e}"))));
             }
         }
     }
 }
 
-/// Feeds a writer from a channel on a blocking thread; gives it back at the
-/// end (or with the first error).
-fn writer_thread(
-    mut w: BlobWriter,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    compressed: bool,
-) -> (BlobWriter, Result<(), Status>) {
-    let mut decoder = if compressed {
-        match zstd::stream::raw::Decoder::new() {
-            Ok(d) => Some(d),
-            Err(e) => return (w, Err(Status::internal(format!("zstd: {e}")))),
-        }
-    } else {
-        None
-    };
-    let mut out = vec![0u8; 1 << 20];
-    while let Some(chunk) = rx.blocking_recv() {
-        let r = match decoder.as_mut() {
-            None => w.write(&chunk).map_err(cas_status),
-            Some(dec) => {
-                use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-                let mut input = InBuffer::around(&chunk);
-                let mut res = Ok(());
-                while input.pos < chunk.len() {
-                    let mut output = OutBuffer::around(&mut out[..]);
-                    if let Err(e) = dec.run(&mut input, &mut output) {
-                        res = Err(Status::invalid_argument(format!(
-                            "zstd data is invalid: {e}"
-                        )));
-                        break;
-                    }
-                    let n = output.pos();
-                    if n == 0 && input.pos < chunk.len() {
-                        continue;
-                    }
-                    if let Err(e) = w.write(&out[..n]) {
-                        res = Err(cas_status(e));
-                        break;
-                    }
-                }
-                res
+async fn read_loop(mut state: ReadState, tx: mpsc::Sender<Result<ReadResponse, Status>>) {
+    loop {
+        let r = tokio::task::spawn_blocking(move || {
+            let r = state.next();
+            (state, r)
+        })
+        .await;
+        let (s, r) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(Status::internal(format!("reader failed: {e}"))))
+                    .await;
+                return;
             }
         };
-        if let Err(e) = r {
-            return (w, Err(e));
+        state = s;
+        match r {
+            Ok(data) if data.is_empty() && state.done => return,
+            Ok(data) if data.is_empty() => continue,
+            Ok(data) => {
+                if tx.send(Ok(ReadResponse { data })).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
         }
     }
-    (w, Ok(()))
+}
+
+/// A write in progress: the writer and, for compressed uploads, the
+/// decoder. Moved into each blocking call and back.
+struct WriteState {
+    writer: BlobWriter,
+    decoder: Option<zstd::stream::raw::Decoder<'static>>,
+    out: Vec<u8>,
+}
+
+impl WriteState {
+    fn feed(&mut self, data: &[u8]) -> Result<(), Status> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let Some(dec) = self.decoder.as_mut() else {
+            return self.writer.write(data).map_err(cas_status);
+        };
+        let mut input = InBuffer::around(data);
+        // Run until the input is consumed and the decoder has no more
+        // output pending (a full output buffer means there may be more).
+        loop {
+            let mut output = OutBuffer::around(&mut self.out[..]);
+            dec.run(&mut input, &mut output)
+                .map_err(|e| Status::invalid_argument(format!("zstd data is invalid: {e}")))?;
+            let n = output.pos();
+            let full = n == self.out.len();
+            self.writer.write(&self.out[..n]).map_err(cas_status)?;
+            if input.pos >= data.len() && !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn end(&mut self) -> Result<(), Status> {
+        if self.decoder.is_some() {
+            // Drain what the decoder still holds.
+            self.feed(&[])?;
+        }
+        Ok(())
+    }
+}
+
+async fn write_chunk(
+    state: WriteState,
+    data: Vec<u8>,
+) -> Result<(WriteState, Result<(), Status>), Status> {
+    blocking(move || {
+        let mut state = state;
+        let r = state.feed(&data);
+        (state, r)
+    })
+    .await
 }
 
 #[tonic::async_trait]
@@ -147,10 +170,11 @@ impl ByteStream for ByteStreamService {
         let req = req.into_inner();
         let res = resource::parse_read(&req.resource_name).map_err(resource_status)?;
         self.0.partition(&res.instance)?;
-        if req.read_offset < 0 || req.read_limit < 0 {
-            return Err(Status::invalid_argument(
-                "read_offset and read_limit must not be negative",
-            ));
+        if req.read_offset < 0 {
+            return Err(Status::out_of_range("read_offset must not be negative"));
+        }
+        if req.read_limit < 0 {
+            return Err(Status::invalid_argument("read_limit must not be negative"));
         }
         if res.compressor != Compressor::Identity && req.read_limit != 0 {
             return Err(Status::invalid_argument(
@@ -170,10 +194,27 @@ impl ByteStream for ByteStreamService {
                 res.digest
             )));
         }
-        let (tx, rx) = mpsc::channel(4);
-        let casd = Arc::clone(&self.0);
-        let limit = req.read_limit as u64;
-        tokio::task::spawn_blocking(move || reader_thread(casd, res, offset, limit, tx));
+        let store = Arc::clone(&self.0.store);
+        let (d, limit) = (res.digest, req.read_limit as u64);
+        let reader = blocking(move || store.reader(d, offset, limit))
+            .await?
+            .map_err(cas_status)?;
+        let encoder = match res.compressor {
+            Compressor::Identity => None,
+            Compressor::Zstd => Some(
+                zstd::stream::write::Encoder::new(Vec::new(), 1)
+                    .map_err(|e| Status::internal(format!("zstd: {e}")))?,
+            ),
+        };
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(read_loop(
+            ReadState {
+                reader,
+                encoder,
+                done: false,
+            },
+            tx,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -184,23 +225,32 @@ impl ByteStream for ByteStreamService {
         req: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         let mut stream = req.into_inner();
-        let first = match stream.next().await {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => return Err(e),
-            None => return Err(Status::invalid_argument("write stream had no messages")),
+        let first = match tokio::time::timeout(WRITE_IDLE, stream.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(None) => return Err(Status::invalid_argument("write stream had no messages")),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "write stream sent nothing for 60 s",
+                ))
+            }
         };
         let name = first.resource_name.clone();
         let res = resource::parse_write(&name).map_err(resource_status)?;
         self.0.partition(&res.instance)?;
         let d = res.digest;
         let compressed = res.compressor != Compressor::Identity;
-        let done = || WriteResponse {
-            committed_size: if compressed { -1 } else { d.size as i64 },
-        };
         if self.0.store.contains(&d) {
             // Someone already uploaded it: complete at once, as REAPI allows.
-            return Ok(Response::new(done()));
+            return Ok(Response::new(WriteResponse {
+                committed_size: if compressed { -1 } else { d.size as i64 },
+            }));
         }
+        let Some(active) = self.0.uploads.activate(&name) else {
+            return Err(Status::aborted(format!(
+                "another stream is writing {name}; retry"
+            )));
+        };
         let offset = first.write_offset;
         let parked = self.0.uploads.take(&name);
         let writer = match (offset, parked, compressed) {
@@ -222,13 +272,31 @@ impl ByteStream for ByteStreamService {
                 )));
             }
         };
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
-        let worker = tokio::task::spawn_blocking(move || writer_thread(writer, rx, compressed));
+        active.set_committed(writer.written());
+        let decoder = if compressed {
+            Some(
+                zstd::stream::raw::Decoder::new()
+                    .map_err(|e| Status::internal(format!("zstd: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let mut state = Some(WriteState {
+            writer,
+            decoder,
+            out: vec![0u8; 1 << 20],
+        });
+        let mut in_flight: Option<
+            tokio::task::JoinHandle<Result<(WriteState, Result<(), Status>), Status>>,
+        > = None;
+        let mut buf: Vec<u8> = Vec::new();
         let mut expected = offset;
         let mut msg = Some(first);
         let mut finished = false;
         let mut stream_err: Option<Status> = None;
-        while let Some(m) = msg.take() {
+        let mut write_err: Option<Status> = None;
+        loop {
+            let Some(m) = msg.take() else { break };
             if m.write_offset != expected {
                 stream_err = Some(Status::invalid_argument(format!(
                     "write_offset {} where {expected} was expected",
@@ -243,53 +311,108 @@ impl ByteStream for ByteStreamService {
                 break;
             }
             expected += m.data.len() as i64;
-            let fin = m.finish_write;
-            if !m.data.is_empty() && tx.send(m.data).await.is_err() {
-                break; // the writer failed; its error is reported below
+            buf.extend_from_slice(&m.data);
+            finished = m.finish_write;
+            if buf.len() >= WRITE_BATCH || finished {
+                // Wait for the previous chunk, then hand this one over.
+                if let Some(h) = in_flight.take() {
+                    let (s, r) = h
+                        .await
+                        .map_err(|e| Status::internal(format!("writer failed: {e}")))??;
+                    active.set_committed(s.writer.written());
+                    state = Some(s);
+                    if let Err(e) = r {
+                        write_err = Some(e);
+                        break;
+                    }
+                }
+                let s = state
+                    .take()
+                    .ok_or_else(|| Status::internal("writer lost"))?;
+                in_flight = Some(tokio::spawn(write_chunk(s, std::mem::take(&mut buf))));
             }
-            if fin {
-                finished = true;
+            if finished {
                 break;
             }
-            msg = match stream.next().await {
-                Some(Ok(m)) => Some(m),
-                Some(Err(e)) => {
+            msg = match tokio::time::timeout(WRITE_IDLE, stream.next()).await {
+                Ok(Some(Ok(m))) => Some(m),
+                Ok(Some(Err(e))) => {
                     stream_err = Some(e);
                     None
                 }
-                None => None,
+                Ok(None) => None,
+                Err(_) => {
+                    stream_err = Some(Status::deadline_exceeded(
+                        "write stream sent nothing for 60 s; resume with QueryWriteStatus",
+                    ));
+                    None
+                }
             };
         }
-        drop(tx);
-        let (writer, written) = worker
-            .await
-            .map_err(|e| Status::internal(format!("writer thread failed: {e}")))?;
-        written?;
+        if let Some(h) = in_flight.take() {
+            let (s, r) = h
+                .await
+                .map_err(|e| Status::internal(format!("writer failed: {e}")))??;
+            state = Some(s);
+            if let (Err(e), None) = (r, &write_err) {
+                write_err = Some(e);
+            }
+        }
+        let mut state = state.ok_or_else(|| Status::internal("writer lost"))?;
+        if let Some(e) = write_err {
+            return Err(e);
+        }
+        if !buf.is_empty() {
+            // Bytes received before the stream broke are kept for a resume.
+            let (s, r) = write_chunk(state, std::mem::take(&mut buf)).await?;
+            state = s;
+            r?;
+        }
         if let Some(e) = stream_err {
-            if !compressed && e.code() != tonic::Code::InvalidArgument {
-                self.0.uploads.park(name, writer);
+            // A broken or stalled stream can be resumed; a protocol error
+            // cannot.
+            if !compressed && e.code() != Code::InvalidArgument {
+                let committed = state.writer.written();
+                drop(active);
+                self.0.uploads.park(name, state.writer);
+                tracing::debug!(digest = %d, committed, "upload interrupted; parked for resumption");
             }
             return Err(e);
         }
         if !finished {
-            let committed = writer.written();
+            let committed = state.writer.written();
+            drop(active);
             if !compressed {
-                self.0.uploads.park(name, writer);
+                self.0.uploads.park(name, state.writer);
             }
             return Err(Status::invalid_argument(format!(
                 "write stream ended without finish_write after {committed} bytes; QueryWriteStatus tells where to resume"
             )));
         }
-        if self.0.store.contains(&d) {
-            return Ok(Response::new(done()));
+        let r = blocking(move || -> Result<(), Status> {
+            state.end()?;
+            match state.writer.finish() {
+                Ok(()) => Ok(()),
+                Err(e @ CasError::DigestMismatch { .. }) => Err(cas_status(e)),
+                Err(e) => Err(cas_status(e)),
+            }
+        })
+        .await?;
+        drop(active);
+        if let Err(e) = r {
+            // Another client may have completed the same blob meanwhile.
+            if self.0.store.contains(&d) && e.code() != Code::InvalidArgument {
+                return Ok(Response::new(WriteResponse {
+                    committed_size: if compressed { expected } else { d.size as i64 },
+                }));
+            }
+            return Err(e);
         }
-        blocking(move || writer.finish())
-            .await?
-            .map_err(cas_status)?;
         tracing::debug!(digest = %d, "blob written");
         // For a compressed upload, ByteStream counts the bytes on the wire.
-        let committed_size = if compressed { expected } else { d.size as i64 };
-        Ok(Response::new(WriteResponse { committed_size }))
+        Ok(Response::new(WriteResponse {
+            committed_size: if compressed { expected } else { d.size as i64 },
+        }))
     }
 
     async fn query_write_status(

@@ -102,6 +102,75 @@ impl CasService {
     }
 }
 
+/// A breadth-first walk of a directory tree, each directory once, resumable
+/// by the count of directories already returned.
+struct TreeWalk {
+    store: Arc<rbe_cas::Store>,
+    f: DigestFunction,
+    queue: VecDeque<Digest>,
+    seen: HashSet<Digest>,
+    index: usize,
+    skip: usize,
+}
+
+/// Pages stop at this many encoded bytes, below clients' 4 MiB default.
+const TREE_PAGE_BYTES: usize = 2 << 20;
+
+impl TreeWalk {
+    /// The next page; its token is empty when the walk is complete. Missing
+    /// directories are omitted, as REAPI specifies.
+    fn next_page(&mut self, max_dirs: usize) -> Result<GetTreeResponse, Status> {
+        let mut dirs = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(d) = self.queue.pop_front() {
+            if d.size > MAX_DIRECTORY_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes"
+                )));
+            }
+            let data = match self.store.read_all(d) {
+                Ok(b) => b,
+                Err(rbe_cas::CasError::NotFound(_)) | Err(rbe_cas::CasError::Corrupt(_)) => {
+                    continue
+                }
+                Err(e) => return Err(cas_status(e)),
+            };
+            let dir = Directory::decode(data.as_slice()).map_err(|e| {
+                Status::new(
+                    Code::InvalidArgument,
+                    format!("blob {d} is not a Directory: {e}"),
+                )
+            })?;
+            for c in &dir.directories {
+                let cd = Digest::from_reapi_opt(self.f, c.digest.as_ref()).map_err(|e| {
+                    Status::invalid_argument(format!("directory {d}, entry {:?}: {e}", c.name))
+                })?;
+                if self.seen.insert(cd) {
+                    self.queue.push_back(cd);
+                }
+            }
+            self.index += 1;
+            if self.index <= self.skip {
+                continue;
+            }
+            bytes += data.len();
+            dirs.push(dir);
+            if dirs.len() >= max_dirs || bytes >= TREE_PAGE_BYTES {
+                break;
+            }
+        }
+        let token = if self.queue.is_empty() {
+            String::new()
+        } else {
+            self.index.to_string()
+        };
+        Ok(GetTreeResponse {
+            directories: dirs,
+            next_page_token: token,
+        })
+    }
+}
+
 type TreeStream = Pin<Box<dyn Stream<Item = Result<GetTreeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -144,36 +213,53 @@ impl ContentAddressableStorage for CasService {
                 "batch carries {total} bytes, more than the advertised max_batch_total_size_bytes {max}; use ByteStream"
             )));
         }
-        // Validate every entry first; per-blob failures are reported per blob.
-        let mut prepared: Vec<Result<(Digest, Vec<u8>), Status>> =
-            Vec::with_capacity(req.requests.len());
+        // Validate every entry first; per-blob failures are reported per
+        // blob. Compressed entries are bounded by their digests' sizes,
+        // whose sum must also fit the advertised limit, before anything is
+        // decompressed: a small zstd bomb cannot grow memory.
         let mut responses = Vec::with_capacity(req.requests.len());
+        let mut entries: Vec<Result<(Digest, Compressor, Vec<u8>), Status>> =
+            Vec::with_capacity(req.requests.len());
+        let mut uncompressed: u64 = 0;
         for r in req.requests {
-            let d = Digest::from_reapi_opt(f, r.digest.as_ref()).map_err(digest_status);
             responses.push(batch_update_blobs_response::Response {
                 digest: r.digest.clone(),
                 status: None,
             });
-            prepared.push(d.and_then(|d| match Compressor::from_reapi(r.compressor) {
-                Some(Compressor::Identity) => Ok((d, r.data)),
-                Some(Compressor::Zstd) => decompress(&d, &r.data).map(|data| (d, data)),
+            let d = Digest::from_reapi_opt(f, r.digest.as_ref()).map_err(digest_status);
+            entries.push(d.and_then(|d| match Compressor::from_reapi(r.compressor) {
+                Some(c) => {
+                    uncompressed = uncompressed.saturating_add(d.size);
+                    Ok((d, c, r.data))
+                }
                 None => Err(Status::invalid_argument(format!(
                     "compressor {} is not supported",
                     r.compressor
                 ))),
             }));
         }
+        if uncompressed > max {
+            return Err(Status::invalid_argument(format!(
+                "batch holds {uncompressed} bytes once decompressed, more than the advertised max_batch_total_size_bytes {max}; use ByteStream"
+            )));
+        }
         let store = Arc::clone(&self.0.store);
         let results = blocking(move || {
-            let ok: Vec<(usize, Digest, Vec<u8>)> = prepared
+            let prepared: Vec<Result<(Digest, Vec<u8>), Status>> = entries
+                .into_iter()
+                .map(|e| {
+                    e.and_then(|(d, c, data)| match c {
+                        Compressor::Identity => Ok((d, data)),
+                        Compressor::Zstd => decompress(&d, &data).map(|data| (d, data)),
+                    })
+                })
+                .collect();
+            let ok: Vec<(usize, Digest, &[u8])> = prepared
                 .iter()
                 .enumerate()
-                .filter_map(|(i, p)| p.as_ref().ok().map(|(d, data)| (i, *d, data.clone())))
+                .filter_map(|(i, p)| p.as_ref().ok().map(|(d, data)| (i, *d, data.as_slice())))
                 .collect();
-            let items: Vec<(Digest, &[u8])> = ok
-                .iter()
-                .map(|(_, d, data)| (*d, data.as_slice()))
-                .collect();
+            let items: Vec<(Digest, &[u8])> = ok.iter().map(|(_, d, data)| (*d, *data)).collect();
             let res = store.put_batch(&items);
             let mut out: Vec<Option<rpc::Status>> = prepared
                 .iter()
@@ -282,71 +368,29 @@ impl ContentAddressableStorage for CasService {
         };
         let store = Arc::clone(&self.0.store);
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tokio::task::spawn_blocking(move || {
-            // Breadth-first, each directory once; missing parts are omitted
-            // as REAPI specifies.
-            let mut queue = VecDeque::from([root]);
-            let mut seen = HashSet::from([root]);
-            let mut index = 0usize;
-            let mut batch = Vec::new();
-            while let Some(d) = queue.pop_front() {
-                if d.size > MAX_DIRECTORY_BYTES {
-                    let _ = tx.blocking_send(Err(Status::invalid_argument(format!(
-                        "directory {d} is larger than {MAX_DIRECTORY_BYTES} bytes"
-                    ))));
+        let mut walk = TreeWalk {
+            store,
+            f,
+            queue: VecDeque::from([root]),
+            seen: HashSet::from([root]),
+            index: 0,
+            skip,
+        };
+        tokio::spawn(async move {
+            loop {
+                // Each page is read on a blocking thread; waiting for the
+                // client to take it is asynchronous.
+                let r = tokio::task::spawn_blocking(move || {
+                    let r = walk.next_page(page);
+                    (walk, r)
+                })
+                .await;
+                let Ok((w, r)) = r else { return };
+                walk = w;
+                let last = !matches!(&r, Ok(p) if !p.next_page_token.is_empty());
+                if tx.send(r).await.is_err() || last {
                     return;
                 }
-                let Ok(bytes) = store.read_all(d) else {
-                    continue;
-                };
-                let dir = match Directory::decode(bytes.as_slice()) {
-                    Ok(dir) => dir,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::new(
-                            Code::InvalidArgument,
-                            format!("blob {d} is not a Directory: {e}"),
-                        )));
-                        return;
-                    }
-                };
-                for c in &dir.directories {
-                    if let Ok(cd) = Digest::from_reapi_opt(f, c.digest.as_ref()) {
-                        if seen.insert(cd) {
-                            queue.push_back(cd);
-                        }
-                    }
-                }
-                index += 1;
-                if index <= skip {
-                    continue;
-                }
-                batch.push(dir);
-                if batch.len() == page {
-                    let more = !queue.is_empty();
-                    let token = if more {
-                        index.to_string()
-                    } else {
-                        String::new()
-                    };
-                    if tx
-                        .blocking_send(Ok(GetTreeResponse {
-                            directories: std::mem::take(&mut batch),
-                            next_page_token: token,
-                        }))
-                        .is_err()
-                    {
-                        return;
-                    }
-                    if !more {
-                        return;
-                    }
-                }
-            }
-            if !batch.is_empty() || index <= skip {
-                let _ = tx.blocking_send(Ok(GetTreeResponse {
-                    directories: batch,
-                    next_page_token: String::new(),
-                }));
             }
         });
         Ok(Response::new(Box::pin(

@@ -28,6 +28,13 @@ impl Capabilities for CapabilitiesProxy {
             .capabilities()
             .get_capabilities(req.into_inner())
             .await?;
+        // A batch must also fit this frontend's own message limit.
+        let fits = self.0.max_message.saturating_sub(64 << 10) as i64;
+        if let Some(cc) = caps.get_mut().cache_capabilities.as_mut() {
+            if cc.max_batch_total_size_bytes > fits {
+                cc.max_batch_total_size_bytes = fits;
+            }
+        }
         use reapi::digest_function::Value as F;
         caps.get_mut().execution_capabilities = Some(reapi::ExecutionCapabilities {
             digest_function: F::Sha256 as i32,

@@ -1,0 +1,360 @@
+//! Code that runs between fork and exec (see the crate docs for the three
+//! stages). Everything here is async-signal-safe: system calls on data the
+//! [`Plan`] prepared before the fork, no allocation, no locks.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::process::{Pid, Signal, WaitOptions};
+use rustix::thread::{Gid, Uid};
+
+use crate::sys;
+
+/// Setup steps, in order; the index is sent over the report pipe.
+pub(crate) const STEPS: &[&str] = &[
+    "unshare namespaces",
+    "write /proc/self/setgroups",
+    "write /proc/self/uid_map",
+    "write /proc/self/gid_map",
+    "fork",
+    "make mounts private",
+    "clone the action root mount",
+    "make the host read-only",
+    "mount tmpfs on /tmp",
+    "hide a path with tmpfs",
+    "create the action root mount point",
+    "mount the action root",
+    "make hidden paths read-only",
+    "mount /proc",
+    "mount tmpfs on /dev/shm",
+    "set hostname",
+    "bring up lo",
+    "setgroups",
+    "setgid",
+    "setuid",
+    "set no_new_privs",
+    "set parent-death signal",
+    "enter the working directory",
+    "pipe",
+];
+
+#[derive(Clone, Copy)]
+#[repr(usize)]
+enum Step {
+    Unshare,
+    Setgroups,
+    UidMap,
+    GidMap,
+    Fork,
+    MakePrivate,
+    OpenTree,
+    ReadOnly,
+    MountTmp,
+    Hide,
+    MkdirRoot,
+    MoveRoot,
+    HideReadOnly,
+    MountProc,
+    DevShm,
+    Hostname,
+    Loopback,
+    SetGroups,
+    SetGid,
+    SetUid,
+    NoNewPrivs,
+    DeathSignal,
+    WorkingDir,
+    Pipe,
+}
+
+/// Record kinds on the report pipe: 3 native-endian i32s, written whole
+/// (well under `PIPE_BUF`, so atomic).
+pub(crate) const REPORT_SETUP_ERROR: i32 = 1;
+/// Record carrying the command's raw wait status, sent by init.
+pub(crate) const REPORT_EXIT_STATUS: i32 = 2;
+/// Size of one report record.
+pub(crate) const REPORT_LEN: usize = 12;
+
+/// Everything the stages need, built before the fork.
+pub(crate) struct Plan {
+    /// `Some((uid, gid))`: not root, create a user namespace mapping these.
+    pub userns: Option<(u32, u32)>,
+    /// `Some((uid, gid))`: root, switch to these before exec.
+    pub drop_to: Option<(u32, u32)>,
+    pub network: bool,
+    /// Absolute action root.
+    pub root: CString,
+    /// Directories to create (in order) so the root has a mount point when
+    /// it lies under /tmp or a hidden path.
+    pub root_mkdirs: Vec<CString>,
+    /// Existing directories to cover with tmpfs, outermost first.
+    pub hide: Vec<CString>,
+    /// Working directory relative to the root, "." for the root.
+    pub working_dir: CString,
+    pub uid_map: Vec<u8>,
+    pub gid_map: Vec<u8>,
+    pub dev_shm: bool,
+    /// Write end of the report pipe (close-on-exec).
+    pub report_fd: RawFd,
+}
+
+fn report(fd: RawFd, kind: i32, a: i32, b: i32) {
+    let mut rec = [0u8; REPORT_LEN];
+    rec[0..4].copy_from_slice(&kind.to_ne_bytes());
+    rec[4..8].copy_from_slice(&a.to_ne_bytes());
+    rec[8..12].copy_from_slice(&b.to_ne_bytes());
+    // Nothing useful can be done if the runner went away.
+    let _ = rustix::io::write(borrow(fd), &rec);
+}
+
+#[allow(unsafe_code)]
+fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: only used for the report pipe, which stays open in every
+    // stage that calls `report` (it is closed only by exec or exit).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+impl Plan {
+    /// Reports a failed step to the runner and returns the error for std,
+    /// which then ends this process.
+    fn fail(&self, step: Step, err: impl Into<io::Error>) -> io::Error {
+        let err: io::Error = err.into();
+        let errno = err.raw_os_error().unwrap_or(libc::EIO);
+        report(self.report_fd, REPORT_SETUP_ERROR, step as i32, errno);
+        err
+    }
+
+    fn step<T>(&self, step: Step, r: Result<T, impl Into<io::Error>>) -> io::Result<T> {
+        r.map_err(|e| self.fail(step, e))
+    }
+
+    /// The `pre_exec` hook: stage 1 (keeper). Returns only in the command
+    /// process, which std then execs; the other stages exit here.
+    pub(crate) fn pre_exec(&self) -> io::Result<()> {
+        sys::default_sigchld();
+        let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
+        flags |= libc::CLONE_NEWUTS;
+        if !self.network {
+            flags |= libc::CLONE_NEWNET;
+        }
+        if self.userns.is_some() {
+            flags |= libc::CLONE_NEWUSER;
+        }
+        self.step(Step::Unshare, sys::unshare(flags))?;
+        if self.userns.is_some() {
+            // An unprivileged process may map only its own ids, and only
+            // after giving up setgroups in the new namespace.
+            self.write_file(Step::Setgroups, c"/proc/self/setgroups", b"deny")?;
+            self.write_file(Step::UidMap, c"/proc/self/uid_map", &self.uid_map)?;
+            self.write_file(Step::GidMap, c"/proc/self/gid_map", &self.gid_map)?;
+        }
+        // Init learns through this pipe whether the keeper died before init
+        // armed its parent-death signal.
+        let (alive_r, alive_w) = self.step(
+            Step::Pipe,
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC),
+        )?;
+        let pid = self.step(Step::Fork, sys::fork())?;
+        if pid == 0 {
+            drop(alive_w);
+            return self.init(alive_r);
+        }
+        // Keeper: hold nothing the runner waits on (stdout/stderr pipes, the
+        // report pipe, std's exec-error pipe) except the alive pipe.
+        let keep = alive_w.as_raw_fd() as libc::c_uint;
+        if keep > 0 {
+            sys::close_range(0, keep - 1, 0);
+        }
+        sys::close_range(keep + 1, libc::c_uint::MAX, 0);
+        let code = loop {
+            match rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::empty()) {
+                Ok(Some((_, status))) => break status.exit_status().unwrap_or(255),
+                Err(rustix::io::Errno::INTR) => continue,
+                _ => break 255,
+            }
+        };
+        sys::exit_now(code)
+    }
+
+    fn write_file(&self, step: Step, path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+        let fd = self.step(
+            step,
+            rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty()),
+        )?;
+        self.step(step, rustix::io::write(&fd, data))?;
+        Ok(())
+    }
+
+    /// Stage 2: pid 1 of the new pid namespace.
+    fn init(&self, alive_r: OwnedFd) -> io::Result<()> {
+        self.step(
+            Step::DeathSignal,
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL)),
+        )?;
+        // If the keeper was killed before the prctl above, its end of the
+        // pipe is closed already and the signal will never come.
+        let mut fds = [PollFd::new(&alive_r, PollFlags::IN)];
+        let zero = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if poll(&mut fds, Some(&zero)).is_ok() && !fds[0].revents().is_empty() {
+            sys::exit_now(1);
+        }
+        drop(alive_r);
+        self.mounts()?;
+        self.step(Step::Hostname, rustix::system::sethostname(b"rbe-action"))?;
+        if !self.network {
+            self.step(Step::Loopback, sys::loopback_up())?;
+        }
+        let pid = self.step(Step::Fork, sys::fork())?;
+        if pid == 0 {
+            return self.command();
+        }
+        // Init keeps only the report pipe: holding stdout would delay EOF.
+        let keep = self.report_fd as libc::c_uint;
+        if keep > 0 {
+            sys::close_range(0, keep - 1, 0);
+        }
+        sys::close_range(keep + 1, libc::c_uint::MAX, 0);
+        loop {
+            match rustix::process::waitpid(None, WaitOptions::empty()) {
+                Ok(Some((reaped, status))) if reaped.as_raw_nonzero().get() == pid => {
+                    report(self.report_fd, REPORT_EXIT_STATUS, status.as_raw(), 0);
+                    // Exiting as pid 1 makes the kernel SIGKILL the rest.
+                    sys::exit_now(0);
+                }
+                Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => sys::exit_now(1),
+            }
+        }
+    }
+
+    /// The mount namespace: host read-only, root read-write, private /tmp,
+    /// hidden paths, fresh /proc.
+    fn mounts(&self) -> io::Result<()> {
+        let none = None;
+        self.step(
+            Step::MakePrivate,
+            sys::mount(none, c"/", none, libc::MS_REC | libc::MS_PRIVATE, none),
+        )?;
+        // Detached copy of the root's mount, taken before anything covers
+        // its path; it keeps the host's read-write flag.
+        let tree = self.step(
+            Step::OpenTree,
+            sys::open_tree(
+                &self.root,
+                libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
+            ),
+        )?;
+        let ro = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID;
+        // One call flips every mount below / (remounting each submount with
+        // MS_REMOUNT|MS_RDONLY would need the mount list, i.e. allocation).
+        self.step(
+            Step::ReadOnly,
+            sys::mount_setattr(None, c"/", libc::AT_RECURSIVE as u32, ro, 0),
+        )?;
+        self.step(
+            Step::ReadOnly,
+            sys::mount_setattr(
+                Some(tree.as_fd()),
+                c"",
+                (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as u32,
+                libc::MOUNT_ATTR_NOSUID,
+                0,
+            ),
+        )?;
+        let tmpfs = Some(c"tmpfs");
+        let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
+        self.step(
+            Step::MountTmp,
+            sys::mount(tmpfs, c"/tmp", tmpfs, nosuid, Some(c"mode=1777")),
+        )?;
+        for h in &self.hide {
+            self.step(
+                Step::Hide,
+                sys::mount(tmpfs, h, tmpfs, nosuid, Some(c"mode=0755,size=1m")),
+            )?;
+        }
+        // 0555: the mount points live in the action's writable /tmp, but the
+        // parents of its root should look read-only like the rest of the
+        // host. (Init can still create below them: it has
+        // CAP_DAC_OVERRIDE, as root or in its user namespace.)
+        for d in &self.root_mkdirs {
+            match rustix::fs::mkdir(d.as_c_str(), Mode::from_raw_mode(0o555)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(self.fail(Step::MkdirRoot, e)),
+            }
+        }
+        self.step(Step::MoveRoot, sys::move_mount(tree.as_fd(), &self.root))?;
+        for h in &self.hide {
+            self.step(
+                Step::HideReadOnly,
+                sys::mount_setattr(None, h, 0, libc::MOUNT_ATTR_RDONLY, 0),
+            )?;
+        }
+        let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        self.step(
+            Step::MountProc,
+            sys::mount(Some(c"proc"), c"/proc", Some(c"proc"), proc_flags, none),
+        )?;
+        if self.dev_shm {
+            self.step(
+                Step::DevShm,
+                sys::mount(tmpfs, c"/dev/shm", tmpfs, nosuid, Some(c"mode=1777")),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Stage 3: the command, pid 2. Returns to std, which execs.
+    fn command(&self) -> io::Result<()> {
+        if let Some((uid, gid)) = self.drop_to {
+            // Per-thread calls are right here: this process has one thread.
+            self.step(Step::SetGroups, rustix::thread::set_thread_groups(&[]))?;
+            let gid = Gid::from_raw(gid);
+            self.step(
+                Step::SetGid,
+                rustix::thread::set_thread_res_gid(gid, gid, gid),
+            )?;
+            let uid = Uid::from_raw(uid);
+            // Leaving uid 0 for a non-zero uid clears every capability.
+            self.step(
+                Step::SetUid,
+                rustix::thread::set_thread_res_uid(uid, uid, uid),
+            )?;
+        }
+        // setuid binaries on the host must not give the action privileges.
+        self.step(Step::NoNewPrivs, rustix::thread::set_no_new_privs(true))?;
+        // Resolved again here, inside the new mounts and as the action's
+        // uid, and never through a symlink out of the root.
+        let root = self.step(
+            Step::WorkingDir,
+            rustix::fs::open(
+                self.root.as_c_str(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+        )?;
+        let wd = self.step(
+            Step::WorkingDir,
+            rustix::fs::openat2(
+                &root,
+                self.working_dir.as_c_str(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            ),
+        )?;
+        self.step(Step::WorkingDir, rustix::process::fchdir(&wd))?;
+        drop(wd);
+        drop(root);
+        // Nothing inherited past exec except stdio (std's own pipes and the
+        // report pipe are close-on-exec already).
+        sys::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        Ok(())
+    }
+}
