@@ -84,7 +84,10 @@ fn openssl_mibs(file: &std::path::Path, size: u64) -> anyhow::Result<f64> {
         .context("running openssl")?;
     let dt = t.elapsed();
     if !out.status.success() {
-        bail!("openssl dgst failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "openssl dgst failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(mibs(size, dt))
 }

@@ -295,8 +295,7 @@ impl ByteStream for ByteStreamService {
         let mut finished = false;
         let mut stream_err: Option<Status> = None;
         let mut write_err: Option<Status> = None;
-        loop {
-            let Some(m) = msg.take() else { break };
+        while let Some(m) = msg.take() {
             if m.write_offset != expected {
                 stream_err = Some(Status::invalid_argument(format!(
                     "write_offset {} where {expected} was expected",
