@@ -677,12 +677,13 @@ impl BlobWriter {
         self.file = None;
         let key = Key::from(&self.digest);
         let dest = self.store.path(&key);
-        let mut publishing = self.store.publishing.lock();
+        // Marked before the rename, so from the moment the name exists until
+        // `publish`, eviction and quarantine leave it alone; the rename
+        // itself runs without any lock held.
+        *self.store.publishing.lock().entry(key).or_insert(0) += 1;
+        self.renamed = true;
         fs::rename(&self.tmp_path, &dest)
             .map_err(|e| CasError::io("rename", &dest, e, Some(&self.digest)))?;
-        // Until `publish`, eviction and quarantine leave this name alone.
-        *publishing.entry(key).or_insert(0) += 1;
-        self.renamed = true;
         // From here the temp name is gone; Drop must not try to delete it.
         self.tmp_path = PathBuf::new();
         Ok(())
