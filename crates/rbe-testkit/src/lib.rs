@@ -39,6 +39,8 @@ pub fn bin(name: &str) -> PathBuf {
                 "-p",
                 "rbe-frontend",
                 "-p",
+                "rbe-workerd",
+                "-p",
                 "rbectl",
             ]);
             if dir.file_name().is_some_and(|n| n == "release") {
@@ -196,6 +198,7 @@ pub struct Stack {
     pub tmp: tempfile::TempDir,
     pub casd: Casd,
     frontend: Option<Child>,
+    workerd: Option<Child>,
     pub addr: String,
 }
 
@@ -226,10 +229,18 @@ impl Stack {
             .expect("uri")
             .connect_lazy();
         wait_healthy(ch, &mut child, "rbe-frontend").await;
+        let workerd = Command::new(bin("rbe-workerd"))
+            .arg("--config-dir")
+            .arg(&casd.layout.config_dir)
+            .stdin(Stdio::null())
+            .stderr(log_file(tmp.path(), "workerd"))
+            .spawn()
+            .expect("spawn rbe-workerd");
         Stack {
             tmp,
             casd,
             frontend: Some(child),
+            workerd: Some(workerd),
             addr,
         }
     }
@@ -243,16 +254,20 @@ impl Stack {
 
     /// Whether both daemons are still running.
     pub fn alive(&mut self) -> bool {
-        let fe = self
-            .frontend
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none());
-        fe && self.casd.alive()
+        let up = |c: &mut Option<Child>| {
+            c.as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        };
+        up(&mut self.frontend) && up(&mut self.workerd) && self.casd.alive()
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if let Some(mut c) = self.workerd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         if let Some(mut c) = self.frontend.take() {
             let _ = c.kill();
             let _ = c.wait();

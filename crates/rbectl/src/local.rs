@@ -187,6 +187,7 @@ pub fn run(a: LocalArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("writing config under {}", state.display()))?;
     let casd_bin = find_binary("rbe-casd", a.bin_dir.as_deref())?;
     let frontend_bin = find_binary("rbe-frontend", a.bin_dir.as_deref())?;
+    let workerd_bin = find_binary("rbe-workerd", a.bin_dir.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -225,12 +226,31 @@ pub fn run(a: LocalArgs) -> anyhow::Result<ExitCode> {
         return Err(e);
     }
 
+    let mut workerd = match Daemon::start("rbe-workerd", &workerd_bin, &layout.config_dir) {
+        Ok(w) => w,
+        Err(e) => {
+            frontend.stop(Duration::from_secs(5));
+            casd.stop(Duration::from_secs(5));
+            return Err(e);
+        }
+    };
+    // The worker is a client of the frontend: give it a moment and make
+    // sure it did not exit at once (a config error, say).
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(why) = workerd.exited() {
+        frontend.stop(Duration::from_secs(5));
+        casd.stop(Duration::from_secs(5));
+        bail!("{why}");
+    }
+
     println!(
         "rbe is serving on grpc://{} (state in {})",
         a.listen,
         state.display()
     );
     println!("Use it from Bazel with:");
+    println!("  bazel build --remote_executor=grpc://{} //...", a.listen);
+    println!("or, as a remote cache only:");
     println!("  bazel build --remote_cache=grpc://{} //...", a.listen);
     println!("Press Ctrl-C to stop.");
 
@@ -240,14 +260,16 @@ pub fn run(a: LocalArgs) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 _ = signals.recv() => return Ok::<Option<String>, anyhow::Error>(None),
                 _ = tick.tick() => {
-                    if let Some(w) = frontend.exited().or_else(|| casd.exited()) {
+                    if let Some(w) = workerd.exited().or_else(|| frontend.exited()).or_else(|| casd.exited()) {
                         return Ok(Some(w));
                     }
                 }
             }
         }
     })?;
-    // The frontend first, so no new request reaches a stopping casd.
+    // The worker, then the frontend, so no new request reaches a stopping
+    // casd.
+    workerd.stop(Duration::from_secs(10));
     frontend.stop(Duration::from_secs(10));
     casd.stop(Duration::from_secs(10));
     match why {

@@ -1,0 +1,281 @@
+//! One action, start to finish: input tree from casd, sandboxed run,
+//! outputs to casd, and the Finished report with full metadata. The action
+//! directory is removed afterwards whatever happened.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use rbe_exec::{ActionSpec, Sandbox};
+use rbe_proto::casd::{casd_client::CasdClient, MaterializeRequest};
+use rbe_proto::reapi::{
+    Action, ActionResult, Command, ExecutedActionMetadata, OutputDirectory, OutputFile,
+    OutputSymlink,
+};
+use rbe_proto::worker::{Assignment, Finished};
+use rbe_proto::{Digest, DigestFunction};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::outputs::{self, Found, Uploader};
+use crate::server::Worker;
+
+fn ts(t: SystemTime) -> Option<prost_types::Timestamp> {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    Some(prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    })
+}
+
+fn wkt(t: SystemTime) -> Option<rbe_proto::wkt::Timestamp> {
+    ts(t).map(|t| rbe_proto::wkt::Timestamp {
+        seconds: t.seconds,
+        nanos: t.nanos,
+    })
+}
+
+fn fail(id: u64, code: Code, message: impl Into<String>) -> Finished {
+    Finished {
+        id,
+        code: code as i32,
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+/// Runs an assignment and says how it ended.
+pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) -> Finished {
+    let id = a.id;
+    let dir = w.work_dir.join(uuid::Uuid::new_v4().to_string());
+    let r = run(w, &a, &dir, cancel).await;
+    let d = dir.clone();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await;
+    match r {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(operation = %a.operation, error = format!("{e:#}"), "action failed in the worker");
+            fail(id, Code::Internal, format!("worker {}: {e:#}", w.name))
+        }
+    }
+}
+
+async fn run(
+    w: &Arc<Worker>,
+    a: &Assignment,
+    dir: &Path,
+    cancel: CancellationToken,
+) -> anyhow::Result<Finished> {
+    let worker_start = SystemTime::now();
+    let f = DigestFunction::from_reapi(a.digest_function).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let action_digest =
+        Digest::parse(f, &a.action_hash, a.action_size).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let action = Action::decode(a.action.as_slice())?;
+    let command = Command::decode(a.command.as_slice())?;
+    let Some(root_digest) = action.input_root_digest.as_ref() else {
+        return Ok(fail(
+            a.id,
+            Code::InvalidArgument,
+            "action has no input_root_digest",
+        ));
+    };
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The action's user must be able to create outputs at the top.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777))?;
+    }
+    if w.privileged {
+        // Output directories made for the action take the root's owner.
+        std::os::unix::fs::chown(
+            &root,
+            Some(w.settings.sandbox.uid),
+            Some(w.settings.sandbox.gid),
+        )?;
+    }
+
+    // Inputs.
+    let fetch_start = SystemTime::now();
+    let m = CasdClient::new(w.casd.clone())
+        .materialize(MaterializeRequest {
+            instance_name: a.instance_name.clone(),
+            digest_function: a.digest_function,
+            root: Some(rbe_proto::casd::Digest {
+                hash: root_digest.hash.clone(),
+                size_bytes: root_digest.size_bytes,
+            }),
+            target: root.display().to_string(),
+            copy: !w.privileged,
+        })
+        .await;
+    let m = match m {
+        Ok(m) => m.into_inner(),
+        Err(s) if s.code() == Code::InvalidArgument => {
+            return Ok(fail(a.id, Code::InvalidArgument, s.message()))
+        }
+        Err(s) => anyhow::bail!("materializing inputs: {s}"),
+    };
+    if !m.missing.is_empty() {
+        let mut f = fail(
+            a.id,
+            Code::FailedPrecondition,
+            format!("{} input blob(s) are missing from the CAS", m.missing.len()),
+        );
+        f.missing = m
+            .missing
+            .iter()
+            .map(|d| format!("{}/{}", d.hash, d.size_bytes))
+            .collect();
+        return Ok(f);
+    }
+    let fetch_done = SystemTime::now();
+
+    // Outputs' parent directories, then the run.
+    let mut declared: Vec<String> = command.output_paths.clone();
+    #[allow(deprecated)]
+    {
+        declared.extend(command.output_files.iter().cloned());
+        declared.extend(command.output_directories.iter().cloned());
+    }
+    for p in &declared {
+        if let Err(e) = rbe_exec::validate_relative_path(p) {
+            return Ok(fail(a.id, Code::InvalidArgument, e.to_string()));
+        }
+    }
+    if let Err(e) = rbe_exec::prepare_output_dirs(&root, &command.working_directory, &declared) {
+        return Ok(fail(a.id, Code::InvalidArgument, e.to_string()));
+    }
+    let sandbox = Sandbox {
+        uid: w.privileged.then_some(w.settings.sandbox.uid),
+        gid: w.privileged.then_some(w.settings.sandbox.gid),
+        network: w.settings.sandbox.network,
+        hide_paths: vec![w.work_dir.clone()],
+    };
+    let spec = ActionSpec {
+        root: root.clone(),
+        working_dir: command.working_directory.clone(),
+        argv: command.arguments.clone(),
+        env: command
+            .environment_variables
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        timeout: Duration::from_secs(u64::from(a.timeout_seconds.max(1))),
+        stdout: dir.join("stdout"),
+        stderr: dir.join("stderr"),
+        max_output_bytes: w.settings.sandbox.max_output_bytes,
+    };
+    let outcome = match rbe_exec::run(&sandbox, &spec, cancel.clone().cancelled_owned()).await {
+        Ok(o) => o,
+        Err(e) => {
+            // A program that does not exist, a bad working directory: the
+            // action's fault, reported as such.
+            let code = match e {
+                rbe_exec::ExecError::Setup { .. }
+                | rbe_exec::ExecError::Io { .. }
+                | rbe_exec::ExecError::Internal(_) => Code::Internal,
+                _ => Code::InvalidArgument,
+            };
+            return Ok(fail(a.id, code, e.to_string()));
+        }
+    };
+    if outcome.cancelled {
+        return Ok(fail(a.id, Code::Cancelled, "cancelled"));
+    }
+
+    // Outputs.
+    let upload_start = SystemTime::now();
+    let mut up = Uploader::new(w.casd.clone(), a.instance_name.clone(), f);
+    let mut result = ActionResult {
+        exit_code: outcome.exit_code,
+        ..Default::default()
+    };
+    let stdout = tokio::fs::read(&spec.stdout).await.unwrap_or_default();
+    let stderr = tokio::fs::read(&spec.stderr).await.unwrap_or_default();
+    result.stdout_digest = Some(up.bytes(stdout).await?.to_reapi());
+    result.stderr_digest = Some(up.bytes(stderr).await?.to_reapi());
+    #[allow(deprecated)]
+    let (legacy_files, legacy_dirs) = (
+        command.output_files.clone(),
+        command.output_directories.clone(),
+    );
+    for p in &declared {
+        let collected = match rbe_exec::collect_output(&root, &command.working_directory, p) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                return Ok(fail(
+                    a.id,
+                    Code::InvalidArgument,
+                    format!("output {p:?}: {e}"),
+                ))
+            }
+        };
+        match outputs::upload(&mut up, &collected).await? {
+            Found::File { digest, executable } => result.output_files.push(OutputFile {
+                path: p.clone(),
+                digest: Some(digest.to_reapi()),
+                is_executable: executable,
+                contents: Default::default(),
+                node_properties: None,
+            }),
+            Found::Directory { tree } => result.output_directories.push(OutputDirectory {
+                path: p.clone(),
+                tree_digest: Some(tree.to_reapi()),
+                ..Default::default()
+            }),
+            Found::Symlink { target } => {
+                let s = OutputSymlink {
+                    path: p.clone(),
+                    target,
+                    node_properties: None,
+                };
+                #[allow(deprecated)]
+                {
+                    if legacy_files.contains(p) {
+                        result.output_file_symlinks.push(s.clone());
+                    } else if legacy_dirs.contains(p) {
+                        result.output_directory_symlinks.push(s.clone());
+                    }
+                }
+                result.output_symlinks.push(s);
+            }
+        }
+    }
+    up.flush().await?;
+    let done = SystemTime::now();
+    let queued = a.queued_unix_micros.max(0) as u64;
+    result.execution_metadata = Some(ExecutedActionMetadata {
+        worker: w.name.clone(),
+        queued_timestamp: wkt(SystemTime::UNIX_EPOCH + Duration::from_micros(queued)),
+        worker_start_timestamp: wkt(worker_start),
+        worker_completed_timestamp: wkt(done),
+        input_fetch_start_timestamp: wkt(fetch_start),
+        input_fetch_completed_timestamp: wkt(fetch_done),
+        execution_start_timestamp: wkt(outcome.started),
+        execution_completed_timestamp: wkt(outcome.finished),
+        output_upload_start_timestamp: wkt(upload_start),
+        output_upload_completed_timestamp: wkt(done),
+        ..Default::default()
+    });
+    tracing::info!(
+        operation = %a.operation,
+        action_digest = %action_digest,
+        invocation_id = %a.invocation_id,
+        exit_code = outcome.exit_code,
+        timed_out = outcome.timed_out,
+        "action finished"
+    );
+    let mut fin = Finished {
+        id: a.id,
+        action_result: result.encode_to_vec(),
+        ..Default::default()
+    };
+    if outcome.timed_out {
+        fin.code = Code::DeadlineExceeded as i32;
+        fin.message = format!("action timed out after {} s", a.timeout_seconds);
+    }
+    Ok(fin)
+}

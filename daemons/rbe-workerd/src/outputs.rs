@@ -1,0 +1,264 @@
+//! Uploading an action's outputs, stdout and stderr to rbe-casd, and
+//! building the ActionResult's output lists (directories as Tree messages).
+//!
+//! Small blobs are gathered into BatchUpdateBlobs calls; large ones are
+//! hashed, then streamed with ByteStream. Files are read through the
+//! handles `rbe-exec` opened without following symlinks.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use anyhow::Context;
+use prost::Message;
+use rbe_exec::{Collected, CollectedEntry, OutputKind};
+use rbe_proto::bytestream::{byte_stream_client::ByteStreamClient, WriteRequest};
+use rbe_proto::reapi::{
+    batch_update_blobs_request,
+    content_addressable_storage_client::ContentAddressableStorageClient, BatchUpdateBlobsRequest,
+    Directory, DirectoryNode, FileNode, SymlinkNode, Tree,
+};
+use rbe_proto::resource::{self, Compressor};
+use rbe_proto::{Digest, DigestFunction};
+use tonic::transport::Channel;
+
+/// Blobs up to this size travel in batches.
+const SMALL: u64 = 1 << 20;
+/// A batch is sent once it holds this much.
+const BATCH_BYTES: usize = 3 << 20;
+
+/// Sends blobs to casd.
+pub struct Uploader {
+    channel: Channel,
+    instance: String,
+    function: DigestFunction,
+    pending: Vec<(Digest, Vec<u8>)>,
+    pending_bytes: usize,
+}
+
+impl Uploader {
+    pub fn new(channel: Channel, instance: String, function: DigestFunction) -> Self {
+        Uploader {
+            channel,
+            instance,
+            function,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// Queues bytes for upload; returns their digest.
+    pub async fn bytes(&mut self, data: Vec<u8>) -> anyhow::Result<Digest> {
+        let d = Digest::of(self.function, &data);
+        if data.len() as u64 > SMALL {
+            self.stream(d, data).await?;
+            return Ok(d);
+        }
+        self.pending_bytes += data.len();
+        self.pending.push((d, data));
+        if self.pending_bytes >= BATCH_BYTES {
+            self.flush().await?;
+        }
+        Ok(d)
+    }
+
+    /// Uploads a collected file; returns its digest.
+    pub async fn entry(&mut self, e: &CollectedEntry) -> anyhow::Result<Digest> {
+        let mut file = e
+            .open()
+            .with_context(|| format!("opening output {}", e.rel_path))?;
+        let name = e.rel_path.clone();
+        let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut v = Vec::new();
+            file.read_to_end(&mut v)?;
+            Ok(v)
+        })
+        .await?
+        .with_context(|| format!("reading output {name}"))?;
+        self.bytes(data).await
+    }
+
+    async fn stream(&mut self, d: Digest, data: Vec<u8>) -> anyhow::Result<()> {
+        let name = resource::write_name(
+            &self.instance,
+            &uuid::Uuid::new_v4().to_string(),
+            &d,
+            Compressor::Identity,
+        );
+        let chunk = 1 << 20;
+        let total = data.len();
+        let msgs: Vec<WriteRequest> = data
+            .chunks(chunk)
+            .enumerate()
+            .map(|(i, c)| WriteRequest {
+                resource_name: if i == 0 { name.clone() } else { String::new() },
+                write_offset: (i * chunk) as i64,
+                finish_write: i * chunk + c.len() == total,
+                data: c.to_vec(),
+            })
+            .collect();
+        ByteStreamClient::new(self.channel.clone())
+            .max_encoding_message_size(4 << 20)
+            .write(futures::stream::iter(msgs))
+            .await
+            .with_context(|| format!("uploading {d}"))?;
+        Ok(())
+    }
+
+    /// Sends what is queued.
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let req = BatchUpdateBlobsRequest {
+            instance_name: self.instance.clone(),
+            requests: self
+                .pending
+                .drain(..)
+                .map(|(d, data)| batch_update_blobs_request::Request {
+                    digest: Some(d.to_reapi()),
+                    data,
+                    compressor: 0,
+                })
+                .collect(),
+            digest_function: self.function.to_reapi(),
+        };
+        self.pending_bytes = 0;
+        let r = ContentAddressableStorageClient::new(self.channel.clone())
+            .max_encoding_message_size(8 << 20)
+            .batch_update_blobs(req)
+            .await
+            .context("uploading outputs")?
+            .into_inner();
+        for resp in r.responses {
+            if let Some(st) = resp.status.filter(|s| s.code != 0) {
+                anyhow::bail!("casd refused an output blob: {}", st.message);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct DirBuild {
+    files: Vec<FileNode>,
+    dirs: Vec<String>,
+    symlinks: Vec<SymlinkNode>,
+}
+
+fn split(rel: &str) -> (&str, &str) {
+    rel.rsplit_once('/').unwrap_or(("", rel))
+}
+
+/// Uploads a collected output directory and returns its Tree's digest.
+pub async fn upload_tree(up: &mut Uploader, entries: &[CollectedEntry]) -> anyhow::Result<Digest> {
+    let mut dirs: BTreeMap<String, DirBuild> = BTreeMap::new();
+    dirs.insert(String::new(), DirBuild::default());
+    for e in entries {
+        let (parent, name) = split(&e.rel_path);
+        match &e.kind {
+            OutputKind::File { executable } => {
+                let d = up.entry(e).await?;
+                dirs.entry(parent.to_string())
+                    .or_default()
+                    .files
+                    .push(FileNode {
+                        name: name.to_string(),
+                        digest: Some(d.to_reapi()),
+                        is_executable: *executable,
+                        node_properties: None,
+                    });
+            }
+            OutputKind::Symlink { target } => {
+                dirs.entry(parent.to_string())
+                    .or_default()
+                    .symlinks
+                    .push(SymlinkNode {
+                        name: name.to_string(),
+                        target: target.clone(),
+                        node_properties: None,
+                    });
+            }
+            OutputKind::Directory => {
+                dirs.entry(e.rel_path.clone()).or_default();
+                dirs.entry(parent.to_string())
+                    .or_default()
+                    .dirs
+                    .push(name.to_string());
+            }
+        }
+    }
+    // Deepest first, so every child's digest is known before its parent.
+    let mut paths: Vec<String> = dirs.keys().cloned().collect();
+    paths.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count() + usize::from(!p.is_empty())));
+    let mut done: BTreeMap<String, (Directory, Digest)> = BTreeMap::new();
+    for p in paths {
+        let Some(mut b) = dirs.remove(&p) else {
+            continue;
+        };
+        b.files.sort_by(|a, c| a.name.cmp(&c.name));
+        b.symlinks.sort_by(|a, c| a.name.cmp(&c.name));
+        b.dirs.sort();
+        let mut nodes = Vec::new();
+        for name in &b.dirs {
+            let child = if p.is_empty() {
+                name.clone()
+            } else {
+                format!("{p}/{name}")
+            };
+            let (_, d) = done
+                .get(&child)
+                .with_context(|| format!("directory {child} missing from the walk"))?;
+            nodes.push(DirectoryNode {
+                name: name.clone(),
+                digest: Some(d.to_reapi()),
+            });
+        }
+        let dir = Directory {
+            files: b.files,
+            directories: nodes,
+            symlinks: b.symlinks,
+            node_properties: None,
+        };
+        let d = Digest::of(up.function, &dir.encode_to_vec());
+        done.insert(p, (dir, d));
+    }
+    let (root, _) = done.remove("").context("no root directory")?;
+    // Each distinct directory once.
+    let mut seen = std::collections::HashSet::new();
+    let children: Vec<Directory> = done
+        .into_values()
+        .filter(|(_, d)| seen.insert(*d))
+        .map(|(dir, _)| dir)
+        .collect();
+    let tree = Tree {
+        root: Some(root),
+        children,
+    };
+    up.bytes(tree.encode_to_vec()).await
+}
+
+/// What one declared output turned out to be.
+pub enum Found {
+    File { digest: Digest, executable: bool },
+    Directory { tree: Digest },
+    Symlink { target: String },
+}
+
+/// Uploads one collected output.
+pub async fn upload(up: &mut Uploader, c: &Collected) -> anyhow::Result<Found> {
+    Ok(match c {
+        Collected::File(e) => {
+            let executable = matches!(e.kind, OutputKind::File { executable: true });
+            Found::File {
+                digest: up.entry(e).await?,
+                executable,
+            }
+        }
+        Collected::Symlink { target } => Found::Symlink {
+            target: target.clone(),
+        },
+        Collected::Directory(entries) => Found::Directory {
+            tree: upload_tree(up, entries).await?,
+        },
+    })
+}
