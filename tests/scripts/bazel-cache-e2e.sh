@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end check of a REAPI remote cache with a real Bazel (4.2.3):
+# End-to-end check of a REAPI remote cache, or with MODE=exec of remote
+# execution, with a real Bazel (4.2.3):
 #   1. build+test tests/bazel-ws with --remote_cache=ENDPOINT in a fresh
 #      output root (a fresh salt makes every action key new, so this build
 #      runs locally and uploads its results),
@@ -14,14 +15,24 @@
 #      BAZEL                 default bazel
 #      EXTRA_BAZEL_FLAGS     extra build flags (word-split)
 #      KEEP=1                keep the output root and logs for inspection
+#      MODE=exec             use --remote_executor: the first build must run
+#                            every action "remote" except LOCAL_EXPECTED ones
+#                            (default 1: //host:host_info is no-remote-exec),
+#                            and //net:no_network_test is added to TARGETS
 # Exit 0 and "PASS" on success, 1 and "FAIL: ..." otherwise.
 set -uo pipefail
-[ $# -ge 1 ] || { sed -n '2,17p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,22p' "$0"; exit 2; }
+MODE=${MODE:-cache}
+LOCAL_EXPECTED=${LOCAL_EXPECTED:-1}
 ENDPOINT=$1
 here=$(cd "$(dirname "$0")" && pwd)
 WS=$(cd "$here/../bazel-ws" && pwd)
 BAZEL=${BAZEL:-bazel}
-read -ra TARGETS <<< "${TARGETS:-//...}"
+if [ "$MODE" = exec ]; then
+  read -ra TARGETS <<< "${TARGETS:-//... //net:no_network_test}"
+else
+  read -ra TARGETS <<< "${TARGETS:-//...}"
+fi
 SALT=${SALT:-$(date +%s%N)-$$}
 ROOT=$(mktemp -d "${TMPDIR:-/var/tmp}/rbe-bazel-e2e.XXXXXX")
 LOGS="$ROOT/logs"
@@ -47,8 +58,9 @@ trap cleanup EXIT
 FAILED=0
 fail() { echo "FAIL: $*"; FAILED=1; }
 
+if [ "$MODE" = exec ]; then REMOTE_FLAG=--remote_executor; else REMOTE_FLAG=--remote_cache; fi
 FLAGS=(
-  --remote_cache="$ENDPOINT"
+  "$REMOTE_FLAG=$ENDPOINT"
   --remote_timeout=120
   --symlink_prefix=/            # no convenience symlinks in the source tree
   --action_env=RBE_E2E_SALT="$SALT"
@@ -70,7 +82,7 @@ import re, sys
 text = open(sys.argv[1], errors="replace").read()
 m = re.findall(r"^INFO: (\d+) process(?:es)?(?:: (.*?))?\.?$", text, re.M)
 if not m:
-    print("none 0 0 0 -"); sys.exit()
+    print("none 0 0 0 0 -"); sys.exit()
 total, detail = m[-1]
 kinds = {}
 for part in (detail or "").split(", "):
@@ -79,8 +91,9 @@ for part in (detail or "").split(", "):
         kinds[mm.group(2)] = kinds.get(mm.group(2), 0) + int(mm.group(1))
 internal = kinds.pop("internal", 0)
 hits = kinds.pop("remote cache hit", 0)
+remote = kinds.get("remote", 0)
 other = sum(kinds.values())
-print(total, internal, hits, other, (detail or "-").replace(" ", "_"))
+print(total, internal, hits, other, remote, (detail or "-").replace(" ", "_"))
 PY
 }
 
@@ -99,7 +112,7 @@ run_build() {  # run_build NAME -> builds, sets S_* from the summary
   bz test "${FLAGS[@]}" "${TARGETS[@]}" > "$LOGS/$name.log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
-  read -r S_TOTAL S_INTERNAL S_HITS S_OTHER S_DETAIL < <(summary "$LOGS/$name.log")
+  read -r S_TOTAL S_INTERNAL S_HITS S_OTHER S_REMOTE S_DETAIL < <(summary "$LOGS/$name.log")
   log "$name: exit=$rc wall=$(python3 -c "print(round($t1 - $t0, 1))")s processes=$S_TOTAL internal=$S_INTERNAL remote_cache_hit=$S_HITS other=$S_OTHER ($S_DETAIL)"
   if [ "$rc" != 0 ]; then
     grep -E '^(ERROR|FAIL|WARNING)' "$LOGS/$name.log" | head -20 >&2
@@ -115,7 +128,14 @@ log "endpoint=$ENDPOINT instance=${REMOTE_INSTANCE_NAME:-<none>} salt=$SALT targ
 
 if run_build first; then
   FIRST_WORK=$((S_HITS + S_OTHER))
+  FIRST_REMOTE=$S_REMOTE
   [ "$S_HITS" -gt 0 ] && log "note: first build already had $S_HITS remote cache hits (SALT reused or actions not salted)"
+  if [ "$MODE" = exec ]; then
+    local_ran=$((S_OTHER - S_REMOTE))
+    [ "$S_REMOTE" -gt 0 ] || fail "first build ran no action remotely: $S_DETAIL"
+    [ "$local_ran" -eq "$LOCAL_EXPECTED" ] || fail "first build ran $local_ran action(s) locally, expected $LOCAL_EXPECTED (no-remote-exec): $S_DETAIL"
+    grep -q "no_network_test.*PASSED" "$LOGS/first.log" || [ "$MODE" != exec ] || fail "//net:no_network_test did not pass remotely"
+  fi
   BIN=$(bz info "${FLAGS[@]}" bazel-bin 2>/dev/null)
   if [ -z "$BIN" ] || [ ! -d "$BIN" ]; then
     fail "bazel info bazel-bin gave '$BIN'"
@@ -140,7 +160,11 @@ if run_build first; then
 fi
 
 if [ "$FAILED" = 0 ]; then
-  echo "PASS: bazel-cache-e2e $ENDPOINT: cached rebuild was all remote cache hits ($S_HITS) and outputs are identical"
+  if [ "$MODE" = exec ]; then
+    echo "PASS: bazel-exec-e2e $ENDPOINT: $FIRST_REMOTE actions ran remote, $LOCAL_EXPECTED local (no-remote-exec); the cached rebuild was all remote cache hits ($S_HITS) and outputs are identical"
+  else
+    echo "PASS: bazel-cache-e2e $ENDPOINT: cached rebuild was all remote cache hits ($S_HITS) and outputs are identical"
+  fi
   exit 0
 fi
 [ "${KEEP:-0}" = 1 ] || echo "(set KEEP=1 to keep logs)"

@@ -1,5 +1,6 @@
 //! Independent real clients against the real stack: Debian's Bazel 4.2.3
-//! (remote cache) and BuildGrid's `bgd` CLI (CAS upload/download). Each
+//! (remote cache and remote execution) and BuildGrid's `bgd` CLI (CAS
+//! upload/download, execute). Each
 //! skips, saying why, when its client is not installed; `tests/run-all.sh`
 //! installs both.
 
@@ -77,5 +78,42 @@ async fn buildgrid_bgd_uploads_and_downloads_files_and_trees() {
     })
     .await
     .expect("bgd run");
+    assert!(s.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bazel_runs_every_action_remotely_and_rebuilds_all_from_cache() {
+    if !on_path("bazel") {
+        rbe_testkit::skip(
+            "bazel is not installed (apt-get install bazel-bootstrap; tests/run-all.sh does it)",
+        );
+        return;
+    }
+    let mut s = Stack::start().await;
+    let endpoint = format!("grpc://{}", s.addr);
+    tokio::task::spawn_blocking(move || {
+        run_script("bazel-cache-e2e.sh", &endpoint, &[("MODE", "exec")])
+    })
+    .await
+    .expect("bazel remote execution run");
+    assert!(s.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildgrid_bgd_executes_a_command_with_an_input_directory() {
+    let venv = std::env::var("BGD_VENV").unwrap_or_else(|_| "/var/tmp/bgd-venv".into());
+    if !Path::new(&venv).join("bin/bgd").is_file() {
+        rbe_testkit::skip(&format!(
+            "BuildGrid's bgd is not installed in {venv} (tests/run-all.sh installs it)"
+        ));
+        return;
+    }
+    let mut s = Stack::start().await;
+    let endpoint = format!("grpc://{}", s.addr);
+    tokio::task::spawn_blocking(move || {
+        run_script("bgd-execute.sh", &endpoint, &[("BGD_VENV", &venv)])
+    })
+    .await
+    .expect("bgd execute run");
     assert!(s.alive());
 }
