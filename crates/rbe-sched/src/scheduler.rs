@@ -47,6 +47,8 @@ pub enum Outcome<R> {
     Cancelled,
     /// Could not run (message says why).
     Failed(String),
+    /// Answered from the action cache without running.
+    Cached,
 }
 
 /// Tunables.
@@ -273,6 +275,32 @@ impl<P: Clone, R> Scheduler<P, R> {
             },
         );
         Ok((id, true))
+    }
+
+    /// Records an operation that is complete on arrival (an action-cache
+    /// hit), so that it can be looked up and expires like any other.
+    pub fn record_completed(&mut self, key: ActionKey, payload: P) -> OpId {
+        let id = self.fresh_id();
+        let seq = self.fresh_id();
+        let now = self.clock.now();
+        self.ops.insert(
+            id,
+            Op {
+                key,
+                platform: Platform::default(),
+                priority: 0,
+                seq,
+                stage: Stage::Completed,
+                waiters: 0,
+                worker: None,
+                payload,
+                queued_at: now,
+                completed_at: Some(now),
+                outcome: Some(Outcome::Cached),
+            },
+        );
+        self.completed.push_back(id);
+        id
     }
 
     /// A view of an operation.

@@ -177,6 +177,32 @@ impl Execution for ExecutionService {
                         ..Default::default()
                     };
                     let name = format!("operations/{}", uuid::Uuid::new_v4());
+                    // Recorded like any operation, so GetOperation and
+                    // WaitExecution find it until it expires.
+                    {
+                        let key = ActionKey {
+                            instance: req.instance_name.clone(),
+                            action: format!("{}:{ad}", f.name()),
+                        };
+                        let mut sched = exec.sched.lock();
+                        let id = sched.record_completed(key, Arc::new(Assignment::default()));
+                        let (tx, _) = watch::channel(Snapshot {
+                            stage: execution_stage::Value::Completed as i32,
+                            response: Some(resp.clone()),
+                        });
+                        exec.ops.lock().insert(
+                            id,
+                            OpInfo {
+                                name: name.clone(),
+                                action_digest: ad.to_reapi(),
+                                digest_function: f.to_reapi(),
+                                instance: req.instance_name.clone(),
+                                do_not_cache: false,
+                                watch: tx,
+                            },
+                        );
+                        exec.names.lock().insert(name.clone(), id);
+                    }
                     return Ok(Response::new(Self::done_stream(
                         name,
                         ad.to_reapi(),
@@ -244,9 +270,15 @@ impl Execution for ExecutionService {
             invocation_id: invocation.clone(),
             queued_unix_micros: now_us,
         });
+        // REAPI: requests for a do_not_cache action must not be merged, so
+        // such a key is unique to this request.
         let key = ActionKey {
             instance: req.instance_name.clone(),
-            action: format!("{}:{ad}", f.name()),
+            action: if action.do_not_cache {
+                format!("{}:{ad}:{name}", f.name())
+            } else {
+                format!("{}:{ad}", f.name())
+            },
         };
         // Submitting and registering under one lock, so a concurrent
         // identical request finds the operation's watch.
