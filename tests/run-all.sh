@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine: installs what the tests
-# need (Bazel 4.2.3 from Debian, systemd's tools, BuildGrid's bgd client),
+# need (Bazel 4.2.3 from Debian, systemd and D-Bus for the tests that boot a
+# real systemd in private namespaces, BuildGrid's bgd client),
 # then checks formatting and lints and runs every test with real binaries,
 # real sockets, a real Bazel and a real bgd.
 #
@@ -16,6 +17,10 @@ command -v bazel >/dev/null 2>&1 || need+=(bazel-bootstrap)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The systemd harness (tests/harness/sysbox) boots systemd with a D-Bus.
+command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus)
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
+[ -e /lib/x86_64-linux-gnu/libnss_systemd.so.2 ] || need+=(libnss-systemd)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -108,6 +108,7 @@ pub async fn run(
         )
         .add_service(CasdServer::new(local::LocalService(Arc::clone(&casd))));
 
+    rbe_systemd::notify_status(&status_line(&casd));
     rbe_systemd::notify_ready();
     tracing::info!(socket = %listener.local_addr_string(), store = %st.path.display(), "rbe-casd serving");
     let stop = shutdown.clone();
@@ -142,15 +143,7 @@ async fn housekeeping(casd: Arc<Casd>, shutdown: CancellationToken) {
         // Pinging from the loop that also does the work means a wedged
         // runtime stops the pings and systemd restarts us.
         rbe_systemd::notify_watchdog();
-        let s = casd.store.stats();
-        rbe_systemd::notify_status(&format!(
-            "{}{} blobs, {} MiB of {} MiB, {} evicted",
-            if s.loading { "loading index; " } else { "" },
-            s.blobs,
-            s.bytes >> 20,
-            casd.settings.storage.max_size >> 20,
-            s.evicted
-        ));
+        rbe_systemd::notify_status(&status_line(&casd));
         if last_sweep.elapsed() > Duration::from_secs(30) {
             last_sweep = std::time::Instant::now();
             let uploads = casd.uploads.sweep();
@@ -160,4 +153,17 @@ async fn housekeeping(casd: Arc<Casd>, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+/// The STATUS= line: what `systemctl status rbe-casd` shows.
+fn status_line(casd: &Casd) -> String {
+    let s = casd.store.stats();
+    format!(
+        "{}{} blobs, {} MiB of {} MiB, {} evicted",
+        if s.loading { "loading index; " } else { "" },
+        s.blobs,
+        s.bytes >> 20,
+        casd.settings.storage.max_size >> 20,
+        s.evicted
+    )
 }

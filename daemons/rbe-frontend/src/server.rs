@@ -119,6 +119,7 @@ pub async fn run(
             shutdown.clone().cancelled_owned(),
         ));
     }
+    rbe_systemd::notify_status("serving; waiting for workers");
     rbe_systemd::notify_ready();
     let stop = shutdown.clone();
     tokio::spawn(async move {

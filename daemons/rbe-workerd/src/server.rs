@@ -96,6 +96,7 @@ pub async fn run(
             stop.cancel();
         });
     }
+    rbe_systemd::notify_status("attaching to the frontend");
     rbe_systemd::notify_ready();
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
