@@ -18,6 +18,29 @@ fn on_path(name: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
+/// Whether Bazel is installed; says SKIP and why when not.
+fn have_bazel() -> bool {
+    let ok = on_path("bazel");
+    if !ok {
+        rbe_testkit::skip(
+            "bazel is not installed (apt-get install bazel-bootstrap; tests/run-all.sh does it)",
+        );
+    }
+    ok
+}
+
+/// The venv holding BuildGrid's bgd; says SKIP and why when absent.
+fn bgd_venv() -> Option<String> {
+    let venv = std::env::var("BGD_VENV").unwrap_or_else(|_| "/var/tmp/bgd-venv".into());
+    if Path::new(&venv).join("bin/bgd").is_file() {
+        return Some(venv);
+    }
+    rbe_testkit::skip(&format!(
+        "BuildGrid's bgd is not installed in {venv} (tests/run-all.sh installs it)"
+    ));
+    None
+}
+
 fn run_script(script: &str, endpoint: &str, env: &[(&str, &str)]) {
     let out = Command::new("bash")
         .arg(scripts().join(script))
@@ -37,10 +60,7 @@ fn run_script(script: &str, endpoint: &str, env: &[(&str, &str)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bazel_builds_with_remote_cache_and_rebuilds_all_from_cache() {
-    if !on_path("bazel") {
-        rbe_testkit::skip(
-            "bazel is not installed (apt-get install bazel-bootstrap; tests/run-all.sh does it)",
-        );
+    if !have_bazel() {
         return;
     }
     let mut s = Stack::start().await;
@@ -64,13 +84,7 @@ async fn bazel_builds_with_remote_cache_and_rebuilds_all_from_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildgrid_bgd_uploads_and_downloads_files_and_trees() {
-    let venv = std::env::var("BGD_VENV").unwrap_or_else(|_| "/var/tmp/bgd-venv".into());
-    if !Path::new(&venv).join("bin/bgd").is_file() {
-        rbe_testkit::skip(&format!(
-            "BuildGrid's bgd is not installed in {venv} (tests/run-all.sh installs it)"
-        ));
-        return;
-    }
+    let Some(venv) = bgd_venv() else { return };
     let mut s = Stack::start().await;
     let endpoint = format!("grpc://{}", s.addr);
     tokio::task::spawn_blocking(move || {
@@ -83,10 +97,7 @@ async fn buildgrid_bgd_uploads_and_downloads_files_and_trees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bazel_runs_every_action_remotely_and_rebuilds_all_from_cache() {
-    if !on_path("bazel") {
-        rbe_testkit::skip(
-            "bazel is not installed (apt-get install bazel-bootstrap; tests/run-all.sh does it)",
-        );
+    if !have_bazel() {
         return;
     }
     let mut s = Stack::start().await;
@@ -101,13 +112,7 @@ async fn bazel_runs_every_action_remotely_and_rebuilds_all_from_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildgrid_bgd_executes_a_command_with_an_input_directory() {
-    let venv = std::env::var("BGD_VENV").unwrap_or_else(|_| "/var/tmp/bgd-venv".into());
-    if !Path::new(&venv).join("bin/bgd").is_file() {
-        rbe_testkit::skip(&format!(
-            "BuildGrid's bgd is not installed in {venv} (tests/run-all.sh installs it)"
-        ));
-        return;
-    }
+    let Some(venv) = bgd_venv() else { return };
     let mut s = Stack::start().await;
     let endpoint = format!("grpc://{}", s.addr);
     tokio::task::spawn_blocking(move || {

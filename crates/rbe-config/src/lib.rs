@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod casd;
+pub mod cli;
 mod common;
 mod error;
 mod frontend;

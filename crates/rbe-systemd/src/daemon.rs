@@ -52,6 +52,37 @@ where
     }
 }
 
+/// The whole `main` of a daemon: load the configuration from `dirs` with
+/// `load` (a failure is EX_CONFIG), print it and stop when `check_only`,
+/// otherwise [`run`] with the level `log_level` picks from it.
+pub fn main<S, L, C, F, Fut, E>(
+    name: &'static str,
+    dirs: &[std::path::PathBuf],
+    check_only: bool,
+    load: L,
+    log_level: fn(&S) -> String,
+    serve: F,
+) -> ExitCode
+where
+    S: std::fmt::Debug,
+    L: FnOnce(&[std::path::PathBuf]) -> Result<S, C>,
+    C: Display,
+    F: FnOnce(S, Vec<(String, OwnedFd)>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let settings = match load(dirs) {
+        Ok(s) => s,
+        Err(e) => return config_error(name, &e),
+    };
+    if check_only {
+        println!("{settings:#?}");
+        return ExitCode::SUCCESS;
+    }
+    let level = log_level(&settings);
+    run(name, settings, &level, serve)
+}
+
 /// Reports a configuration error the way every daemon does.
 pub fn config_error(name: &str, e: &dyn Display) -> ExitCode {
     eprintln!("{name}: configuration error: {e}");
