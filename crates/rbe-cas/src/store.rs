@@ -97,6 +97,30 @@ fn is_hex64(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Chunks at least this large are hashed on a second thread while they are
+/// written.
+const PARALLEL_HASH_BYTES: usize = 256 << 10;
+
+/// A streaming write asks the kernel to start writing back every this many
+/// bytes, instead of leaving a large blob's whole writeback to its fsync.
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writeback of dirty pages
+/// in the range and returns without waiting for it. Only a hint: errors are
+/// ignored, and durability still comes from the fsync that follows.
+#[allow(unsafe_code)]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the call only reads its integer arguments; `file` keeps the
+    // descriptor open for its duration.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+}
+
 fn sync_dir(p: &Path) -> Result<(), CasError> {
     File::open(p)
         .and_then(|f| f.sync_all())
@@ -336,6 +360,7 @@ impl Store {
             file: Some(file),
             hasher: digest.function.hasher(),
             written: 0,
+            flushed: 0,
             renamed: false,
         })
     }
@@ -622,6 +647,8 @@ pub struct BlobWriter {
     file: Option<File>,
     hasher: Hasher,
     written: u64,
+    // Bytes already handed to writeback with `start_writeback`.
+    flushed: u64,
     renamed: bool,
 }
 
@@ -653,10 +680,34 @@ impl BlobWriter {
                 None,
             )
         })?;
-        file.write_all(data)
-            .map_err(|e| CasError::io("write", &self.tmp_path, e, Some(&self.digest)))?;
-        self.hasher.update(data);
+        let hasher = &mut self.hasher;
+        let written = if data.len() >= PARALLEL_HASH_BYTES {
+            // Hash on a second thread while this one copies into the page
+            // cache: the two cost about the same, and both must finish
+            // before the call returns.
+            std::thread::scope(|s| {
+                let h = s.spawn(|| hasher.update(data));
+                let w = file.write_all(data);
+                let joined = h.join();
+                if joined.is_err() {
+                    return Err(std::io::Error::other("hashing thread panicked"));
+                }
+                w
+            })
+        } else {
+            let w = file.write_all(data);
+            hasher.update(data);
+            w
+        };
+        written.map_err(|e| CasError::io("write", &self.tmp_path, e, Some(&self.digest)))?;
         self.written = received;
+        // Start writeback of what has accumulated, without waiting for it,
+        // so the final fsync has little left to do. Durability still comes
+        // only from that fsync.
+        if self.written - self.flushed >= WRITEBACK_BYTES {
+            start_writeback(file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
         Ok(())
     }
 
@@ -775,17 +826,15 @@ impl BlobReader {
                 return Ok(None);
             }
             let want = (total - self.pos).min(max as u64) as usize;
-            let mut buf = vec![0u8; want];
-            let mut got = 0;
-            while got < want {
-                let n = file
-                    .read(&mut buf[got..])
-                    .map_err(|e| CasError::io("read", Path::new("blob"), e, Some(&self.digest)))?;
-                if n == 0 {
-                    self.store.quarantine_file(&self.digest, Some(self.inode));
-                    return Err(CasError::Corrupt(self.digest));
-                }
-                got += n;
+            // Read into fresh capacity: no need to zero a buffer first.
+            let mut buf = Vec::with_capacity(want);
+            let got = file
+                .take(want as u64)
+                .read_to_end(&mut buf)
+                .map_err(|e| CasError::io("read", Path::new("blob"), e, Some(&self.digest)))?;
+            if got < want {
+                self.store.quarantine_file(&self.digest, Some(self.inode));
+                return Err(CasError::Corrupt(self.digest));
             }
             if let Some(h) = self.hasher.as_mut() {
                 h.update(&buf);

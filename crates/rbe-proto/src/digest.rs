@@ -162,6 +162,43 @@ fn length_hint(len: usize) -> &'static str {
     }
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Value of each byte as a lowercase hex digit, or 0xff. Uppercase is not a
+/// digit here: REAPI hashes are lowercase.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decodes 64 lowercase hex characters in one pass; `None` if any
+/// character is not `0-9a-f` or the length is not 64.
+fn decode_hex32(s: &[u8]) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let hi = HEX_VALUE[pair[0] as usize];
+        let lo = HEX_VALUE[pair[1] as usize];
+        // 0xff has bit 7 set; valid digits never do.
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 15);
+    }
+    (bad & 0x80 == 0).then_some(out)
+}
+
 impl Digest {
     /// Validates a hash string and size for `function`. Hashes must be 64
     /// lowercase hex characters, as REAPI requires.
@@ -175,16 +212,9 @@ impl Digest {
                 hint: length_hint(hash.len()),
             });
         }
-        if !hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(DigestError::HashNotLowercaseHex(hash.to_string()));
-        }
+        let raw = decode_hex32(hash.as_bytes())
+            .ok_or_else(|| DigestError::HashNotLowercaseHex(hash.to_string()))?;
         let size = u64::try_from(size).map_err(|_| DigestError::NegativeSize(size))?;
-        let mut raw = [0u8; 32];
-        hex::decode_to_slice(hash, &mut raw)
-            .map_err(|_| DigestError::HashNotLowercaseHex(hash.to_string()))?;
         Ok(Self {
             function,
             hash: raw,
@@ -215,7 +245,13 @@ impl Digest {
 
     /// The hash as lowercase hex.
     pub fn hex(&self) -> String {
-        hex::encode(self.hash)
+        let mut out = [0u8; 64];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.hash) {
+            pair[0] = HEX_DIGITS[(b >> 4) as usize];
+            pair[1] = HEX_DIGITS[(b & 15) as usize];
+        }
+        // Only ASCII hex digits were written.
+        String::from_utf8(out.to_vec()).unwrap_or_default()
     }
 
     /// The digest of `data`.
@@ -291,6 +327,27 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(msg.contains("SHA-1"), "{msg}");
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_every_non_digit() {
+        let d = Digest::of(DigestFunction::Sha256, b"abc");
+        assert_eq!(d.hex(), hex::encode(d.hash));
+        let parsed = Digest::parse(DigestFunction::Sha256, &d.hex(), 3);
+        assert_eq!(parsed, Ok(d));
+        for b in 0..=255u8 {
+            let mut h = EMPTY_SHA256.as_bytes().to_vec();
+            h[17] = b;
+            let ok = b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+            match String::from_utf8(h) {
+                Ok(h) => assert_eq!(
+                    Digest::parse(DigestFunction::Sha256, &h, 0).is_ok(),
+                    ok,
+                    "byte {b:#x}"
+                ),
+                Err(_) => assert!(!ok),
+            }
+        }
     }
 
     #[test]

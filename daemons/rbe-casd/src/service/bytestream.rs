@@ -310,7 +310,12 @@ impl ByteStream for ByteStreamService {
                 break;
             }
             expected += m.data.len() as i64;
-            buf.extend_from_slice(&m.data);
+            if buf.is_empty() {
+                // A whole message becomes the batch without a copy.
+                buf = m.data;
+            } else {
+                buf.extend_from_slice(&m.data);
+            }
             finished = m.finish_write;
             if buf.len() >= WRITE_BATCH || finished {
                 // Wait for the previous chunk, then hand this one over.

@@ -189,13 +189,31 @@ impl ContentAddressableStorage for CasService {
             .collect::<Result<Vec<_>, _>>()
             .map_err(digest_status)?;
         let store = Arc::clone(&self.0.store);
-        let missing = if store.is_loading() {
-            blocking(move || store.find_missing(&ds)).await?
+        let (ds, missing) = if store.is_loading() {
+            blocking(move || {
+                let missing = store.find_missing(&ds);
+                (ds, missing)
+            })
+            .await?
         } else {
-            store.find_missing(&ds)
+            let missing = store.find_missing(&ds);
+            (ds, missing)
         };
+        // `missing` keeps the request's order, so the answer can reuse the
+        // request's own messages (already valid lowercase hex) instead of
+        // encoding each hash again.
+        let mut missing_blob_digests = Vec::with_capacity(missing.len());
+        let mut next = missing.iter().peekable();
+        for (m, d) in req.blob_digests.into_iter().zip(&ds) {
+            if next.peek() == Some(&d) {
+                next.next();
+                missing_blob_digests.push(m);
+            }
+        }
+        // Anything not matched in order (never expected) is encoded afresh.
+        missing_blob_digests.extend(next.map(Digest::to_reapi));
         Ok(Response::new(FindMissingBlobsResponse {
-            missing_blob_digests: missing.iter().map(Digest::to_reapi).collect(),
+            missing_blob_digests,
         }))
     }
 
