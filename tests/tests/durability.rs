@@ -141,7 +141,9 @@ async fn frontend_survives_casd_restart() {
         .expect("write");
     s.casd.kill9();
     let e = client::read(&ch, "", &d).await.expect_err("casd is down");
-    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // A connection that breaks under a request in flight shows as UNKNOWN
+    // (stream reset); a refused reconnect as UNAVAILABLE.
+    assert!(matches!(e.code(), Code::Unavailable | Code::Unknown), "{e:?}");
     s.casd.restart().await;
     // The frontend reconnects on its own.
     let mut last = None;
