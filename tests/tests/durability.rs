@@ -143,7 +143,10 @@ async fn frontend_survives_casd_restart() {
     let e = client::read(&ch, "", &d).await.expect_err("casd is down");
     // A connection that breaks under a request in flight shows as UNKNOWN
     // (stream reset); a refused reconnect as UNAVAILABLE.
-    assert!(matches!(e.code(), Code::Unavailable | Code::Unknown), "{e:?}");
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::Unknown),
+        "{e:?}"
+    );
     s.casd.restart().await;
     // The frontend reconnects on its own.
     let mut last = None;

@@ -1819,3 +1819,25 @@ async fn output_below_a_symlink_leading_out_is_refused() {
     assert_slots_free(&ch).await;
     assert!(s.alive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_deep_input_trees_are_refused_without_harm() {
+    let mut s = Stack::start().await;
+    let ch = s.channel();
+    // 600 nested directories: deeper than the materializer allows (512).
+    let mut deep = dir("d", vec![file("leaf", "x")]);
+    for i in 0..600 {
+        deep = dir(&format!("d{i}"), vec![deep]);
+    }
+    let mut spec = Spec::sh("echo ran").unique();
+    spec.inputs = vec![deep];
+    let (_, e) = run(&ch, &spec).await;
+    assert_eq!(e.code(), Code::InvalidArgument, "{:?}", e.response);
+    assert!(
+        message_of(&e.response).contains("levels deep"),
+        "{:?}",
+        e.response
+    );
+    assert_slots_free(&ch).await;
+    assert!(s.alive(), "casd, the frontend and workerd survive");
+}

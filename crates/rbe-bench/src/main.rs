@@ -1,4 +1,4 @@
-//! rbe-bench: CAS benchmarks against any REAPI endpoint.
+//! rbe-bench: CAS and remote-execution benchmarks against any REAPI endpoint.
 //!
 //! Each subcommand prints human-readable lines and exactly one JSON line
 //! (starting with `{"bench":`) that `bench/cas.sh` collects. The benchmarks
@@ -11,6 +11,7 @@
 
 mod batch;
 mod bytestream;
+mod exec;
 mod fmb;
 mod local;
 mod report;
@@ -22,7 +23,10 @@ use clap::{Parser, Subcommand};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
-#[command(version, about = "CAS benchmarks for rbe (and any REAPI server)")]
+#[command(
+    version,
+    about = "CAS and execution benchmarks for rbe (and any REAPI server)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -36,6 +40,9 @@ enum Cmd {
     Batch(batch::Args),
     /// FindMissingBlobs latency with a large digest list, half present.
     Fmb(fmb::Args),
+    /// Remote-execution overhead: no-op Executes (forced cache misses),
+    /// sequential then concurrent, with the per-stage split.
+    Exec(exec::Args),
     /// Write N tiny blobs straight into an rbe store directory (casd stopped).
     Populate(local::PopulateArgs),
     /// Query rbe-casd's local Stats API, optionally waiting for the index.
@@ -99,6 +106,7 @@ fn main() -> ExitCode {
             Cmd::Bytestream(a) => bytestream::run(a).await,
             Cmd::Batch(a) => batch::run(a).await,
             Cmd::Fmb(a) => fmb::run(a).await,
+            Cmd::Exec(a) => exec::run(a).await,
             Cmd::Populate(a) => local::populate(a),
             Cmd::CasdStats(a) => local::stats(a).await,
         }

@@ -26,6 +26,12 @@ use crate::store::Store;
 pub const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
 /// Most directories in one input tree.
 pub const MAX_DIRECTORIES: usize = 1_000_000;
+/// Deepest input tree built (build recurses once per level).
+pub const MAX_DEPTH: u32 = 512;
+/// Most entries (files, symlinks, directories) an input tree may expand
+/// to: shared subtrees are built once per place they appear, so a small
+/// set of Directory messages can describe an enormous tree.
+pub const MAX_ENTRIES: u64 = 2_000_000;
 
 /// What went wrong with a tree, beyond missing blobs.
 #[derive(Debug, thiserror::Error)]
@@ -242,9 +248,80 @@ pub fn materialize(
             ..Default::default()
         });
     }
+    let (entries, bytes, depth) = measure(&dirs, f, root)?;
+    if depth > MAX_DEPTH {
+        return Err(TreeError::Invalid(format!(
+            "input tree is {depth} levels deep; at most {MAX_DEPTH} are allowed"
+        )));
+    }
+    if entries > MAX_ENTRIES {
+        return Err(TreeError::Invalid(format!(
+            "input tree expands to {entries} entries; at most {MAX_ENTRIES} are allowed"
+        )));
+    }
+    let budget = store.config().max_size;
+    if bytes > budget {
+        return Err(TreeError::Invalid(format!(
+            "input tree holds {bytes} bytes, more than the store's {budget}"
+        )));
+    }
     let mut out = Materialized::default();
     build(store, &dirs, f, root, target, copy, &mut out, "")?;
     Ok(out)
+}
+
+/// The expanded size of a tree: entries, file bytes and depth, with
+/// shared subtrees counted once per place they appear. Iterative, so a deep
+/// tree cannot exhaust the stack here.
+fn measure(
+    dirs: &HashMap<Digest, Arc<Directory>>,
+    f: DigestFunction,
+    root: Digest,
+) -> Result<(u64, u64, u32), TreeError> {
+    let mut memo: HashMap<Digest, (u64, u64, u32)> = HashMap::new();
+    let mut stack = vec![(root, false)];
+    while let Some((d, expanded)) = stack.pop() {
+        if memo.contains_key(&d) {
+            continue;
+        }
+        let dir = dirs
+            .get(&d)
+            .ok_or_else(|| TreeError::Invalid(format!("directory {d} vanished")))?;
+        let children: Vec<Digest> = dir
+            .directories
+            .iter()
+            .map(|c| digest_of(f, c.digest.as_ref(), &c.name))
+            .collect::<Result<_, _>>()?;
+        if !expanded {
+            stack.push((d, true));
+            stack.extend(
+                children
+                    .iter()
+                    .filter(|c| !memo.contains_key(*c))
+                    .map(|c| (*c, false)),
+            );
+            if stack.len() > MAX_DIRECTORIES * 4 {
+                return Err(TreeError::Invalid("input tree is too large to walk".into()));
+            }
+            continue;
+        }
+        let mut entries = (dir.files.len() + dir.symlinks.len() + dir.directories.len()) as u64;
+        let mut bytes = dir
+            .files
+            .iter()
+            .filter_map(|x| x.digest.as_ref())
+            .map(|x| x.size_bytes.max(0) as u64)
+            .fold(0u64, u64::saturating_add);
+        let mut depth = 1u32;
+        for c in &children {
+            let (e, b, dp) = memo.get(c).copied().unwrap_or((0, 0, 0));
+            entries = entries.saturating_add(e);
+            bytes = bytes.saturating_add(b);
+            depth = depth.max(dp.saturating_add(1));
+        }
+        memo.insert(d, (entries, bytes, depth));
+    }
+    Ok(memo.get(&root).copied().unwrap_or((0, 0, 0)))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -202,3 +202,61 @@ fn big_batches_do_not_hold_a_descriptor_per_blob() {
         .find_missing(&items.iter().map(|i| i.0).collect::<Vec<_>>())
         .is_empty());
 }
+
+#[test]
+fn materialize_refuses_trees_that_expand_beyond_the_limits() {
+    use prost::Message;
+    use rbe_cas::materialize::{materialize, open_target, DirCache, TreeError};
+    use rbe_proto::reapi::{Directory, DirectoryNode, FileNode};
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1 << 30);
+    let f = DigestFunction::Sha256;
+    let leaf = Digest::of(f, b"y");
+    s.put(leaf, b"y").expect("leaf");
+    // Each level holds 10 entries naming the same child: 13 small messages
+    // describe 10^12 entries.
+    let mut child = Directory {
+        files: vec![FileNode {
+            name: "f".into(),
+            digest: Some(leaf.to_reapi()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for _ in 0..12 {
+        let b = child.encode_to_vec();
+        let d = Digest::of(f, &b);
+        s.put(d, &b).expect("dir");
+        child = Directory {
+            directories: (0..10)
+                .map(|i| DirectoryNode {
+                    name: format!("c{i}"),
+                    digest: Some(d.to_reapi()),
+                })
+                .collect(),
+            ..Default::default()
+        };
+    }
+    let b = child.encode_to_vec();
+    let root = Digest::of(f, &b);
+    s.put(root, &b).expect("root");
+    let work = t.path().join("work");
+    std::fs::create_dir_all(work.join("a")).expect("mkdir");
+    let target = open_target(
+        &work.join("a").display().to_string(),
+        std::slice::from_ref(&work),
+    )
+    .expect("target");
+    match materialize(&s, &DirCache::new(100), f, root, &target, false) {
+        Err(TreeError::Invalid(m)) => assert!(m.contains("entries"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(work.join("a")).expect("ls").count(),
+        0,
+        "nothing was built"
+    );
+    // A target outside the configured roots is refused.
+    assert!(open_target("/etc", std::slice::from_ref(&work)).is_err());
+    assert!(open_target(&format!("{}/../x", work.display()), &[work]).is_err());
+}

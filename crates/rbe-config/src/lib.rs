@@ -101,6 +101,7 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "sandbox.gid",
             "sandbox.network",
             "sandbox.max_output_bytes",
+            "sandbox.hide_paths",
             "log.level",
         ],
         _ => Vec::new(),

@@ -59,6 +59,11 @@ pub struct Sandbox {
     pub network: bool,
     /// stdout and stderr are each kept up to this many bytes.
     pub max_output_bytes: u64,
+    /// Host paths covered by an empty read-only tmpfs inside the sandbox, in
+    /// addition to the work directory. `/run` holds local sockets (the rbe
+    /// daemons', D-Bus, user managers), which a read-only mount does not
+    /// stop an action from connecting to.
+    pub hide_paths: Vec<PathBuf>,
 }
 
 impl Default for Sandbox {
@@ -68,6 +73,7 @@ impl Default for Sandbox {
             gid: 65534,
             network: false,
             max_output_bytes: 64 << 20,
+            hide_paths: vec![PathBuf::from("/run")],
         }
     }
 }
@@ -94,6 +100,7 @@ struct SandboxFragment {
     gid: Option<u32>,
     network: Option<bool>,
     max_output_bytes: Option<Size>,
+    hide_paths: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,9 +161,16 @@ impl WorkerdFragment {
             gid: s.gid.unwrap_or(ds.gid),
             network: s.network.unwrap_or(ds.network),
             max_output_bytes: s.max_output_bytes.map_or(ds.max_output_bytes, |v| v.0),
+            hide_paths: s.hide_paths.unwrap_or(ds.hide_paths),
         };
-        if sandbox.uid == 0 || sandbox.gid == 0 {
-            return Err(prov.error("sandbox.uid", "actions must not run as root (uid or gid 0)"));
+        for p in &sandbox.hide_paths {
+            check_absolute(prov, "sandbox.hide_paths", p)?;
+        }
+        if sandbox.uid == 0 {
+            return Err(prov.error("sandbox.uid", "actions must not run as root (uid 0)"));
+        }
+        if sandbox.gid == 0 {
+            return Err(prov.error("sandbox.gid", "actions must not run in group root (gid 0)"));
         }
         if sandbox.max_output_bytes < 4096 {
             return Err(prov.error("sandbox.max_output_bytes", "must be at least 4096"));

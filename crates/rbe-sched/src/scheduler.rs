@@ -13,6 +13,9 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::platform::Platform;
 
+/// How often an operation is re-queued after losing its worker.
+pub const MAX_REQUEUES: u32 = 3;
+
 /// Operation id (the frontend maps it to an operation name).
 pub type OpId = u64;
 /// Worker id, one per connected worker stream.
@@ -136,6 +139,7 @@ struct Op<P, R> {
     stage: Stage,
     waiters: u32,
     worker: Option<WorkerId>,
+    requeues: u32,
     payload: P,
     queued_at: Duration,
     completed_at: Option<Duration>,
@@ -268,6 +272,7 @@ impl<P: Clone, R> Scheduler<P, R> {
                 stage: Stage::Queued,
                 waiters: 1,
                 worker: None,
+                requeues: 0,
                 payload,
                 queued_at: now,
                 completed_at: None,
@@ -293,6 +298,7 @@ impl<P: Clone, R> Scheduler<P, R> {
                 stage: Stage::Completed,
                 waiters: 0,
                 worker: None,
+                requeues: 0,
                 payload,
                 queued_at: now,
                 completed_at: Some(now),
@@ -394,15 +400,32 @@ impl<P: Clone, R> Scheduler<P, R> {
             return Vec::new();
         };
         let mut requeued = Vec::new();
+        let mut given_up = Vec::new();
         for id in worker.busy {
             if let Some(op) = self.ops.get_mut(&id) {
                 if op.stage == Stage::Executing {
+                    op.requeues += 1;
+                    // An action that keeps losing its worker may be what
+                    // breaks the worker: stop retrying it.
+                    if op.requeues > MAX_REQUEUES {
+                        given_up.push(id);
+                        continue;
+                    }
                     op.stage = Stage::Queued;
                     op.worker = None;
                     self.queue.insert((op.priority, op.seq, id));
                     requeued.push(id);
                 }
             }
+        }
+        for id in given_up {
+            self.finish(
+                id,
+                Outcome::Failed(format!(
+                    "the action lost its worker {} times; not retried",
+                    MAX_REQUEUES + 1
+                )),
+            );
         }
         requeued.sort_unstable();
         requeued

@@ -209,3 +209,22 @@ fn load_spreads_to_the_worker_with_most_free_slots() {
     assert_eq!(workers, vec![big, big, big]);
     let _ = small;
 }
+
+#[test]
+fn an_action_that_keeps_losing_its_worker_is_given_up() {
+    let (mut s, _) = sched(SchedConfig::default());
+    let (a, _) = s.submit(key(1), Platform::default(), 0, 1).expect("a");
+    for round in 0..=rbe_sched::scheduler::MAX_REQUEUES {
+        let w = s.worker_connect(1, Platform::default());
+        assert_eq!(s.next_assignments()[0].op, a, "round {round}");
+        let requeued = s.worker_disconnect(w);
+        if round < rbe_sched::scheduler::MAX_REQUEUES {
+            assert_eq!(requeued, vec![a]);
+        } else {
+            assert!(requeued.is_empty());
+        }
+    }
+    assert!(
+        matches!(s.get(a).expect("op").outcome, Some(Outcome::Failed(m)) if m.contains("lost its worker"))
+    );
+}

@@ -96,12 +96,11 @@ pub async fn run(
                 .max_encoding_message_size(max_message),
         );
 
-    let local_router =
-        router
-            .clone()
-            .add_service(WorkerHubServer::new(crate::exec::hub::HubService(
-                Arc::clone(&exec),
-            )));
+    let local_router = router.clone().add_service(
+        WorkerHubServer::new(crate::exec::hub::HubService(Arc::clone(&exec)))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+    );
 
     let shutdown = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
@@ -122,23 +121,41 @@ pub async fn run(
     rbe_systemd::notify_status("serving; waiting for workers");
     rbe_systemd::notify_ready();
     let stop = shutdown.clone();
+    let exec_stop = Arc::clone(&exec);
     tokio::spawn(async move {
         rbe_systemd::wait_for_shutdown_signal().await;
         rbe_systemd::notify_stopping();
         tracing::info!("stopping: finishing requests in flight");
+        exec_stop.shutdown();
         stop.cancel();
     });
     let watchdog = tokio::spawn(heartbeat(shutdown.clone(), Arc::clone(&exec)));
-    while let Some(r) = servers.join_next().await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                shutdown.cancel();
-                return Err(e).context("serving");
-            }
-            Err(e) => {
-                shutdown.cancel();
-                return Err(e).context("server task");
+    // After a stop request, connections get a bounded time to finish
+    // (shorter than the units' TimeoutStopSec=30s).
+    let deadline = shutdown.clone();
+    let drain = async move {
+        deadline.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    };
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            r = servers.join_next() => match r {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => {
+                    shutdown.cancel();
+                    return Err(e).context("serving");
+                }
+                Some(Err(e)) => {
+                    shutdown.cancel();
+                    return Err(e).context("server task");
+                }
+            },
+            _ = &mut drain => {
+                tracing::warn!("connections still open 20 s after the stop request; closing them");
+                servers.abort_all();
+                break;
             }
         }
     }

@@ -45,11 +45,24 @@ fn fail(id: u64, code: Code, message: impl Into<String>) -> Finished {
     }
 }
 
+/// Time allowed beyond the action's own timeout for fetching inputs and
+/// uploading outputs.
+const OVERHEAD_ALLOWANCE: Duration = Duration::from_secs(600);
+
 /// Runs an assignment and says how it ended.
 pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) -> Finished {
     let id = a.id;
     let dir = w.work_dir.join(uuid::Uuid::new_v4().to_string());
-    let r = run(w, &a, &dir, cancel).await;
+    // The whole action, inputs and uploads included, is bounded and
+    // cancellable: a hung casd must not hold a slot forever.
+    let limit = Duration::from_secs(u64::from(a.timeout_seconds.max(1))) + OVERHEAD_ALLOWANCE;
+    let r = tokio::select! {
+        r = run(w, &a, &dir, cancel.clone()) => r,
+        _ = cancel.cancelled() => Ok(fail(id, Code::Cancelled, "cancelled")),
+        _ = tokio::time::sleep(limit) => Ok(fail(id, Code::Unavailable, format!(
+            "worker {} could not finish the action within {} s (inputs or outputs stalled)", w.name, limit.as_secs()
+        ))),
+    };
     let d = dir.clone();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await;
     match r {
@@ -99,6 +112,7 @@ async fn run(
     // Inputs.
     let fetch_start = SystemTime::now();
     let m = CasdClient::new(w.casd.clone())
+        .max_decoding_message_size(64 << 20)
         .materialize(MaterializeRequest {
             instance_name: a.instance_name.clone(),
             digest_function: a.digest_function,
@@ -114,6 +128,18 @@ async fn run(
         Ok(m) => m.into_inner(),
         Err(s) if s.code() == Code::InvalidArgument => {
             return Ok(fail(a.id, Code::InvalidArgument, s.message()))
+        }
+        // A blob evicted between the check and the link: the client must
+        // upload it again.
+        Err(s) if s.code() == Code::NotFound => {
+            return Ok(fail(a.id, Code::FailedPrecondition, s.message()))
+        }
+        Err(s) if s.code() == Code::Unavailable => {
+            return Ok(fail(
+                a.id,
+                Code::Unavailable,
+                format!("casd is unavailable: {}", s.message()),
+            ))
         }
         Err(s) => anyhow::bail!("materializing inputs: {s}"),
     };
@@ -151,7 +177,9 @@ async fn run(
         uid: w.privileged.then_some(w.settings.sandbox.uid),
         gid: w.privileged.then_some(w.settings.sandbox.gid),
         network: w.settings.sandbox.network,
-        hide_paths: vec![w.work_dir.clone()],
+        hide_paths: std::iter::once(w.work_dir.clone())
+            .chain(w.settings.sandbox.hide_paths.iter().cloned())
+            .collect(),
     };
     let spec = ActionSpec {
         root: root.clone(),
@@ -192,10 +220,16 @@ async fn run(
         exit_code: outcome.exit_code,
         ..Default::default()
     };
-    let stdout = tokio::fs::read(&spec.stdout).await.unwrap_or_default();
-    let stderr = tokio::fs::read(&spec.stderr).await.unwrap_or_default();
-    result.stdout_digest = Some(up.bytes(stdout).await?.to_reapi());
-    result.stderr_digest = Some(up.bytes(stderr).await?.to_reapi());
+    for (path, slot, what) in [
+        (&spec.stdout, &mut result.stdout_digest, "stdout"),
+        (&spec.stderr, &mut result.stderr_digest, "stderr"),
+    ] {
+        let d = match std::fs::File::open(path) {
+            Ok(f) => up.file(f, what).await?,
+            Err(_) => up.bytes(Vec::new()).await?,
+        };
+        *slot = Some(d.to_reapi());
+    }
     #[allow(deprecated)]
     let (legacy_files, legacy_dirs) = (
         command.output_files.clone(),

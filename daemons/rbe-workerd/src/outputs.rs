@@ -23,6 +23,8 @@ use tonic::transport::Channel;
 
 /// Blobs up to this size travel in batches.
 const SMALL: u64 = 1 << 20;
+/// ByteStream message size for large blobs.
+const CHUNK: usize = 1 << 20;
 /// A batch is sent once it holds this much.
 const BATCH_BYTES: usize = 3 << 20;
 
@@ -63,18 +65,102 @@ impl Uploader {
 
     /// Uploads a collected file; returns its digest.
     pub async fn entry(&mut self, e: &CollectedEntry) -> anyhow::Result<Digest> {
-        let mut file = e
+        let file = e
             .open()
             .with_context(|| format!("opening output {}", e.rel_path))?;
-        let name = e.rel_path.clone();
-        let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut v = Vec::new();
-            file.read_to_end(&mut v)?;
-            Ok(v)
-        })
-        .await?
-        .with_context(|| format!("reading output {name}"))?;
-        self.bytes(data).await
+        self.file(file, &e.rel_path).await
+    }
+
+    /// Uploads a file's content without holding more than one chunk of a
+    /// large file in memory: it is hashed in one pass and streamed in a
+    /// second, both from the same open descriptor.
+    pub async fn file(&mut self, mut file: std::fs::File, name: &str) -> anyhow::Result<Digest> {
+        let size = file
+            .metadata()
+            .with_context(|| format!("stat {name}"))?
+            .len();
+        if size <= SMALL {
+            let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                let mut v = Vec::with_capacity(size as usize);
+                file.read_to_end(&mut v)?;
+                Ok(v)
+            })
+            .await?
+            .with_context(|| format!("reading {name}"))?;
+            return self.bytes(data).await;
+        }
+        let f = self.function;
+        let (d, file) =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, std::fs::File)> {
+                let mut h = f.hasher();
+                let mut buf = vec![0u8; CHUNK];
+                let mut total = 0u64;
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    total += n as u64;
+                }
+                Ok((
+                    Digest {
+                        function: f,
+                        hash: h.finish(),
+                        size: total,
+                    },
+                    file,
+                ))
+            })
+            .await?
+            .with_context(|| format!("hashing {name}"))?;
+        self.stream_file(d, file)
+            .await
+            .with_context(|| format!("uploading {name}"))?;
+        Ok(d)
+    }
+
+    async fn stream_file(&mut self, d: Digest, mut file: std::fs::File) -> anyhow::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let name = resource::write_name(
+            &self.instance,
+            &uuid::Uuid::new_v4().to_string(),
+            &d,
+            Compressor::Identity,
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(2);
+        let size = d.size;
+        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            file.seek(SeekFrom::Start(0))?;
+            let mut off = 0u64;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = file.read(&mut buf)?;
+                buf.truncate(n);
+                let last = off + n as u64 >= size || n == 0;
+                let msg = WriteRequest {
+                    resource_name: if off == 0 {
+                        name.clone()
+                    } else {
+                        String::new()
+                    },
+                    write_offset: off as i64,
+                    finish_write: last,
+                    data: buf,
+                };
+                if tx.blocking_send(msg).is_err() || last {
+                    return Ok(());
+                }
+                off += n as u64;
+            }
+        });
+        let r = ByteStreamClient::new(self.channel.clone())
+            .max_encoding_message_size(4 << 20)
+            .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        reader.await??;
+        r?;
+        Ok(())
     }
 
     async fn stream(&mut self, d: Digest, data: Vec<u8>) -> anyhow::Result<()> {
@@ -84,15 +170,14 @@ impl Uploader {
             &d,
             Compressor::Identity,
         );
-        let chunk = 1 << 20;
         let total = data.len();
         let msgs: Vec<WriteRequest> = data
-            .chunks(chunk)
+            .chunks(CHUNK)
             .enumerate()
             .map(|(i, c)| WriteRequest {
                 resource_name: if i == 0 { name.clone() } else { String::new() },
-                write_offset: (i * chunk) as i64,
-                finish_write: i * chunk + c.len() == total,
+                write_offset: (i * CHUNK) as i64,
+                finish_write: i * CHUNK + c.len() == total,
                 data: c.to_vec(),
             })
             .collect();

@@ -31,7 +31,9 @@ pub struct Worker {
     /// change the store's inodes.
     pub privileged: bool,
     pub work_dir: PathBuf,
-    running: Mutex<HashMap<u64, CancellationToken>>,
+    // Operation id -> (local sequence number, cancellation).
+    running: Mutex<HashMap<u64, (u64, CancellationToken)>>,
+    next_seq: std::sync::atomic::AtomicU64,
 }
 
 fn host_name() -> String {
@@ -40,12 +42,13 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "worker".into())
 }
 
-/// Removes what an earlier run left behind; creates the work directory
-/// closed to everyone but us (actions see only their own root).
+/// Removes what an earlier run left behind; creates the work directory.
+/// Mode 0711: casd (another user under systemd) must pass through it to
+/// build inputs, nobody may list it, and sandboxes hide it entirely.
 fn prepare_work_dir(dir: &PathBuf) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .with_context(|| format!("chmod {}", dir.display()))?;
     for e in std::fs::read_dir(dir)?.flatten() {
         let _ = std::fs::remove_dir_all(e.path());
@@ -85,6 +88,7 @@ pub async fn run(
         privileged,
         work_dir,
         running: Mutex::new(HashMap::new()),
+        next_seq: std::sync::atomic::AtomicU64::new(0),
     });
 
     let shutdown = CancellationToken::new();
@@ -106,7 +110,7 @@ pub async fn run(
         }
         // Whatever was running cannot be reported on a new stream: the
         // frontend re-queues it, so stop it here.
-        for (_, t) in worker.running.lock().drain() {
+        for (_, (_, t)) in worker.running.lock().drain() {
             t.cancel();
         }
         tokio::select! {
@@ -163,12 +167,21 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
         match msg?.kind {
             Some(hub_message::Kind::Assign(a)) => {
                 let token = CancellationToken::new();
-                worker.running.lock().insert(a.id, token.clone());
+                let seq = worker
+                    .next_seq
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                worker.running.lock().insert(a.id, (seq, token.clone()));
                 let (w, tx) = (Arc::clone(worker), tx.clone());
                 tokio::spawn(async move {
                     let id = a.id;
-                    let finished = action::execute(&w, a, token).await;
-                    w.running.lock().remove(&id);
+                    let finished = action::execute(&w, a, token.clone()).await;
+                    // Ids repeat after a reconnect: remove only our own entry.
+                    {
+                        let mut running = w.running.lock();
+                        if running.get(&id).is_some_and(|(s, _)| *s == seq) {
+                            running.remove(&id);
+                        }
+                    }
                     let _ = tx
                         .send(WorkerMessage {
                             kind: Some(worker_message::Kind::Finished(finished)),
@@ -177,7 +190,7 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
                 });
             }
             Some(hub_message::Kind::Cancel(c)) => {
-                if let Some(t) = worker.running.lock().get(&c.id) {
+                if let Some((_, t)) = worker.running.lock().get(&c.id) {
                     t.cancel();
                 }
             }

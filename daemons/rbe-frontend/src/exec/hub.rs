@@ -71,6 +71,7 @@ impl WorkerHub for HubService {
                 sched.worker_disconnect(w)
             };
             tracing::info!(worker = w, requeued = requeued.len(), "worker detached");
+            exec.complete_given_up();
             exec.dispatch();
         });
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);

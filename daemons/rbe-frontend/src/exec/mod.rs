@@ -123,7 +123,11 @@ impl Exec {
 
     /// Sends every possible assignment to its worker.
     pub fn dispatch(&self) {
-        let assignments = self.sched.lock().next_assignments();
+        // Assignments are sent while the scheduler is locked, so a Cancel
+        // decided afterwards can never overtake its Assign on the stream.
+        let mut sched = self.sched.lock();
+        let assignments = sched.next_assignments();
+        let mut sent_ops = Vec::with_capacity(assignments.len());
         for a in assignments {
             let mut msg = (*a.payload).clone();
             msg.id = a.op;
@@ -133,6 +137,10 @@ impl Exec {
                 })
                 .is_ok()
             });
+            sent_ops.push((a, sent));
+        }
+        drop(sched);
+        for (a, sent) in sent_ops {
             if sent {
                 self.set_stage(a.op, execution_stage::Value::Executing);
                 tracing::info!(operation = %self.op_name(a.op), worker = a.worker, queued_ms = a.queued_for.as_millis() as u64, "action assigned");
@@ -261,6 +269,57 @@ impl Exec {
                 message,
             },
         );
+    }
+
+    /// Ends, with ABORTED, operations the scheduler gave up on after they
+    /// lost their worker too often.
+    pub fn complete_given_up(&self) {
+        let given_up: Vec<(OpId, String)> = {
+            let sched = self.sched.lock();
+            let ops = self.ops.lock();
+            ops.iter()
+                .filter(|(_, o)| o.watch.borrow().response.is_none())
+                .filter_map(|(id, _)| match sched.get(*id).and_then(|v| v.outcome) {
+                    Some(Outcome::Failed(m)) => Some((*id, m.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (id, m) in given_up {
+            self.complete(
+                id,
+                ExecuteResponse {
+                    status: Some(rpc_status(tonic::Code::Aborted, m)),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    /// Shutdown: workers are let go (their streams end) and every operation
+    /// not yet done ends UNAVAILABLE, so no client stream holds the drain.
+    pub fn shutdown(&self) {
+        self.workers.lock().clear();
+        let ops: Vec<OpId> = self.ops.lock().keys().copied().collect();
+        for id in ops {
+            let open = self
+                .ops
+                .lock()
+                .get(&id)
+                .is_some_and(|o| o.watch.borrow().response.is_none());
+            if open {
+                self.complete(
+                    id,
+                    ExecuteResponse {
+                        status: Some(rpc_status(
+                            tonic::Code::Unavailable,
+                            "the server is shutting down; retry",
+                        )),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
     }
 
     /// Periodic work: fail unrunnable actions, forget expired operations.
