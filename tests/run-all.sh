@@ -50,7 +50,7 @@ step "cargo test"
 # The daemons are built above; the test kit need not run cargo again.
 log=$(mktemp)
 set +e
-RBE_TEST_NO_BUILD=1 cargo test --workspace --lib --bins --tests 2>&1 | tee "$log"
+RBE_TEST_NO_BUILD=1 cargo test --workspace --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 echo

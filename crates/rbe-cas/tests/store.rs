@@ -197,7 +197,9 @@ fn big_batches_do_not_hold_a_descriptor_per_blob() {
     let after = std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0);
-    assert!(after <= before + 2, "fds leaked: {before} -> {after}");
+    // Other tests in this binary open files concurrently; a leak here would
+    // be one descriptor per blob, thousands.
+    assert!(after <= before + 64, "fds leaked: {before} -> {after}");
     assert!(s
         .find_missing(&items.iter().map(|i| i.0).collect::<Vec<_>>())
         .is_empty());
