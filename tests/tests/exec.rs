@@ -592,14 +592,22 @@ async fn assert_slots_free(ch: &Channel) {
     );
 }
 
-/// The work directory holds no action directory.
+/// The work directory holds no action directory (the worker removes it
+/// just after reporting, so allow it a moment).
 fn assert_work_dir_empty(s: &Stack) {
-    let left: Vec<_> = std::fs::read_dir(&s.casd.layout.work_dir)
-        .expect("work dir")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "action directories left behind: {left:?}");
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = std::fs::read_dir(&s.casd.layout.work_dir)
+            .expect("work dir")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("action directories left behind: {left:?}");
 }
 
 // ---------------------------------------------------------------------------

@@ -63,8 +63,14 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
             "worker {} could not finish the action within {} s (inputs or outputs stalled)", w.name, limit.as_secs()
         ))),
     };
+    // Removing the directory is not on the client's critical path: the
+    // result is reported while it goes (everything in it has been uploaded).
     let d = dir.clone();
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await;
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = std::fs::remove_dir_all(&d) {
+            tracing::warn!(path = %d.display(), error = %e, "could not remove an action directory");
+        }
+    });
     match r {
         Ok(f) => f,
         Err(e) => {
