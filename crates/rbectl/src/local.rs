@@ -185,6 +185,14 @@ pub fn run(a: LocalArgs) -> anyhow::Result<ExitCode> {
     layout
         .write_configs(&a.listen, &a.max_size)
         .with_context(|| format!("writing config under {}", state.display()))?;
+    // Another server on the port would answer our health check in place of
+    // our frontend, so make sure the port is free first.
+    if let Err(e) = std::net::TcpListener::bind(&a.listen) {
+        bail!(
+            "cannot listen on {}: {e} (is another rbe or REAPI server running? use --listen)",
+            a.listen
+        );
+    }
     let casd_bin = find_binary("rbe-casd", a.bin_dir.as_deref())?;
     let frontend_bin = find_binary("rbe-frontend", a.bin_dir.as_deref())?;
     let workerd_bin = find_binary("rbe-workerd", a.bin_dir.as_deref())?;
