@@ -1024,36 +1024,32 @@ async fn missing_input_blobs_fail_precondition() {
     assert!(s.alive());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_command_blob_fails_precondition() {
+/// Uploads everything but the blob `which` picks; Execute must fail with
+/// FAILED_PRECONDITION naming exactly that blob as MISSING.
+async fn assert_missing_blob_fails_precondition(which: fn(&Built) -> Digest) {
     let mut s = Stack::start().await;
     let ch = s.channel();
     let spec = Spec::sh("echo never").unique();
     let b = spec.build();
-    upload(&ch, &b.blobs_without(&[b.command])).await;
+    let missing = which(&b);
+    upload(&ch, &b.blobs_without(&[missing])).await;
     let st = execute(&ch, &spec, &b)
         .await
         .expect_err("Execute must fail");
     assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
     let pf = rbe_proto::status::precondition_failure(&st).expect("PreconditionFailure");
-    assert_eq!(missing_subjects(&pf), vec![subject(&b.command)]);
+    assert_eq!(missing_subjects(&pf), vec![subject(&missing)]);
     assert!(s.alive());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_command_blob_fails_precondition() {
+    assert_missing_blob_fails_precondition(|b| b.command).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_action_blob_fails_precondition() {
-    let mut s = Stack::start().await;
-    let ch = s.channel();
-    let spec = Spec::sh("echo never").unique();
-    let b = spec.build();
-    upload(&ch, &b.blobs_without(&[b.action])).await;
-    let st = execute(&ch, &spec, &b)
-        .await
-        .expect_err("Execute must fail");
-    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
-    let pf = rbe_proto::status::precondition_failure(&st).expect("PreconditionFailure");
-    assert_eq!(missing_subjects(&pf), vec![subject(&b.action)]);
-    assert!(s.alive());
+    assert_missing_blob_fails_precondition(|b| b.action).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,6 +58,14 @@ pub fn exhausted_retry(message: String, retry_after: std::time::Duration) -> Sta
     )
 }
 
+/// UNIMPLEMENTED for the REAPI blob split/splice (chunking) RPCs, which rbe
+/// does not advertise in Capabilities, so conforming clients never call them.
+pub fn chunking_not_offered(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc}: blob splitting and splicing are not offered by rbe"
+    ))
+}
+
 /// Decodes the `google.rpc.Status` details of a status (for tests and clients).
 pub fn decode_details(status: &Status) -> Option<rpc::Status> {
     rpc::Status::decode(status.details()).ok()

@@ -91,9 +91,7 @@ impl ContentAddressableStorage for CasProxy {
         &self,
         _: Request<reapi::SplitBlobRequest>,
     ) -> Result<Response<reapi::SplitBlobResponse>, Status> {
-        Err(Status::unimplemented(
-            "blob splitting is not advertised by rbe",
-        ))
+        Err(rbe_proto::status::chunking_not_offered("SplitBlob"))
     }
 
     type GetChunkMappingStream = BoxStream<reapi::GetChunkMappingResponse>;
@@ -102,26 +100,22 @@ impl ContentAddressableStorage for CasProxy {
         &self,
         _: Request<reapi::GetChunkMappingRequest>,
     ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
-        Err(Status::unimplemented(
-            "blob splitting is not advertised by rbe",
-        ))
+        Err(rbe_proto::status::chunking_not_offered("GetChunkMapping"))
     }
 
     async fn splice_blob(
         &self,
         _: Request<reapi::SpliceBlobRequest>,
     ) -> Result<Response<reapi::SpliceBlobResponse>, Status> {
-        Err(Status::unimplemented(
-            "blob splicing is not advertised by rbe",
-        ))
+        Err(rbe_proto::status::chunking_not_offered("SpliceBlob"))
     }
 
     async fn register_chunk_mapping(
         &self,
         _: Request<tonic::Streaming<reapi::RegisterChunkMappingRequest>>,
     ) -> Result<Response<reapi::RegisterChunkMappingResponse>, Status> {
-        Err(Status::unimplemented(
-            "blob splicing is not advertised by rbe",
+        Err(rbe_proto::status::chunking_not_offered(
+            "RegisterChunkMapping",
         ))
     }
 }
