@@ -340,7 +340,7 @@ fn boots_and_leaves_the_host_alone() {
 /// would, and the rbe user created.
 fn instance_with_rbe(suffix: &str) -> Instance {
     let mut args = Vec::new();
-    for b in ["rbe-casd", "rbe-frontend"] {
+    for b in ["rbe-casd", "rbe-frontend", "rbe-workerd"] {
         args.push("--ro-bind".to_owned());
         args.push(format!("{}:/usr/libexec/rbe/{b}", bin(b).display()));
     }
@@ -349,7 +349,7 @@ fn instance_with_rbe(suffix: &str) -> Instance {
     let units = repo().join("systemd");
     for e in std::fs::read_dir(&units).expect("systemd/").flatten() {
         let f = e.file_name().to_string_lossy().into_owned();
-        let dst = if f.ends_with(".service") || f.ends_with(".socket") {
+        let dst = if f.ends_with(".service") || f.ends_with(".socket") || f.ends_with(".slice") {
             root.join("etc/systemd/system").join(&f)
         } else if f == "rbe.sysusers" {
             root.join("usr/lib/sysusers.d/rbe.conf")
@@ -546,4 +546,180 @@ fn config_error_stops_casd_without_restarts_and_names_file_and_key() {
     );
     let out = inst.down();
     assert!(out.status.success(), "sysbox down: {}", text(&out));
+}
+
+/// Reads a blob through `ch` (stdout, stderr).
+async fn blob_text(ch: &tonic::transport::Channel, d: Option<&rbe_proto::reapi::Digest>) -> String {
+    let Some(d) = d else { return String::new() };
+    let d = Digest::parse(DigestFunction::Sha256, &d.hash, d.size_bytes).expect("digest");
+    String::from_utf8_lossy(&client::read(ch, "", &d).await.expect("read blob")).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_run_in_scopes_with_limits_and_journal_fields_and_reload() {
+    use rbe_testkit::exec::{resource_usage, run_command};
+    if let Some(why) = unsupported() {
+        return skip(&why);
+    }
+    let inst = instance_with_rbe("s");
+    inst.sh(
+        "mkdir -p /etc/rbe && printf '[worker]\nslots = 2\n\n[limits]\nmemory_max = \"64MiB\"\n\
+         tasks_max = 16\ncpu_quota = 20\n' > /etc/rbe/workerd.toml",
+    );
+    // Enabling the worker alone brings up the stack through the sockets.
+    inst.sh("systemctl start rbe-workerd");
+    inst.wait_prop("rbe-workerd.service", "StatusText", 30, |v| {
+        v.contains("slots")
+    });
+    assert_eq!(inst.prop("rbe-workerd.service", "ActiveState"), "active");
+    let ch = rbe_net::unix_channel(&inst.root().join("run/rbe/frontend.sock"))
+        .await
+        .expect("channel");
+
+    // A plain action: it runs in its own scope in rbe-actions.slice, with
+    // the configured limits, and its usage comes back in the metadata.
+    let r = run_command(
+        &ch,
+        &["cat", "/proc/self/cgroup"],
+        &[],
+        60,
+        Some("inv-scopes-1"),
+    )
+    .await
+    .expect("execute");
+    let res = r
+        .result
+        .as_ref()
+        .unwrap_or_else(|| panic!("{r:?}\n{}", inst.journal("rbe-workerd.service")));
+    assert_eq!(res.exit_code, 0, "{r:?}");
+    let cgroup = blob_text(&ch, res.stdout_digest.as_ref()).await;
+    assert!(
+        cgroup.contains("/rbe.slice/rbe-actions.slice/rbe-action-"),
+        "{cgroup}"
+    );
+    let u = resource_usage(&r).expect("resource usage in the metadata");
+    assert!(
+        u.unit.starts_with("rbe-action-") && u.unit.ends_with(".scope"),
+        "{u:?}"
+    );
+    assert_eq!(
+        (u.memory_max, u.tasks_max, u.cpu_quota_percent),
+        (64 << 20, 16, 20)
+    );
+    assert!(
+        u.cpu_usec.is_some() && u.memory_peak_bytes.is_some(),
+        "{u:?}"
+    );
+    assert_eq!(u.oom_kills, Some(0));
+    // The scope is gone once the action is (CollectMode, no leftovers).
+    let left = inst.sh("systemctl list-units --all --no-legend 'rbe-action-*' | wc -l");
+    assert_eq!(
+        left,
+        "0",
+        "{}",
+        inst.sh("systemctl list-units --all 'rbe-action-*'")
+    );
+
+    // Past MemoryMax: the kernel kills it, and the client is told so.
+    let r = run_command(
+        &ch,
+        &["python3", "-c", "x = b'y' * (200 << 20); print(len(x))"],
+        &[],
+        60,
+        Some("inv-scopes-1"),
+    )
+    .await
+    .expect("execute");
+    let res = r.result.as_ref().expect("result");
+    assert_eq!(res.exit_code, 137, "{r:?}");
+    assert!(r.message.contains("OOM"), "message: {:?}", r.message);
+    let u = resource_usage(&r).expect("usage");
+    assert!(u.oom_kills.unwrap_or(0) >= 1, "{u:?}");
+
+    // A fork bomb stops at TasksMax.
+    let r = run_command(
+        &ch,
+        &["sh", "-c", "for i in $(seq 40); do sleep 1 & done; wait"],
+        &[],
+        60,
+        Some("inv-scopes-1"),
+    )
+    .await
+    .expect("execute");
+    let u = resource_usage(&r).expect("usage");
+    assert!(u.tasks_limit_hits.unwrap_or(0) > 0, "{u:?} {r:?}");
+
+    // A busy loop is held to its CPU quota (throttled); a platform
+    // property within the ceiling raises the task limit.
+    let r = run_command(
+        &ch,
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done",
+        ],
+        &[("rbe.tasks_max", "64")],
+        60,
+        Some("inv-scopes-1"),
+    )
+    .await
+    .expect("execute");
+    let u = resource_usage(&r)
+        .unwrap_or_else(|| panic!("{r:?}\n{}", inst.journal("rbe-workerd.service")));
+    assert!(u.throttled_periods.unwrap_or(0) > 0, "{u:?}");
+    assert_eq!(u.tasks_max, 64);
+    let r = run_command(&ch, &["true"], &[("rbe.tasks_max", "1000000")], 60, None)
+        .await
+        .expect("execute");
+    let st = r.status.clone().unwrap_or_default();
+    assert_eq!(st.code, tonic::Code::InvalidArgument as i32, "{r:?}");
+    assert!(st.message.contains("limits.max_tasks"), "{}", st.message);
+
+    // journald: every action of the invocation, with its fields.
+    let j = inst.sh(
+        "journalctl -o verbose --no-pager RBE_INVOCATION_ID=inv-scopes-1 | \
+         grep -E '^ *(RBE_[A-Z_]+|MESSAGE)=' ",
+    );
+    assert_eq!(j.matches("MESSAGE=action finished").count(), 4, "{j}");
+    for field in [
+        "RBE_ACTION_DIGEST=",
+        "RBE_OPERATION=",
+        "RBE_EXIT_CODE=137",
+        "RBE_SLOT=",
+        "RBE_UNIT=rbe-action-",
+        "RBE_OOM_KILLED=true",
+        "RBE_EXECUTION_MS=",
+    ] {
+        assert!(j.contains(field), "{field} missing in:\n{j}");
+    }
+
+    // systemctl reload applies a changed limit to the next action.
+    inst.sh("sed -i 's/64MiB/32MiB/' /etc/rbe/workerd.toml && systemctl reload rbe-workerd");
+    inst.wait_prop("rbe-workerd.service", "StatusText", 30, |v| {
+        v.contains("reloaded") || v.contains("slots busy")
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = run_command(&ch, &["true"], &[], 60, None)
+            .await
+            .expect("execute");
+        let u = resource_usage(&r).expect("usage");
+        if u.memory_max == 32 << 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reload not applied: {u:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(inst.prop("rbe-workerd.service", "ActiveState"), "active");
+    // A broken file on reload keeps the running configuration and says
+    // which file and key.
+    inst.sh("printf '[limits]\\nmemory_max = \"lots\"\\n' >> /etc/rbe/workerd.toml && systemctl reload rbe-workerd");
+    let (status, _) = inst.wait_prop("rbe-workerd.service", "StatusText", 30, |v| {
+        v.contains("reload failed")
+    });
+    assert!(status.contains("/etc/rbe/workerd.toml"), "{status}");
+    let r = run_command(&ch, &["true"], &[], 60, None)
+        .await
+        .expect("execute");
+    assert_eq!(resource_usage(&r).expect("usage").memory_max, 32 << 20);
 }

@@ -212,14 +212,7 @@ pub fn open_target(target: &str, roots: &[std::path::PathBuf]) -> Result<OwnedFd
             "target {target:?} is not under a configured materialize root {roots:?}"
         )));
     }
-    let fd = rustix::fs::openat2(
-        CWD,
-        target,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        rustix::fs::ResolveFlags::NO_SYMLINKS,
-    )
-    .map_err(|e| io("open target", target, e))?;
+    let fd = open_no_symlinks(p).map_err(|e| io("open target", target, e))?;
     let mut entries = rustix::fs::Dir::read_from(&fd).map_err(|e| io("list target", target, e))?;
     while let Some(Ok(e)) = entries.next() {
         let n = e.file_name().to_bytes();
@@ -415,4 +408,45 @@ fn write_copy(
             .map_err(|e| TreeError::Cas(CasError::io("write", Path::new(path), e, Some(&d))))?;
     }
     Ok(())
+}
+
+/// Opens the directory at absolute `path` without following a symlink in
+/// any component. `openat2(RESOLVE_NO_SYMLINKS)` does it in one call, but
+/// systemd's `RestrictSUIDSGID=` makes `openat2` fail with `ENOSYS` (its
+/// seccomp filter cannot see the mode inside `struct open_how`), so then
+/// walk the path one `O_NOFOLLOW` component at a time.
+fn open_no_symlinks(path: &Path) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    match rustix::fs::openat2(
+        CWD,
+        path,
+        flags,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::NO_SYMLINKS,
+    ) {
+        Err(rustix::io::Errno::NOSYS) => {}
+        r => return r,
+    }
+    let mut dir = rustix::fs::open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let comps: Vec<_> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    for (i, c) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let f = if last {
+            flags
+        } else {
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC
+        };
+        dir = rustix::fs::openat(&dir, *c, f | OFlags::NOFOLLOW, Mode::empty())?;
+    }
+    Ok(dir)
 }

@@ -26,7 +26,7 @@ pub use common::Log;
 pub use error::{ConfigError, Origin};
 pub use frontend::{CasdClient, Execution, FrontendLimits, FrontendListen, FrontendSettings};
 pub use size::{parse_size, ParseSizeError};
-pub use workerd::{Sandbox, WorkerSection, WorkerdSettings};
+pub use workerd::{ActionLimits, Sandbox, ScopeMode, ScopeSection, WorkerSection, WorkerdSettings};
 
 /// The standard search path, lowest precedence first: vendor defaults,
 /// runtime overrides, then the administrator's files.
@@ -102,6 +102,16 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "sandbox.network",
             "sandbox.max_output_bytes",
             "sandbox.hide_paths",
+            "scope.mode",
+            "scope.slice",
+            "limits.memory_max",
+            "limits.cpu_quota",
+            "limits.cpu_weight",
+            "limits.tasks_max",
+            "limits.io_weight",
+            "limits.max_memory",
+            "limits.max_cpu_quota",
+            "limits.max_tasks",
             "log.level",
         ],
         _ => Vec::new(),

@@ -18,6 +18,10 @@ pub struct WorkerdSettings {
     pub worker: WorkerSection,
     /// `[sandbox]`
     pub sandbox: Sandbox,
+    /// `[scope]`
+    pub scope: ScopeSection,
+    /// `[limits]`
+    pub limits: ActionLimits,
     /// `[log]`
     pub log: Log,
 }
@@ -73,9 +77,98 @@ impl Default for Sandbox {
             gid: 65534,
             network: false,
             max_output_bytes: 64 << 20,
-            hide_paths: vec![PathBuf::from("/run")],
+            hide_paths: vec![PathBuf::from("/run"), PathBuf::from("/var/lib/rbe")],
         }
     }
+}
+
+/// Whether actions run in transient systemd scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeMode {
+    /// Scopes when systemd manages this host and we are root; otherwise
+    /// run without, saying so once at startup.
+    Auto,
+    /// Scopes or nothing: actions fail when a scope cannot be made.
+    Required,
+    /// Never: actions stay in the worker's own cgroup.
+    Off,
+}
+
+/// `[scope]`: transient scopes for actions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScopeSection {
+    /// auto, required or off.
+    pub mode: ScopeMode,
+    /// The slice scopes go in (`rbe-actions.slice` nests in `rbe.slice`).
+    pub slice: String,
+}
+
+impl Default for ScopeSection {
+    fn default() -> Self {
+        ScopeSection {
+            mode: ScopeMode::Auto,
+            slice: "rbe-actions.slice".to_owned(),
+        }
+    }
+}
+
+/// `[limits]`: cgroup limits of each action's scope, and the ceilings for
+/// what an action may ask for through platform properties
+/// (`rbe.memory_max`, `rbe.cpu_quota`, `rbe.tasks_max`). 0 means no limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionLimits {
+    /// MemoryMax of an action, bytes.
+    pub memory_max: u64,
+    /// CPUQuota of an action, percent of one CPU.
+    pub cpu_quota: u32,
+    /// CPUWeight of an action (1-10000; 0 leaves systemd's default).
+    pub cpu_weight: u64,
+    /// TasksMax of an action.
+    pub tasks_max: u64,
+    /// IOWeight of an action (1-10000; 0 leaves systemd's default).
+    pub io_weight: u64,
+    /// Largest memory_max an action may ask for.
+    pub max_memory: u64,
+    /// Largest cpu_quota an action may ask for.
+    pub max_cpu_quota: u32,
+    /// Largest tasks_max an action may ask for.
+    pub max_tasks: u64,
+}
+
+impl Default for ActionLimits {
+    fn default() -> Self {
+        ActionLimits {
+            memory_max: 0,
+            cpu_quota: 0,
+            cpu_weight: 0,
+            tasks_max: 4096,
+            io_weight: 0,
+            max_memory: 0,
+            max_cpu_quota: 0,
+            max_tasks: 32768,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopeFragment {
+    mode: Option<ScopeMode>,
+    slice: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFragment {
+    memory_max: Option<Size>,
+    cpu_quota: Option<u32>,
+    cpu_weight: Option<u64>,
+    tasks_max: Option<u64>,
+    io_weight: Option<u64>,
+    max_memory: Option<Size>,
+    max_cpu_quota: Option<u32>,
+    max_tasks: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +203,8 @@ pub(crate) struct WorkerdFragment {
     casd: Option<SocketFragment>,
     worker: Option<WorkerFragment>,
     sandbox: Option<SandboxFragment>,
+    scope: Option<ScopeFragment>,
+    limits: Option<LimitsFragment>,
     log: Option<LogFragment>,
 }
 
@@ -175,13 +270,76 @@ impl WorkerdFragment {
         if sandbox.max_output_bytes < 4096 {
             return Err(prov.error("sandbox.max_output_bytes", "must be at least 4096"));
         }
+        let d = ScopeSection::default();
+        let sc = self.scope.unwrap_or_default();
+        let scope = ScopeSection {
+            mode: sc.mode.unwrap_or(d.mode),
+            slice: sc.slice.unwrap_or(d.slice),
+        };
+        if !scope.slice.ends_with(".slice")
+            || scope.slice.len() <= ".slice".len()
+            || scope.slice.contains('/')
+        {
+            return Err(prov.error(
+                "scope.slice",
+                format!(
+                    "{:?} is not a slice unit name (like rbe-actions.slice)",
+                    scope.slice
+                ),
+            ));
+        }
+        let limits = build_limits(self.limits.unwrap_or_default(), prov)?;
         let log = LogFragment::build(self.log, prov)?;
         Ok(WorkerdSettings {
             frontend_socket,
             casd_socket,
             worker,
             sandbox,
+            scope,
+            limits,
             log,
         })
     }
+}
+
+fn build_limits(l: LimitsFragment, prov: &Provenance) -> Result<ActionLimits, ConfigError> {
+    let d = ActionLimits::default();
+    let limits = ActionLimits {
+        memory_max: l.memory_max.map_or(d.memory_max, |v| v.0),
+        cpu_quota: l.cpu_quota.unwrap_or(d.cpu_quota),
+        cpu_weight: l.cpu_weight.unwrap_or(d.cpu_weight),
+        tasks_max: l.tasks_max.unwrap_or(d.tasks_max),
+        io_weight: l.io_weight.unwrap_or(d.io_weight),
+        max_memory: l.max_memory.map_or(d.max_memory, |v| v.0),
+        max_cpu_quota: l.max_cpu_quota.unwrap_or(d.max_cpu_quota),
+        max_tasks: l.max_tasks.unwrap_or(d.max_tasks),
+    };
+    for (key, v) in [
+        ("limits.cpu_weight", limits.cpu_weight),
+        ("limits.io_weight", limits.io_weight),
+    ] {
+        if v > 10_000 {
+            return Err(prov.error(key, format!("{v} is more than 10000")));
+        }
+    }
+    if limits.memory_max != 0 && limits.memory_max < (1 << 20) {
+        return Err(prov.error("limits.memory_max", "must be 0 (none) or at least 1MiB"));
+    }
+    if limits.tasks_max != 0 && limits.tasks_max < 4 {
+        return Err(prov.error(
+            "limits.tasks_max",
+            "must be 0 (none) or at least 4 (the sandbox itself needs 3 processes)",
+        ));
+    }
+    let over = |v: u64, max: u64| max != 0 && v > max;
+    if over(limits.memory_max, limits.max_memory) {
+        return Err(prov.error("limits.memory_max", "is above limits.max_memory"));
+    }
+    if over(limits.cpu_quota.into(), limits.max_cpu_quota.into()) {
+        return Err(prov.error("limits.cpu_quota", "is above limits.max_cpu_quota"));
+    }
+    if over(limits.tasks_max, limits.max_tasks) {
+        return Err(prov.error("limits.tasks_max", "is above limits.max_tasks"));
+    }
+    Ok(limits)
 }

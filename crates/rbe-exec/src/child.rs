@@ -75,6 +75,14 @@ enum Step {
 pub(crate) const REPORT_SETUP_ERROR: i32 = 1;
 /// Record carrying the command's raw wait status, sent by init.
 pub(crate) const REPORT_EXIT_STATUS: i32 = 2;
+/// Record carrying the keeper's pid, sent before it creates any namespace
+/// (and, with a gate, before it waits to be let through).
+pub(crate) const REPORT_KEEPER_PID: i32 = 3;
+/// Record carrying the errno of a failed `execve` of the command.
+pub(crate) const REPORT_EXEC_ERROR: i32 = 5;
+/// Record sent by the keeper once init is reaped: every process of the
+/// action is gone, but the keeper still holds the action's cgroup.
+pub(crate) const REPORT_INIT_DONE: i32 = 4;
 /// Size of one report record.
 pub(crate) const REPORT_LEN: usize = 12;
 
@@ -97,8 +105,33 @@ pub(crate) struct Plan {
     pub uid_map: Vec<u8>,
     pub gid_map: Vec<u8>,
     pub dev_shm: bool,
+    /// The command's `execve`, prepared.
+    pub exec: sys::Exec,
     /// Write end of the report pipe (close-on-exec).
     pub report_fd: RawFd,
+    /// Read end of the gate pipe, or -1. With a gate the keeper waits for
+    /// one byte before it creates namespaces (the runner moves it into a
+    /// cgroup meanwhile, so everything it forks starts there), and for EOF
+    /// before it exits (so the cgroup outlives the action until the runner
+    /// has read its figures).
+    pub gate_fd: RawFd,
+}
+
+/// Closes every descriptor but `keep` (-1 entries are ignored) without
+/// allocating: sort them, close the gaps.
+fn close_all_except(mut keep: [RawFd; 5]) {
+    keep.sort_unstable();
+    let mut next: libc::c_uint = 0;
+    for fd in keep {
+        let Ok(fd) = libc::c_uint::try_from(fd) else {
+            continue;
+        };
+        if fd > next {
+            sys::close_range(next, fd - 1, 0);
+        }
+        next = next.max(fd.saturating_add(1));
+    }
+    sys::close_range(next, libc::c_uint::MAX, 0);
 }
 
 fn report(fd: RawFd, kind: i32, a: i32, b: i32) {
@@ -112,8 +145,8 @@ fn report(fd: RawFd, kind: i32, a: i32, b: i32) {
 
 #[allow(unsafe_code)]
 fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: only used for the report pipe, which stays open in every
-    // stage that calls `report` (it is closed only by exec or exit).
+    // SAFETY: only used for the report and gate pipes, which stay open in
+    // every stage that uses them (closed only by exec or exit).
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
@@ -135,6 +168,26 @@ impl Plan {
     /// process, which std then execs; the other stages exit here.
     pub(crate) fn pre_exec(&self) -> io::Result<()> {
         sys::default_sigchld();
+        report(
+            self.report_fd,
+            REPORT_KEEPER_PID,
+            rustix::process::getpid().as_raw_nonzero().get(),
+            0,
+        );
+        // Descriptors other threads of the runner had open when it forked
+        // (other actions' pipes) must not be held here: while this keeper
+        // waits they would delay those actions' EOFs. std's exec-error pipe
+        // goes too, which tells std the spawn is done (the command stage
+        // makes its own `execve` and reports a failure on the report pipe).
+        close_all_except([0, 1, 2, self.report_fd, self.gate_fd]);
+        if self.gate_fd >= 0 {
+            let mut go = [0u8; 1];
+            match rustix::io::read(borrow(self.gate_fd), &mut go) {
+                Ok(1) => {}
+                // The runner gave up (it could not place us): run nothing.
+                _ => sys::exit_now(1),
+            }
+        }
         let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
         flags |= libc::CLONE_NEWUTS;
         if !self.network {
@@ -162,13 +215,9 @@ impl Plan {
             drop(alive_w);
             return self.init(alive_r);
         }
-        // Keeper: hold nothing the runner waits on (stdout/stderr pipes, the
-        // report pipe, std's exec-error pipe) except the alive pipe.
-        let keep = alive_w.as_raw_fd() as libc::c_uint;
-        if keep > 0 {
-            sys::close_range(0, keep - 1, 0);
-        }
-        sys::close_range(keep + 1, libc::c_uint::MAX, 0);
+        // Keeper: hold nothing the runner waits on (stdout/stderr pipes,
+        // std's exec-error pipe) except the alive, report and gate pipes.
+        close_all_except([alive_w.as_raw_fd(), self.report_fd, self.gate_fd, -1, -1]);
         let code = loop {
             match rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::empty()) {
                 Ok(Some((_, status))) => break status.exit_status().unwrap_or(255),
@@ -176,6 +225,14 @@ impl Plan {
                 _ => break 255,
             }
         };
+        report(self.report_fd, REPORT_INIT_DONE, code, 0);
+        if self.gate_fd >= 0 {
+            // Until the runner closes the gate (EOF) or dies.
+            let mut byte = [0u8; 1];
+            while let Ok(1) | Err(rustix::io::Errno::INTR) =
+                rustix::io::read(borrow(self.gate_fd), &mut byte)
+            {}
+        }
         sys::exit_now(code)
     }
 
@@ -310,7 +367,7 @@ impl Plan {
         Ok(())
     }
 
-    /// Stage 3: the command, pid 2. Returns to std, which execs.
+    /// Stage 3: the command, pid 2. Execs or reports why not.
     fn command(&self) -> io::Result<()> {
         if let Some((uid, gid)) = self.drop_to {
             // Per-thread calls are right here: this process has one thread.
@@ -352,9 +409,16 @@ impl Plan {
         self.step(Step::WorkingDir, rustix::process::fchdir(&wd))?;
         drop(wd);
         drop(root);
-        // Nothing inherited past exec except stdio (std's own pipes and the
-        // report pipe are close-on-exec already).
+        // Nothing inherited past exec except stdio (the report pipe is
+        // close-on-exec already).
         sys::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
-        Ok(())
+        let err = self.exec.exec();
+        report(
+            self.report_fd,
+            REPORT_EXEC_ERROR,
+            err.raw_os_error().unwrap_or(libc::EIO),
+            0,
+        );
+        sys::exit_now(127)
     }
 }

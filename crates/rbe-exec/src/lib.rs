@@ -50,7 +50,7 @@ mod run;
 mod sys;
 
 pub use output::{collect_output, prepare_output_dirs, Collected, CollectedEntry, OutputKind};
-pub use run::{run, ActionSpec, RunOutcome, Sandbox};
+pub use run::{run, run_confined, ActionSpec, Confinement, RunOutcome, Sandbox, Unconfined};
 
 use std::io;
 
@@ -132,6 +132,10 @@ pub enum ExecError {
         /// The error.
         source: io::Error,
     },
+    /// The sandbox could not be placed in its confinement (a systemd
+    /// scope); nothing ran.
+    #[error("could not confine the action: {0}")]
+    Confinement(String),
     /// The sandbox ended without reporting the command's status.
     #[error("internal error: {0}")]
     Internal(String),

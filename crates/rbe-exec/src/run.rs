@@ -14,7 +14,10 @@ use std::time::{Duration, SystemTime};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::child::{Plan, REPORT_EXIT_STATUS, REPORT_LEN, REPORT_SETUP_ERROR, STEPS};
+use crate::child::{
+    Plan, REPORT_EXEC_ERROR, REPORT_EXIT_STATUS, REPORT_INIT_DONE, REPORT_KEEPER_PID, REPORT_LEN,
+    REPORT_SETUP_ERROR, STEPS,
+};
 use crate::{join_rel, validate_relative_path, ExecError};
 
 /// How actions are isolated on this host.
@@ -87,6 +90,36 @@ pub struct RunOutcome {
 /// namespace is empty by then, so EOF is immediate; this only bounds a bug.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
+/// Where the sandbox's processes live (a systemd scope with cgroup
+/// limits), set up between spawning and running, and read once the action
+/// is over. The runner drives it; [`Unconfined`] does nothing.
+pub trait Confinement: Send {
+    /// Whether [`Confinement::place`] does anything. If not, the sandbox
+    /// starts without waiting for it.
+    fn active(&self) -> bool;
+    /// Moves `pid`, the keeper, into the confinement. The keeper has
+    /// created no namespace and forked nothing yet, and waits until this
+    /// returns. An error ends the action before it starts.
+    fn place(&mut self, pid: u32) -> impl Future<Output = Result<(), String>> + Send;
+    /// Every process of the action has exited; the keeper still holds the
+    /// confinement (so a cgroup's counters can be read) until this returns.
+    fn ended(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// No confinement: the sandbox stays in the runner's own cgroup.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unconfined;
+
+impl Confinement for Unconfined {
+    fn active(&self) -> bool {
+        false
+    }
+    async fn place(&mut self, _pid: u32) -> Result<(), String> {
+        Ok(())
+    }
+    async fn ended(&mut self) {}
+}
+
 /// Runs one action in the sandbox and waits until every process of it is
 /// gone. See the crate docs for the design.
 pub async fn run(
@@ -94,21 +127,43 @@ pub async fn run(
     spec: &ActionSpec,
     cancel: impl Future<Output = ()>,
 ) -> Result<RunOutcome, ExecError> {
+    run_confined(sandbox, spec, cancel, &mut Unconfined).await
+}
+
+/// [`run`], with the sandbox placed in `confinement` before it starts.
+pub async fn run_confined(
+    sandbox: &Sandbox,
+    spec: &ActionSpec,
+    cancel: impl Future<Output = ()>,
+    confinement: &mut impl Confinement,
+) -> Result<RunOutcome, ExecError> {
     let (program, plan_parts) = prepare(sandbox, spec)?;
-    let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| ExecError::io("creating the report pipe", e))?;
+    let pipe = || {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| ExecError::io("creating a pipe to the sandbox", e))
+    };
+    let (report_r, report_w) = pipe()?;
+    let gate = if confinement.active() {
+        Some(pipe()?)
+    } else {
+        None
+    };
     let plan = Plan {
         report_fd: report_w.as_raw_fd(),
+        gate_fd: gate.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
         ..plan_parts
+    };
+    let (gate_r, mut gate_w) = match gate {
+        Some((r, w)) => (Some(r), Some(w)),
+        None => (None, None),
     };
     let stdout_file = create_output(&spec.stdout).await?;
     let stderr_file = create_output(&spec.stderr).await?;
 
+    // std forks and sets up stdio; the stages do the rest, the command
+    // stage its own `execve` (see `Plan::exec`).
     let mut cmd = std::process::Command::new(&program);
-    cmd.arg0(&spec.argv[0])
-        .args(&spec.argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+    cmd.env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -117,55 +172,113 @@ pub async fn run(
     cmd.kill_on_drop(true);
 
     let started = SystemTime::now();
-    let spawned = cmd.spawn();
-    // Our copy must go, or the report pipe never reaches EOF.
-    drop(report_w);
-    let mut report = tokio::net::unix::pipe::Receiver::from_owned_fd(report_r)
-        .map_err(|e| ExecError::io("reading the report pipe", e))?;
+    // `spawn` blocks until the command execs (std waits on its exec-error
+    // pipe), which takes the whole sandbox setup and, with a gate, the
+    // confinement: not something to do on a runtime worker thread. The
+    // pipe ends the plan names must stay open until the fork.
+    let spawning = tokio::task::spawn_blocking(move || {
+        let r = cmd.spawn();
+        drop(report_w);
+        drop(gate_r);
+        r
+    });
+    let mut report = Reports::new(report_r)?;
+    let mut placed = Ok(());
+    if let Some(w) = gate_w.as_ref() {
+        let keeper = if report.wait_for(REPORT_KEEPER_PID).await {
+            report
+                .get(REPORT_KEEPER_PID)
+                .and_then(|r| u32::try_from(r.1).ok())
+        } else {
+            None
+        };
+        placed = match keeper {
+            Some(pid) => confinement.place(pid).await,
+            None => Err("the sandbox ended before it could be placed".into()),
+        };
+        if placed.is_ok() {
+            if let Err(e) = rustix::io::write(w, b"g") {
+                placed = Err(format!("releasing the sandbox: {e}"));
+            }
+        }
+        if placed.is_err() {
+            // The keeper sees EOF at its gate and exits without running
+            // anything.
+            gate_w = None;
+        }
+    }
+    // The action is over when the keeper says init is reaped (the pid
+    // namespace died with it), or when the keeper is gone. That can happen
+    // before `spawn` returns (an exec that failed, a very short command),
+    // and the keeper then waits at its gate while std waits for it, so the
+    // gate is handled while spawning too.
+    let mut spawning = std::pin::pin!(spawning);
+    let mut over = false;
+    let spawned = loop {
+        tokio::select! {
+            r = &mut spawning => break r,
+            _ = report.wait_for(REPORT_INIT_DONE), if !over => {
+                over = true;
+                release(&mut report, &mut gate_w, confinement).await;
+            }
+        }
+    };
     let mut child = match spawned {
-        Ok(child) => child,
-        Err(source) => {
+        Ok(Ok(child)) => child,
+        Ok(Err(source)) => {
             // std waited for the keeper, so every writer is gone: the
             // records are complete. A setup record names the step;
             // otherwise it was exec that failed.
-            let records = read_reports(&mut report).await;
-            if let Some(setup) = setup_error(&records) {
+            report.wait_for(i32::MIN).await;
+            if let Some(setup) = setup_error(&report.records) {
                 return Err(setup);
             }
-            return Err(ExecError::Exec {
-                program: program.to_string_lossy().into_owned(),
-                source,
-            });
+            if let Err(why) = placed {
+                return Err(ExecError::Confinement(why));
+            }
+            return Err(ExecError::io("forking the sandbox", source));
         }
+        Err(_) => return Err(ExecError::Internal("the spawning thread panicked".into())),
     };
+    if let Err(why) = placed {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(ExecError::Confinement(why));
+    }
     let limit = spec.max_output_bytes;
     let out = child.stdout.take().map(|p| pump(p, stdout_file, limit));
     let err = child.stderr.take().map(|p| pump(p, stderr_file, limit));
     let out = tokio::spawn(async move { maybe_pump(out).await });
     let err = tokio::spawn(async move { maybe_pump(err).await });
-    let reports = tokio::spawn(async move { read_reports(&mut report).await });
 
     let (mut timed_out, mut cancelled) = (false, false);
-    tokio::select! {
-        r = child.wait() => { r.map_err(|e| ExecError::io("waiting for the sandbox", e))?; }
-        () = tokio::time::sleep(spec.timeout) => timed_out = true,
-        () = cancel => cancelled = true,
+    if !over {
+        tokio::select! {
+            _ = report.wait_for(REPORT_INIT_DONE) => {
+                release(&mut report, &mut gate_w, confinement).await;
+            }
+            () = tokio::time::sleep(spec.timeout) => timed_out = true,
+            () = cancel => cancelled = true,
+        }
     }
     if timed_out || cancelled {
         tracing::debug!(timed_out, cancelled, root = %spec.root.display(), "killing the action");
         // Init dies with the keeper (parent-death signal), and the kernel
         // kills the rest of the pid namespace with it.
         let _ = child.start_kill();
-        child
-            .wait()
-            .await
-            .map_err(|e| ExecError::io("waiting for the killed sandbox", e))?;
     }
-    let joined =
-        tokio::time::timeout(DRAIN_GRACE, async { (out.await, err.await, reports.await) }).await;
+    drop(gate_w);
+    child
+        .wait()
+        .await
+        .map_err(|e| ExecError::io("waiting for the sandbox", e))?;
+    let joined = tokio::time::timeout(DRAIN_GRACE, async {
+        (out.await, err.await, report.wait_for(i32::MIN).await)
+    })
+    .await;
     let finished = SystemTime::now();
-    let (out, err, records) = match joined {
-        Ok((Ok(out), Ok(err), Ok(records))) => (out?, err?, records),
+    let (out, err) = match joined {
+        Ok((Ok(out), Ok(err), _)) => (out?, err?),
         Ok(_) => return Err(ExecError::Internal("an output reader panicked".into())),
         Err(_) => {
             return Err(ExecError::Internal(
@@ -173,8 +286,15 @@ pub async fn run(
             ))
         }
     };
-    if let Some(setup) = setup_error(&records) {
+    let records = &report.records;
+    if let Some(setup) = setup_error(records) {
         return Err(setup);
+    }
+    if let Some(&(_, errno, _)) = records.iter().find(|r| r.0 == REPORT_EXEC_ERROR) {
+        return Err(ExecError::Exec {
+            program: program.to_string_lossy().into_owned(),
+            source: io::Error::from_raw_os_error(errno),
+        });
     }
     let status = records
         .iter()
@@ -306,9 +426,42 @@ fn prepare(sandbox: &Sandbox, spec: &ActionSpec) -> Result<(PathBuf, Plan), Exec
         uid_map: format!("{euid} {euid} 1\n").into_bytes(),
         gid_map: format!("{egid} {egid} 1\n").into_bytes(),
         dev_shm: Path::new("/dev/shm").is_dir(),
+        exec: exec_args(&program, spec)?,
         report_fd: -1,
+        gate_fd: -1,
     };
     Ok((program, plan))
+}
+
+/// The command's `execve` arguments: `argv` as given (its first element is
+/// what the program sees as its name) and the environment sorted by name,
+/// the last of duplicate names winning.
+fn exec_args(program: &Path, spec: &ActionSpec) -> Result<crate::sys::Exec, ExecError> {
+    let env: std::collections::BTreeMap<&str, &str> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut envp = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') {
+            return Err(ExecError::InvalidPath {
+                path: k.to_owned(),
+                reason: "not a valid environment variable name",
+            });
+        }
+        envp.push(cstring(format!("{k}={v}").as_bytes())?);
+    }
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    Ok(crate::sys::Exec::new(
+        cstring(program.as_os_str().as_bytes())?,
+        argv,
+        envp,
+    ))
 }
 
 fn cstring(b: &[u8]) -> Result<CString, ExecError> {
@@ -481,17 +634,62 @@ async fn maybe_pump(
     }
 }
 
-/// Reads (kind, a, b) records until every writer closed the pipe.
-async fn read_reports(pipe: &mut tokio::net::unix::pipe::Receiver) -> Vec<(i32, i32, i32)> {
-    let mut bytes = Vec::new();
-    let _ = pipe.read_to_end(&mut bytes).await;
-    bytes
-        .chunks_exact(REPORT_LEN)
-        .map(|c| {
-            let word = |i: usize| i32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
-            (word(0), word(4), word(8))
+/// Once init is reaped: lets the confinement read what it needs while the
+/// keeper still holds it, then lets the keeper go.
+async fn release(
+    report: &mut Reports,
+    gate_w: &mut Option<OwnedFd>,
+    confinement: &mut impl Confinement,
+) {
+    if gate_w.is_some() && report.get(REPORT_INIT_DONE).is_some() {
+        confinement.ended().await;
+    }
+    *gate_w = None;
+}
+
+/// The report pipe, read record by record: (kind, a, b). Records are kept
+/// here, so a read cancelled by `select!` loses none (each record is one
+/// atomic 12-byte write, so a read never stops inside one).
+struct Reports {
+    pipe: tokio::net::unix::pipe::Receiver,
+    records: Vec<(i32, i32, i32)>,
+    eof: bool,
+}
+
+impl Reports {
+    fn new(fd: OwnedFd) -> Result<Self, ExecError> {
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+            .map_err(|e| ExecError::io("reading the report pipe", e))?;
+        Ok(Reports {
+            pipe,
+            records: Vec::new(),
+            eof: false,
         })
-        .collect()
+    }
+
+    fn get(&self, kind: i32) -> Option<(i32, i32, i32)> {
+        self.records.iter().find(|r| r.0 == kind).copied()
+    }
+
+    /// Reads until a record of `kind` has arrived (true) or every writer
+    /// closed the pipe (false).
+    async fn wait_for(&mut self, kind: i32) -> bool {
+        loop {
+            if self.get(kind).is_some() {
+                return true;
+            }
+            if self.eof {
+                return false;
+            }
+            let mut c = [0u8; REPORT_LEN];
+            if self.pipe.read_exact(&mut c).await.is_err() {
+                self.eof = true;
+                continue;
+            }
+            let word = |i: usize| i32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+            self.records.push((word(0), word(4), word(8)));
+        }
+    }
 }
 
 fn setup_error(records: &[(i32, i32, i32)]) -> Option<ExecError> {

@@ -158,3 +158,60 @@ pub(crate) fn loopback_up() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A prepared `execve`: the strings and the NULL-terminated pointer arrays
+/// are built before the fork, so the child only makes the system call.
+pub(crate) struct Exec {
+    path: std::ffi::CString,
+    // The pointers point into these; they must live as long as `Exec`.
+    _argv: Vec<std::ffi::CString>,
+    _envp: Vec<std::ffi::CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the raw pointers point into the CStrings owned by the same value,
+// which are never mutated after construction; sharing or moving `Exec`
+// between threads moves the owning Vecs whose heap buffers do not move.
+#[allow(unsafe_code)]
+unsafe impl Send for Exec {}
+// SAFETY: as above; nothing is mutated through `&Exec`.
+#[allow(unsafe_code)]
+unsafe impl Sync for Exec {}
+
+impl Exec {
+    pub(crate) fn new(
+        path: std::ffi::CString,
+        argv: Vec<std::ffi::CString>,
+        envp: Vec<std::ffi::CString>,
+    ) -> Exec {
+        let ptrs = |v: &[std::ffi::CString]| {
+            v.iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        Exec {
+            argv_ptrs: ptrs(&argv),
+            envp_ptrs: ptrs(&envp),
+            path,
+            _argv: argv,
+            _envp: envp,
+        }
+    }
+
+    /// `execve`; returns only on failure.
+    #[allow(unsafe_code)]
+    pub(crate) fn exec(&self) -> io::Error {
+        // SAFETY: every pointer is a NUL-terminated string owned by `self`
+        // and both arrays end with NULL.
+        unsafe {
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.envp_ptrs.as_ptr(),
+            )
+        };
+        io::Error::last_os_error()
+    }
+}

@@ -3,6 +3,10 @@
 //! An action matches a worker when every property the action names is
 //! offered by the worker with that exact value. A worker may offer several
 //! values for one name (e.g. `ISA=x86-64` and `ISA=x86-64-v2`).
+//!
+//! Names starting with [`REQUEST_PREFIX`] (`rbe.memory_max`, ...) are
+//! resource requests the worker applies to the action's scope, not
+//! capabilities: they take no part in matching.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,8 +15,13 @@ use std::fmt;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Platform(BTreeMap<String, BTreeSet<String>>);
 
+/// Prefix of platform properties that request resources (see the module
+/// docs); the worker checks them against its ceilings.
+pub const REQUEST_PREFIX: &str = "rbe.";
+
 impl Platform {
-    /// Builds a platform from pairs; repeated names add values.
+    /// Builds a platform from pairs; repeated names add values. Resource
+    /// requests (names starting with [`REQUEST_PREFIX`]) are left out.
     pub fn from_pairs<I, K, V>(pairs: I) -> Self
     where
         I: IntoIterator<Item = (K, V)>,
@@ -21,7 +30,11 @@ impl Platform {
     {
         let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (k, v) in pairs {
-            m.entry(k.into()).or_default().insert(v.into());
+            let k = k.into();
+            if k.starts_with(REQUEST_PREFIX) {
+                continue;
+            }
+            m.entry(k).or_default().insert(v.into());
         }
         Platform(m)
     }
@@ -74,6 +87,14 @@ impl fmt::Display for Platform {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_requests_do_not_take_part_in_matching() {
+        let worker = Platform::from_pairs([("OSFamily", "linux")]);
+        let need = Platform::from_pairs([("OSFamily", "linux"), ("rbe.memory_max", "2GiB")]);
+        assert!(worker.satisfies(&need));
+        assert_eq!(need, worker);
+    }
 
     #[test]
     fn matching() {

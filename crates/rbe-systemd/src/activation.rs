@@ -53,6 +53,12 @@ pub fn under_systemd() -> bool {
     env::var_os("NOTIFY_SOCKET").is_some() || ACTIVATED.load(Ordering::SeqCst)
 }
 
+/// Whether systemd manages this host (`sd_booted()`): its runtime
+/// directory exists only when it runs as PID 1 of this system.
+pub fn booted() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
 /// How many descriptors are ours, or `None` if the variables are absent or
 /// addressed to another process.
 fn fd_count(pid: Option<&str>, count: Option<&str>, our_pid: i32) -> Result<Option<usize>, Error> {

@@ -9,12 +9,14 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod activation;
+pub mod cgroup;
 pub mod daemon;
 mod logging;
 mod notify;
+pub mod scope;
 mod signals;
 
-pub use activation::{take_listen_fds, under_systemd};
+pub use activation::{booted, take_listen_fds, under_systemd};
 pub use logging::init_logging;
 pub use notify::{
     notify_ready, notify_reloading, notify_status, notify_stopping, notify_watchdog,

@@ -11,8 +11,9 @@ use tracing_subscriber::EnvFilter;
 /// `level` is an `EnvFilter` directive (from the config file); `RUST_LOG`,
 /// when set, replaces it. When stderr is connected to journald (systemd
 /// sets `JOURNAL_STREAM`), events go to the journal natively, so their
-/// fields become journal fields (`digest` as `F_DIGEST`; the prefix keeps
-/// them from overriding trusted fields such as `PRIORITY`) and
+/// fields become journal fields (`action_digest` as `RBE_ACTION_DIGEST`, so
+/// `journalctl RBE_INVOCATION_ID=...` finds a build's actions; the prefix
+/// also keeps them from overriding trusted fields such as `PRIORITY`) and
 /// `SYSLOG_IDENTIFIER` is `daemon`;
 /// otherwise they are formatted to stderr. A second call returns
 /// [`Error::LoggingAlreadyInitialized`].
@@ -31,7 +32,10 @@ pub fn init_logging(level: &str, daemon: &'static str) -> Result<(), Error> {
     let mut journald_error = None;
     let journald = if stderr_is_journal() {
         match tracing_journald::layer() {
-            Ok(l) => Some(l.with_syslog_identifier(daemon.to_owned())),
+            Ok(l) => Some(
+                l.with_syslog_identifier(daemon.to_owned())
+                    .with_field_prefix(Some("RBE".to_owned())),
+            ),
             Err(e) => {
                 journald_error = Some(e);
                 None

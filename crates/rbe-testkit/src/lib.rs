@@ -8,6 +8,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod client;
+pub mod exec;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

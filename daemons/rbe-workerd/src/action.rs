@@ -18,6 +18,7 @@ use rbe_proto::{Digest, DigestFunction};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
+use crate::confine::{self, Scope};
 use crate::outputs::{self, Found, Uploader};
 use crate::server::Worker;
 
@@ -52,12 +53,14 @@ const OVERHEAD_ALLOWANCE: Duration = Duration::from_secs(600);
 /// Runs an assignment and says how it ended.
 pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) -> Finished {
     let id = a.id;
-    let dir = w.work_dir.join(uuid::Uuid::new_v4().to_string());
+    let action_id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = w.work_dir.join(&action_id);
+    let slot = w.take_slot();
     // The whole action, inputs and uploads included, is bounded and
     // cancellable: a hung casd must not hold a slot forever.
     let limit = Duration::from_secs(u64::from(a.timeout_seconds.max(1))) + OVERHEAD_ALLOWANCE;
     let r = tokio::select! {
-        r = run(w, &a, &dir, cancel.clone()) => r,
+        r = run(w, &a, &dir, &action_id, slot, cancel.clone()) => r,
         _ = cancel.cancelled() => Ok(fail(id, Code::Cancelled, "cancelled")),
         _ = tokio::time::sleep(limit) => Ok(fail(id, Code::Unavailable, format!(
             "worker {} could not finish the action within {} s (inputs or outputs stalled)", w.name, limit.as_secs()
@@ -71,10 +74,11 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
             tracing::warn!(path = %d.display(), error = %e, "could not remove an action directory");
         }
     });
+    w.return_slot(slot);
     match r {
         Ok(f) => f,
         Err(e) => {
-            tracing::error!(operation = %a.operation, error = format!("{e:#}"), "action failed in the worker");
+            tracing::error!(operation = %a.operation, invocation_id = %a.invocation_id, error = format!("{e:#}"), "action failed in the worker");
             fail(id, Code::Internal, format!("worker {}: {e:#}", w.name))
         }
     }
@@ -84,9 +88,13 @@ async fn run(
     w: &Arc<Worker>,
     a: &Assignment,
     dir: &Path,
+    action_id: &str,
+    slot: Option<u32>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Finished> {
     let worker_start = SystemTime::now();
+    // One snapshot for the whole action: a reload applies to later ones.
+    let cfg = w.settings.load_full();
     let f = DigestFunction::from_reapi(a.digest_function).map_err(|e| anyhow::anyhow!("{e}"))?;
     let action_digest =
         Digest::parse(f, &a.action_hash, a.action_size).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -108,11 +116,7 @@ async fn run(
     }
     if w.privileged {
         // Output directories made for the action take the root's owner.
-        std::os::unix::fs::chown(
-            &root,
-            Some(w.settings.sandbox.uid),
-            Some(w.settings.sandbox.gid),
-        )?;
+        std::os::unix::fs::chown(&root, Some(cfg.sandbox.uid), Some(cfg.sandbox.gid))?;
     }
 
     // Inputs.
@@ -179,12 +183,24 @@ async fn run(
     if let Err(e) = rbe_exec::prepare_output_dirs(&root, &command.working_directory, &declared) {
         return Ok(fail(a.id, Code::InvalidArgument, e.to_string()));
     }
+    #[allow(deprecated)]
+    let properties: Vec<(String, String)> = command
+        .platform
+        .iter()
+        .chain(action.platform.iter())
+        .flat_map(|p| p.properties.iter())
+        .map(|p| (p.name.clone(), p.value.clone()))
+        .collect();
+    let limits = match confine::limits_for(&cfg.limits, &properties) {
+        Ok(l) => l,
+        Err(e) => return Ok(fail(a.id, Code::InvalidArgument, e)),
+    };
     let sandbox = Sandbox {
-        uid: w.privileged.then_some(w.settings.sandbox.uid),
-        gid: w.privileged.then_some(w.settings.sandbox.gid),
-        network: w.settings.sandbox.network,
+        uid: w.privileged.then_some(cfg.sandbox.uid),
+        gid: w.privileged.then_some(cfg.sandbox.gid),
+        network: cfg.sandbox.network,
         hide_paths: std::iter::once(w.work_dir.clone())
-            .chain(w.settings.sandbox.hide_paths.iter().cloned())
+            .chain(cfg.sandbox.hide_paths.iter().cloned())
             .collect(),
     };
     let spec = ActionSpec {
@@ -199,10 +215,32 @@ async fn run(
         timeout: Duration::from_secs(u64::from(a.timeout_seconds.max(1))),
         stdout: dir.join("stdout"),
         stderr: dir.join("stderr"),
-        max_output_bytes: w.settings.sandbox.max_output_bytes,
+        max_output_bytes: cfg.sandbox.max_output_bytes,
     };
-    let outcome = match rbe_exec::run(&sandbox, &spec, cancel.clone().cancelled_owned()).await {
+    let mut scope = Scope {
+        scopes: w.scopes.as_ref(),
+        unit: format!("rbe-action-{action_id}.scope"),
+        description: format!("rbe action {action_digest} ({})", a.operation),
+        limits,
+        cgroups: None,
+        usage: None,
+    };
+    let cancelled = cancel.clone().cancelled_owned();
+    let outcome = match rbe_exec::run_confined(&sandbox, &spec, cancelled, &mut scope).await {
         Ok(o) => o,
+        Err(rbe_exec::ExecError::Confinement(why)) => {
+            // systemd could not take the action: a fault of this worker,
+            // worth retrying elsewhere.
+            tracing::error!(operation = %a.operation, unit = %scope.unit, reason = %why, "could not create the action's scope");
+            return Ok(fail(
+                a.id,
+                Code::Unavailable,
+                format!(
+                    "worker {}: could not create the action's scope: {why}",
+                    w.name
+                ),
+            ));
+        }
         Err(e) => {
             // A program that does not exist, a bad working directory: the
             // action's fault, reported as such.
@@ -287,7 +325,9 @@ async fn run(
     up.flush().await?;
     let done = SystemTime::now();
     let queued = a.queued_unix_micros.max(0) as u64;
+    let usage = scope.usage.unwrap_or_default();
     result.execution_metadata = Some(ExecutedActionMetadata {
+        auxiliary_metadata: scope.metadata().into_iter().collect(),
         worker: w.name.clone(),
         queued_timestamp: wkt(SystemTime::UNIX_EPOCH + Duration::from_micros(queued)),
         worker_start_timestamp: wkt(worker_start),
@@ -300,12 +340,23 @@ async fn run(
         output_upload_completed_timestamp: wkt(done),
         ..Default::default()
     });
+    let ms = |from: SystemTime, to: SystemTime| {
+        to.duration_since(from).unwrap_or_default().as_secs_f64() * 1000.0
+    };
     tracing::info!(
         operation = %a.operation,
         action_digest = %action_digest,
         invocation_id = %a.invocation_id,
         exit_code = outcome.exit_code,
         timed_out = outcome.timed_out,
+        oom_killed = scope.oom_killed(),
+        slot = slot.map_or(-1, i64::from),
+        unit = %if scope.cgroups.is_some() { scope.unit.as_str() } else { "" },
+        input_fetch_ms = ms(fetch_start, fetch_done),
+        execution_ms = ms(outcome.started, outcome.finished),
+        output_upload_ms = ms(upload_start, done),
+        cpu_usec = usage.cpu_usec.unwrap_or(0),
+        memory_peak_bytes = usage.memory_peak_bytes.unwrap_or(0),
         "action finished"
     );
     let mut fin = Finished {
@@ -313,6 +364,19 @@ async fn run(
         action_result: result.encode_to_vec(),
         ..Default::default()
     };
+    if scope.oom_killed() {
+        fin.oom_killed = true;
+        fin.message = format!(
+            "the action was killed by the kernel's OOM killer: it went over its memory limit{} (peak {} bytes)",
+            scope.limits.memory_max.map(|m| format!(" of {m} bytes")).unwrap_or_default(),
+            usage.memory_peak_bytes.unwrap_or(0),
+        );
+    } else if scope.hit_tasks_max() && outcome.exit_code != 0 {
+        fin.message = format!(
+            "the action reached its limit of {} processes and threads (TasksMax); forks failed",
+            scope.limits.tasks_max.unwrap_or(0)
+        );
+    }
     if outcome.timed_out {
         fin.code = Code::DeadlineExceeded as i32;
         fin.message = format!("action timed out after {} s", a.timeout_seconds);

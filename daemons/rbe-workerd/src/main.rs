@@ -2,6 +2,7 @@
 //! namespaces as an unprivileged user, with inputs hard-linked by rbe-casd.
 
 mod action;
+mod confine;
 mod outputs;
 mod server;
 
@@ -19,12 +20,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let dirs = args.config.dirs();
     rbe_systemd::daemon::main(
         "rbe-workerd",
-        &args.config.dirs(),
+        &dirs,
         args.config.check_config,
         rbe_config::load_workerd,
         |s| s.log.level.clone(),
-        server::run,
+        |s, fds| server::run(s, fds, dirs.clone()),
     )
 }

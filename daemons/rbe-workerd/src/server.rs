@@ -17,11 +17,21 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::action;
+use arc_swap::ArcSwap;
+use rbe_systemd::scope::Scopes;
+
+use crate::{action, confine};
 
 /// What every action task needs.
 pub struct Worker {
-    pub settings: WorkerdSettings,
+    /// The settings as last (re)loaded. Actions take a snapshot when they
+    /// start, so a reload applies to the actions that start afterwards;
+    /// keys only read at startup (sockets, slots, work_dir) need a restart.
+    pub settings: ArcSwap<WorkerdSettings>,
+    /// Transient scopes, when systemd manages the host (see [`confine`]).
+    pub scopes: Option<Scopes>,
+    /// Slot numbers not in use (for logs: `RBE_SLOT`).
+    free_slots: Mutex<Vec<u32>>,
     pub name: String,
     pub slots: u32,
     pub casd: Channel,
@@ -56,9 +66,24 @@ fn prepare_work_dir(dir: &PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Worker {
+    /// Takes a free slot number; `None` if the frontend sent more than we
+    /// announced (it never should).
+    pub fn take_slot(&self) -> Option<u32> {
+        self.free_slots.lock().pop()
+    }
+
+    pub fn return_slot(&self, slot: Option<u32>) {
+        if let Some(s) = slot {
+            self.free_slots.lock().push(s);
+        }
+    }
+}
+
 pub async fn run(
     settings: WorkerdSettings,
     _fds: Vec<(String, std::os::fd::OwnedFd)>,
+    config_dirs: Vec<PathBuf>,
 ) -> anyhow::Result<()> {
     let slots = match settings.worker.slots {
         0 => std::thread::available_parallelism()
@@ -80,8 +105,11 @@ pub async fn run(
     let casd = rbe_net::unix_channel(&settings.casd_socket)
         .await
         .context("channel to casd")?;
+    let scopes = confine::connect(&settings).await?;
     let worker = Arc::new(Worker {
-        settings,
+        settings: ArcSwap::from_pointee(settings),
+        scopes,
+        free_slots: Mutex::new((0..slots).rev().collect()),
         name,
         slots,
         casd,
@@ -100,6 +128,8 @@ pub async fn run(
             stop.cancel();
         });
     }
+    tokio::spawn(reload_on_sighup(Arc::clone(&worker), config_dirs));
+    tokio::spawn(watchdog(Arc::clone(&worker), shutdown.clone()));
     rbe_systemd::notify_status("attaching to the frontend");
     rbe_systemd::notify_ready();
     let mut backoff = Duration::from_millis(100);
@@ -128,13 +158,13 @@ fn rustix_is_root() -> bool {
 }
 
 async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let ch = rbe_net::unix_channel(&worker.settings.frontend_socket).await?;
+    let settings = worker.settings.load_full();
+    let ch = rbe_net::unix_channel(&settings.frontend_socket).await?;
     let mut client = WorkerHubClient::new(ch)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel::<WorkerMessage>(256);
-    let platform = worker
-        .settings
+    let platform = settings
         .worker
         .platform
         .iter()
@@ -158,6 +188,15 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
         .context("attaching to the frontend")?
         .into_inner();
     tracing::info!(slots = worker.slots, name = %worker.name, "attached to the frontend");
+    rbe_systemd::notify_status(&format!(
+        "attached to the frontend; {} slots{}",
+        worker.slots,
+        if worker.scopes.is_some() {
+            ", actions in scopes"
+        } else {
+            ", no scopes"
+        }
+    ));
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -196,5 +235,76 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
             }
             None => {}
         }
+    }
+}
+
+/// `systemctl reload` (SIGHUP): reads the configuration again and applies
+/// what can change live (sandbox and limits, for actions that start
+/// afterwards). A broken file keeps the running configuration and says
+/// which file, key and why.
+async fn reload_on_sighup(worker: Arc<Worker>, dirs: Vec<PathBuf>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler: reload is unavailable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        rbe_systemd::notify_reloading();
+        match rbe_config::load_workerd(&dirs) {
+            Ok(new) => {
+                let old = worker.settings.load_full();
+                let restart_only = [
+                    (
+                        "frontend.socket",
+                        old.frontend_socket != new.frontend_socket,
+                    ),
+                    ("casd.socket", old.casd_socket != new.casd_socket),
+                    ("worker", old.worker != new.worker),
+                    ("scope", old.scope != new.scope),
+                ];
+                for (key, changed) in restart_only {
+                    if changed {
+                        tracing::warn!(key, "changed, but only applies after a restart");
+                    }
+                }
+                tracing::info!(
+                    memory_max = new.limits.memory_max,
+                    cpu_quota = new.limits.cpu_quota,
+                    tasks_max = new.limits.tasks_max,
+                    "configuration reloaded"
+                );
+                worker.settings.store(Arc::new(new));
+                rbe_systemd::notify_status("configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                rbe_systemd::notify_status(&format!("reload failed: {e}"));
+            }
+        }
+        rbe_systemd::notify_ready();
+    }
+}
+
+/// Watchdog pings and the STATUS= line, from a task on the same runtime as
+/// the actions: a wedged runtime stops the pings and systemd restarts us.
+async fn watchdog(worker: Arc<Worker>, shutdown: CancellationToken) {
+    let tick = rbe_systemd::watchdog_interval()
+        .unwrap_or(Duration::from_secs(5))
+        .min(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        rbe_systemd::notify_watchdog();
+        let running = worker.running.lock().len();
+        rbe_systemd::notify_status(&format!(
+            "{running} of {} slots busy{}",
+            worker.slots,
+            if worker.scopes.is_some() {
+                "; actions in scopes"
+            } else {
+                "; no scopes"
+            }
+        ));
     }
 }

@@ -213,7 +213,15 @@ impl Exec {
         } else {
             ActionResult::decode(f.action_result.as_slice()).ok()
         };
-        let mut status = rpc_status(tonic::Code::from_i32(f.code), f.message.clone());
+        // An action that ran (OK) may still carry the worker's note about
+        // it (OOM kill, task limit): that goes to ExecuteResponse.message.
+        let ran = f.code == 0;
+        let status_message = if ran {
+            String::new()
+        } else {
+            f.message.clone()
+        };
+        let mut status = rpc_status(tonic::Code::from_i32(f.code), status_message);
         if f.code == tonic::Code::FailedPrecondition as i32 && !f.missing.is_empty() {
             let pf = rbe_proto::rpc::PreconditionFailure {
                 violations: f
@@ -254,7 +262,9 @@ impl Exec {
                 }
             }
         }
-        let message = if f.oom_killed {
+        let message = if ran && !f.message.is_empty() {
+            f.message.clone()
+        } else if f.oom_killed {
             "the action was killed: out of memory".to_string()
         } else {
             String::new()

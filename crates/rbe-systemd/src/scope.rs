@@ -1,0 +1,232 @@
+//! Transient scopes over D-Bus: every action gets
+//! `rbe-action-<id>.scope` in a slice, with cgroup limits, created with
+//! `StartTransientUnit` and waited for like `systemd-run --scope` does.
+//!
+//! The scope must be created by a process inside the systemd instance that
+//! manages it (PIDs are interpreted in systemd's pid namespace), so only
+//! the worker daemon, running as a unit, does this.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use zbus::zvariant::{OwnedObjectPath, Value};
+
+use crate::cgroup::{Cgroups, Mounts};
+
+const DEST: &str = "org.freedesktop.systemd1";
+const PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+/// How long a start job may take before the action is refused.
+const JOB_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one D-Bus call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Resource limits of one scope; `None` leaves systemd's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `MemoryMax=`, bytes.
+    pub memory_max: Option<u64>,
+    /// `CPUQuota=`, percent of one CPU (200 = two CPUs).
+    pub cpu_quota_percent: Option<u32>,
+    /// `CPUWeight=` (1–10000).
+    pub cpu_weight: Option<u64>,
+    /// `TasksMax=`.
+    pub tasks_max: Option<u64>,
+    /// `IOWeight=` (1–10000; only effective on the unified hierarchy).
+    pub io_weight: Option<u64>,
+}
+
+/// Why a scope could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    /// The system bus did not answer.
+    #[error("cannot reach systemd over D-Bus: {0}")]
+    Connect(String),
+    /// A D-Bus call failed.
+    #[error("D-Bus {method} failed: {reason}")]
+    Call {
+        /// The method called.
+        method: &'static str,
+        /// The error systemd or the bus gave.
+        reason: String,
+    },
+    /// The start job ended other than `done`.
+    #[error("starting {unit} ended with {result:?}")]
+    Job {
+        /// The unit.
+        unit: String,
+        /// The job result (`failed`, `canceled`, ...).
+        result: String,
+    },
+    /// The start job did not finish in time.
+    #[error("starting {0} did not finish within 30 s")]
+    Timeout(String),
+    /// The job finished but the process is not in the scope.
+    #[error("process {pid} is in {found:?}, not in {unit}")]
+    NotMoved {
+        /// The process.
+        pid: u32,
+        /// The unit.
+        unit: String,
+        /// Its cgroup as read from /proc.
+        found: String,
+    },
+}
+
+/// A connection to systemd for creating scopes in one slice.
+#[derive(Debug, Clone)]
+pub struct Scopes {
+    conn: zbus::Connection,
+    slice: String,
+    mounts: Mounts,
+}
+
+impl Scopes {
+    /// Connects to the system manager over the system bus and subscribes
+    /// to its job signals. (systemd's private socket would skip
+    /// dbus-daemon, but it sends signals from a well-known name where zbus
+    /// insists on a unique one.)
+    pub async fn connect(slice: &str) -> Result<Scopes, ScopeError> {
+        let conn = tokio::time::timeout(CALL_TIMEOUT, zbus::Connection::system())
+            .await
+            .map_err(|_| ScopeError::Connect("the system bus did not answer".into()))?
+            .map_err(|e| ScopeError::Connect(e.to_string()))?;
+        let s = Scopes {
+            conn,
+            slice: slice.to_owned(),
+            mounts: Mounts::read(),
+        };
+        s.call("Subscribe", &()).await?;
+        Ok(s)
+    }
+
+    /// The slice scopes are created in.
+    pub fn slice(&self) -> &str {
+        &self.slice
+    }
+
+    async fn call<B>(&self, method: &'static str, body: &B) -> Result<zbus::Message, ScopeError>
+    where
+        B: serde::ser::Serialize + zbus::zvariant::DynamicType,
+    {
+        let call = self
+            .conn
+            .call_method(Some(DEST), PATH, Some(MANAGER), method, body);
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(r) => r.map_err(|e| ScopeError::Call {
+                method,
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(ScopeError::Call {
+                method,
+                reason: format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    /// Creates `unit` (a `.scope` name) holding `pid` with `limits`, waits
+    /// for its start job, and returns its cgroups.
+    pub async fn start(
+        &self,
+        unit: &str,
+        pid: u32,
+        description: &str,
+        limits: &Limits,
+    ) -> Result<Cgroups, ScopeError> {
+        let mut props: Vec<(&str, Value<'_>)> = vec![
+            ("Description", Value::from(description)),
+            ("Slice", Value::from(self.slice.as_str())),
+            ("PIDs", Value::from(vec![pid])),
+            ("MemoryAccounting", Value::from(true)),
+            ("TasksAccounting", Value::from(true)),
+            // A scope whose action was OOM-killed may end "failed" on v2;
+            // it must not stay loaded.
+            ("CollectMode", Value::from("inactive-or-failed")),
+        ];
+        if let Some(v) = limits.memory_max {
+            props.push(("MemoryMax", Value::from(v)));
+        }
+        if let Some(p) = limits.cpu_quota_percent {
+            props.push(("CPUQuotaPerSecUSec", Value::from(u64::from(p) * 10_000)));
+        }
+        if let Some(v) = limits.cpu_weight {
+            props.push(("CPUWeight", Value::from(v)));
+        }
+        if let Some(v) = limits.tasks_max {
+            props.push(("TasksMax", Value::from(v)));
+        }
+        if let Some(v) = limits.io_weight {
+            props.push(("IOWeight", Value::from(v)));
+        }
+        let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
+
+        // Subscribed before the call, so the job's end cannot be missed.
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface(MANAGER)
+            .and_then(|b| b.member("JobRemoved"))
+            .map(|b| b.build())
+            .map_err(|e| ScopeError::Call {
+                method: "AddMatch",
+                reason: e.to_string(),
+            })?;
+        let mut signals = zbus::MessageStream::for_match_rule(rule, &self.conn, Some(1024))
+            .await
+            .map_err(|e| ScopeError::Call {
+                method: "AddMatch",
+                reason: e.to_string(),
+            })?;
+        let reply = self
+            .call("StartTransientUnit", &(unit, "fail", props, aux))
+            .await?;
+        let job: OwnedObjectPath = reply.body().deserialize().map_err(|e| ScopeError::Call {
+            method: "StartTransientUnit",
+            reason: e.to_string(),
+        })?;
+        let wait = async {
+            while let Some(m) = signals.next().await {
+                let Ok(m) = m else { continue };
+                let Ok((_, path, _, result)) = m
+                    .body()
+                    .deserialize::<(u32, OwnedObjectPath, String, String)>()
+                else {
+                    continue;
+                };
+                if path == job {
+                    return Some(result);
+                }
+            }
+            None
+        };
+        let result = tokio::time::timeout(JOB_TIMEOUT, wait)
+            .await
+            .map_err(|_| ScopeError::Timeout(unit.to_owned()))?
+            .ok_or_else(|| ScopeError::Connect("the D-Bus connection closed".into()))?;
+        if result != "done" {
+            return Err(ScopeError::Job {
+                unit: unit.to_owned(),
+                result,
+            });
+        }
+        let cg = Cgroups::of(pid, &self.mounts).map_err(|e| ScopeError::NotMoved {
+            pid,
+            unit: unit.to_owned(),
+            found: e.to_string(),
+        })?;
+        if !cg.path.ends_with(&format!("/{unit}")) {
+            return Err(ScopeError::NotMoved {
+                pid,
+                unit: unit.to_owned(),
+                found: cg.path,
+            });
+        }
+        Ok(cg)
+    }
+
+    /// Sends SIGKILL to every process of `unit`.
+    pub async fn kill(&self, unit: &str) -> Result<(), ScopeError> {
+        self.call("KillUnit", &(unit, "all", libc::SIGKILL))
+            .await
+            .map(drop)
+    }
+}
