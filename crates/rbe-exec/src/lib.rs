@@ -22,6 +22,16 @@
 //!          └─ stage 3 command (pid 2)  drops uid/gid, no_new_privs, chdir, exec
 //! ```
 //!
+//! The keeper first closes every descriptor but stdio and its two pipes
+//! (another action's pipes, inherited because the runner forks from many
+//! threads, must not be held open; std's exec-error pipe closing tells std
+//! the spawn is done, so `spawn` returns at once). With a [`Confinement`]
+//! it then waits at a gate until the runner has placed it (a systemd
+//! scope), and once init is reaped it waits again until the runner has
+//! read the confinement's figures. The command stage makes its own
+//! `execve` with arguments prepared before the fork, and reports a failure
+//! on the report pipe.
+//!
 //! `unshare(CLONE_NEWPID)` only puts the *children* of the caller in the new
 //! namespace, hence the keeper. The command is not pid 1 itself because pid 1
 //! ignores every signal it has no handler for, which would change how actions
