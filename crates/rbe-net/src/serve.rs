@@ -45,17 +45,62 @@ pub async fn serve(
                 .await
         }
         Listener::Unix(l) => {
-            let incoming = UnixListenerStream::new(l).then(|r| async move {
-                match r {
-                    Ok(s) => Ok(s),
-                    Err(e) => Err(accept_failed(e).await),
-                }
-            });
+            let incoming = UnixListenerStream::new(l)
+                .then(|r| async move {
+                    match r {
+                        Ok(s) => Ok(s),
+                        Err(e) => Err(accept_failed(e).await),
+                    }
+                })
+                .filter_map(|r| match r {
+                    Ok(s) if !peer_allowed(&s) => None,
+                    other => Some(other),
+                });
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
     }
+}
+
+/// Whether the process at the other end of a local socket may use it: root,
+/// our own user, or a member of our group (the `rbe` group under systemd),
+/// checked with `SO_PEERCRED`. The socket file's mode (0660) already says
+/// the same; this holds even when the mode is loosened by hand or the
+/// socket is handed on, and names who tried in the log.
+fn peer_allowed(s: &tokio::net::UnixStream) -> bool {
+    let Ok(cred) = rustix::net::sockopt::socket_peercred(s) else {
+        return false;
+    };
+    let (uid, gid) = (cred.uid.as_raw(), cred.gid.as_raw());
+    let our_uid = rustix::process::geteuid().as_raw();
+    let our_gid = rustix::process::getegid().as_raw();
+    if uid == 0
+        || uid == our_uid
+        || gid == our_gid
+        || in_group(cred.pid.as_raw_nonzero().get(), our_gid)
+    {
+        return true;
+    }
+    tracing::warn!(
+        peer_uid = uid,
+        peer_gid = gid,
+        peer_pid = cred.pid.as_raw_nonzero().get(),
+        "refused a local connection: the peer is not root, this daemon's user or in its group"
+    );
+    false
+}
+
+/// Whether process `pid` has `gid` among its supplementary groups.
+fn in_group(pid: i32, gid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+        })
+        .unwrap_or(false)
 }
 
 /// Logs an accept error and pauses briefly.
