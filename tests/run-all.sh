@@ -26,6 +26,7 @@ command -v dpkg-buildpackage >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v dh >/dev/null 2>&1 || need+=(debhelper)
 command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
+command -v rpmlint >/dev/null 2>&1 || need+=(rpmlint)
 command -v man >/dev/null 2>&1 || need+=(man-db)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
