@@ -21,6 +21,13 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 [ -e /lib/x86_64-linux-gnu/libnss_systemd.so.2 ] || need+=(libnss-systemd)
+# packaging/build and the package tests (tests/tests/packages.rs).
+command -v dpkg-buildpackage >/dev/null 2>&1 || need+=(dpkg-dev)
+command -v dh >/dev/null 2>&1 || need+=(debhelper)
+command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
+command -v rpmlint >/dev/null 2>&1 || need+=(rpmlint)
+command -v man >/dev/null 2>&1 || need+=(man-db)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -45,6 +52,16 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "build binaries"
 cargo build --workspace --bins --quiet
+
+step "packages (packaging/build --profile debug, into target/packages-debug)"
+# The package tests install these; debug binaries spare CI an optimized
+# build, and packaging/build returns at once when the tests call it again.
+export RBE_PACKAGE_PROFILE=debug
+if command -v dh >/dev/null 2>&1 && command -v rpmbuild >/dev/null 2>&1; then
+  packaging/build
+else
+  echo "debhelper or rpm missing: the package tests will say SKIP"
+fi
 
 step "cargo test"
 # The daemons are built above; the test kit need not run cargo again.

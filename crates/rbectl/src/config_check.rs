@@ -9,7 +9,7 @@ pub struct CheckArgs {
     /// Default: /usr/lib/rbe, /run/rbe, /etc/rbe.
     #[arg(long = "config-dir", value_name = "DIR")]
     config_dirs: Vec<PathBuf>,
-    /// Check only this daemon (casd or frontend).
+    /// Check only this daemon (casd, frontend or workerd).
     #[arg(long)]
     daemon: Option<String>,
 }
@@ -23,8 +23,8 @@ pub fn run(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     let want = |d: &str| a.daemon.as_deref().is_none_or(|w| w == d);
     if let Some(d) = a.daemon.as_deref() {
-        if !["casd", "frontend"].contains(&d) {
-            anyhow::bail!("unknown daemon {d:?}; expected casd or frontend");
+        if !["casd", "frontend", "workerd"].contains(&d) {
+            anyhow::bail!("unknown daemon {d:?}; expected casd, frontend or workerd");
         }
     }
     let mut report = |name: &str, r: Result<(), rbe_config::ConfigError>| match r {
@@ -39,6 +39,9 @@ pub fn run(a: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     if want("frontend") {
         report("frontend", rbe_config::load_frontend(&dirs).map(|_| ()));
+    }
+    if want("workerd") {
+        report("workerd", rbe_config::load_workerd(&dirs).map(|_| ()));
     }
     Ok(if failed {
         ExitCode::from(78)

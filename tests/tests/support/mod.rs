@@ -1,0 +1,183 @@
+//! A booted systemd instance from `tests/harness/sysbox` (see its README),
+//! for test files that need one. `Drop` takes the instance down, also when
+//! the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub fn harness() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/sysbox")
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+pub fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Why an instance cannot be booted here, if it cannot.
+pub fn unsupported() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    if euid != "0" {
+        return Some("systemd tests need root (namespaces, cgroups, mounts)".into());
+    }
+    if !Path::new("/lib/systemd/systemd").is_file() {
+        return Some("systemd is not installed (/lib/systemd/systemd)".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !mounts.lines().any(|l| l.contains(" - cgroup cgroup ")) {
+        return Some("cgroup2-only host: tests/harness/sysbox needs a v1 or hybrid layout".into());
+    }
+    for tool in ["script", "nsenter", "unshare"] {
+        if !on_path(tool) {
+            return Some(format!("{tool} is not installed (util-linux, bsdutils)"));
+        }
+    }
+    None
+}
+
+/// A unique instance name (12 characters at most) per test and process.
+pub fn name(suffix: &str) -> String {
+    format!("p{}{suffix}", std::process::id() % 1_000_000)
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A running instance; `Drop` takes it down.
+pub struct Instance {
+    pub name: String,
+    pub pid: u32,
+}
+
+impl Instance {
+    /// Boots `name`; extra harness arguments such as `--ro-bind SRC:DST`.
+    pub fn up(name: &str, args: &[String]) -> Instance {
+        let out = Command::new(harness())
+            .arg("up")
+            .arg(name)
+            .args(args)
+            .output()
+            .expect("run sysbox up");
+        assert!(out.status.success(), "sysbox up {name}: {}", text(&out));
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("sysbox up printed no pid: {}", text(&out)));
+        Instance {
+            name: name.to_owned(),
+            pid,
+        }
+    }
+
+    /// The instance's root, as seen from the host.
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid))
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new(harness())
+            .arg("exec")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("run sysbox exec")
+    }
+
+    /// Runs a shell script inside, whatever its status.
+    pub fn try_sh(&self, script: &str) -> Output {
+        self.exec(&["sh", "-c", script])
+    }
+
+    /// Runs a shell script inside; panics with its output if it fails.
+    pub fn sh(&self, script: &str) -> String {
+        let out = self.try_sh(script);
+        assert!(
+            out.status.success(),
+            "in {}: {script}\n{}",
+            self.name,
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn prop(&self, unit: &str, prop: &str) -> String {
+        self.sh(&format!("systemctl show -p {prop} --value {unit}"))
+    }
+
+    pub fn journal(&self, unit: &str) -> String {
+        let out = Command::new(harness())
+            .args(["journal", &self.name, "-o", "cat", "-u", unit])
+            .output()
+            .expect("run sysbox journal");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until `prop` of `unit` satisfies `ok`, for at most `secs`.
+    pub fn wait_prop(
+        &self,
+        unit: &str,
+        prop: &str,
+        secs: u64,
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
+        let t = Instant::now();
+        loop {
+            let v = self.prop(unit, prop);
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "{unit} {prop} is still {v:?} after {secs} s; journal:\n{}",
+                self.journal(unit)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn down(mut self) -> Output {
+        let out = self.down_inner();
+        self.name.clear();
+        out
+    }
+
+    fn down_inner(&mut self) -> Output {
+        Command::new(harness())
+            .arg("down")
+            .arg(&self.name)
+            .output()
+            .expect("run sysbox down")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            let out = self.down_inner();
+            if !out.status.success() {
+                eprintln!("sysbox down {} failed: {}", self.name, text(&out));
+            }
+        }
+    }
+}
