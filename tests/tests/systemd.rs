@@ -723,3 +723,40 @@ async fn actions_run_in_scopes_with_limits_and_journal_fields_and_reload() {
         .expect("execute");
     assert_eq!(resource_usage(&r).expect("usage").memory_max, 32 << 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_casd_is_restarted_by_the_watchdog_and_keeps_its_blobs() {
+    if let Some(why) = unsupported() {
+        return skip(&why);
+    }
+    let inst = instance_with_rbe("w");
+    // A short watchdog for the test; the shipped unit has 3 minutes.
+    inst.sh(
+        "mkdir -p /etc/systemd/system/rbe-casd.service.d && printf '[Service]\\n\
+         WatchdogSec=3s\\nTimeoutAbortSec=2s\\nRestartSec=100ms\\n' \
+         > /etc/systemd/system/rbe-casd.service.d/test.conf && systemctl daemon-reload \
+         && systemctl start rbe-casd.socket",
+    );
+    let sock = inst.root().join("run/rbe/casd.sock");
+    let ch = rbe_net::unix_channel(&sock).await.expect("channel");
+    let data = pseudo_random(100_000, 11);
+    let d = Digest::of(DigestFunction::Sha256, &data);
+    client::write(&ch, "", &d, &data, 64 << 10)
+        .await
+        .expect("write");
+    let pid = inst.prop("rbe-casd.service", "MainPID");
+    assert_ne!(pid, "0");
+    // A stopped process sends no pings, like a wedged main loop.
+    inst.sh(&format!("kill -STOP {pid}"));
+    let (restarts, _) = inst.wait_prop("rbe-casd.service", "NRestarts", 60, |v| v != "0");
+    assert_eq!(restarts, "1");
+    let j = inst.journal("rbe-casd.service");
+    assert!(j.contains("Watchdog timeout"), "{j}");
+    // The acknowledged blob is served by the new process.
+    let ch = rbe_net::unix_channel(&sock).await.expect("channel");
+    assert_eq!(
+        client::read(&ch, "", &d).await.expect("read after restart"),
+        data
+    );
+    assert_ne!(inst.prop("rbe-casd.service", "MainPID"), pid);
+}

@@ -253,6 +253,16 @@ impl Stack {
             .connect_lazy()
     }
 
+    /// The worker's pid, while it runs.
+    pub fn workerd_pid(&self) -> Option<u32> {
+        self.workerd.as_ref().map(Child::id)
+    }
+
+    /// Waits for the worker to exit by itself; its exit status.
+    pub fn wait_workerd(&mut self) -> Option<std::process::ExitStatus> {
+        self.workerd.take().and_then(|mut c| c.wait().ok())
+    }
+
     /// Whether both daemons are still running.
     pub fn alive(&mut self) -> bool {
         let up = |c: &mut Option<Child>| {

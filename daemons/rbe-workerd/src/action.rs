@@ -46,6 +46,11 @@ fn fail(id: u64, code: Code, message: impl Into<String>) -> Finished {
     }
 }
 
+/// The report for an assignment this worker will not run.
+pub fn refuse(id: u64, why: &str) -> Finished {
+    fail(id, Code::Unavailable, why)
+}
+
 /// Time allowed beyond the action's own timeout for fetching inputs and
 /// uploading outputs.
 const OVERHEAD_ALLOWANCE: Duration = Duration::from_secs(600);

@@ -199,11 +199,23 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
     ));
     loop {
         let msg = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            () = drained(worker, shutdown) => return Ok(()),
             m = incoming.next() => m,
         };
         let Some(msg) = msg else { return Ok(()) };
         match msg?.kind {
+            Some(hub_message::Kind::Assign(a)) if shutdown.is_cancelled() => {
+                // Stopping: no new work. The frontend ends the operation
+                // UNAVAILABLE, which clients retry.
+                let _ = tx
+                    .send(WorkerMessage {
+                        kind: Some(worker_message::Kind::Finished(action::refuse(
+                            a.id,
+                            &format!("worker {} is stopping", worker.name),
+                        ))),
+                    })
+                    .await;
+            }
             Some(hub_message::Kind::Assign(a)) => {
                 let token = CancellationToken::new();
                 let seq = worker
@@ -214,18 +226,18 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
                 tokio::spawn(async move {
                     let id = a.id;
                     let finished = action::execute(&w, a, token.clone()).await;
-                    // Ids repeat after a reconnect: remove only our own entry.
-                    {
-                        let mut running = w.running.lock();
-                        if running.get(&id).is_some_and(|(s, _)| *s == seq) {
-                            running.remove(&id);
-                        }
-                    }
+                    // Reported before leaving `running`, so a drain that
+                    // waits for `running` to empty has sent every report.
                     let _ = tx
                         .send(WorkerMessage {
                             kind: Some(worker_message::Kind::Finished(finished)),
                         })
                         .await;
+                    // Ids repeat after a reconnect: remove only our own entry.
+                    let mut running = w.running.lock();
+                    if running.get(&id).is_some_and(|(s, _)| *s == seq) {
+                        running.remove(&id);
+                    }
                 });
             }
             Some(hub_message::Kind::Cancel(c)) => {
@@ -236,6 +248,35 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
             None => {}
         }
     }
+}
+
+/// How long a stopping worker lets running actions finish; the unit's
+/// `TimeoutStopSec=30s` leaves room for the rest. What is still running
+/// then is killed, and the frontend queues it again.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// Resolves once a stop was asked for and every running action has
+/// finished and been reported, or [`DRAIN`] has passed.
+async fn drained(worker: &Worker, shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    loop {
+        let running = worker.running.lock().len();
+        if running == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                running,
+                "drain time is up; the frontend queues the rest again"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The last reports are in the stream's buffer; give them a moment to
+    // reach the frontend before the stream is dropped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 /// `systemctl reload` (SIGHUP): reads the configuration again and applies

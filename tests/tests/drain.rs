@@ -1,0 +1,59 @@
+//! Stopping rbe-workerd (SIGTERM, as `systemctl stop` does) lets the running
+//! action finish and report before the worker exits: nothing acknowledged
+//! is lost.
+
+use rbe_testkit::exec::run_command;
+use rbe_testkit::{client, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_action_finish_and_report() {
+    let mut stack = Stack::start().await;
+    let ch = stack.channel();
+    let script = "sleep 2; echo finished".to_owned();
+    let ch2 = ch.clone();
+    let running =
+        tokio::spawn(async move { run_command(&ch2, &["sh", "-c", &script], &[], 60, None).await });
+    // Wait until the worker has forked the action's sandbox.
+    let log = stack.tmp.path().join("workerd.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pid = stack.workerd_pid().expect("workerd runs");
+    loop {
+        // Children are listed under the thread that forked them.
+        let forked = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("children"))
+                    .is_ok_and(|c| !c.trim().is_empty())
+            });
+        if forked {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let r = running.await.expect("task").expect("execute");
+    let res = r.result.as_ref().unwrap_or_else(|| {
+        panic!(
+            "{r:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(res.exit_code, 0, "{r:?}");
+    let d = res.stdout_digest.as_ref().expect("stdout");
+    let d = rbe_proto::Digest::parse(rbe_proto::DigestFunction::Sha256, &d.hash, d.size_bytes)
+        .expect("digest");
+    let out = client::read(&ch, "", &d).await.expect("stdout blob");
+    assert_eq!(String::from_utf8_lossy(&out), "finished\n");
+    let status = stack.wait_workerd().expect("workerd exited");
+    assert!(status.success(), "workerd exit: {status:?}");
+}
