@@ -47,7 +47,13 @@ impl WorkerHub for HubService {
         let w = {
             let mut sched = exec.sched.lock();
             let w = sched.worker_connect(hello.slots, platform.clone());
-            exec.workers.lock().insert(w, tx);
+            exec.workers.lock().insert(
+                w,
+                super::WorkerLink {
+                    tx,
+                    name: hello.worker_name.clone(),
+                },
+            );
             w
         };
         tracing::info!(worker = w, name = %hello.worker_name, slots = hello.slots, platform = %platform, "worker attached");
@@ -57,7 +63,7 @@ impl WorkerHub for HubService {
                 match m {
                     Ok(WorkerMessage {
                         kind: Some(worker_message::Kind::Finished(f)),
-                    }) => exec.finished(w, f).await,
+                    }) => exec.finished(w, f),
                     Ok(_) => tracing::warn!(worker = w, "unexpected message from worker ignored"),
                     Err(e) => {
                         tracing::info!(worker = w, error = %e, "worker stream ended");
