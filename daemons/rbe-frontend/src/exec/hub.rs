@@ -77,6 +77,9 @@ impl WorkerHub for HubService {
                 sched.worker_disconnect(w)
             };
             tracing::info!(worker = w, requeued = requeued.len(), "worker detached");
+            for id in requeued {
+                exec.set_stage(id, rbe_proto::reapi::execution_stage::Value::Queued);
+            }
             exec.complete_given_up();
             exec.dispatch();
         });

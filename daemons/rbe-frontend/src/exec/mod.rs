@@ -240,7 +240,9 @@ impl Exec {
             .unwrap_or_default()
     }
 
-    fn set_stage(&self, id: OpId, stage: execution_stage::Value) {
+    /// Shows `stage` to the operation's waiters (back to QUEUED too, when
+    /// its worker was lost), unless it is done.
+    pub fn set_stage(&self, id: OpId, stage: execution_stage::Value) {
         if let Some(o) = self.ops.lock().get(&id) {
             o.watch.send_modify(|s| {
                 if s.response.is_none() {
