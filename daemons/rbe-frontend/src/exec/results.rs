@@ -223,3 +223,121 @@ async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Write>,
         shared.written.notify_waiters();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbe_proto::reapi::action_cache_server::{ActionCache, ActionCacheServer};
+    use rbe_proto::reapi::GetActionResultRequest;
+    use tokio::sync::Semaphore;
+    use tonic::{Request, Response, Status};
+
+    /// An action cache whose writes wait for `gate` and are recorded by
+    /// the result's exit code; exit code 99 is refused.
+    #[derive(Clone)]
+    struct FakeAc {
+        gate: Arc<Semaphore>,
+        written: Arc<Mutex<Vec<i32>>>,
+    }
+
+    #[tonic::async_trait]
+    impl ActionCache for FakeAc {
+        async fn get_action_result(
+            &self,
+            _: Request<GetActionResultRequest>,
+        ) -> Result<Response<ActionResult>, Status> {
+            Err(Status::not_found("fake"))
+        }
+
+        async fn update_action_result(
+            &self,
+            req: Request<UpdateActionResultRequest>,
+        ) -> Result<Response<ActionResult>, Status> {
+            let _permit = self.gate.acquire().await;
+            let ar = req.into_inner().action_result.unwrap_or_default();
+            self.written.lock().push(ar.exit_code);
+            if ar.exit_code == 99 {
+                return Err(Status::invalid_argument("refused"));
+            }
+            Ok(Response::new(ar))
+        }
+    }
+
+    async fn setup() -> (RecentResults, FakeAc, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ac.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let fake = FakeAc {
+            gate: Arc::new(Semaphore::new(0)),
+            written: Arc::default(),
+        };
+        let router =
+            tonic::transport::Server::builder().add_service(ActionCacheServer::new(fake.clone()));
+        tokio::spawn(rbe_net::serve(
+            router,
+            rbe_net::Listener::Unix(listener),
+            std::future::pending(),
+        ));
+        let channel = rbe_net::unix_channel(&path).await.expect("channel");
+        let up = Upstream {
+            channel,
+            max_message: 4 << 20,
+        };
+        (RecentResults::start(up), fake, dir)
+    }
+
+    fn key(n: u8) -> ActionKey {
+        ActionKey {
+            instance: String::new(),
+            action: format!("sha256:{n:064x}/1"),
+        }
+    }
+
+    fn write(exit_code: i32) -> UpdateActionResultRequest {
+        UpdateActionResultRequest {
+            action_result: Some(ActionResult {
+                exit_code,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_is_findable_before_and_after_its_write_lands() {
+        let (r, fake, _dir) = setup().await;
+        r.put(key(1), "op".into(), write(7));
+        assert_eq!(r.get(&key(1)).map(|a| a.exit_code), Some(7));
+        // The write is held up: the entry waits, still findable.
+        r.landed(&key(1), Duration::from_millis(100)).await;
+        assert_eq!(r.pending(), 1);
+        assert!(r.get(&key(1)).is_some());
+        fake.gate.add_permits(100);
+        r.drain(Duration::from_secs(30)).await;
+        assert_eq!(r.pending(), 0);
+        assert_eq!(*fake.written.lock(), vec![7]);
+        // Landed, but kept for RECENT_TTL: expiring now keeps it.
+        r.expire();
+        assert_eq!(r.get(&key(1)).map(|a| a.exit_code), Some(7));
+    }
+
+    #[tokio::test]
+    async fn the_latest_result_per_action_wins_and_refused_ones_are_dropped() {
+        let (r, fake, _dir) = setup().await;
+        r.put(key(1), "op1".into(), write(1));
+        r.put(key(1), "op2".into(), write(2));
+        r.put(key(1), "op3".into(), write(3));
+        r.put(key(2), "op4".into(), write(99));
+        assert_eq!(r.get(&key(1)).map(|a| a.exit_code), Some(3));
+        fake.gate.add_permits(100);
+        r.drain(Duration::from_secs(30)).await;
+        let written = fake.written.lock().clone();
+        // The puts ran without yielding on this single-threaded runtime, so
+        // the writer found them in one batch: only the latest per action.
+        let mut sorted = written.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![3, 99], "{written:?}");
+        assert_eq!(r.get(&key(1)).map(|a| a.exit_code), Some(3));
+        assert!(r.get(&key(2)).is_none(), "a refused result is not served");
+    }
+}
