@@ -14,7 +14,7 @@ CONCURRENT=${CONCURRENT:-1000}
 T=${CARGO_TARGET_DIR:-$repo/target}
 cargo build --release --bins -q
 H=tests/harness/sysbox
-name=rbescope$$
+name=rbsc$(( $$ % 100000 ))
 trap '$H down $name >/dev/null 2>&1 || true' EXIT
 args=()
 for b in rbe-casd rbe-frontend rbe-workerd; do

@@ -440,7 +440,8 @@ async fn run(ch: &Channel, spec: &Spec) -> (Built, Executed) {
     (b, e)
 }
 
-/// Starts an Execute and returns the stream after its first Operation.
+/// Starts an Execute and returns the stream after its first Operation past
+/// the cache check.
 async fn start(ch: &Channel, spec: &Spec) -> (Built, Streaming<Operation>, Operation) {
     let b = prepare(ch, spec).await;
     let mut stream = exec_client(ch)
@@ -448,13 +449,20 @@ async fn start(ch: &Channel, spec: &Spec) -> (Built, Streaming<Operation>, Opera
         .await
         .expect("Execute")
         .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
-        .await
-        .expect("first operation in time")
-        .expect("stream ok")
-        .expect("a first operation");
+    let mut first = next_op(&mut stream).await;
+    if stage_of(&first) == execution_stage::Value::CacheCheck as i32 {
+        first = next_op(&mut stream).await;
+    }
     assert!(!first.done, "the action finished at once: {first:?}");
     (b, stream, first)
+}
+
+async fn next_op(stream: &mut Streaming<Operation>) -> Operation {
+    tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("operation in time")
+        .expect("stream ok")
+        .expect("an operation")
 }
 
 // ---------------------------------------------------------------------------

@@ -282,6 +282,15 @@ impl<P: Clone, R> Scheduler<P, R> {
         Ok((id, true))
     }
 
+    /// Joins the identical action in flight, if there is one: the caller
+    /// becomes one more waiter and need not read or check anything.
+    pub fn join(&mut self, key: &ActionKey) -> Option<OpId> {
+        let id = *self.in_flight.get(key)?;
+        let op = self.ops.get_mut(&id)?;
+        op.waiters += 1;
+        Some(id)
+    }
+
     /// Records an operation that is complete on arrival (an action-cache
     /// hit), so that it can be looked up and expires like any other.
     pub fn record_completed(&mut self, key: ActionKey, payload: P) -> OpId {

@@ -228,3 +228,18 @@ fn an_action_that_keeps_losing_its_worker_is_given_up() {
         matches!(s.get(a).expect("op").outcome, Some(Outcome::Failed(m)) if m.contains("lost its worker"))
     );
 }
+
+#[test]
+fn join_finds_only_actions_in_flight() {
+    let (mut s, _) = sched(SchedConfig::default());
+    let w = s.worker_connect(1, linux());
+    assert_eq!(s.join(&key(1)), None, "nothing in flight yet");
+    let (a, _) = s.submit(key(1), linux(), 0, 1).expect("submit");
+    assert_eq!(s.join(&key(1)), Some(a));
+    assert_eq!(s.get(a).expect("op").waiters, 2);
+    assert_eq!(s.join(&key(2)), None);
+    s.next_assignments();
+    assert_eq!(s.join(&key(1)), Some(a), "running actions are joined too");
+    assert!(s.complete(a, w, "ok"));
+    assert_eq!(s.join(&key(1)), None, "a completed action is not joined");
+}

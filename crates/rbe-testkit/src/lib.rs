@@ -210,6 +210,16 @@ impl Stack {
 
     /// Starts with extra casd TOML.
     pub async fn start_with(casd_dropin: &str) -> Stack {
+        Self::start_configured(casd_dropin, "", "").await
+    }
+
+    /// Starts with extra TOML for each daemon (written as
+    /// `config/<daemon>.toml.d/50-test.toml`).
+    pub async fn start_configured(
+        casd_dropin: &str,
+        frontend_dropin: &str,
+        workerd_dropin: &str,
+    ) -> Stack {
         let tmp = tempfile::Builder::new()
             .prefix("rbe-test-")
             .tempdir()
@@ -219,6 +229,11 @@ impl Stack {
         casd.layout
             .write_configs(&addr, "1GiB")
             .expect("write config");
+        for (daemon, dropin) in [("frontend", frontend_dropin), ("workerd", workerd_dropin)] {
+            let d = casd.layout.config_dir.join(format!("{daemon}.toml.d"));
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join("50-test.toml"), dropin).expect("dropin");
+        }
         let mut child = Command::new(bin("rbe-frontend"))
             .arg("--config-dir")
             .arg(&casd.layout.config_dir)
@@ -230,19 +245,35 @@ impl Stack {
             .expect("uri")
             .connect_lazy();
         wait_healthy(ch, &mut child, "rbe-frontend").await;
-        let workerd = Command::new(bin("rbe-workerd"))
-            .arg("--config-dir")
-            .arg(&casd.layout.config_dir)
-            .stdin(Stdio::null())
-            .stderr(log_file(tmp.path(), "workerd"))
-            .spawn()
-            .expect("spawn rbe-workerd");
-        Stack {
+        let mut stack = Stack {
             tmp,
             casd,
             frontend: Some(child),
-            workerd: Some(workerd),
+            workerd: None,
             addr,
+        };
+        stack.start_workerd();
+        stack
+    }
+
+    /// Starts rbe-workerd (again, after [`Stack::kill_workerd`]).
+    pub fn start_workerd(&mut self) {
+        assert!(self.workerd.is_none(), "rbe-workerd is already running");
+        let workerd = Command::new(bin("rbe-workerd"))
+            .arg("--config-dir")
+            .arg(&self.casd.layout.config_dir)
+            .stdin(Stdio::null())
+            .stderr(log_file(self.tmp.path(), "workerd"))
+            .spawn()
+            .expect("spawn rbe-workerd");
+        self.workerd = Some(workerd);
+    }
+
+    /// SIGKILLs rbe-workerd (this stack's own, by pid) and reaps it.
+    pub fn kill_workerd(&mut self) {
+        if let Some(mut c) = self.workerd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 

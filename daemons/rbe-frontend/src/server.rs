@@ -86,9 +86,12 @@ pub async fn run(
                 .max_encoding_message_size(max_message),
         )
         .add_service(
-            ActionCacheServer::new(cas::AcProxy(upstream.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
+            ActionCacheServer::new(cas::AcProxy {
+                upstream: upstream.clone(),
+                recent: Arc::clone(&exec.recent),
+            })
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message),
         )
         .add_service(
             ByteStreamServer::new(ByteStreamProxy(upstream.clone()))
@@ -160,6 +163,9 @@ pub async fn run(
         }
     }
     watchdog.abort();
+    // Results already reported to clients are written to the action cache
+    // in the background; give the last ones a moment to land.
+    exec.recent.drain(Duration::from_secs(5)).await;
     tracing::info!("rbe-frontend stopped");
     Ok(())
 }
@@ -178,8 +184,12 @@ async fn heartbeat(shutdown: CancellationToken, exec: Arc<crate::exec::Exec>) {
         exec.tick();
         let c = exec.sched.lock().counts();
         rbe_systemd::notify_status(&format!(
-            "{} queued, {} running, {} workers, {} free slots",
-            c.queued, c.executing, c.workers, c.free_slots
+            "{} queued, {} running, {} workers, {} free slots, {} results being cached",
+            c.queued,
+            c.executing,
+            c.workers,
+            c.free_slots,
+            exec.recent.pending()
         ));
     }
 }

@@ -1,4 +1,9 @@
 //! The Execution service: Execute and WaitExecution.
+//!
+//! Before an action is queued: join the identical action in flight, or
+//! answer from the results whose action-cache write is still landing; else
+//! the action-cache lookup and the Action read run together, then the
+//! Command is read (two casd round trips in sequence, at most).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use rbe_sched::{ActionKey, OpId, Platform, SchedError};
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Request, Response, Status};
 
-use super::{operation, Exec, OpInfo, Snapshot};
+use super::{new_operation_name, operation, Exec, OpInfo, Snapshot};
 
 type OpStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
 
@@ -87,7 +92,9 @@ fn platform_of(action: &Action, command: &Command) -> Platform {
 impl ExecutionService {
     /// A stream of snapshots of `id`, ending after the completed one. When
     /// the client goes away, it stops waiting (the last waiter leaving
-    /// cancels the operation).
+    /// cancels the operation). With `cache_checked`, a CACHE_CHECK
+    /// operation comes first: the lookup is over by then, but REAPI clients
+    /// expect to see the stages in order.
     fn stream(
         &self,
         id: OpId,
@@ -95,10 +102,23 @@ impl ExecutionService {
         name: String,
         digest: reapi::Digest,
         function: i32,
+        cache_checked: bool,
     ) -> OpStream {
         let (tx, out) = mpsc::channel(4);
         let exec = Arc::clone(&self.0);
         tokio::spawn(async move {
+            let checked = Snapshot {
+                stage: execution_stage::Value::CacheCheck as i32,
+                response: None,
+            };
+            let first = cache_checked.then(|| operation(&name, &digest, function, &checked));
+            if let Some(op) = first {
+                if tx.send(Ok(op)).await.is_err() {
+                    let effect = exec.sched.lock().remove_waiter(id);
+                    exec.apply_cancel(id, effect);
+                    return;
+                }
+            }
             loop {
                 let snap = rx.borrow_and_update().clone();
                 let done = snap.response.is_some();
@@ -123,6 +143,23 @@ impl ExecutionService {
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
     }
 
+    /// Streams the operation `id` that this request joined.
+    fn joined(&self, id: OpId) -> Result<OpStream, Status> {
+        let (rx, name, digest, function) = {
+            let ops = self.0.ops.lock();
+            let o = ops
+                .get(&id)
+                .ok_or_else(|| Status::internal("operation vanished"))?;
+            (
+                o.watch.subscribe(),
+                o.name.clone(),
+                o.action_digest.clone(),
+                o.digest_function,
+            )
+        };
+        Ok(self.stream(id, rx, name, digest, function, false))
+    }
+
     fn done_stream(
         name: String,
         digest: reapi::Digest,
@@ -136,6 +173,81 @@ impl ExecutionService {
         Box::pin(futures::stream::once(async move {
             Ok(operation(&name, &digest, function, &snap))
         }))
+    }
+
+    /// Answers with a cache hit, recorded as a completed operation.
+    fn hit(
+        &self,
+        key: ActionKey,
+        ad: &Digest,
+        invocation: &str,
+        result: reapi::ActionResult,
+    ) -> OpStream {
+        tracing::debug!(action_digest = %ad, invocation_id = %invocation, "action cache hit");
+        let resp = ExecuteResponse {
+            result: Some(result),
+            cached_result: true,
+            status: Some(super::rpc_status(Code::Ok, "")),
+            ..Default::default()
+        };
+        let (digest, function) = (ad.to_reapi(), ad.function.to_reapi());
+        let name = self
+            .0
+            .record_hit(key, digest.clone(), function, invocation, resp.clone());
+        Self::done_stream(name, digest, function, resp)
+    }
+}
+
+/// The action-cache lookup: `Some` on a hit, `None` on a miss.
+async fn lookup(
+    exec: &Exec,
+    instance: &str,
+    ad: &Digest,
+) -> Result<Option<reapi::ActionResult>, Status> {
+    let get = reapi::GetActionResultRequest {
+        instance_name: instance.to_string(),
+        action_digest: Some(ad.to_reapi()),
+        inline_stdout: false,
+        inline_stderr: false,
+        inline_output_files: vec![],
+        digest_function: ad.function.to_reapi(),
+    };
+    match exec.upstream.ac().get_action_result(get).await {
+        Ok(r) => Ok(Some(r.into_inner())),
+        Err(e) if e.code() == Code::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The effective timeout in seconds: the Action's, else the default; above
+/// the maximum is refused.
+fn timeout_of(action: &Action, s: &rbe_config::Execution) -> Result<u64, Status> {
+    match action.timeout.as_ref() {
+        None => Ok(s.default_timeout_secs),
+        Some(t) if t.seconds < 0 || t.nanos < 0 => {
+            Err(Status::invalid_argument("action timeout is negative"))
+        }
+        Some(t) if t.seconds == 0 && t.nanos == 0 => Ok(s.default_timeout_secs),
+        Some(t) => {
+            let secs = t.seconds as u64 + u64::from(t.nanos > 0);
+            if secs > s.max_timeout_secs {
+                return Err(Status::invalid_argument(format!(
+                    "action timeout {secs} s exceeds this server's maximum of {} s",
+                    s.max_timeout_secs
+                )));
+            }
+            Ok(secs)
+        }
+    }
+}
+
+fn sched_status(e: SchedError) -> Status {
+    match e {
+        SchedError::QueueFull { retry_after, .. } => {
+            rbe_proto::status::exhausted_retry(e.to_string(), retry_after)
+        }
+        SchedError::NoMatchingWorker { .. } => Status::failed_precondition(e.to_string()),
+        SchedError::UnknownOperation(_) => Status::internal(e.to_string()),
     }
 }
 
@@ -157,95 +269,49 @@ impl Execution for ExecutionService {
         let ad = Digest::from_reapi_opt(f, req.action_digest.as_ref())
             .map_err(|e| Status::invalid_argument(format!("action_digest: {e}")))?;
         let exec = &self.0;
+        let instance = req.instance_name.clone();
+        let shared_key = super::results::action_key(&instance, &ad);
+        let use_cache = !req.skip_cache_lookup;
 
-        if !req.skip_cache_lookup {
-            let get = reapi::GetActionResultRequest {
-                instance_name: req.instance_name.clone(),
-                action_digest: Some(ad.to_reapi()),
-                inline_stdout: false,
-                inline_stderr: false,
-                inline_output_files: vec![],
-                digest_function: f.to_reapi(),
-            };
-            match exec.upstream.ac().get_action_result(get).await {
-                Ok(r) => {
-                    tracing::info!(action_digest = %ad, invocation_id = %invocation, "action cache hit");
-                    let resp = ExecuteResponse {
-                        result: Some(r.into_inner()),
-                        cached_result: true,
-                        status: Some(super::rpc_status(Code::Ok, "")),
-                        ..Default::default()
-                    };
-                    let name = format!("operations/{}", uuid::Uuid::new_v4());
-                    // Recorded like any operation, so GetOperation and
-                    // WaitExecution find it until it expires.
-                    {
-                        let key = ActionKey {
-                            instance: req.instance_name.clone(),
-                            action: format!("{}:{ad}", f.name()),
-                        };
-                        let mut sched = exec.sched.lock();
-                        let id = sched.record_completed(key, Arc::new(Assignment::default()));
-                        let (tx, _) = watch::channel(Snapshot {
-                            stage: execution_stage::Value::Completed as i32,
-                            response: Some(resp.clone()),
-                        });
-                        exec.ops.lock().insert(
-                            id,
-                            OpInfo {
-                                name: name.clone(),
-                                action_digest: ad.to_reapi(),
-                                digest_function: f.to_reapi(),
-                                instance: req.instance_name.clone(),
-                                do_not_cache: false,
-                                watch: tx,
-                            },
-                        );
-                        exec.names.lock().insert(name.clone(), id);
-                    }
-                    return Ok(Response::new(Self::done_stream(
-                        name,
-                        ad.to_reapi(),
-                        f.to_reapi(),
-                        resp,
-                    )));
-                }
-                Err(e) if e.code() == Code::NotFound => {}
-                Err(e) => return Err(e),
+        // The identical action in flight, or just finished: nothing to read.
+        // (A do_not_cache action is never found: its key is unique.)
+        let in_flight = exec.sched.lock().join(&shared_key);
+        if let Some(id) = in_flight {
+            return Ok(Response::new(self.joined(id)?));
+        }
+        if use_cache {
+            if let Some(r) = exec.recent.get(&shared_key) {
+                return Ok(Response::new(self.hit(shared_key, &ad, &invocation, r)));
             }
         }
 
-        let action_bytes = fetch(exec, &req.instance_name, &ad, "action").await?;
+        let (cached, action_bytes) = tokio::join!(
+            async {
+                if use_cache {
+                    lookup(exec, &instance, &ad).await
+                } else {
+                    Ok(None)
+                }
+            },
+            fetch(exec, &instance, &ad, "action")
+        );
+        if let Some(r) = cached? {
+            return Ok(Response::new(self.hit(shared_key, &ad, &invocation, r)));
+        }
+        let action_bytes = action_bytes?;
         let action = Action::decode(action_bytes.as_slice())
             .map_err(|e| Status::invalid_argument(format!("action {ad} is not an Action: {e}")))?;
         let cd = Digest::from_reapi_opt(f, action.command_digest.as_ref())
             .map_err(|e| Status::invalid_argument(format!("command_digest: {e}")))?;
         Digest::from_reapi_opt(f, action.input_root_digest.as_ref())
             .map_err(|e| Status::invalid_argument(format!("input_root_digest: {e}")))?;
-        let command_bytes = fetch(exec, &req.instance_name, &cd, "command").await?;
+        let command_bytes = fetch(exec, &instance, &cd, "command").await?;
         let command = Command::decode(command_bytes.as_slice())
             .map_err(|e| Status::invalid_argument(format!("command {cd} is not a Command: {e}")))?;
         if command.arguments.is_empty() {
             return Err(Status::invalid_argument("command has no arguments"));
         }
-        let s = &exec.settings;
-        let timeout = match action.timeout.as_ref() {
-            None => s.default_timeout_secs,
-            Some(t) if t.seconds < 0 || t.nanos < 0 => {
-                return Err(Status::invalid_argument("action timeout is negative"))
-            }
-            Some(t) if t.seconds == 0 && t.nanos == 0 => s.default_timeout_secs,
-            Some(t) => {
-                let secs = t.seconds as u64 + u64::from(t.nanos > 0);
-                if secs > s.max_timeout_secs {
-                    return Err(Status::invalid_argument(format!(
-                        "action timeout {secs} s exceeds this server's maximum of {} s",
-                        s.max_timeout_secs
-                    )));
-                }
-                secs
-            }
-        };
+        let timeout = timeout_of(&action, &exec.settings)?;
         let priority = req
             .execution_policy
             .as_ref()
@@ -256,11 +322,11 @@ impl Execution for ExecutionService {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
-        let name = format!("operations/{}", uuid::Uuid::new_v4());
+        let name = new_operation_name(&instance);
         let assignment = Arc::new(Assignment {
             id: 0,
             operation: name.clone(),
-            instance_name: req.instance_name.clone(),
+            instance_name: instance.clone(),
             digest_function: f.to_reapi(),
             action_hash: ad.hex(),
             action_size: ad.size as i64,
@@ -272,63 +338,65 @@ impl Execution for ExecutionService {
         });
         // REAPI: requests for a do_not_cache action must not be merged, so
         // such a key is unique to this request.
-        let key = ActionKey {
-            instance: req.instance_name.clone(),
-            action: if action.do_not_cache {
-                format!("{}:{ad}:{name}", f.name())
-            } else {
-                format!("{}:{ad}", f.name())
-            },
+        let key = if action.do_not_cache {
+            ActionKey {
+                instance: instance.clone(),
+                action: format!("{}:{ad}:{name}", f.name()),
+            }
+        } else {
+            shared_key.clone()
         };
         // Submitting and registering under one lock, so a concurrent
-        // identical request finds the operation's watch.
-        let (id, rx, op_name) = {
+        // identical request finds the operation's watch. The recent results
+        // are checked under it too: the action may have completed while this
+        // request was reading, before its action-cache write landed.
+        let submitted = {
             let mut sched = exec.sched.lock();
-            let (id, new) =
-                sched
-                    .submit(key, platform, priority, assignment)
-                    .map_err(|e| match e {
-                        SchedError::QueueFull { retry_after, .. } => {
-                            rbe_proto::status::exhausted_retry(e.to_string(), retry_after)
-                        }
-                        SchedError::NoMatchingWorker { .. } => {
-                            Status::failed_precondition(e.to_string())
-                        }
-                        SchedError::UnknownOperation(_) => Status::internal(e.to_string()),
-                    })?;
-            let mut ops = exec.ops.lock();
-            if new {
-                let (tx, _) = watch::channel(Snapshot {
-                    stage: execution_stage::Value::Queued as i32,
-                    response: None,
-                });
-                ops.insert(
-                    id,
-                    OpInfo {
-                        name: name.clone(),
-                        action_digest: ad.to_reapi(),
-                        digest_function: f.to_reapi(),
-                        instance: req.instance_name.clone(),
-                        do_not_cache: action.do_not_cache,
-                        watch: tx,
-                    },
-                );
-                exec.names.lock().insert(name.clone(), id);
+            let recent = if use_cache && !action.do_not_cache {
+                exec.recent.get(&shared_key)
+            } else {
+                None
+            };
+            match recent {
+                Some(r) => Err(r),
+                None => {
+                    let (id, new) = sched
+                        .submit(key, platform, priority, assignment)
+                        .map_err(sched_status)?;
+                    if new {
+                        let (tx, rx) = watch::channel(Snapshot {
+                            stage: execution_stage::Value::Queued as i32,
+                            response: None,
+                        });
+                        exec.register(
+                            id,
+                            OpInfo {
+                                name: name.clone(),
+                                action_digest: ad.to_reapi(),
+                                digest_function: f.to_reapi(),
+                                instance: instance.clone(),
+                                do_not_cache: action.do_not_cache,
+                                invocation_id: invocation.clone(),
+                                watch: tx,
+                            },
+                        );
+                        Ok((id, Some(rx)))
+                    } else {
+                        Ok((id, None))
+                    }
+                }
             }
-            let info = ops
-                .get(&id)
-                .ok_or_else(|| Status::internal("operation vanished"))?;
-            (id, info.watch.subscribe(), info.name.clone())
         };
-        tracing::info!(action_digest = %ad, operation = %op_name, invocation_id = %invocation, "action queued");
-        exec.dispatch();
-        Ok(Response::new(self.stream(
-            id,
-            rx,
-            op_name,
-            ad.to_reapi(),
-            f.to_reapi(),
-        )))
+        let stream = match submitted {
+            Err(r) => self.hit(shared_key, &ad, &invocation, r),
+            Ok((id, None)) => self.joined(id)?,
+            Ok((id, Some(rx))) => {
+                tracing::debug!(action_digest = %ad, operation = %name, invocation_id = %invocation, "action queued");
+                exec.dispatch();
+                self.stream(id, rx, name, ad.to_reapi(), f.to_reapi(), use_cache)
+            }
+        };
+        Ok(Response::new(stream))
     }
 
     type WaitExecutionStream = OpStream;
@@ -357,6 +425,8 @@ impl Execution for ExecutionService {
                 o.digest_function,
             )
         };
-        Ok(Response::new(self.stream(id, rx, name, digest, function)))
+        Ok(Response::new(
+            self.stream(id, rx, name, digest, function, false),
+        ))
     }
 }

@@ -47,7 +47,13 @@ impl WorkerHub for HubService {
         let w = {
             let mut sched = exec.sched.lock();
             let w = sched.worker_connect(hello.slots, platform.clone());
-            exec.workers.lock().insert(w, tx);
+            exec.workers.lock().insert(
+                w,
+                super::WorkerLink {
+                    tx,
+                    name: hello.worker_name.clone(),
+                },
+            );
             w
         };
         tracing::info!(worker = w, name = %hello.worker_name, slots = hello.slots, platform = %platform, "worker attached");
@@ -57,7 +63,7 @@ impl WorkerHub for HubService {
                 match m {
                     Ok(WorkerMessage {
                         kind: Some(worker_message::Kind::Finished(f)),
-                    }) => exec.finished(w, f).await,
+                    }) => exec.finished(w, f),
                     Ok(_) => tracing::warn!(worker = w, "unexpected message from worker ignored"),
                     Err(e) => {
                         tracing::info!(worker = w, error = %e, "worker stream ended");
@@ -71,6 +77,9 @@ impl WorkerHub for HubService {
                 sched.worker_disconnect(w)
             };
             tracing::info!(worker = w, requeued = requeued.len(), "worker detached");
+            for id in requeued {
+                exec.set_stage(id, rbe_proto::reapi::execution_stage::Value::Queued);
+            }
             exec.complete_given_up();
             exec.dispatch();
         });

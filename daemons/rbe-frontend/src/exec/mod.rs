@@ -6,11 +6,17 @@
 //! Execute/WaitExecution streams and WaitOperation read from it. Scheduler
 //! decisions are carried out here: assignments are sent to workers,
 //! cancellations become Cancel messages, results become ExecuteResponses and
-//! (exit 0, cacheable) action-cache entries.
+//! (exit 0, cacheable) action-cache entries, written in the background by
+//! [`results`].
+//!
+//! Operation names carry their instance, `{instance}/operations/{uuid}`
+//! (`operations/{uuid}` for the empty instance), so a name only ever finds
+//! an operation of the instance it names.
 
 pub mod execution;
 pub mod hub;
 pub mod operations;
+pub mod results;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,10 +31,13 @@ use rbe_proto::reapi::{
 };
 use rbe_proto::wkt::Any;
 use rbe_proto::worker::{hub_message, Assignment, Cancel, Finished, HubMessage};
-use rbe_sched::{CancelEffect, OpId, Outcome, SchedConfig, Scheduler, SystemClock, WorkerId};
+use rbe_sched::{
+    ActionKey, CancelEffect, OpId, Outcome, SchedConfig, Scheduler, SystemClock, WorkerId,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::proxy::Upstream;
+use results::RecentResults;
 
 /// What a client sees of an operation at one moment.
 #[derive(Clone, Debug)]
@@ -46,17 +55,46 @@ pub struct OpInfo {
     pub digest_function: i32,
     pub instance: String,
     pub do_not_cache: bool,
+    pub invocation_id: String,
     pub watch: watch::Sender<Snapshot>,
+}
+
+/// A connected worker: where its messages go, and its name for log lines.
+pub struct WorkerLink {
+    pub tx: mpsc::UnboundedSender<HubMessage>,
+    pub name: String,
 }
 
 /// The execution state shared by the services.
 pub struct Exec {
-    pub sched: Mutex<Scheduler<Arc<Assignment>, Finished>>,
+    /// The scheduler keeps no results: the watch channels hold them.
+    pub sched: Mutex<Scheduler<Arc<Assignment>, ()>>,
     pub ops: Mutex<HashMap<OpId, OpInfo>>,
     pub names: Mutex<HashMap<String, OpId>>,
-    pub workers: Mutex<HashMap<WorkerId, mpsc::UnboundedSender<HubMessage>>>,
+    pub workers: Mutex<HashMap<WorkerId, WorkerLink>>,
+    /// Results not yet (or only just) in the action cache.
+    pub recent: Arc<RecentResults>,
     pub upstream: Upstream,
     pub settings: ExecSettings,
+}
+
+/// A fresh operation name for `instance`, as REAPI suggests.
+pub fn new_operation_name(instance: &str) -> String {
+    let id = uuid::Uuid::new_v4();
+    if instance.is_empty() {
+        format!("operations/{id}")
+    } else {
+        format!("{instance}/operations/{id}")
+    }
+}
+
+/// The instance an operation name belongs to: what precedes its
+/// `operations` segment (a reserved word, never part of an instance name).
+pub fn instance_of_name(name: &str) -> Option<&str> {
+    if name.starts_with("operations/") {
+        return Some("");
+    }
+    name.split_once("/operations/").map(|(i, _)| i)
 }
 
 const METADATA_TYPE: &str =
@@ -116,9 +154,53 @@ impl Exec {
             ops: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
+            recent: Arc::new(RecentResults::start(upstream.clone())),
             upstream,
             settings,
         })
+    }
+
+    /// Makes an operation visible to the Operations service and WaitExecution.
+    fn register(&self, id: OpId, info: OpInfo) {
+        // Lock order: sched, ops, names.
+        let mut ops = self.ops.lock();
+        self.names.lock().insert(info.name.clone(), id);
+        ops.insert(id, info);
+    }
+
+    /// Records an action-cache hit as a completed operation (so GetOperation
+    /// and WaitExecution find it until it expires) and returns its name.
+    pub fn record_hit(
+        &self,
+        key: ActionKey,
+        action_digest: reapi::Digest,
+        digest_function: i32,
+        invocation_id: &str,
+        response: ExecuteResponse,
+    ) -> String {
+        let name = new_operation_name(&key.instance);
+        let instance = key.instance.clone();
+        let id = self
+            .sched
+            .lock()
+            .record_completed(key, Arc::new(Assignment::default()));
+        let (tx, _) = watch::channel(Snapshot {
+            stage: execution_stage::Value::Completed as i32,
+            response: Some(response),
+        });
+        self.register(
+            id,
+            OpInfo {
+                name: name.clone(),
+                action_digest,
+                digest_function,
+                instance,
+                do_not_cache: false,
+                invocation_id: invocation_id.to_string(),
+                watch: tx,
+            },
+        );
+        name
     }
 
     /// Sends every possible assignment to its worker.
@@ -131,8 +213,8 @@ impl Exec {
         for a in assignments {
             let mut msg = (*a.payload).clone();
             msg.id = a.op;
-            let sent = self.workers.lock().get(&a.worker).is_some_and(|tx| {
-                tx.send(HubMessage {
+            let sent = self.workers.lock().get(&a.worker).is_some_and(|l| {
+                l.tx.send(HubMessage {
                     kind: Some(hub_message::Kind::Assign(msg)),
                 })
                 .is_ok()
@@ -143,7 +225,7 @@ impl Exec {
         for (a, sent) in sent_ops {
             if sent {
                 self.set_stage(a.op, execution_stage::Value::Executing);
-                tracing::info!(operation = %self.op_name(a.op), worker = a.worker, queued_ms = a.queued_for.as_millis() as u64, "action assigned");
+                tracing::debug!(operation = %self.op_name(a.op), worker = a.worker, queued_ms = a.queued_for.as_millis() as u64, "action assigned");
             }
             // If the send failed the worker's stream is closing; its
             // disconnect re-queues the operation.
@@ -158,7 +240,9 @@ impl Exec {
             .unwrap_or_default()
     }
 
-    fn set_stage(&self, id: OpId, stage: execution_stage::Value) {
+    /// Shows `stage` to the operation's waiters (back to QUEUED too, when
+    /// its worker was lost), unless it is done.
+    pub fn set_stage(&self, id: OpId, stage: execution_stage::Value) {
         if let Some(o) = self.ops.lock().get(&id) {
             o.watch.send_modify(|s| {
                 if s.response.is_none() {
@@ -184,8 +268,8 @@ impl Exec {
             return;
         }
         if let CancelEffect::Kill(w) = effect {
-            if let Some(tx) = self.workers.lock().get(&w) {
-                let _ = tx.send(HubMessage {
+            if let Some(l) = self.workers.lock().get(&w) {
+                let _ = l.tx.send(HubMessage {
                     kind: Some(hub_message::Kind::Cancel(Cancel { id })),
                 });
             }
@@ -200,19 +284,55 @@ impl Exec {
         );
     }
 
-    /// A worker finished an assignment.
-    pub async fn finished(&self, w: WorkerId, f: Finished) {
+    /// A worker finished an assignment. Nothing here waits: the waiters are
+    /// answered at once and the action-cache write is queued to
+    /// [`RecentResults`], so the worker's next report is handled right away.
+    pub fn finished(&self, w: WorkerId, f: Finished) {
         let id = f.id;
-        let accepted = self.sched.lock().complete(id, w, f.clone());
-        self.dispatch();
-        if !accepted {
-            return; // cancelled or re-queued meanwhile
-        }
         let result = if f.action_result.is_empty() {
             None
         } else {
             ActionResult::decode(f.action_result.as_slice()).ok()
         };
+        let cacheable = f.code == 0 && result.as_ref().is_some_and(|r| r.exit_code == 0);
+        let info = {
+            let mut sched = self.sched.lock();
+            let key = sched.get(id).map(|v| v.key.clone());
+            if !sched.complete(id, w, ()) {
+                drop(sched);
+                self.dispatch();
+                return; // cancelled or re-queued meanwhile
+            }
+            let ops = self.ops.lock();
+            let Some(o) = ops.get(&id) else {
+                drop((ops, sched));
+                self.dispatch();
+                return;
+            };
+            // Still under the scheduler lock: an identical request sees the
+            // action either in flight or among the recent results.
+            if let (true, false, Some(key), Some(ar)) =
+                (cacheable, o.do_not_cache, key, result.as_ref())
+            {
+                self.recent.put(
+                    key,
+                    o.name.clone(),
+                    reapi::UpdateActionResultRequest {
+                        instance_name: o.instance.clone(),
+                        action_digest: Some(o.action_digest.clone()),
+                        action_result: Some(ar.clone()),
+                        results_cache_policy: None,
+                        digest_function: o.digest_function,
+                    },
+                );
+            }
+            (
+                o.name.clone(),
+                o.action_digest.clone(),
+                o.invocation_id.clone(),
+            )
+        };
+        self.dispatch();
         // An action that ran (OK) may still carry the worker's note about
         // it (OOM kill, task limit): that goes to ExecuteResponse.message.
         let ran = f.code == 0;
@@ -239,29 +359,13 @@ impl Exec {
                 value: pf.encode_to_vec(),
             });
         }
-        let (instance, digest, function, do_not_cache) = match self.ops.lock().get(&id) {
-            Some(o) => (
-                o.instance.clone(),
-                o.action_digest.clone(),
-                o.digest_function,
-                o.do_not_cache,
-            ),
-            None => return,
-        };
-        if let Some(ar) = result.as_ref() {
-            if f.code == 0 && ar.exit_code == 0 && !do_not_cache {
-                let req = reapi::UpdateActionResultRequest {
-                    instance_name: instance,
-                    action_digest: Some(digest),
-                    action_result: Some(ar.clone()),
-                    results_cache_policy: None,
-                    digest_function: function,
-                };
-                if let Err(e) = self.upstream.ac().update_action_result(req).await {
-                    tracing::warn!(operation = %self.op_name(id), error = %e, "could not store the action result");
-                }
-            }
-        }
+        let worker_name = self
+            .workers
+            .lock()
+            .get(&w)
+            .map(|l| l.name.clone())
+            .unwrap_or_default();
+        log_completed((w, &worker_name), &info, f.code, result.as_ref());
         let message = if ran && !f.message.is_empty() {
             f.message.clone()
         } else if f.oom_killed {
@@ -361,10 +465,77 @@ impl Exec {
                 names.remove(&o.name);
             }
         }
+        drop((names, ops));
+        self.recent.expire();
     }
 
-    /// Looks an operation up by name.
+    /// Looks an operation up by name; it must be of the instance the name
+    /// carries.
     pub fn lookup(&self, name: &str) -> Option<OpId> {
-        self.names.lock().get(name).copied()
+        let id = *self.names.lock().get(name)?;
+        let instance = instance_of_name(name)?;
+        self.ops
+            .lock()
+            .get(&id)
+            .filter(|o| o.instance == instance)
+            .map(|_| id)
+    }
+}
+
+fn ms(d: Option<Duration>) -> u64 {
+    d.map_or(0, |d| d.as_millis() as u64)
+}
+
+fn between(
+    a: Option<&rbe_proto::wkt::Timestamp>,
+    b: Option<&rbe_proto::wkt::Timestamp>,
+) -> Option<Duration> {
+    let us = |t: &rbe_proto::wkt::Timestamp| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000;
+    let d = us(b?) - us(a?);
+    u64::try_from(d).ok().map(Duration::from_micros)
+}
+
+/// The one INFO line per executed action an operator reads; field names as
+/// in rbe-workerd's "action finished" line.
+fn log_completed(
+    (w, worker_name): (WorkerId, &str),
+    (operation, digest, invocation): &(String, reapi::Digest, String),
+    code: i32,
+    result: Option<&ActionResult>,
+) {
+    let md = result.and_then(|r| r.execution_metadata.as_ref());
+    let span =
+        |a: fn(&reapi::ExecutedActionMetadata) -> Option<&rbe_proto::wkt::Timestamp>,
+         b: fn(&reapi::ExecutedActionMetadata) -> Option<&rbe_proto::wkt::Timestamp>| {
+            md.and_then(|m| between(a(m), b(m)))
+        };
+    tracing::info!(
+        operation = %operation,
+        action_digest = %format_args!("{}/{}", digest.hash, digest.size_bytes),
+        invocation_id = %invocation,
+        worker = w,
+        worker_name = worker_name,
+        code = code,
+        exit_code = result.map_or(-1, |r| r.exit_code),
+        queued_ms = ms(span(|m| m.queued_timestamp.as_ref(), |m| m.worker_start_timestamp.as_ref())),
+        execution_ms = ms(span(|m| m.execution_start_timestamp.as_ref(), |m| m.execution_completed_timestamp.as_ref())),
+        worker_ms = ms(span(|m| m.worker_start_timestamp.as_ref(), |m| m.worker_completed_timestamp.as_ref())),
+        "action completed"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_names_carry_their_instance() {
+        let n = new_operation_name("");
+        assert!(n.starts_with("operations/"), "{n}");
+        assert_eq!(instance_of_name(&n), Some(""));
+        let n = new_operation_name("a/b");
+        assert!(n.starts_with("a/b/operations/"), "{n}");
+        assert_eq!(instance_of_name(&n), Some("a/b"));
+        assert_eq!(instance_of_name("nonsense"), None);
     }
 }

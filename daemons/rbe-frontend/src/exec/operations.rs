@@ -1,4 +1,9 @@
 //! google.longrunning.Operations over execution operations.
+//!
+//! Every call sees only the operations of one instance: the one its
+//! operation name carries (`{instance}/operations/{uuid}`), or for
+//! ListOperations the one `name` gives (`{instance}/operations` or
+//! `{instance}`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +21,13 @@ use super::{operation, Exec};
 /// The Operations service.
 pub struct OperationsService(pub Arc<Exec>);
 
+fn unknown(name: &str) -> Status {
+    Status::not_found(format!("operation {name:?} is unknown or has expired"))
+}
+
 impl OperationsService {
     fn current(&self, name: &str) -> Result<Operation, Status> {
-        let id = self.0.lookup(name).ok_or_else(|| {
-            Status::not_found(format!("operation {name:?} is unknown or has expired"))
-        })?;
+        let id = self.0.lookup(name).ok_or_else(|| unknown(name))?;
         let ops = self.0.ops.lock();
         let o = ops
             .get(&id)
@@ -54,8 +61,18 @@ impl Operations for OperationsService {
         } else {
             (req.page_size as usize).min(10_000)
         };
-        let ids = self.0.sched.lock().ids();
+        let instance = match req.name.as_str() {
+            "operations" => "",
+            n => n.strip_suffix("/operations").unwrap_or(n),
+        };
+        rbe_proto::resource::validate_instance(instance)
+            .map_err(|r| Status::invalid_argument(format!("instance name {instance:?}: {r}")))?;
+        let all = self.0.sched.lock().ids();
         let ops = self.0.ops.lock();
+        let ids: Vec<_> = all
+            .iter()
+            .filter(|id| ops.get(id).is_some_and(|o| o.instance == instance))
+            .collect();
         let operations: Vec<Operation> = ids
             .iter()
             .skip(skip)
@@ -111,9 +128,7 @@ impl Operations for OperationsService {
         req: Request<CancelOperationRequest>,
     ) -> Result<Response<Empty>, Status> {
         let name = req.into_inner().name;
-        let id = self.0.lookup(&name).ok_or_else(|| {
-            Status::not_found(format!("operation {name:?} is unknown or has expired"))
-        })?;
+        let id = self.0.lookup(&name).ok_or_else(|| unknown(&name))?;
         let effect = self
             .0
             .sched
@@ -130,12 +145,7 @@ impl Operations for OperationsService {
         req: Request<WaitOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
         let req = req.into_inner();
-        let id = self.0.lookup(&req.name).ok_or_else(|| {
-            Status::not_found(format!(
-                "operation {:?} is unknown or has expired",
-                req.name
-            ))
-        })?;
+        let id = self.0.lookup(&req.name).ok_or_else(|| unknown(&req.name))?;
         let mut rx = {
             let ops = self.0.ops.lock();
             ops.get(&id)

@@ -1,19 +1,27 @@
 //! Capabilities, CAS and action cache, forwarded.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use rbe_proto::reapi::{
     self, action_cache_server::ActionCache, capabilities_server::Capabilities,
     content_addressable_storage_server::ContentAddressableStorage,
 };
+use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
 use super::Upstream;
+use crate::exec::results::{action_key, RecentResults};
 
 pub struct CapabilitiesProxy(pub Upstream);
 pub struct CasProxy(pub Upstream);
-pub struct AcProxy(pub Upstream);
+pub struct AcProxy {
+    pub upstream: Upstream,
+    /// Results of executed actions whose write may still be on its way.
+    pub recent: Arc<RecentResults>,
+}
 
 #[tonic::async_trait]
 impl Capabilities for CapabilitiesProxy {
@@ -126,13 +134,27 @@ impl ActionCache for AcProxy {
         &self,
         req: Request<reapi::GetActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
-        self.0.ac().get_action_result(req.into_inner()).await
+        let req = req.into_inner();
+        // An action this frontend just executed: let its write land first,
+        // so a client that saw the result finds it cached. casd validates
+        // the request either way.
+        if let Ok(d) = DigestFunction::from_reapi(req.digest_function)
+            .map_err(|_| ())
+            .and_then(|f| Digest::from_reapi_opt(f, req.action_digest.as_ref()).map_err(|_| ()))
+        {
+            let key = action_key(&req.instance_name, &d);
+            self.recent.landed(&key, Duration::from_secs(5)).await;
+        }
+        self.upstream.ac().get_action_result(req).await
     }
 
     async fn update_action_result(
         &self,
         req: Request<reapi::UpdateActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
-        self.0.ac().update_action_result(req.into_inner()).await
+        self.upstream
+            .ac()
+            .update_action_result(req.into_inner())
+            .await
     }
 }
