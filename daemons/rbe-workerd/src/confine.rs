@@ -92,6 +92,15 @@ pub async fn connect(settings: &WorkerdSettings) -> anyhow::Result<Option<Scopes
     };
     match (connected, mode) {
         (Ok(s), _) => {
+            // Actions of an earlier worker process that died without
+            // stopping them (SIGKILL, a crash) are still running in their
+            // scopes, which a service restart does not touch.
+            match s.kill(&settings.scope.slice).await {
+                Ok(()) => {
+                    tracing::debug!(slice = %settings.scope.slice, "sent SIGKILL to whatever an earlier worker process left in the slice")
+                }
+                Err(e) => tracing::debug!(error = %e, "nothing left in the slice to kill"),
+            }
             tracing::info!(slice = %settings.scope.slice, "actions run in transient scopes");
             Ok(Some(s))
         }
