@@ -430,7 +430,8 @@ async fn deb_install_upgrade_remove_purge() {
     newer_debs(&inst, 3, "/root/up3");
     apt_install(&inst, "/root/up3");
     let (state, status) = (
-        inst.wait_prop("rbe-casd.service", "ActiveState", 30, |v| v == "failed"),
+        inst.wait_prop("rbe-casd.service", "ActiveState", 30, |v| v == "failed")
+            .0,
         inst.prop("rbe-casd.service", "ExecMainStatus"),
     );
     assert_eq!((state.as_str(), status.as_str()), ("failed", "78"));

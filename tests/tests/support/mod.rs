@@ -1,6 +1,8 @@
 //! A booted systemd instance from `tests/harness/sysbox` (see its README),
 //! for test files that need one. `Drop` takes the instance down, also when
 //! the test fails.
+// Each test binary that includes this module uses a different part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -133,19 +135,29 @@ impl Instance {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Waits until `prop` of `unit` satisfies `ok`, for at most `secs`.
+    /// `systemctl show` properties of a unit, as (key, value) pairs.
+    pub fn show(&self, unit: &str, props: &str) -> Vec<(String, String)> {
+        self.sh(&format!("systemctl show -p {props} {unit}"))
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Waits until `prop` of `unit` satisfies `ok`, for at most `secs`;
+    /// returns the value and the time it took.
     pub fn wait_prop(
         &self,
         unit: &str,
         prop: &str,
         secs: u64,
         ok: impl Fn(&str) -> bool,
-    ) -> String {
+    ) -> (String, Duration) {
         let t = Instant::now();
         loop {
             let v = self.prop(unit, prop);
             if ok(&v) {
-                return v;
+                return (v, t.elapsed());
             }
             assert!(
                 t.elapsed() < Duration::from_secs(secs),
