@@ -69,23 +69,27 @@ pub async fn serve(
 /// the same; this holds even when the mode is loosened by hand or the
 /// socket is handed on, and names who tried in the log.
 fn peer_allowed(s: &tokio::net::UnixStream) -> bool {
-    let Ok(cred) = rustix::net::sockopt::socket_peercred(s) else {
-        return false;
+    // nix, not rustix: a peer in another pid namespace (a client reaching
+    // the socket through /proc/PID/root, a container) has pid 0 here, which
+    // rustix's non-zero `Pid` cannot hold.
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let cred = match getsockopt(s, PeerCredentials) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "refused a local connection: SO_PEERCRED failed");
+            return false;
+        }
     };
-    let (uid, gid) = (cred.uid.as_raw(), cred.gid.as_raw());
+    let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
     let our_uid = rustix::process::geteuid().as_raw();
     let our_gid = rustix::process::getegid().as_raw();
-    if uid == 0
-        || uid == our_uid
-        || gid == our_gid
-        || in_group(cred.pid.as_raw_nonzero().get(), our_gid)
-    {
+    if uid == 0 || uid == our_uid || gid == our_gid || (pid > 0 && in_group(pid, our_gid)) {
         return true;
     }
     tracing::warn!(
         peer_uid = uid,
         peer_gid = gid,
-        peer_pid = cred.pid.as_raw_nonzero().get(),
+        peer_pid = pid,
         "refused a local connection: the peer is not root, this daemon's user or in its group"
     );
     false
