@@ -6,6 +6,7 @@
 //! manages it (PIDs are interpreted in systemd's pid namespace), so only
 //! the worker daemon, running as a unit, does this.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -77,6 +78,7 @@ pub enum ScopeError {
 #[derive(Debug, Clone)]
 pub struct Scopes {
     conn: zbus::Connection,
+    jobs: Jobs,
     slice: String,
     mounts: Mounts,
 }
@@ -91,8 +93,10 @@ impl Scopes {
             .await
             .map_err(|_| ScopeError::Connect("the system bus did not answer".into()))?
             .map_err(|e| ScopeError::Connect(e.to_string()))?;
+        let jobs = Jobs::listen(&conn).await?;
         let s = Scopes {
             conn,
+            jobs,
             slice: slice.to_owned(),
             mounts: Mounts::read(),
         };
@@ -160,22 +164,6 @@ impl Scopes {
         }
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
 
-        // Subscribed before the call, so the job's end cannot be missed.
-        let rule = zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .interface(MANAGER)
-            .and_then(|b| b.member("JobRemoved"))
-            .map(|b| b.build())
-            .map_err(|e| ScopeError::Call {
-                method: "AddMatch",
-                reason: e.to_string(),
-            })?;
-        let mut signals = zbus::MessageStream::for_match_rule(rule, &self.conn, Some(1024))
-            .await
-            .map_err(|e| ScopeError::Call {
-                method: "AddMatch",
-                reason: e.to_string(),
-            })?;
         let reply = self
             .call("StartTransientUnit", &(unit, "fail", props, aux))
             .await?;
@@ -183,22 +171,7 @@ impl Scopes {
             method: "StartTransientUnit",
             reason: e.to_string(),
         })?;
-        let wait = async {
-            while let Some(m) = signals.next().await {
-                let Ok(m) = m else { continue };
-                let Ok((_, path, _, result)) = m
-                    .body()
-                    .deserialize::<(u32, OwnedObjectPath, String, String)>()
-                else {
-                    continue;
-                };
-                if path == job {
-                    return Some(result);
-                }
-            }
-            None
-        };
-        let result = tokio::time::timeout(JOB_TIMEOUT, wait)
+        let result = tokio::time::timeout(JOB_TIMEOUT, self.jobs.wait(job))
             .await
             .map_err(|_| ScopeError::Timeout(unit.to_owned()))?
             .ok_or_else(|| ScopeError::Connect("the D-Bus connection closed".into()))?;
@@ -228,5 +201,95 @@ impl Scopes {
         self.call("KillUnit", &(unit, "all", libc::SIGKILL))
             .await
             .map(drop)
+    }
+}
+
+/// Ends of systemd jobs, from one `JobRemoved` subscription for the whole
+/// connection (a match rule per scope would add two bus round trips to
+/// every action). A job can end before its start call has returned, so
+/// ends nobody waits for yet are kept, a bounded number of them.
+#[derive(Debug, Clone)]
+struct Jobs {
+    inner: std::sync::Arc<std::sync::Mutex<JobsInner>>,
+}
+
+#[derive(Debug, Default)]
+struct JobsInner {
+    waiting: HashMap<OwnedObjectPath, tokio::sync::oneshot::Sender<String>>,
+    ended: HashMap<OwnedObjectPath, String>,
+    ended_order: VecDeque<OwnedObjectPath>,
+    closed: bool,
+}
+
+/// Job ends kept for a caller that has not asked yet (other clients' jobs
+/// on the system bus land here too).
+const KEEP_ENDED: usize = 4096;
+
+impl Jobs {
+    async fn listen(conn: &zbus::Connection) -> Result<Jobs, ScopeError> {
+        let add_match = |e: zbus::Error| ScopeError::Call {
+            method: "AddMatch",
+            reason: e.to_string(),
+        };
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface(MANAGER)
+            .and_then(|b| b.member("JobRemoved"))
+            .map(|b| b.build())
+            .map_err(add_match)?;
+        let mut signals = zbus::MessageStream::for_match_rule(rule, conn, Some(4096))
+            .await
+            .map_err(add_match)?;
+        let jobs = Jobs {
+            inner: std::sync::Arc::default(),
+        };
+        let inner = std::sync::Arc::clone(&jobs.inner);
+        tokio::spawn(async move {
+            while let Some(m) = signals.next().await {
+                let Ok(m) = m else { continue };
+                let Ok((_, path, _, result)) = m
+                    .body()
+                    .deserialize::<(u32, OwnedObjectPath, String, String)>()
+                else {
+                    continue;
+                };
+                let Ok(mut j) = inner.lock() else { return };
+                if let Some(tx) = j.waiting.remove(&path) {
+                    let _ = tx.send(result);
+                } else {
+                    if j.ended_order.len() >= KEEP_ENDED {
+                        if let Some(old) = j.ended_order.pop_front() {
+                            j.ended.remove(&old);
+                        }
+                    }
+                    j.ended_order.push_back(path.clone());
+                    j.ended.insert(path, result);
+                }
+            }
+            if let Ok(mut j) = inner.lock() {
+                j.closed = true;
+                j.waiting.clear();
+            }
+        });
+        Ok(jobs)
+    }
+
+    /// The result of `job` (`done`, `failed`, ...); `None` if the
+    /// connection closed.
+    async fn wait(&self, job: OwnedObjectPath) -> Option<String> {
+        let rx = {
+            let mut j = self.inner.lock().ok()?;
+            if let Some(r) = j.ended.remove(&job) {
+                j.ended_order.retain(|p| p != &job);
+                return Some(r);
+            }
+            if j.closed {
+                return None;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            j.waiting.insert(job, tx);
+            rx
+        };
+        rx.await.ok()
     }
 }
