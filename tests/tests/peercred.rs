@@ -14,8 +14,7 @@ fn answered_bytes(sock: &std::path::Path, uid: u32) -> usize {
 s=socket.socket(socket.AF_UNIX)\n\
 s.settimeout(5)\n\
 s.connect(sys.argv[1])\n\
-s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + bytes([0,0,0,4,0,0,0,0,0]))\n\
-try:\n    print(len(s.recv(65536)))\n\
+try:\n    s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + bytes([0,0,0,4,0,0,0,0,0]))\n    print(len(s.recv(65536)))\n\
 except OSError:\n    print(0)\n";
     let out = Command::new("setpriv")
         .args([
