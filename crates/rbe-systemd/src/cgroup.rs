@@ -53,11 +53,6 @@ impl Mounts {
         }
         m
     }
-
-    /// Whether memory is controlled by cgroup v1 (hybrid or legacy layout).
-    pub fn memory_is_v1(&self) -> bool {
-        self.v1.contains_key("memory")
-    }
 }
 
 /// The directories of one process's cgroups, per controller.
@@ -204,7 +199,7 @@ mod tests {
     #[test]
     fn hybrid_layout() {
         let m = Mounts::parse(HYBRID);
-        assert!(m.memory_is_v1());
+        assert!(m.v1.contains_key("memory"));
         let c = Cgroups::parse(
             "12:pids:/a.slice/x.scope\n6:memory:/a.slice/x.scope\n4:cpu:/a.slice/x.scope\n\
              1:name=systemd:/a.slice/x.scope\n0::/a.slice/x.scope\n",
@@ -228,7 +223,7 @@ mod tests {
     #[test]
     fn unified_layout() {
         let m = Mounts::parse(V2);
-        assert!(!m.memory_is_v1());
+        assert!(m.v1.is_empty());
         let c = Cgroups::parse("0::/a.slice/x.scope\n", &m);
         let want = Some(PathBuf::from("/sys/fs/cgroup/a.slice/x.scope"));
         assert_eq!((c.memory.clone(), c.pids.clone()), (want.clone(), want));

@@ -19,7 +19,7 @@ mod signals;
 pub use activation::{booted, take_listen_fds, under_systemd};
 pub use logging::init_logging;
 pub use notify::{
-    notify_ready, notify_reloading, notify_status, notify_stopping, notify_watchdog,
+    heartbeat, notify_ready, notify_reloading, notify_status, notify_stopping, notify_watchdog,
     watchdog_interval,
 };
 pub use signals::wait_for_shutdown_signal;

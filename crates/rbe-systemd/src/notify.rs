@@ -53,6 +53,26 @@ pub fn notify_watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
+/// Runs a daemon's heartbeat until `stop` completes: every tick (the
+/// watchdog interval, at most 5 s so `STATUS=` stays fresh) it pings the
+/// watchdog and calls `each` (the `STATUS=` line and other periodic work).
+/// Run it on the runtime that serves requests: a wedged runtime then stops
+/// the pings and systemd restarts the daemon.
+pub async fn heartbeat(stop: impl std::future::Future<Output = ()>, mut each: impl FnMut()) {
+    let tick = watchdog_interval()
+        .unwrap_or(Duration::from_secs(5))
+        .min(Duration::from_secs(5));
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(tick) => {}
+        }
+        notify_watchdog();
+        each();
+    }
+}
+
 /// How often to call [`notify_watchdog`]: half of `WATCHDOG_USEC`, so one
 /// late tick does not get the service killed. `None` when the watchdog is
 /// off or `WATCHDOG_PID` names another process.

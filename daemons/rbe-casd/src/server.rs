@@ -130,19 +130,8 @@ pub async fn run(
 
 /// Periodic work: STATUS= line, watchdog pings, expiring uploads and leases.
 async fn housekeeping(casd: Arc<Casd>, shutdown: CancellationToken) {
-    let watchdog = rbe_systemd::watchdog_interval();
-    let tick = watchdog
-        .unwrap_or(Duration::from_secs(5))
-        .min(Duration::from_secs(5));
     let mut last_sweep = std::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
-        }
-        // Pinging from the loop that also does the work means a wedged
-        // runtime stops the pings and systemd restarts us.
-        rbe_systemd::notify_watchdog();
+    rbe_systemd::heartbeat(shutdown.cancelled_owned(), || {
         rbe_systemd::notify_status(&status_line(&casd));
         if last_sweep.elapsed() > Duration::from_secs(30) {
             last_sweep = std::time::Instant::now();
@@ -152,7 +141,8 @@ async fn housekeeping(casd: Arc<Casd>, shutdown: CancellationToken) {
                 tracing::info!(uploads, leases, "expired abandoned uploads and leases");
             }
         }
-    }
+    })
+    .await;
 }
 
 /// The STATUS= line: what `systemctl status rbe-casd` shows.

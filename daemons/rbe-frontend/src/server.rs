@@ -172,15 +172,7 @@ pub async fn run(
 
 /// Watchdog pings and STATUS= from the main runtime.
 async fn heartbeat(shutdown: CancellationToken, exec: Arc<crate::exec::Exec>) {
-    let tick = rbe_systemd::watchdog_interval()
-        .unwrap_or(Duration::from_secs(5))
-        .min(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
-        }
-        rbe_systemd::notify_watchdog();
+    rbe_systemd::heartbeat(shutdown.cancelled_owned(), || {
         exec.tick();
         let c = exec.sched.lock().counts();
         rbe_systemd::notify_status(&format!(
@@ -191,5 +183,6 @@ async fn heartbeat(shutdown: CancellationToken, exec: Arc<crate::exec::Exec>) {
             c.free_slots,
             exec.recent.pending()
         ));
-    }
+    })
+    .await;
 }

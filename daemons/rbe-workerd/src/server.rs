@@ -189,13 +189,8 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
         .into_inner();
     tracing::info!(slots = worker.slots, name = %worker.name, "attached to the frontend");
     rbe_systemd::notify_status(&format!(
-        "attached to the frontend; {} slots{}",
-        worker.slots,
-        if worker.scopes.is_some() {
-            ", actions in scopes"
-        } else {
-            ", no scopes"
-        }
+        "attached to the frontend; {}",
+        status_line(worker)
     ));
     loop {
         let msg = tokio::select! {
@@ -326,26 +321,24 @@ async fn reload_on_sighup(worker: Arc<Worker>, dirs: Vec<PathBuf>) {
 }
 
 /// Watchdog pings and the STATUS= line, from a task on the same runtime as
-/// the actions: a wedged runtime stops the pings and systemd restarts us.
+/// the actions.
 async fn watchdog(worker: Arc<Worker>, shutdown: CancellationToken) {
-    let tick = rbe_systemd::watchdog_interval()
-        .unwrap_or(Duration::from_secs(5))
-        .min(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
+    rbe_systemd::heartbeat(shutdown.cancelled_owned(), || {
+        rbe_systemd::notify_status(&status_line(&worker));
+    })
+    .await;
+}
+
+/// The STATUS= line: what `systemctl status rbe-workerd` shows.
+fn status_line(worker: &Worker) -> String {
+    format!(
+        "{} of {} slots busy; {}",
+        worker.running.lock().len(),
+        worker.slots,
+        if worker.scopes.is_some() {
+            "actions in scopes"
+        } else {
+            "no scopes"
         }
-        rbe_systemd::notify_watchdog();
-        let running = worker.running.lock().len();
-        rbe_systemd::notify_status(&format!(
-            "{running} of {} slots busy{}",
-            worker.slots,
-            if worker.scopes.is_some() {
-                "; actions in scopes"
-            } else {
-                "; no scopes"
-            }
-        ));
-    }
+    )
 }
