@@ -104,11 +104,6 @@ impl Scopes {
         Ok(s)
     }
 
-    /// The slice scopes are created in.
-    pub fn slice(&self) -> &str {
-        &self.slice
-    }
-
     async fn call<B>(&self, method: &'static str, body: &B) -> Result<zbus::Message, ScopeError>
     where
         B: serde::ser::Serialize + zbus::zvariant::DynamicType,
@@ -171,10 +166,13 @@ impl Scopes {
             method: "StartTransientUnit",
             reason: e.to_string(),
         })?;
-        let result = tokio::time::timeout(JOB_TIMEOUT, self.jobs.wait(job))
-            .await
-            .map_err(|_| ScopeError::Timeout(unit.to_owned()))?
-            .ok_or_else(|| ScopeError::Connect("the D-Bus connection closed".into()))?;
+        let result = match tokio::time::timeout(JOB_TIMEOUT, self.jobs.wait(job.clone())).await {
+            Ok(r) => r.ok_or_else(|| ScopeError::Connect("the D-Bus connection closed".into()))?,
+            Err(_) => {
+                self.jobs.forget(&job);
+                return Err(ScopeError::Timeout(unit.to_owned()));
+            }
+        };
         if result != "done" {
             return Err(ScopeError::Job {
                 unit: unit.to_owned(),
@@ -272,6 +270,13 @@ impl Jobs {
             }
         });
         Ok(jobs)
+    }
+
+    /// Stops waiting for `job` (its caller gave up).
+    fn forget(&self, job: &OwnedObjectPath) {
+        if let Ok(mut j) = self.inner.lock() {
+            j.waiting.remove(job);
+        }
     }
 
     /// The result of `job` (`done`, `failed`, ...); `None` if the
