@@ -16,21 +16,10 @@ cargo build --release --bins -q
 H=tests/harness/sysbox
 name=rbsc$(( $$ % 100000 ))
 trap '$H down $name >/dev/null 2>&1 || true' EXIT
-args=()
-for b in rbe-casd rbe-frontend rbe-workerd; do
-  args+=(--ro-bind "$T/release/$b:/usr/libexec/rbe/$b")
-done
-P=$($H up "$name" "${args[@]}")
-R=/proc/$P/root
-for f in systemd/*; do
-  b=$(basename "$f")
-  case $b in
-    *.service|*.socket|*.slice) cp "$f" "$R/etc/systemd/system/" ;;
-    rbe.sysusers) cp "$f" "$R/usr/lib/sysusers.d/rbe.conf" ;;
-    rbe.tmpfiles) cp "$f" "$R/usr/lib/tmpfiles.d/rbe.conf" ;;
-  esac
-done
-$H exec "$name" sh -c 'systemd-sysusers && systemd-tmpfiles --create rbe.conf && systemctl daemon-reload && mkdir -p /etc/rbe'
+# shellcheck source=bench/sysbox-rbe.sh
+. bench/sysbox-rbe.sh
+rbe_boot "$name"
+$H exec "$name" sh -c 'systemctl daemon-reload && mkdir -p /etc/rbe'
 run() {
   $H exec "$name" sh -c "printf '[scope]\nmode = \"$1\"\n' > /etc/rbe/workerd.toml && systemctl restart rbe-workerd"
   sleep 2

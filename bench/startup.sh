@@ -21,21 +21,10 @@ fi
 H=tests/harness/sysbox
 name=rbst$(( $$ % 100000 ))
 trap '$H down $name >/dev/null 2>&1 || true; [ -n "${KEEP:-}" ] || rm -rf "$STORE"' EXIT
-args=(--bind "$STORE:/var/lib/rbe/cas")
-for b in rbe-casd rbe-frontend rbe-workerd; do
-  args+=(--ro-bind "$T/release/$b:/usr/libexec/rbe/$b")
-done
-P=$($H up "$name" "${args[@]}")
-R=/proc/$P/root
-for f in systemd/*; do
-  b=$(basename "$f")
-  case $b in
-    *.service|*.socket|*.slice) cp "$f" "$R/etc/systemd/system/" ;;
-    rbe.sysusers) cp "$f" "$R/usr/lib/sysusers.d/rbe.conf" ;;
-    rbe.tmpfiles) cp "$f" "$R/usr/lib/tmpfiles.d/rbe.conf" ;;
-  esac
-done
-$H exec "$name" sh -c 'systemd-sysusers && systemd-tmpfiles --create rbe.conf && chown -R rbe:rbe /var/lib/rbe/cas && systemctl daemon-reload' >/dev/null
+# shellcheck source=bench/sysbox-rbe.sh
+. bench/sysbox-rbe.sh
+rbe_boot "$name" --bind "$STORE:/var/lib/rbe/cas"
+$H exec "$name" sh -c 'chown -R rbe:rbe /var/lib/rbe/cas && systemctl daemon-reload' >/dev/null
 for u in rbe-casd rbe-frontend rbe-workerd; do
   ms=$($H exec "$name" sh -c "s=\$(date +%s%N); systemctl start $u; e=\$(date +%s%N); echo \$(( (e - s) / 1000000 ))")
   echo "$u: systemctl start (to READY=1) ${ms} ms"
