@@ -222,13 +222,7 @@ async fn first_connection_activates_casd_which_reports_ready_and_status() {
         "rbe-casd.service",
         "ActiveState,SubState,Type,Result,NRestarts,TriggeredBy",
     );
-    let get = |k: &str| {
-        props
-            .iter()
-            .find(|(p, _)| p == k)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
+    let get = |k: &str| support::value(&props, k);
     assert_eq!(get("ActiveState"), "active", "{props:?}");
     assert_eq!(get("SubState"), "running", "{props:?}");
     assert_eq!(get("Type"), "notify");
@@ -349,13 +343,7 @@ fn config_error_stops_casd_without_restarts_and_names_file_and_key() {
         "rbe-casd.service",
         "ActiveState,Result,ExecMainStatus,NRestarts",
     );
-    let get = |k: &str| {
-        props
-            .iter()
-            .find(|(p, _)| p == k)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
+    let get = |k: &str| support::value(&props, k);
     assert_eq!(get("ExecMainStatus"), "78", "EX_CONFIG: {props:?}");
     assert_eq!(get("Result"), "exit-code", "{props:?}");
     // RestartPreventExitStatus=78: no restart loop on a broken config.

@@ -135,7 +135,8 @@ impl Instance {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `systemctl show` properties of a unit, as (key, value) pairs.
+    /// `systemctl show` properties of a unit, as (key, value) pairs (see
+    /// [`value`]).
     pub fn show(&self, unit: &str, props: &str) -> Vec<(String, String)> {
         self.sh(&format!("systemctl show -p {props} {unit}"))
             .lines()
@@ -192,4 +193,13 @@ impl Drop for Instance {
             }
         }
     }
+}
+
+/// The value of `key` among [`Instance::show`]'s pairs, `""` if absent.
+pub fn value<'a>(props: &'a [(String, String)], key: &str) -> &'a str {
+    props
+        .iter()
+        .find(|(p, _)| p == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
 }
