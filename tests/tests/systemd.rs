@@ -19,8 +19,10 @@ use support::{name, repo, text, unsupported, Instance};
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::{bin, client, pseudo_random, skip};
 
-/// Host PIDs of live processes in the namespace `link` (e.g. "pid:[4026532301]").
-fn processes_in_ns(kind: &str, link: &str) -> Vec<String> {
+/// Live processes in the namespace `link` (e.g. "pid:[4026532301]"), each as
+/// host pid and start time (so a recycled pid is not mistaken for the same
+/// process).
+fn processes_in_ns(kind: &str, link: &str) -> Vec<(String, String)> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let pid = e.file_name().to_string_lossy().into_owned();
@@ -29,15 +31,38 @@ fn processes_in_ns(kind: &str, link: &str) -> Vec<String> {
         }
         let same = std::fs::read_link(e.path().join("ns").join(kind))
             .is_ok_and(|l| l.to_string_lossy() == link);
-        let zombie = std::fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
-            .unwrap_or(true);
-        if same && !zombie {
-            found.push(pid);
+        if !same {
+            continue;
+        }
+        if let Some(start) = live_start_time(&pid) {
+            found.push((pid, start));
         }
     }
     found
+}
+
+/// The start time of `pid` if it is alive and not a zombie.
+fn live_start_time(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // rest starts at field 3 (state); starttime is field 22.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19).map(|s| (*s).to_owned())
+}
+
+/// Which of `before` still run. Namespace inode numbers are reused as soon
+/// as a namespace is freed, and parallel tests boot instances, so a fresh
+/// scan after `down` may find another instance's processes under the same
+/// name; only the processes that were ours count.
+fn survivors(before: &[(String, String)]) -> Vec<String> {
+    before
+        .iter()
+        .filter(|(pid, start)| live_start_time(pid).as_ref() == Some(start))
+        .map(|(pid, _)| pid.clone())
+        .collect()
 }
 
 #[test]
@@ -105,6 +130,10 @@ fn boots_and_leaves_the_host_alone() {
         "the instance has its own netns"
     );
 
+    let in_pidns = processes_in_ns("pid", &pidns);
+    let in_netns = processes_in_ns("net", &netns);
+    assert!(!in_pidns.is_empty() && !in_netns.is_empty());
+
     let t = Instant::now();
     let out = inst.down();
     let down = t.elapsed();
@@ -140,12 +169,12 @@ fn boots_and_leaves_the_host_alone() {
         "state dir left"
     );
     assert_eq!(
-        processes_in_ns("pid", &pidns),
+        survivors(&in_pidns),
         Vec::<String>::new(),
         "processes left in the pid ns"
     );
     assert_eq!(
-        processes_in_ns("net", &netns),
+        survivors(&in_netns),
         Vec::<String>::new(),
         "processes left in the netns"
     );
