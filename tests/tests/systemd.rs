@@ -338,6 +338,32 @@ async fn first_connection_to_the_frontend_activates_the_stack() {
     assert!(out.status.success(), "{}", text(&out));
     let reply = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(reply, "4", "a SETTINGS frame from 8980");
+
+    // `systemctl reload` (ExecReload= sends SIGHUP) keeps each daemon's
+    // process and reports the outcome in its status.
+    inst.sh(
+        "mkdir -p /etc/rbe && printf '[execution]\\nmax_queued = 77\\n' >> /etc/rbe/frontend.toml \
+         && printf '[storage]\\nmax_size = \"2GiB\"\\n' >> /etc/rbe/casd.toml",
+    );
+    for u in ["rbe-frontend.service", "rbe-casd.service"] {
+        let pid = inst.prop(u, "MainPID");
+        inst.sh(&format!("systemctl reload {u}"));
+        // STATUS= is overwritten by the next heartbeat; the journal keeps it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !inst.journal(u).contains("configuration reloaded") {
+            assert!(Instant::now() < deadline, "{u}: {}", inst.journal(u));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !inst.journal(u).contains("only applies after a restart"),
+            "{u}"
+        );
+        assert_eq!(inst.prop(u, "MainPID"), pid, "{u} kept its process");
+        assert_eq!(inst.prop(u, "ActiveState"), "active", "{u}");
+    }
+    let j = inst.journal("rbe-casd.service");
+    assert!(j.contains("new storage policy"), "{j}");
+    assert_eq!(client::read(&ch, "", &d).await.expect("read"), data);
     drop(ch);
 
     // Exposure as systemd-analyze scores it: the issue aims for <= 2.0.

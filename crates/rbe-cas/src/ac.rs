@@ -79,7 +79,7 @@ fn referenced(
 impl ActionCache {
     /// Opens the action cache under the store's root.
     pub fn open(store: Arc<Store>) -> Result<Self, CasError> {
-        let dir = store.config().root.join("ac.v1");
+        let dir = store.root().join("ac.v1");
         fs::create_dir_all(&dir).map_err(|e| CasError::io("create", &dir, e, None))?;
         Ok(ActionCache { dir, store })
     }

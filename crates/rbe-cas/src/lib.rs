@@ -21,4 +21,10 @@ pub mod store;
 pub mod uploads;
 
 pub use error::CasError;
-pub use store::{BlobReader, BlobWriter, Store, StoreConfig, StoreStats};
+pub use store::{BlobReader, BlobWriter, Policy, Store, StoreConfig, StoreStats};
+
+/// A duration as whole milliseconds, for settings kept in atomics so a
+/// reload can change them.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

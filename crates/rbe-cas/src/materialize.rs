@@ -252,7 +252,7 @@ pub fn materialize(
             "input tree expands to {entries} entries; at most {MAX_ENTRIES} are allowed"
         )));
     }
-    let budget = store.config().max_size;
+    let budget = store.policy().max_size;
     if bytes > budget {
         return Err(TreeError::Invalid(format!(
             "input tree holds {bytes} bytes, more than the store's {budget}"

@@ -15,7 +15,8 @@ use crate::store::Store;
 pub struct Leases {
     store: Arc<Store>,
     leases: Mutex<HashMap<String, (Vec<Digest>, Instant)>>,
-    max_ttl: Duration,
+    // Milliseconds; a reload may change it.
+    max_ttl_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Leases {
@@ -24,8 +25,18 @@ impl Leases {
         Leases {
             store,
             leases: Mutex::new(HashMap::new()),
-            max_ttl,
+            max_ttl_ms: std::sync::atomic::AtomicU64::new(crate::millis(max_ttl)),
         }
+    }
+
+    /// Applies a reloaded ceiling to leases taken from now on.
+    pub fn set_max_ttl(&self, max_ttl: Duration) {
+        self.max_ttl_ms
+            .store(crate::millis(max_ttl), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn max_ttl(&self) -> Duration {
+        Duration::from_millis(self.max_ttl_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Pins what is present; returns the lease id and the absent digests.
@@ -36,7 +47,7 @@ impl Leases {
             .filter(|d| !missing.contains(d) && !d.is_empty_blob())
             .collect();
         let id = uuid::Uuid::new_v4().to_string();
-        let until = Instant::now() + ttl.min(self.max_ttl);
+        let until = Instant::now() + ttl.min(self.max_ttl());
         self.leases.lock().insert(id.clone(), (pinned, until));
         (id, missing)
     }

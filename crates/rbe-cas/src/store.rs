@@ -42,6 +42,30 @@ pub struct StoreConfig {
     pub verify_reads: bool,
 }
 
+/// The parts of [`StoreConfig`] a configuration reload may change.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Policy {
+    /// Upper bound on stored bytes.
+    pub max_size: u64,
+    /// Eviction starts above `high_watermark * max_size` ...
+    pub high_watermark: f64,
+    /// ... and stops at `low_watermark * max_size`.
+    pub low_watermark: f64,
+    /// Hash every blob again while it is read, and refuse corrupt ones.
+    pub verify_reads: bool,
+}
+
+impl StoreConfig {
+    fn policy(&self) -> Policy {
+        Policy {
+            max_size: self.max_size,
+            high_watermark: self.high_watermark,
+            low_watermark: self.low_watermark,
+            verify_reads: self.verify_reads,
+        }
+    }
+}
+
 /// Live figures.
 #[derive(Clone, Debug, Default)]
 pub struct StoreStats {
@@ -63,7 +87,8 @@ pub struct StoreStats {
 
 /// The content-addressable store.
 pub struct Store {
-    cfg: StoreConfig,
+    root: PathBuf,
+    policy: parking_lot::RwLock<Policy>,
     cas_dir: PathBuf,
     tmp_dir: PathBuf,
     index: Mutex<Index>,
@@ -153,7 +178,8 @@ impl Store {
             tracing::info!(removed, "removed leftover temp files from an earlier run");
         }
         Ok(Arc::new(Store {
-            cfg,
+            policy: parking_lot::RwLock::new(cfg.policy()),
+            root: cfg.root,
             cas_dir,
             tmp_dir,
             index: Mutex::new(Index::new()),
@@ -166,9 +192,20 @@ impl Store {
         }))
     }
 
-    /// The store's configuration.
-    pub fn config(&self) -> &StoreConfig {
-        &self.cfg
+    /// The directory holding the store.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Capacity, watermarks and read verification as they are now.
+    pub fn policy(&self) -> Policy {
+        *self.policy.read()
+    }
+
+    /// Applies a reloaded policy. A smaller capacity takes effect at the
+    /// next [`Store::maybe_evict`].
+    pub fn set_policy(&self, p: Policy) {
+        *self.policy.write() = p;
     }
 
     /// Directory for temp files (same filesystem as the store).
@@ -242,7 +279,8 @@ impl Store {
     }
 
     fn high_bytes(&self) -> u64 {
-        (self.cfg.max_size as f64 * self.cfg.high_watermark) as u64
+        let p = self.policy();
+        (p.max_size as f64 * p.high_watermark) as u64
     }
 
     /// Scans the disk and fills the index, oldest files coldest. Files whose
@@ -516,7 +554,7 @@ impl Store {
             return Err(CasError::NotFound(d));
         }
         self.index.lock().touch(&k);
-        let verify = self.cfg.verify_reads;
+        let verify = self.policy().verify_reads;
         // Verification needs every byte, so a verified ranged read still
         // hashes from the start; unverified reads seek.
         let pos = if verify { 0 } else { offset.min(end) };
@@ -612,7 +650,8 @@ impl Store {
         if self.evicting.swap(true, Ordering::AcqRel) {
             return;
         }
-        let low = (self.cfg.max_size as f64 * self.cfg.low_watermark) as u64;
+        let p = self.policy();
+        let low = (p.max_size as f64 * p.low_watermark) as u64;
         let victims = self.index.lock().evict_to(low);
         let mut freed = 0u64;
         let mut removed = 0u64;

@@ -17,7 +17,8 @@ pub struct Uploads {
     parked: Mutex<HashMap<String, (BlobWriter, Instant)>>,
     // Uploads with a stream attached right now, and their committed bytes.
     active: Mutex<HashMap<String, Arc<AtomicU64>>>,
-    expiry: Duration,
+    // Milliseconds; a reload may change it.
+    expiry_ms: std::sync::atomic::AtomicU64,
     max_parked: usize,
 }
 
@@ -28,9 +29,15 @@ impl Uploads {
         Uploads {
             parked: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
-            expiry,
+            expiry_ms: std::sync::atomic::AtomicU64::new(crate::millis(expiry)),
             max_parked,
         }
+    }
+
+    /// Applies a reloaded expiry to parked uploads from now on.
+    pub fn set_expiry(&self, expiry: Duration) {
+        self.expiry_ms
+            .store(crate::millis(expiry), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Parks an interrupted upload.
@@ -81,7 +88,8 @@ impl Uploads {
     pub fn sweep(&self) -> usize {
         let mut p = self.parked.lock();
         let before = p.len();
-        let expiry = self.expiry;
+        let expiry =
+            Duration::from_millis(self.expiry_ms.load(std::sync::atomic::Ordering::Relaxed));
         p.retain(|_, (_, t)| t.elapsed() < expiry);
         before - p.len()
     }

@@ -191,6 +191,12 @@ pub struct Scheduler<P, R> {
 }
 
 impl<P: Clone, R> Scheduler<P, R> {
+    /// Applies reloaded limits: a smaller queue refuses new work until it
+    /// has room, and retention applies to completed operations from now on.
+    pub fn set_config(&mut self, cfg: SchedConfig) {
+        self.cfg = cfg;
+    }
+
     /// An empty scheduler.
     pub fn new(cfg: SchedConfig, clock: Arc<dyn Clock>) -> Self {
         Scheduler {

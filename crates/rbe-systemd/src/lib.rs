@@ -13,15 +13,17 @@ pub mod cgroup;
 pub mod daemon;
 mod logging;
 mod notify;
+mod reload;
 pub mod scope;
 mod signals;
 
 pub use activation::{booted, take_listen_fds, under_systemd};
-pub use logging::init_logging;
+pub use logging::{init_logging, set_log_level};
 pub use notify::{
     heartbeat, notify_ready, notify_reloading, notify_status, notify_stopping, notify_watchdog,
     watchdog_interval,
 };
+pub use reload::{reload_on_sighup, Reloaded};
 pub use signals::wait_for_shutdown_signal;
 
 /// Errors from socket activation and logging setup.

@@ -4,7 +4,14 @@ use crate::Error;
 use std::env;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// The installed filter, so a configuration reload can change the level.
+static FILTER: std::sync::OnceLock<reload::Handle<EnvFilter, Registry>> =
+    std::sync::OnceLock::new();
+
+/// Set when `RUST_LOG` chose the filter: it then wins over reloads too.
+static FROM_ENV: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Installs the global tracing subscriber.
 ///
@@ -18,16 +25,11 @@ use tracing_subscriber::EnvFilter;
 /// otherwise they are formatted to stderr. A second call returns
 /// [`Error::LoggingAlreadyInitialized`].
 pub fn init_logging(level: &str, daemon: &'static str) -> Result<(), Error> {
-    let directives = match env::var("RUST_LOG") {
-        Ok(s) if !s.trim().is_empty() => s,
-        _ => level.to_owned(),
+    let (directives, from_env) = match env::var("RUST_LOG") {
+        Ok(s) if !s.trim().is_empty() => (s, true),
+        _ => (level.to_owned(), false),
     };
-    let filter = EnvFilter::builder()
-        .parse(&directives)
-        .map_err(|e| Error::LogFilter {
-            filter: directives.clone(),
-            reason: e.to_string(),
-        })?;
+    let (filter, handle) = reload::Layer::new(parse_filter(&directives)?);
 
     let mut journald_error = None;
     let journald = if stderr_is_journal() {
@@ -57,8 +59,35 @@ pub fn init_logging(level: &str, daemon: &'static str) -> Result<(), Error> {
         .with(fmt)
         .try_init()
         .map_err(|e| Error::LoggingAlreadyInitialized(e.to_string()))?;
+    FROM_ENV.store(from_env, std::sync::atomic::Ordering::Relaxed);
+    let _ = FILTER.set(handle);
     if let Some(e) = journald_error {
         tracing::warn!(error = %e, "journald unavailable, logging to stderr");
+    }
+    Ok(())
+}
+
+fn parse_filter(directives: &str) -> Result<EnvFilter, Error> {
+    EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| Error::LogFilter {
+            filter: directives.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// Replaces the log filter with `level` (a reloaded `[log] level`). Does
+/// nothing when `RUST_LOG` chose the filter, or before [`init_logging`].
+pub fn set_log_level(level: &str) -> Result<(), Error> {
+    let filter = parse_filter(level)?;
+    if FROM_ENV.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    if let Some(h) = FILTER.get() {
+        h.reload(filter).map_err(|e| Error::LogFilter {
+            filter: level.to_owned(),
+            reason: e.to_string(),
+        })?;
     }
     Ok(())
 }

@@ -284,6 +284,11 @@ impl Stack {
             .connect_lazy()
     }
 
+    /// The frontend's pid, while it runs.
+    pub fn frontend_pid(&self) -> Option<u32> {
+        self.frontend.as_ref().map(Child::id)
+    }
+
     /// The worker's pid, while it runs.
     pub fn workerd_pid(&self) -> Option<u32> {
         self.workerd.as_ref().map(Child::id)

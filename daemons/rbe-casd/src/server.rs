@@ -28,6 +28,7 @@ fn message_limit(s: &CasdSettings) -> usize {
 pub async fn run(
     settings: CasdSettings,
     mut fds: Vec<(String, std::os::fd::OwnedFd)>,
+    config_dirs: Vec<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let listener = rbe_net::from_activation_or_bind(
@@ -58,7 +59,7 @@ pub async fn run(
         dirs: rbe_cas::materialize::DirCache::new(100_000),
         leases: Leases::new(Arc::clone(&store), Duration::from_secs(st.max_pin_ttl_secs)),
         store: Arc::clone(&store),
-        settings: Arc::clone(&settings),
+        settings: arc_swap::ArcSwap::new(Arc::clone(&settings)),
     });
 
     // Serve at once; the index fills in the background and lookups fall back
@@ -82,6 +83,7 @@ pub async fn run(
         });
     }
     tokio::spawn(housekeeping(Arc::clone(&casd), shutdown.clone()));
+    tokio::spawn(reload_on_sighup(Arc::clone(&casd), config_dirs));
 
     let limit = message_limit(&settings);
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -145,6 +147,57 @@ async fn housekeeping(casd: Arc<Casd>, shutdown: CancellationToken) {
     .await;
 }
 
+/// `systemctl reload` (SIGHUP): applies capacity, watermarks, read
+/// verification, upload expiry, the pin ceiling, instances, the inline
+/// limit, materialize roots and the log level. Lowering the capacity evicts
+/// at once.
+fn reload_on_sighup(
+    casd: Arc<Casd>,
+    dirs: Vec<std::path::PathBuf>,
+) -> impl std::future::Future<Output = ()> {
+    rbe_systemd::reload_on_sighup(
+        move || rbe_config::load_casd(&dirs),
+        move |mut new| {
+            let old = casd.settings.load_full();
+            let mut r = rbe_systemd::Reloaded::new(&new.log.level);
+            r.restart_only("listen", old.listen != new.listen)
+                .restart_only("storage.path", old.storage.path != new.storage.path)
+                .restart_only(
+                    "limits.max_batch_total_size_bytes",
+                    old.limits.max_batch_total_size_bytes != new.limits.max_batch_total_size_bytes,
+                );
+            // What waits for a restart keeps its running value, so what casd
+            // advertises stays what it enforces.
+            new.listen = old.listen.clone();
+            new.storage.path = old.storage.path.clone();
+            new.limits.max_batch_total_size_bytes = old.limits.max_batch_total_size_bytes;
+            let st = &new.storage;
+            casd.uploads
+                .set_expiry(Duration::from_secs(st.upload_expiry_secs));
+            casd.leases
+                .set_max_ttl(Duration::from_secs(st.max_pin_ttl_secs));
+            let policy = rbe_cas::Policy {
+                max_size: st.max_size,
+                high_watermark: st.high_watermark,
+                low_watermark: st.low_watermark,
+                verify_reads: st.verify_reads,
+            };
+            tracing::info!(
+                max_size = policy.max_size,
+                verify_reads = policy.verify_reads,
+                "new storage policy"
+            );
+            casd.store.set_policy(policy);
+            // A smaller capacity evicts now; that removes files, so off the
+            // runtime.
+            let store = Arc::clone(&casd.store);
+            tokio::task::spawn_blocking(move || store.maybe_evict());
+            casd.settings.store(Arc::new(new));
+            r
+        },
+    )
+}
+
 /// The STATUS= line: what `systemctl status rbe-casd` shows.
 fn status_line(casd: &Casd) -> String {
     let s = casd.store.stats();
@@ -153,7 +206,7 @@ fn status_line(casd: &Casd) -> String {
         if s.loading { "loading index; " } else { "" },
         s.blobs,
         s.bytes >> 20,
-        casd.settings.storage.max_size >> 20,
+        casd.store.policy().max_size >> 20,
         s.evicted
     )
 }

@@ -20,12 +20,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let dirs = args.config.dirs();
     rbe_systemd::daemon::main(
         "rbe-frontend",
-        &args.config.dirs(),
+        &dirs,
         args.config.check_config,
         rbe_config::load_frontend,
         |s| s.log.level.clone(),
-        server::run,
+        |s, fds| server::run(s, fds, dirs.clone()),
     )
 }

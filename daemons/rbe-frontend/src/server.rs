@@ -20,6 +20,7 @@ use crate::proxy::{bytestream::ByteStreamProxy, cas, Upstream};
 pub async fn run(
     settings: FrontendSettings,
     mut fds: Vec<(String, std::os::fd::OwnedFd)>,
+    config_dirs: Vec<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     // The public port(s): every activated socket named "grpc" (a socket
@@ -69,6 +70,11 @@ pub async fn run(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let exec = crate::exec::Exec::new(upstream.clone(), settings.execution.clone());
+    tokio::spawn(reload_on_sighup(
+        Arc::clone(&exec),
+        settings.clone(),
+        config_dirs,
+    ));
     let router = rbe_net::tune_server(tonic::transport::Server::builder())
         .add_service(health)
         .add_service(ExecutionServer::new(
@@ -168,6 +174,34 @@ pub async fn run(
     exec.recent.drain(Duration::from_secs(5)).await;
     tracing::info!("rbe-frontend stopped");
     Ok(())
+}
+
+/// `systemctl reload` (SIGHUP): applies `[execution]` (to operations queued
+/// afterwards) and the log level; listeners, the casd socket and message
+/// limits wait for a restart.
+fn reload_on_sighup(
+    exec: Arc<crate::exec::Exec>,
+    running: FrontendSettings,
+    dirs: Vec<std::path::PathBuf>,
+) -> impl std::future::Future<Output = ()> {
+    rbe_systemd::reload_on_sighup(
+        move || rbe_config::load_frontend(&dirs),
+        move |new| {
+            let mut r = rbe_systemd::Reloaded::new(&new.log.level);
+            r.restart_only("listen", running.listen != new.listen)
+                .restart_only("casd", running.casd != new.casd)
+                .restart_only("limits", running.limits != new.limits);
+            tracing::info!(
+                max_queued = new.execution.max_queued,
+                max_timeout_secs = new.execution.max_timeout_secs,
+                "new execution settings"
+            );
+            // Only restart-only keys are compared, so `running` keeps the
+            // values the listeners and channels were built with.
+            exec.reconfigure(new.execution);
+            r
+        },
+    )
 }
 
 /// Watchdog pings and STATUS= from the main runtime.

@@ -274,50 +274,34 @@ async fn drained(worker: &Worker, shutdown: &CancellationToken) {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-/// `systemctl reload` (SIGHUP): reads the configuration again and applies
-/// what can change live (sandbox and limits, for actions that start
-/// afterwards). A broken file keeps the running configuration and says
-/// which file, key and why.
-async fn reload_on_sighup(worker: Arc<Worker>, dirs: Vec<PathBuf>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot install a SIGHUP handler: reload is unavailable");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        rbe_systemd::notify_reloading();
-        match rbe_config::load_workerd(&dirs) {
-            Ok(new) => {
-                let old = worker.settings.load_full();
-                let restart_only = [
-                    (
-                        "frontend.socket",
-                        old.frontend_socket != new.frontend_socket,
-                    ),
-                    ("casd.socket", old.casd_socket != new.casd_socket),
-                    ("worker", old.worker != new.worker),
-                    ("scope", old.scope != new.scope),
-                ];
-                for (key, changed) in restart_only {
-                    if changed {
-                        tracing::warn!(key, "changed, but only applies after a restart");
-                    }
-                }
-                tracing::info!(
-                    memory_max = new.limits.memory_max,
-                    cpu_quota = new.limits.cpu_quota,
-                    tasks_max = new.limits.tasks_max,
-                    "configuration reloaded"
-                );
-                worker.settings.store(Arc::new(new));
-                rbe_systemd::notify_status("configuration reloaded");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed; keeping the running configuration");
-                rbe_systemd::notify_status(&format!("reload failed: {e}"));
-            }
-        }
-        rbe_systemd::notify_ready();
-    }
+/// `systemctl reload` (SIGHUP): applies what can change live (sandbox and
+/// limits, for actions that start afterwards, and the log level).
+fn reload_on_sighup(
+    worker: Arc<Worker>,
+    dirs: Vec<PathBuf>,
+) -> impl std::future::Future<Output = ()> {
+    rbe_systemd::reload_on_sighup(
+        move || rbe_config::load_workerd(&dirs),
+        move |new| {
+            let old = worker.settings.load_full();
+            let mut r = rbe_systemd::Reloaded::new(&new.log.level);
+            r.restart_only(
+                "frontend.socket",
+                old.frontend_socket != new.frontend_socket,
+            )
+            .restart_only("casd.socket", old.casd_socket != new.casd_socket)
+            .restart_only("worker", old.worker != new.worker)
+            .restart_only("scope", old.scope != new.scope);
+            tracing::info!(
+                memory_max = new.limits.memory_max,
+                cpu_quota = new.limits.cpu_quota,
+                tasks_max = new.limits.tasks_max,
+                "new action limits"
+            );
+            worker.settings.store(Arc::new(new));
+            r
+        },
+    )
 }
 
 /// Watchdog pings and the STATUS= line, from a task on the same runtime as

@@ -78,7 +78,7 @@ impl ActionCache for ActionCacheService {
             req.action_digest.as_ref(),
         )?;
         let casd = Arc::clone(&self.0);
-        let budget = self.0.settings.limits.max_inline_bytes;
+        let budget = self.0.settings.load().limits.max_inline_bytes;
         let result = blocking(move || -> Result<Option<ActionResult>, Status> {
             let Some(mut ar) = casd.ac.get(&partition, &action).map_err(cas_status)? else {
                 return Ok(None);

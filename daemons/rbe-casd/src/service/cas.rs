@@ -66,7 +66,7 @@ impl Capabilities for CapabilitiesService {
     ) -> Result<Response<ServerCapabilities>, Status> {
         self.0.partition(&req.get_ref().instance_name)?;
         Ok(Response::new(server_capabilities(
-            self.0.settings.limits.max_batch_total_size_bytes,
+            self.0.settings.load().limits.max_batch_total_size_bytes,
         )))
     }
 }
@@ -224,7 +224,7 @@ impl ContentAddressableStorage for CasService {
         let req = req.into_inner();
         self.0.partition(&req.instance_name)?;
         let f = self.function(req.digest_function)?;
-        let max = self.0.settings.limits.max_batch_total_size_bytes;
+        let max = self.0.settings.load().limits.max_batch_total_size_bytes;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
         if total > max {
             return Err(Status::invalid_argument(format!(
@@ -311,7 +311,7 @@ impl ContentAddressableStorage for CasService {
             .map(|d| Digest::from_reapi(f, d))
             .collect::<Result<Vec<_>, _>>()
             .map_err(digest_status)?;
-        let max = self.0.settings.limits.max_batch_total_size_bytes;
+        let max = self.0.settings.load().limits.max_batch_total_size_bytes;
         let total: u64 = ds.iter().map(|d| d.size).sum();
         if total > max {
             return Err(Status::invalid_argument(format!(

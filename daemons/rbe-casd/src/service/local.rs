@@ -27,7 +27,7 @@ fn to_proto(d: &Digest) -> rbe_proto::casd::Digest {
 impl casd_server::Casd for LocalService {
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let s = self.0.store.stats();
-        let st = &self.0.settings.storage;
+        let st = self.0.store.policy();
         Ok(Response::new(StatsResponse {
             blobs: s.blobs,
             bytes: s.bytes,
@@ -84,7 +84,8 @@ impl casd_server::Casd for LocalService {
         let casd = Arc::clone(&self.0);
         let started = std::time::Instant::now();
         let r = blocking(move || {
-            let roots = &casd.settings.storage.materialize_roots;
+            let settings = casd.settings.load();
+            let roots = &settings.storage.materialize_roots;
             let target = materialize::open_target(&req.target, roots)?;
             materialize::materialize(&casd.store, &casd.dirs, f, root, &target, req.copy)
         })

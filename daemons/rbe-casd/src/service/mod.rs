@@ -28,7 +28,8 @@ pub struct Casd {
     pub uploads: Uploads,
     pub leases: Leases,
     pub dirs: rbe_cas::materialize::DirCache,
-    pub settings: Arc<CasdSettings>,
+    /// Swapped whole by a reload; a request reads one snapshot.
+    pub settings: arc_swap::ArcSwap<CasdSettings>,
 }
 
 impl Casd {
@@ -36,7 +37,8 @@ impl Casd {
     pub fn partition(&self, instance: &str) -> Result<String, Status> {
         rbe_proto::resource::validate_instance(instance)
             .map_err(|r| Status::invalid_argument(format!("instance name {instance:?}: {r}")))?;
-        let inst = &self.settings.instances;
+        let settings = self.settings.load();
+        let inst = &settings.instances;
         if !inst.allowed.is_empty() && !inst.allowed.iter().any(|a| a == instance) {
             return Err(Status::invalid_argument(format!(
                 "unknown instance name {instance:?}; this server serves {:?}",

@@ -311,7 +311,7 @@ impl Execution for ExecutionService {
         if command.arguments.is_empty() {
             return Err(Status::invalid_argument("command has no arguments"));
         }
-        let timeout = timeout_of(&action, &exec.settings)?;
+        let timeout = timeout_of(&action, &exec.settings.load())?;
         let priority = req
             .execution_policy
             .as_ref()

@@ -75,7 +75,18 @@ pub struct Exec {
     /// Results not yet (or only just) in the action cache.
     pub recent: Arc<RecentResults>,
     pub upstream: Upstream,
-    pub settings: ExecSettings,
+    /// Swapped whole by a reload.
+    pub settings: arc_swap::ArcSwap<ExecSettings>,
+}
+
+fn sched_config(settings: &ExecSettings) -> SchedConfig {
+    SchedConfig {
+        max_queued: settings.max_queued as usize,
+        retry_after: Duration::from_secs(1),
+        retention: Duration::from_secs(settings.operation_retention_secs),
+        max_completed: 100_000,
+        unmatchable_grace: Duration::from_secs(settings.unmatchable_grace_secs),
+    }
 }
 
 /// A fresh operation name for `instance`, as REAPI suggests.
@@ -142,22 +153,25 @@ pub fn operation(
 impl Exec {
     /// A new execution state.
     pub fn new(upstream: Upstream, settings: ExecSettings) -> Arc<Self> {
-        let cfg = SchedConfig {
-            max_queued: settings.max_queued as usize,
-            retry_after: Duration::from_secs(1),
-            retention: Duration::from_secs(settings.operation_retention_secs),
-            max_completed: 100_000,
-            unmatchable_grace: Duration::from_secs(settings.unmatchable_grace_secs),
-        };
         Arc::new(Exec {
-            sched: Mutex::new(Scheduler::new(cfg, Arc::new(SystemClock::default()))),
+            sched: Mutex::new(Scheduler::new(
+                sched_config(&settings),
+                Arc::new(SystemClock::default()),
+            )),
             ops: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
             recent: Arc::new(RecentResults::start(upstream.clone())),
             upstream,
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
         })
+    }
+
+    /// Applies reloaded `[execution]` settings to operations queued from
+    /// now on.
+    pub fn reconfigure(&self, settings: ExecSettings) {
+        self.sched.lock().set_config(sched_config(&settings));
+        self.settings.store(Arc::new(settings));
     }
 
     /// Makes an operation visible to the Operations service and WaitExecution.
