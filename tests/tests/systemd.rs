@@ -558,6 +558,23 @@ async fn actions_run_in_scopes_with_limits_and_journal_fields_and_reload() {
     ] {
         assert!(j.contains(field), "{field} missing in:\n{j}");
     }
+    // One action by its scope, as `journalctl -u` finds a service.
+    let unit = j
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("RBE_UNIT="))
+        .expect("a unit")
+        .to_owned();
+    let by_unit = inst.sh(&format!("journalctl -o verbose --no-pager -u {unit}"));
+    assert_eq!(
+        by_unit.matches("MESSAGE=action finished").count(),
+        1,
+        "{by_unit}"
+    );
+    assert!(by_unit.contains("RBE_ACTION_DIGEST="), "{by_unit}");
+    assert!(
+        by_unit.contains(&format!("OBJECT_SYSTEMD_UNIT={unit}")),
+        "{by_unit}"
+    );
 
     // systemctl reload applies a changed limit to the next action.
     inst.sh("sed -i 's/64MiB/32MiB/' /etc/rbe/workerd.toml && systemctl reload rbe-workerd");

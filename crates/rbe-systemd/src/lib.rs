@@ -11,6 +11,7 @@
 mod activation;
 pub mod cgroup;
 pub mod daemon;
+mod journal;
 mod logging;
 mod notify;
 mod reload;

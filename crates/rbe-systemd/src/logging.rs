@@ -2,9 +2,16 @@
 
 use crate::Error;
 use std::env;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{reload, EnvFilter, Registry};
+use tracing_subscriber::{reload, EnvFilter, Layer as _, Registry};
+
+use crate::journal::{about_a_unit, UnitEvents};
+
+/// Prefix of our fields in the journal: `action_digest` is
+/// `RBE_ACTION_DIGEST`.
+const FIELD_PREFIX: &str = "RBE";
 
 /// The installed filter, so a configuration reload can change the level.
 static FILTER: std::sync::OnceLock<reload::Handle<EnvFilter, Registry>> =
@@ -36,7 +43,8 @@ pub fn init_logging(level: &str, daemon: &'static str) -> Result<(), Error> {
         match tracing_journald::layer() {
             Ok(l) => Some(
                 l.with_syslog_identifier(daemon.to_owned())
-                    .with_field_prefix(Some("RBE".to_owned())),
+                    .with_field_prefix(Some(FIELD_PREFIX.to_owned()))
+                    .with_filter(filter_fn(|m| !about_a_unit(m))),
             ),
             Err(e) => {
                 journald_error = Some(e);
@@ -53,9 +61,18 @@ pub fn init_logging(level: &str, daemon: &'static str) -> Result<(), Error> {
             // colour escape codes are noise.
             .with_ansi(false)
     });
+    // Events about a unit (an action's scope) carry OBJECT_SYSTEMD_UNIT.
+    let units = journald.is_some().then(|| {
+        UnitEvents {
+            identifier: daemon,
+            prefix: FIELD_PREFIX,
+        }
+        .with_filter(filter_fn(about_a_unit))
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(journald)
+        .with(units)
         .with(fmt)
         .try_init()
         .map_err(|e| Error::LoggingAlreadyInitialized(e.to_string()))?;
