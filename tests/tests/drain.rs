@@ -57,3 +57,58 @@ async fn sigterm_lets_the_running_action_finish_and_report() {
     let status = stack.wait_workerd().expect("workerd exited");
     assert!(status.success(), "workerd exit: {status:?}");
 }
+
+/// Host pids whose command line has `token` (the action's processes).
+fn processes_with(token: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (pid.bytes().all(|b| b.is_ascii_digit())
+                && String::from_utf8_lossy(&cmd).contains(token))
+            .then_some(pid)
+        })
+        .collect()
+}
+
+/// Without a systemd scope to clean up, a worker killed outright (SIGKILL,
+/// OOM killer, a crash) must still not leave its actions running: each
+/// sandbox notices its worker is gone and kills itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_leaves_no_action_running() {
+    let mut stack = Stack::start().await;
+    let ch = stack.channel();
+    // Unique to this test run, so only our action matches.
+    let token = format!("{}.{}", 4000 + std::process::id() % 1000, 17);
+    let script = format!("sleep {token}; sleep {token}");
+    let ch2 = ch.clone();
+    let running =
+        tokio::spawn(
+            async move { run_command(&ch2, &["sh", "-c", &script], &[], 600, None).await },
+        );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while processes_with(&format!("sleep {token}")).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stack.kill_workerd();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = processes_with(&format!("sleep {token}"));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "action processes outlived their worker: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    running.abort();
+}

@@ -109,12 +109,17 @@ pub(crate) struct Plan {
     pub exec: sys::Exec,
     /// Write end of the report pipe (close-on-exec).
     pub report_fd: RawFd,
-    /// Read end of the gate pipe, or -1. With a gate the keeper waits for
-    /// one byte before it creates namespaces (the runner moves it into a
-    /// cgroup meanwhile, so everything it forks starts there), and for EOF
-    /// before it exits (so the cgroup outlives the action until the runner
-    /// has read its figures).
+    /// Read end of the gate pipe, whose write end only the runner holds.
+    /// EOF while the action runs means the runner died: the keeper then
+    /// kills init, so no action outlives its worker (with or without a
+    /// systemd scope to clean up after it). After init is reaped the
+    /// keeper waits for EOF before it exits (so a confinement's cgroup
+    /// outlives the action until the runner has read its figures).
     pub gate_fd: RawFd,
+    /// Wait for one byte at the gate before creating namespaces: the
+    /// runner moves the keeper into a cgroup meanwhile, so everything it
+    /// forks starts there.
+    pub gate_wait: bool,
 }
 
 /// Closes every descriptor but `keep` (-1 entries are ignored) without
@@ -180,7 +185,7 @@ impl Plan {
         // goes too, which tells std the spawn is done (the command stage
         // makes its own `execve` and reports a failure on the report pipe).
         close_all_except([0, 1, 2, self.report_fd, self.gate_fd]);
-        if self.gate_fd >= 0 {
+        if self.gate_wait {
             let mut go = [0u8; 1];
             match rustix::io::read(borrow(self.gate_fd), &mut go) {
                 Ok(1) => {}
@@ -218,6 +223,7 @@ impl Plan {
         // Keeper: hold nothing the runner waits on (stdout/stderr pipes,
         // std's exec-error pipe) except the alive, report and gate pipes.
         close_all_except([alive_w.as_raw_fd(), self.report_fd, self.gate_fd, -1, -1]);
+        self.watch_runner(pid);
         let code = loop {
             match rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::empty()) {
                 Ok(Some((_, status))) => break status.exit_status().unwrap_or(255),
@@ -234,6 +240,48 @@ impl Plan {
             {}
         }
         sys::exit_now(code)
+    }
+
+    /// Returns once init (`pid`) has exited; kills it first if the gate
+    /// reports EOF, i.e. the runner died (SIGKILL, a crash). Without
+    /// pidfds (Linux < 5.3) it returns at once and the caller just waits.
+    fn watch_runner(&self, pid: i32) {
+        if self.gate_fd < 0 {
+            return;
+        }
+        let Some(init) = Pid::from_raw(pid) else {
+            return;
+        };
+        let Ok(pidfd) = rustix::process::pidfd_open(init, rustix::process::PidfdFlags::empty())
+        else {
+            return;
+        };
+        let gate = borrow(self.gate_fd);
+        loop {
+            let mut fds = [
+                PollFd::new(&pidfd, PollFlags::IN),
+                PollFd::new(&gate, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return,
+            }
+            if !fds[0].revents().is_empty() {
+                return;
+            }
+            if !fds[1].revents().is_empty() {
+                let mut byte = [0u8; 1];
+                match rustix::io::read(gate, &mut byte) {
+                    Ok(1) | Err(rustix::io::Errno::INTR) => {}
+                    _ => {
+                        // The pid namespace dies with its init.
+                        let _ = rustix::process::kill_process(init, Signal::KILL);
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     fn write_file(&self, step: Step, path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {

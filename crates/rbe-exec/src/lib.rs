@@ -42,6 +42,11 @@
 //! cancellation just `SIGKILL` the keeper; init dies, and with it the whole
 //! pid namespace. (A pipe closes the window between fork and `prctl`.) A
 //! daemon the action forked cannot outlive init, so it cannot hold stdout open.
+//! If the runner itself dies (SIGKILL, a crash), the keeper sees EOF on the
+//! gate pipe, whose write end only the runner holds, and kills init: no
+//! action outlives its worker, scope or not. (`PR_SET_PDEATHSIG` on the
+//! keeper would not do: it fires when the forking *thread* exits, and the
+//! runner forks from pooled threads.)
 //!
 //! Privilege: as root the sandbox uses plain namespaces and switches to
 //! [`Sandbox::uid`]/[`Sandbox::gid`] with `setgroups([])` before `exec`;

@@ -143,20 +143,16 @@ pub async fn run_confined(
             .map_err(|e| ExecError::io("creating a pipe to the sandbox", e))
     };
     let (report_r, report_w) = pipe()?;
-    let gate = if confinement.active() {
-        Some(pipe()?)
-    } else {
-        None
-    };
+    // Always there: besides letting a confined keeper through, the gate's
+    // EOF tells the keeper that this process died (see `Plan::gate_fd`).
+    let (gate_r, gate_w) = pipe()?;
     let plan = Plan {
         report_fd: report_w.as_raw_fd(),
-        gate_fd: gate.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
+        gate_fd: gate_r.as_raw_fd(),
+        gate_wait: confinement.active(),
         ..plan_parts
     };
-    let (gate_r, mut gate_w) = match gate {
-        Some((r, w)) => (Some(r), Some(w)),
-        None => (None, None),
-    };
+    let mut gate_w = Some(gate_w);
     let stdout_file = create_output(&spec.stdout).await?;
     let stderr_file = create_output(&spec.stderr).await?;
 
@@ -184,7 +180,7 @@ pub async fn run_confined(
     });
     let mut report = Reports::new(report_r)?;
     let mut placed = Ok(());
-    if let Some(w) = gate_w.as_ref() {
+    if let (true, Some(w)) = (confinement.active(), gate_w.as_ref()) {
         let keeper = if report.wait_for(REPORT_KEEPER_PID).await {
             report
                 .get(REPORT_KEEPER_PID)
@@ -429,6 +425,7 @@ fn prepare(sandbox: &Sandbox, spec: &ActionSpec) -> Result<(PathBuf, Plan), Exec
         exec: exec_args(&program, spec)?,
         report_fd: -1,
         gate_fd: -1,
+        gate_wait: false,
     };
     Ok((program, plan))
 }
