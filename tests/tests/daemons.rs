@@ -135,3 +135,47 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         })
         .ok_or(())
 }
+
+/// As root, rbe-workerd keeps only the capabilities its sandbox needs, in
+/// every set, whether or not a unit's `CapabilityBoundingSet=` applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_worker_keeps_only_the_capabilities_it_needs() {
+    if !rustix::process::geteuid().is_root() {
+        return rbe_testkit::skip("needs root: a worker that is not root has no capabilities");
+    }
+    let stack = rbe_testkit::Stack::start().await;
+    // An action first: it runs once the worker is up and attached (the
+    // spawn returns before the worker's `main` has run), and proves the
+    // kept set is enough.
+    let r = rbe_testkit::exec::run_command(&stack.channel(), &["true"], &[], 30, None)
+        .await
+        .expect("execute");
+    assert_eq!(r.result.map(|r| r.exit_code), Some(0));
+    let pid = stack.workerd_pid().expect("workerd runs");
+    // CAP_CHOWN 0, DAC_OVERRIDE 1, DAC_READ_SEARCH 2, FOWNER 3, KILL 5,
+    // SETGID 6, SETUID 7, NET_ADMIN 12, SYS_CHROOT 18, SYS_ADMIN 21.
+    let expected: u64 = [0, 1, 2, 3, 5, 6, 7, 12, 18, 21]
+        .iter()
+        .map(|n| 1u64 << n)
+        .sum();
+    // Every thread, not only the first: capabilities are per thread.
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    let mut seen = 0;
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).expect("status");
+        let set = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or_else(|| panic!("{name} in {status}"))
+        };
+        assert_eq!(set("CapEff:"), expected, "effective");
+        assert_eq!(set("CapPrm:"), expected, "permitted");
+        assert_eq!(set("CapBnd:"), expected, "bounding");
+        assert_eq!(set("CapInh:"), 0, "inheritable");
+        assert_eq!(set("CapAmb:"), 0, "ambient");
+        seen += 1;
+    }
+    assert!(seen > 1, "the runtime's threads too");
+}

@@ -605,10 +605,38 @@ async fn actions_run_in_scopes_with_limits_and_journal_fields_and_reload() {
         .await
         .expect("execute");
     assert_eq!(resource_usage(&r).expect("usage").memory_max, 32 << 20);
+
+    // `systemctl stop` while an action runs: it finishes and is reported
+    // before the worker exits, so the client gets its result.
+    let ch2 = ch.clone();
+    let running = tokio::spawn(async move {
+        run_command(&ch2, &["sh", "-c", "sleep 2; echo finished"], &[], 60, None).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while inst
+        .sh("systemctl list-units --no-legend --plain 'rbe-action-*' | wc -l")
+        .trim()
+        == "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the action's scope never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    inst.sh("systemctl stop rbe-workerd");
+    let r = running.await.expect("task").expect("execute");
+    let res = r.result.as_ref().expect("a result, not an error");
+    assert_eq!(res.exit_code, 0, "{r:?}");
+    assert_eq!(
+        blob_text(&ch, res.stdout_digest.as_ref()).await,
+        "finished\n"
+    );
+    assert_eq!(inst.prop("rbe-workerd.service", "Result"), "success");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_casd_is_restarted_by_the_watchdog_and_keeps_its_blobs() {
+async fn a_hung_daemon_is_restarted_by_the_watchdog_and_casd_keeps_its_blobs() {
     if let Some(why) = unsupported() {
         return skip(&why);
     }
@@ -642,4 +670,37 @@ async fn a_hung_casd_is_restarted_by_the_watchdog_and_keeps_its_blobs() {
         data
     );
     assert_ne!(inst.prop("rbe-casd.service", "MainPID"), pid);
+
+    // The same for a wedged worker; the new one attaches and runs actions.
+    inst.sh(
+        "mkdir -p /etc/systemd/system/rbe-workerd.service.d && printf '[Service]\\n\
+         WatchdogSec=3s\\nTimeoutAbortSec=2s\\nRestartSec=100ms\\n' \
+         > /etc/systemd/system/rbe-workerd.service.d/test.conf && systemctl daemon-reload \
+         && systemctl start rbe-workerd",
+    );
+    inst.wait_prop("rbe-workerd.service", "StatusText", 30, |v| {
+        v.contains("slots")
+    });
+    let pid = inst.prop("rbe-workerd.service", "MainPID");
+    inst.sh(&format!("kill -STOP {pid}"));
+    let (restarts, _) = inst.wait_prop("rbe-workerd.service", "NRestarts", 60, |v| v != "0");
+    assert_eq!(restarts, "1");
+    assert!(inst
+        .journal("rbe-workerd.service")
+        .contains("Watchdog timeout"));
+    inst.wait_prop("rbe-workerd.service", "StatusText", 30, |v| {
+        v.contains("slots")
+    });
+    let fe = rbe_net::unix_channel(&inst.root().join("run/rbe/frontend.sock"))
+        .await
+        .expect("channel");
+    let r = rbe_testkit::exec::run_command(&fe, &["true"], &[], 60, None)
+        .await
+        .expect("execute on the restarted worker");
+    assert_eq!(
+        r.result.as_ref().map(|r| r.exit_code),
+        Some(0),
+        "{r:?}\n{}",
+        inst.journal("rbe-workerd.service")
+    );
 }

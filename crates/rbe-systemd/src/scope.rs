@@ -159,9 +159,11 @@ impl Scopes {
         }
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
 
+        let t0 = std::time::Instant::now();
         let reply = self
             .call("StartTransientUnit", &(unit, "fail", props, aux))
             .await?;
+        let call_us = t0.elapsed().as_micros() as u64;
         let job: OwnedObjectPath = reply.body().deserialize().map_err(|e| ScopeError::Call {
             method: "StartTransientUnit",
             reason: e.to_string(),
@@ -173,6 +175,13 @@ impl Scopes {
                 return Err(ScopeError::Timeout(unit.to_owned()));
             }
         };
+        // Where a scope's cost goes (BENCHMARKS.md, "Scope benchmarks").
+        tracing::debug!(
+            unit,
+            call_us,
+            started_us = t0.elapsed().as_micros() as u64,
+            "scope started"
+        );
         if result != "done" {
             return Err(ScopeError::Job {
                 unit: unit.to_owned(),

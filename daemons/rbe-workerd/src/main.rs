@@ -4,6 +4,7 @@
 mod action;
 mod confine;
 mod outputs;
+mod privileges;
 mod server;
 
 use std::process::ExitCode;
@@ -20,6 +21,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Before any thread exists: capabilities are per thread.
+    if let Err(e) = privileges::drop_unneeded() {
+        eprintln!("rbe-workerd: cannot drop unneeded capabilities: {e}");
+        return ExitCode::FAILURE;
+    }
     let dirs = args.config.dirs();
     rbe_systemd::daemon::main(
         "rbe-workerd",
