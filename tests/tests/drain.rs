@@ -112,3 +112,51 @@ async fn a_killed_worker_leaves_no_action_running() {
     }
     running.abort();
 }
+
+/// `worker.drain_timeout_secs` bounds the drain: an action still running
+/// then is killed (the frontend queues it again), and the worker exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_ends_after_the_configured_time() {
+    let mut stack = Stack::start_configured("", "", "[worker]\ndrain_timeout_secs = 1\n").await;
+    let ch = stack.channel();
+    let token = format!("{}.{}", 5000 + std::process::id() % 1000, 23);
+    let script = format!("sleep {token}");
+    let ch2 = ch.clone();
+    let running =
+        tokio::spawn(
+            async move { run_command(&ch2, &["sh", "-c", &script], &[], 600, None).await },
+        );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while processes_with(&format!("sleep {token}")).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = stack.workerd_pid().expect("workerd runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = stack.wait_workerd().expect("workerd exited");
+    assert!(status.success(), "workerd exit: {status:?}");
+    let log = std::fs::read_to_string(stack.tmp.path().join("workerd.log")).unwrap_or_default();
+    assert!(
+        log.contains("drain time is up") && log.contains("drain_timeout_secs=1"),
+        "{log}"
+    );
+    // Killed as the worker leaves (its sandbox sees the worker gone).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_with(&format!("sleep {token}")).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the action outlived the drain"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // No worker is left, so the action waits in the queue, not failed.
+    assert!(!running.is_finished(), "{:?}", running.await);
+    running.abort();
+}

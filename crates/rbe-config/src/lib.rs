@@ -97,6 +97,7 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "worker.slots",
             "worker.work_dir",
             "worker.platform",
+            "worker.drain_timeout_secs",
             "sandbox.uid",
             "sandbox.gid",
             "sandbox.network",

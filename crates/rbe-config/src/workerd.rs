@@ -38,6 +38,9 @@ pub struct WorkerSection {
     pub work_dir: PathBuf,
     /// Platform properties offered, as `name=value` strings.
     pub platform: Vec<String>,
+    /// On stop, how long running actions may go on to finish and report;
+    /// what still runs then is killed and queued again elsewhere.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for WorkerSection {
@@ -47,6 +50,7 @@ impl Default for WorkerSection {
             slots: 0,
             work_dir: PathBuf::from("/var/lib/rbe/work"),
             platform: vec!["OSFamily=linux".to_owned()],
+            drain_timeout_secs: 20,
         }
     }
 }
@@ -184,6 +188,7 @@ struct WorkerFragment {
     slots: Option<u32>,
     work_dir: Option<PathBuf>,
     platform: Option<Vec<String>>,
+    drain_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,7 +234,17 @@ impl WorkerdFragment {
             slots: w.slots.unwrap_or(d.slots),
             work_dir: w.work_dir.unwrap_or(d.work_dir),
             platform: w.platform.unwrap_or(d.platform),
+            drain_timeout_secs: w.drain_timeout_secs.unwrap_or(d.drain_timeout_secs),
         };
+        if worker.drain_timeout_secs > 3600 {
+            return Err(prov.error(
+                "worker.drain_timeout_secs",
+                format!(
+                    "{} is more than 3600 (keep it below the unit's TimeoutStopSec=)",
+                    worker.drain_timeout_secs
+                ),
+            ));
+        }
         check_absolute(prov, "worker.work_dir", &worker.work_dir)?;
         if worker.slots > 4096 {
             return Err(prov.error(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use rbe_config::WorkerdSettings;
+use rbe_config::{WorkerSection, WorkerdSettings};
 use rbe_proto::worker::{
     hub_message, worker_hub_client::WorkerHubClient, worker_message, Hello, Property, WorkerMessage,
 };
@@ -245,16 +245,14 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
     }
 }
 
-/// How long a stopping worker lets running actions finish; the unit's
-/// `TimeoutStopSec=30s` leaves room for the rest. What is still running
-/// then is killed, and the frontend queues it again.
-const DRAIN: Duration = Duration::from_secs(20);
-
 /// Resolves once a stop was asked for and every running action has
-/// finished and been reported, or [`DRAIN`] has passed.
+/// finished and been reported, or `worker.drain_timeout_secs` has passed
+/// (the unit's `TimeoutStopSec=30s` leaves room for the rest). What is
+/// still running then is killed, and the frontend queues it again.
 async fn drained(worker: &Worker, shutdown: &CancellationToken) {
     shutdown.cancelled().await;
-    let deadline = tokio::time::Instant::now() + DRAIN;
+    let drain = Duration::from_secs(worker.settings.load().worker.drain_timeout_secs);
+    let deadline = tokio::time::Instant::now() + drain;
     loop {
         let running = worker.running.lock().len();
         if running == 0 {
@@ -263,6 +261,7 @@ async fn drained(worker: &Worker, shutdown: &CancellationToken) {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
                 running,
+                drain_timeout_secs = drain.as_secs(),
                 "drain time is up; the frontend queues the rest again"
             );
             break;
@@ -290,7 +289,13 @@ fn reload_on_sighup(
                 old.frontend_socket != new.frontend_socket,
             )
             .restart_only("casd.socket", old.casd_socket != new.casd_socket)
-            .restart_only("worker", old.worker != new.worker)
+            .restart_only(
+                "worker",
+                WorkerSection {
+                    drain_timeout_secs: old.worker.drain_timeout_secs,
+                    ..new.worker.clone()
+                } != old.worker,
+            )
             .restart_only("scope", old.scope != new.scope);
             tracing::info!(
                 memory_max = new.limits.memory_max,
