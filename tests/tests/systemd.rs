@@ -534,6 +534,23 @@ async fn actions_run_in_scopes_with_limits_and_journal_fields_and_reload() {
         .unwrap_or_else(|| panic!("{r:?}\n{}", inst.journal("rbe-workerd.service")));
     assert!(u.throttled_periods.unwrap_or(0) > 0, "{u:?}");
     assert_eq!(u.tasks_max, 64);
+    // Timers and signals still work for a throttled action: GNU timeout
+    // ends a busy loop (exit 124).
+    let r = run_command(
+        &ch,
+        &[
+            "sh",
+            "-c",
+            "timeout 2 sh -c 'while :; do :; done'; echo rc=$?",
+        ],
+        &[],
+        60,
+        None,
+    )
+    .await
+    .expect("execute");
+    let res = r.result.as_ref().expect("a result");
+    assert_eq!(blob_text(&ch, res.stdout_digest.as_ref()).await, "rc=124\n");
     let r = run_command(&ch, &["true"], &[("rbe.tasks_max", "1000000")], 60, None)
         .await
         .expect("execute");
