@@ -74,42 +74,54 @@ fn processes_with(token: &str) -> Vec<String> {
         .collect()
 }
 
+/// A running `sleep` action whose command line is unique to this test
+/// (so only its processes match): its task, once its processes exist, and
+/// the pattern to look for.
+async fn sleeping_action(
+    ch: &tonic::transport::Channel,
+    seed: u32,
+) -> (
+    tokio::task::JoinHandle<Result<rbe_proto::reapi::ExecuteResponse, tonic::Status>>,
+    String,
+) {
+    let token = format!("sleep {}.{seed}", 4000 + std::process::id() % 1000);
+    let script = format!("{token}; {token}");
+    let ch2 = ch.clone();
+    let running =
+        tokio::spawn(
+            async move { run_command(&ch2, &["sh", "-c", &script], &[], 600, None).await },
+        );
+    wait_for("the action to start", 30, || {
+        !processes_with(&token).is_empty()
+    })
+    .await;
+    (running, token)
+}
+
+/// Polls `done` every 20 ms for up to `secs` seconds.
+async fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {secs} s for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Without a systemd scope to clean up, a worker killed outright (SIGKILL,
 /// OOM killer, a crash) must still not leave its actions running: each
 /// sandbox notices its worker is gone and kills itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_leaves_no_action_running() {
     let mut stack = Stack::start().await;
-    let ch = stack.channel();
-    // Unique to this test run, so only our action matches.
-    let token = format!("{}.{}", 4000 + std::process::id() % 1000, 17);
-    let script = format!("sleep {token}; sleep {token}");
-    let ch2 = ch.clone();
-    let running =
-        tokio::spawn(
-            async move { run_command(&ch2, &["sh", "-c", &script], &[], 600, None).await },
-        );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while processes_with(&format!("sleep {token}")).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the action never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let (running, token) = sleeping_action(&stack.channel(), 17).await;
     stack.kill_workerd();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let left = processes_with(&format!("sleep {token}"));
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "action processes outlived their worker: {left:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for("the action to die with its worker", 10, || {
+        processes_with(&token).is_empty()
+    })
+    .await;
     running.abort();
 }
 
@@ -118,22 +130,7 @@ async fn a_killed_worker_leaves_no_action_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_ends_after_the_configured_time() {
     let mut stack = Stack::start_configured("", "", "[worker]\ndrain_timeout_secs = 1\n").await;
-    let ch = stack.channel();
-    let token = format!("{}.{}", 5000 + std::process::id() % 1000, 23);
-    let script = format!("sleep {token}");
-    let ch2 = ch.clone();
-    let running =
-        tokio::spawn(
-            async move { run_command(&ch2, &["sh", "-c", &script], &[], 600, None).await },
-        );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while processes_with(&format!("sleep {token}")).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the action never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let (running, token) = sleeping_action(&stack.channel(), 23).await;
     let pid = stack.workerd_pid().expect("workerd runs");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -148,14 +145,10 @@ async fn the_drain_ends_after_the_configured_time() {
         "{log}"
     );
     // Killed as the worker leaves (its sandbox sees the worker gone).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !processes_with(&format!("sleep {token}")).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the action outlived the drain"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for("the action to die after the drain", 10, || {
+        processes_with(&token).is_empty()
+    })
+    .await;
     // No worker is left, so the action waits in the queue, not failed.
     assert!(!running.is_finished(), "{:?}", running.await);
     running.abort();
