@@ -74,17 +74,19 @@ fn processes_with(token: &str) -> Vec<String> {
         .collect()
 }
 
-/// A running `sleep` action whose command line is unique to this test
-/// (so only its processes match): its task, once its processes exist, and
-/// the pattern to look for.
+/// A running action of two `sleep`s of about `secs` each, whose command
+/// line is unique to this test (so only its processes match): its task,
+/// once its processes exist, and the pattern to look for.
 async fn sleeping_action(
     ch: &tonic::transport::Channel,
+    secs: u32,
     seed: u32,
 ) -> (
     tokio::task::JoinHandle<Result<rbe_proto::reapi::ExecuteResponse, tonic::Status>>,
     String,
 ) {
-    let token = format!("sleep {}.{seed}", 4000 + std::process::id() % 1000);
+    // The fraction makes the command line unique; it sleeps about `secs`.
+    let token = format!("sleep {secs}.{}{seed}", std::process::id() % 100_000);
     let script = format!("{token}; {token}");
     let ch2 = ch.clone();
     let running =
@@ -116,7 +118,7 @@ async fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_leaves_no_action_running() {
     let mut stack = Stack::start().await;
-    let (running, token) = sleeping_action(&stack.channel(), 17).await;
+    let (running, token) = sleeping_action(&stack.channel(), 4000, 17).await;
     stack.kill_workerd();
     wait_for("the action to die with its worker", 10, || {
         processes_with(&token).is_empty()
@@ -130,7 +132,7 @@ async fn a_killed_worker_leaves_no_action_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_ends_after_the_configured_time() {
     let mut stack = Stack::start_configured("", "", "[worker]\ndrain_timeout_secs = 1\n").await;
-    let (running, token) = sleeping_action(&stack.channel(), 23).await;
+    let (running, token) = sleeping_action(&stack.channel(), 4000, 23).await;
     let pid = stack.workerd_pid().expect("workerd runs");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -152,4 +154,47 @@ async fn the_drain_ends_after_the_configured_time() {
     // No worker is left, so the action waits in the queue, not failed.
     assert!(!running.is_finished(), "{:?}", running.await);
     running.abort();
+}
+
+/// Stopping the frontend (SIGTERM, as `systemctl stop` does): an executing
+/// action finishes and its client gets the result; a queued one gets
+/// UNAVAILABLE at once, which clients retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_frontend_lets_executing_actions_finish() {
+    let mut stack = Stack::start_configured(
+        "",
+        "[execution]\ndrain_timeout_secs = 60\n",
+        "[worker]\nslots = 1\n",
+    )
+    .await;
+    let ch = stack.channel();
+    let (running, _) = sleeping_action(&ch, 2, 29).await;
+    // The only slot is busy, so this one waits in the queue.
+    let ch2 = ch.clone();
+    let queued = tokio::spawn(async move {
+        run_command(&ch2, &["sh", "-c", "echo queued"], &[], 60, None).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let pid = stack.frontend_pid().expect("frontend runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+
+    let q = queued.await.expect("task");
+    let code = match &q {
+        Ok(r) => r.status.as_ref().map_or(0, |s| s.code),
+        Err(s) => s.code() as i32,
+    };
+    assert_eq!(code, tonic::Code::Unavailable as i32, "{q:?}");
+    assert!(
+        !running.is_finished(),
+        "the executing action is not cut short"
+    );
+    let r = running.await.expect("task").expect("a result");
+    let res = r.result.as_ref().unwrap_or_else(|| panic!("{r:?}"));
+    assert_eq!(res.exit_code, 0, "{r:?}");
+    let status = stack.wait_frontend().expect("frontend exited");
+    assert!(status.success(), "frontend exit: {status:?}");
 }

@@ -86,6 +86,9 @@ pub struct Execution {
     /// A queued action that no connected worker can run fails after this
     /// many seconds.
     pub unmatchable_grace_secs: u64,
+    /// On stop, how long executing actions may go on to finish and be
+    /// reported; queued ones, and what still runs then, get UNAVAILABLE.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for Execution {
@@ -96,6 +99,7 @@ impl Default for Execution {
             max_queued: 10_000,
             operation_retention_secs: 600,
             unmatchable_grace_secs: 30,
+            drain_timeout_secs: 20,
         }
     }
 }
@@ -108,6 +112,7 @@ struct ExecutionFragment {
     max_queued: Option<u64>,
     operation_retention_secs: Option<u64>,
     unmatchable_grace_secs: Option<u64>,
+    drain_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,7 +200,17 @@ impl FrontendFragment {
             unmatchable_grace_secs: e
                 .unmatchable_grace_secs
                 .unwrap_or(de.unmatchable_grace_secs),
+            drain_timeout_secs: e.drain_timeout_secs.unwrap_or(de.drain_timeout_secs),
         };
+        if execution.drain_timeout_secs > 3600 {
+            return Err(prov.error(
+                "execution.drain_timeout_secs",
+                format!(
+                    "{} is more than 3600 (keep it below the unit's TimeoutStopSec=)",
+                    execution.drain_timeout_secs
+                ),
+            ));
+        }
         for (key, v) in [
             (
                 "execution.default_timeout_secs",

@@ -88,6 +88,7 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "execution.max_queued",
             "execution.operation_retention_secs",
             "execution.unmatchable_grace_secs",
+            "execution.drain_timeout_secs",
             "log.level",
         ],
         "workerd" => vec![

@@ -294,6 +294,11 @@ impl Stack {
         self.workerd.as_ref().map(Child::id)
     }
 
+    /// Waits for the frontend to exit by itself; its exit status.
+    pub fn wait_frontend(&mut self) -> Option<std::process::ExitStatus> {
+        self.frontend.take().and_then(|mut c| c.wait().ok())
+    }
+
     /// Waits for the worker to exit by itself; its exit status.
     pub fn wait_workerd(&mut self) -> Option<std::process::ExitStatus> {
         self.workerd.take().and_then(|mut c| c.wait().ok())

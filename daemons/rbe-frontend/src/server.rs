@@ -131,20 +131,40 @@ pub async fn run(
     rbe_systemd::notify_ready();
     let stop = shutdown.clone();
     let exec_stop = Arc::clone(&exec);
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         rbe_systemd::wait_for_shutdown_signal().await;
         rbe_systemd::notify_stopping();
-        tracing::info!("stopping: finishing requests in flight");
-        exec_stop.shutdown();
+        let drain = Duration::from_secs(exec_stop.settings.load().drain_timeout_secs);
+        tracing::info!(
+            executing = exec_stop.executing(),
+            drain_timeout_secs = drain.as_secs(),
+            "stopping: no new work; executing actions may finish"
+        );
+        // No new connections; streams in flight (clients' Execute, the
+        // workers' hub streams) go on.
+        exec_stop.begin_drain();
         stop.cancel();
+        let deadline = tokio::time::Instant::now() + drain;
+        while exec_stop.executing() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = exec_stop.executing();
+        if left > 0 {
+            tracing::warn!(
+                executing = left,
+                "drain time is up; those clients get UNAVAILABLE and retry"
+            );
+        }
+        exec_stop.shutdown();
+        let _ = drained_tx.send(());
     });
     let watchdog = tokio::spawn(heartbeat(shutdown.clone(), Arc::clone(&exec)));
-    // After a stop request, connections get a bounded time to finish
-    // (shorter than the units' TimeoutStopSec=30s).
-    let deadline = shutdown.clone();
+    // Once the drain is over, connections get a few more seconds to
+    // deliver the last results, then they are closed.
     let drain = async move {
-        deadline.cancelled().await;
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        let _ = drained_rx.await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
     };
     tokio::pin!(drain);
     loop {
@@ -162,7 +182,7 @@ pub async fn run(
                 }
             },
             _ = &mut drain => {
-                tracing::warn!("connections still open 20 s after the stop request; closing them");
+                tracing::warn!("connections still open 5 s after the drain; closing them");
                 servers.abort_all();
                 break;
             }

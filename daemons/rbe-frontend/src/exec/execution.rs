@@ -259,6 +259,9 @@ impl Execution for ExecutionService {
         &self,
         req: Request<ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
+        if self.0.draining() {
+            return Err(Status::unavailable("the server is stopping; retry"));
+        }
         let invocation = invocation_id(&req);
         let req = req.into_inner();
         rbe_proto::resource::validate_instance(&req.instance_name).map_err(|r| {

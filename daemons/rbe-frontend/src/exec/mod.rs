@@ -32,7 +32,7 @@ use rbe_proto::reapi::{
 use rbe_proto::wkt::Any;
 use rbe_proto::worker::{hub_message, Assignment, Cancel, Finished, HubMessage};
 use rbe_sched::{
-    ActionKey, CancelEffect, OpId, Outcome, SchedConfig, Scheduler, SystemClock, WorkerId,
+    ActionKey, CancelEffect, OpId, Outcome, SchedConfig, Scheduler, Stage, SystemClock, WorkerId,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -77,6 +77,8 @@ pub struct Exec {
     pub upstream: Upstream,
     /// Swapped whole by a reload.
     pub settings: arc_swap::ArcSwap<ExecSettings>,
+    /// Set when a stop began: no new work is taken or assigned.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 fn sched_config(settings: &ExecSettings) -> SchedConfig {
@@ -164,6 +166,7 @@ impl Exec {
             recent: Arc::new(RecentResults::start(upstream.clone())),
             upstream,
             settings: arc_swap::ArcSwap::from_pointee(settings),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -217,8 +220,53 @@ impl Exec {
         name
     }
 
+    /// Whether a stop has begun (see [`Exec::begin_drain`]).
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A stop's first step: no new work. Queued operations end UNAVAILABLE
+    /// at once (clients retry, on this host's next frontend or elsewhere);
+    /// executing ones go on, and their workers still report.
+    pub fn begin_drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        let queued: Vec<OpId> = {
+            let mut sched = self.sched.lock();
+            let ids: Vec<OpId> = sched
+                .ids()
+                .into_iter()
+                .filter(|id| sched.get(*id).is_some_and(|v| v.stage == Stage::Queued))
+                .collect();
+            for id in &ids {
+                let _ = sched.cancel(*id);
+            }
+            ids
+        };
+        for id in queued {
+            self.complete(
+                id,
+                ExecuteResponse {
+                    status: Some(rpc_status(
+                        tonic::Code::Unavailable,
+                        "the server is stopping; retry",
+                    )),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    /// Operations running on a worker now.
+    pub fn executing(&self) -> usize {
+        self.sched.lock().counts().executing
+    }
+
     /// Sends every possible assignment to its worker.
     pub fn dispatch(&self) {
+        if self.draining() {
+            return;
+        }
         // Assignments are sent while the scheduler is locked, so a Cancel
         // decided afterwards can never overtake its Assign on the stream.
         let mut sched = self.sched.lock();
