@@ -81,6 +81,22 @@ pub(crate) fn check_absolute(prov: &Provenance, key: &str, p: &Path) -> Result<(
     }
 }
 
+/// A stop's drain time: at most an hour (the units' `TimeoutStopSec=` is
+/// what really bounds it).
+pub(crate) fn check_drain_timeout(
+    prov: &Provenance,
+    key: &str,
+    secs: u64,
+) -> Result<(), ConfigError> {
+    if secs > 3600 {
+        return Err(prov.error(
+            key,
+            format!("{secs} is more than 3600 (keep it below the unit's TimeoutStopSec=)"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

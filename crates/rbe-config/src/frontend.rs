@@ -202,15 +202,11 @@ impl FrontendFragment {
                 .unwrap_or(de.unmatchable_grace_secs),
             drain_timeout_secs: e.drain_timeout_secs.unwrap_or(de.drain_timeout_secs),
         };
-        if execution.drain_timeout_secs > 3600 {
-            return Err(prov.error(
-                "execution.drain_timeout_secs",
-                format!(
-                    "{} is more than 3600 (keep it below the unit's TimeoutStopSec=)",
-                    execution.drain_timeout_secs
-                ),
-            ));
-        }
+        crate::common::check_drain_timeout(
+            prov,
+            "execution.drain_timeout_secs",
+            execution.drain_timeout_secs,
+        )?;
         for (key, v) in [
             (
                 "execution.default_timeout_secs",

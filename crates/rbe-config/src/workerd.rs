@@ -236,15 +236,11 @@ impl WorkerdFragment {
             platform: w.platform.unwrap_or(d.platform),
             drain_timeout_secs: w.drain_timeout_secs.unwrap_or(d.drain_timeout_secs),
         };
-        if worker.drain_timeout_secs > 3600 {
-            return Err(prov.error(
-                "worker.drain_timeout_secs",
-                format!(
-                    "{} is more than 3600 (keep it below the unit's TimeoutStopSec=)",
-                    worker.drain_timeout_secs
-                ),
-            ));
-        }
+        crate::common::check_drain_timeout(
+            prov,
+            "worker.drain_timeout_secs",
+            worker.drain_timeout_secs,
+        )?;
         check_absolute(prov, "worker.work_dir", &worker.work_dir)?;
         if worker.slots > 4096 {
             return Err(prov.error(

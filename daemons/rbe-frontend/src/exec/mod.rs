@@ -123,6 +123,14 @@ pub fn rpc_status(code: tonic::Code, message: impl Into<String>) -> rbe_proto::r
     }
 }
 
+/// An ExecuteResponse telling the client to retry.
+fn unavailable(message: &str) -> ExecuteResponse {
+    ExecuteResponse {
+        status: Some(rpc_status(tonic::Code::Unavailable, message)),
+        ..Default::default()
+    }
+}
+
 /// Builds the longrunning Operation for a snapshot.
 pub fn operation(
     name: &str,
@@ -244,16 +252,7 @@ impl Exec {
             ids
         };
         for id in queued {
-            self.complete(
-                id,
-                ExecuteResponse {
-                    status: Some(rpc_status(
-                        tonic::Code::Unavailable,
-                        "the server is stopping; retry",
-                    )),
-                    ..Default::default()
-                },
-            );
+            self.complete(id, unavailable("the server is stopping; retry"));
         }
     }
 
@@ -484,16 +483,7 @@ impl Exec {
                 .get(&id)
                 .is_some_and(|o| o.watch.borrow().response.is_none());
             if open {
-                self.complete(
-                    id,
-                    ExecuteResponse {
-                        status: Some(rpc_status(
-                            tonic::Code::Unavailable,
-                            "the server is shutting down; retry",
-                        )),
-                        ..Default::default()
-                    },
-                );
+                self.complete(id, unavailable("the server is shutting down; retry"));
             }
         }
     }
