@@ -78,10 +78,19 @@ impl Reloaded {
         }
     }
 
-    /// Records `key` when `changed`.
-    pub fn restart_only(&mut self, key: &'static str, changed: bool) -> &mut Self {
-        if changed {
+    /// For a key that only applies after a restart: when the reloaded
+    /// value `new` differs from the `running` one, records `key` and puts
+    /// the running value back, so what a daemon advertises stays what it
+    /// enforces until it restarts.
+    pub fn keep<T: PartialEq + Clone>(
+        &mut self,
+        key: &'static str,
+        running: &T,
+        new: &mut T,
+    ) -> &mut Self {
+        if running != new {
             self.restart_only.push(key);
+            *new = running.clone();
         }
         self
     }

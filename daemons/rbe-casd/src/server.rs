@@ -160,17 +160,13 @@ fn reload_on_sighup(
         move |mut new| {
             let old = casd.settings.load_full();
             let mut r = rbe_systemd::Reloaded::new(&new.log.level);
-            r.restart_only("listen", old.listen != new.listen)
-                .restart_only("storage.path", old.storage.path != new.storage.path)
-                .restart_only(
+            r.keep("listen", &old.listen, &mut new.listen)
+                .keep("storage.path", &old.storage.path, &mut new.storage.path)
+                .keep(
                     "limits.max_batch_total_size_bytes",
-                    old.limits.max_batch_total_size_bytes != new.limits.max_batch_total_size_bytes,
+                    &old.limits.max_batch_total_size_bytes,
+                    &mut new.limits.max_batch_total_size_bytes,
                 );
-            // What waits for a restart keeps its running value, so what casd
-            // advertises stays what it enforces.
-            new.listen = old.listen.clone();
-            new.storage.path = old.storage.path.clone();
-            new.limits.max_batch_total_size_bytes = old.limits.max_batch_total_size_bytes;
             let st = &new.storage;
             casd.uploads
                 .set_expiry(Duration::from_secs(st.upload_expiry_secs));

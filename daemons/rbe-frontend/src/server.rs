@@ -206,18 +206,18 @@ fn reload_on_sighup(
 ) -> impl std::future::Future<Output = ()> {
     rbe_systemd::reload_on_sighup(
         move || rbe_config::load_frontend(&dirs),
-        move |new| {
+        move |mut new| {
             let mut r = rbe_systemd::Reloaded::new(&new.log.level);
-            r.restart_only("listen", running.listen != new.listen)
-                .restart_only("casd", running.casd != new.casd)
-                .restart_only("limits", running.limits != new.limits);
+            r.keep("listen", &running.listen, &mut new.listen)
+                .keep("casd", &running.casd, &mut new.casd)
+                .keep("limits", &running.limits, &mut new.limits);
             tracing::info!(
                 max_queued = new.execution.max_queued,
                 max_timeout_secs = new.execution.max_timeout_secs,
                 "new execution settings"
             );
-            // Only restart-only keys are compared, so `running` keeps the
-            // values the listeners and channels were built with.
+            // `running` stays what the listeners and channels were built
+            // with; only `[execution]` and the log level apply.
             exec.reconfigure(new.execution);
             r
         },

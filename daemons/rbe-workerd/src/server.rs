@@ -281,22 +281,22 @@ fn reload_on_sighup(
 ) -> impl std::future::Future<Output = ()> {
     rbe_systemd::reload_on_sighup(
         move || rbe_config::load_workerd(&dirs),
-        move |new| {
+        move |mut new| {
             let old = worker.settings.load_full();
             let mut r = rbe_systemd::Reloaded::new(&new.log.level);
-            r.restart_only(
+            // Of `[worker]`, only the drain time applies live.
+            let running_worker = WorkerSection {
+                drain_timeout_secs: new.worker.drain_timeout_secs,
+                ..old.worker.clone()
+            };
+            r.keep(
                 "frontend.socket",
-                old.frontend_socket != new.frontend_socket,
+                &old.frontend_socket,
+                &mut new.frontend_socket,
             )
-            .restart_only("casd.socket", old.casd_socket != new.casd_socket)
-            .restart_only(
-                "worker",
-                WorkerSection {
-                    drain_timeout_secs: old.worker.drain_timeout_secs,
-                    ..new.worker.clone()
-                } != old.worker,
-            )
-            .restart_only("scope", old.scope != new.scope);
+            .keep("casd.socket", &old.casd_socket, &mut new.casd_socket)
+            .keep("worker", &running_worker, &mut new.worker)
+            .keep("scope", &old.scope, &mut new.scope);
             tracing::info!(
                 memory_max = new.limits.memory_max,
                 cpu_quota = new.limits.cpu_quota,
