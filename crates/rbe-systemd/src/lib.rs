@@ -25,7 +25,7 @@ pub use notify::{
     watchdog_interval,
 };
 pub use reload::{reload_on_sighup, Reloaded};
-pub use signals::wait_for_shutdown_signal;
+pub use signals::{drain, wait_for_shutdown_signal};
 
 /// Errors from socket activation and logging setup.
 #[derive(Debug, thiserror::Error)]

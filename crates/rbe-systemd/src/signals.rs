@@ -18,3 +18,18 @@ pub async fn wait_for_shutdown_signal() {
         _ => std::future::pending::<()>().await,
     }
 }
+
+/// The wait of a drain: returns once `busy()` (work still in progress) is
+/// 0, or when `limit` has passed, with what is still busy then. Polled
+/// every 50 ms: a stop is rare, and the counts live behind the daemons'
+/// own locks.
+pub async fn drain(limit: std::time::Duration, busy: impl Fn() -> usize) -> usize {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let n = busy();
+        if n == 0 || tokio::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -145,11 +145,7 @@ pub async fn run(
         // workers' hub streams) go on.
         exec_stop.begin_drain();
         stop.cancel();
-        let deadline = tokio::time::Instant::now() + drain;
-        while exec_stop.executing() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let left = exec_stop.executing();
+        let left = rbe_systemd::drain(drain, || exec_stop.executing()).await;
         if left > 0 {
             tracing::warn!(
                 executing = left,

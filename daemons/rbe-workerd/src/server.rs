@@ -252,21 +252,13 @@ async fn attach(worker: &Arc<Worker>, shutdown: &CancellationToken) -> anyhow::R
 async fn drained(worker: &Worker, shutdown: &CancellationToken) {
     shutdown.cancelled().await;
     let drain = Duration::from_secs(worker.settings.load().worker.drain_timeout_secs);
-    let deadline = tokio::time::Instant::now() + drain;
-    loop {
-        let running = worker.running.lock().len();
-        if running == 0 {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                running,
-                drain_timeout_secs = drain.as_secs(),
-                "drain time is up; the frontend queues the rest again"
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let running = rbe_systemd::drain(drain, || worker.running.lock().len()).await;
+    if running > 0 {
+        tracing::warn!(
+            running,
+            drain_timeout_secs = drain.as_secs(),
+            "drain time is up; the frontend queues the rest again"
+        );
     }
     // The last reports are in the stream's buffer; give them a moment to
     // reach the frontend before the stream is dropped.
