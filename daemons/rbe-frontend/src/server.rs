@@ -237,15 +237,18 @@ async fn heartbeat(shutdown: CancellationToken, exec: Arc<crate::exec::Exec>) {
     rbe_systemd::heartbeat(shutdown.cancelled_owned(), || {
         exec.tick();
         let c = exec.sched.lock().counts();
+        let (retained_ops, retained_bytes) = exec.retained();
         rbe_systemd::notify_status(&format!(
             "{} queued, {} running, {} workers, {} free slots, {} results being cached, \
-             {} streams to casd",
+             {} streams to casd, {} operations retained ({} KiB)",
             c.queued,
             c.executing,
             c.workers,
             c.free_slots,
             exec.recent.pending(),
             exec.upstream.limits.in_use(),
+            retained_ops,
+            retained_bytes >> 10,
         ));
     })
     .await;

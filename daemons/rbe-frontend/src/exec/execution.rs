@@ -355,6 +355,7 @@ impl Execution for ExecutionService {
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
         let name = new_operation_name(&instance);
+        let payload_bytes = action_bytes.len() + command_bytes.len();
         let assignment = Arc::new(Assignment {
             id: 0,
             operation: name.clone(),
@@ -410,6 +411,7 @@ impl Execution for ExecutionService {
                                 do_not_cache: action.do_not_cache,
                                 invocation_id: invocation.clone(),
                                 watch: tx,
+                                payload_bytes,
                             },
                         );
                         Ok((id, Some(rx)))
