@@ -26,6 +26,10 @@ use tonic::transport::Channel;
 
 use relay::StreamLimits;
 
+// The configured stream limit must keep every stream's window inside the
+// stream connection's window, or stalled streams could hold back others.
+const _: () = assert!(rbe_config::MAX_PROXIED_STREAMS <= rbe_net::MAX_ISOLATED_STREAMS as u64);
+
 /// Clients to casd share two lazily connected channels; a casd restart is
 /// seen as UNAVAILABLE on the calls in flight and reconnects after.
 #[derive(Clone)]
