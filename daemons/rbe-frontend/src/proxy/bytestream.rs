@@ -10,7 +10,7 @@ use rbe_proto::bytestream::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::relay::{relay, BoxStream};
+use super::relay::{relay, split_read, BoxStream};
 use super::Upstream;
 
 pub struct ByteStreamProxy(pub Upstream);
@@ -28,7 +28,13 @@ impl ByteStream for ByteStreamProxy {
             .read(req.into_inner())
             .await?
             .into_inner();
-        Ok(Response::new(relay(&self.0.limits, RPC, inner, slot)))
+        Ok(Response::new(relay(
+            &self.0.limits,
+            RPC,
+            inner,
+            slot,
+            split_read,
+        )))
     }
 
     async fn write(

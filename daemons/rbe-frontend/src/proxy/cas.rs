@@ -10,7 +10,7 @@ use rbe_proto::reapi::{
 use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
-use super::relay::{relay, BoxStream};
+use super::relay::{relay, whole, BoxStream};
 use super::Upstream;
 use crate::exec::results::{action_key, RecentResults};
 
@@ -96,7 +96,13 @@ impl ContentAddressableStorage for CasProxy {
             .get_tree(req.into_inner())
             .await?
             .into_inner();
-        Ok(Response::new(relay(&self.0.limits, RPC, inner, slot)))
+        Ok(Response::new(relay(
+            &self.0.limits,
+            RPC,
+            inner,
+            slot,
+            whole,
+        )))
     }
 
     async fn split_blob(

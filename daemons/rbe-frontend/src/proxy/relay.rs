@@ -3,10 +3,10 @@
 //! A client that stops reading a ByteStream Read (or GetTree) would
 //! otherwise keep casd's stream open and its bytes buffered here for as
 //! long as its connection lives. [`relay`] reads casd's stream into a
-//! one-message buffer; when the client has not taken the buffered message
-//! for the idle timeout, casd's stream and its slot are dropped at once
-//! and the client, should it read again, gets DEADLINE_EXCEEDED after the
-//! bytes already on their way. Writes are bounded the same way by the
+//! one-message buffer (a Read in 64 KiB pieces); when the client has not
+//! taken the buffered piece for the idle timeout, casd's stream and its
+//! slot are dropped at once and the client, should it read again, gets
+//! DEADLINE_EXCEEDED after the (at most two) pieces already on their way. Writes are bounded the same way by the
 //! ByteStream proxy, Execute streams by the Execution service.
 //!
 //! The timer runs only while the frontend waits for the client: a slow
@@ -74,16 +74,18 @@ impl StreamLimits {
     }
 }
 
-/// Forwards casd's response stream to the client, one message ahead. The
-/// client must take each message within the idle timeout; when it does
-/// not, casd's stream and `slot` are dropped, and the client's stream
-/// ends with DEADLINE_EXCEEDED once it reads again. A client that goes
-/// away ends casd's stream too.
+/// Forwards casd's response stream to the client, one message ahead,
+/// each message of casd's cut into the pieces `split` makes. The client
+/// must take each piece within the idle timeout; when it does not, casd's
+/// stream and `slot` are dropped, and the client's stream ends with
+/// DEADLINE_EXCEEDED once it reads again. A client that goes away ends
+/// casd's stream too.
 pub fn relay<T: Send + 'static>(
     limits: &StreamLimits,
     rpc: &'static str,
     mut upstream: Streaming<T>,
     slot: OwnedSemaphorePermit,
+    split: fn(T) -> Vec<T>,
 ) -> BoxStream<T> {
     let (tx, rx) = mpsc::channel::<Result<T, Status>>(1);
     let idle = limits.idle;
@@ -94,12 +96,18 @@ pub fn relay<T: Send + 'static>(
                 m = upstream.next() => m,
                 _ = tx.closed() => return,
             };
-            let Some(item) = next else { return };
-            let last = item.is_err();
-            match tokio::time::timeout(idle, tx.send(item)).await {
-                Ok(Ok(())) if !last => {}
-                Ok(_) => return,
-                Err(_) => break,
+            let pieces = match next {
+                None => return,
+                Some(Err(st)) => {
+                    let _ = tokio::time::timeout(idle, tx.send(Err(st))).await;
+                    return;
+                }
+                Some(Ok(m)) => split(m),
+            };
+            match deliver_all(&tx, idle, pieces).await {
+                Delivered::All => {}
+                Delivered::Gone => return,
+                Delivered::Stalled => break,
             }
         }
         drop(upstream);
@@ -114,4 +122,78 @@ pub fn relay<T: Send + 'static>(
         let _ = tx.send(Err(stalled)).await;
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+enum Delivered {
+    All,
+    /// The client's stream is closed.
+    Gone,
+    /// The client took nothing for the idle timeout.
+    Stalled,
+}
+
+/// Sends `pieces` in order, each within `idle`.
+async fn deliver_all<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    idle: Duration,
+    pieces: Vec<T>,
+) -> Delivered {
+    for p in pieces {
+        match tokio::time::timeout(idle, tx.send(Ok(p))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Delivered::Gone,
+            Err(_) => return Delivered::Stalled,
+        }
+    }
+    Delivered::All
+}
+
+/// The size of the pieces a ByteStream Read is relayed in. casd reads in
+/// 1 MiB chunks; smaller pieces bound what a stalled reader leaves queued
+/// here (one piece waiting, one in HTTP/2's send buffer) and what a slow
+/// reader must take per idle period.
+pub const READ_PIECE: usize = 64 << 10;
+
+/// Cuts a ReadResponse into [`READ_PIECE`]s.
+pub fn split_read(
+    m: rbe_proto::bytestream::ReadResponse,
+) -> Vec<rbe_proto::bytestream::ReadResponse> {
+    if m.data.len() <= READ_PIECE {
+        return vec![m];
+    }
+    m.data
+        .chunks(READ_PIECE)
+        .map(|c| rbe_proto::bytestream::ReadResponse { data: c.to_vec() })
+        .collect()
+}
+
+/// Relays a message as it is.
+pub fn whole<T>(m: T) -> Vec<T> {
+    vec![m]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_cut_into_pieces_in_order() {
+        let data: Vec<u8> = (0..(3 * READ_PIECE + 5)).map(|i| i as u8).collect();
+        let pieces = split_read(rbe_proto::bytestream::ReadResponse { data: data.clone() });
+        assert_eq!(pieces.len(), 4);
+        assert!(pieces.iter().all(|p| p.data.len() <= READ_PIECE));
+        assert_eq!(pieces.concat_data(), data);
+        let small = split_read(rbe_proto::bytestream::ReadResponse { data: vec![1; 10] });
+        assert_eq!(small.len(), 1);
+    }
+
+    trait Concat {
+        fn concat_data(&self) -> Vec<u8>;
+    }
+
+    impl Concat for Vec<rbe_proto::bytestream::ReadResponse> {
+        fn concat_data(&self) -> Vec<u8> {
+            self.iter().flat_map(|p| p.data.iter().copied()).collect()
+        }
+    }
 }
