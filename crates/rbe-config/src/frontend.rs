@@ -56,17 +56,32 @@ impl Default for CasdClient {
     }
 }
 
-/// `[limits]`: request size limits.
+/// `[limits]`: request size limits, and what one client may hold.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FrontendLimits {
     /// Largest gRPC message accepted or sent, in bytes.
     pub max_message_bytes: u64,
+    /// A proxied stream (ByteStream Read/Write, GetTree) or an Execute
+    /// stream whose client takes or sends nothing for this many seconds is
+    /// ended with DEADLINE_EXCEEDED.
+    pub stream_idle_timeout_secs: u64,
+    /// Most ByteStream and GetTree streams forwarded to casd at once; a
+    /// stream beyond waits up to `stream_idle_timeout_secs` for a slot,
+    /// then gets RESOURCE_EXHAUSTED.
+    pub max_proxied_streams: u64,
 }
+
+/// Upper bound of `limits.max_proxied_streams`: that many streams' HTTP/2
+/// windows (2 MiB each) fit in one connection window (2 GiB), so stalled
+/// ones can never hold back the others (see `rbe_net::Windows::ISOLATING`).
+pub const MAX_PROXIED_STREAMS: u64 = 1000;
 
 impl Default for FrontendLimits {
     fn default() -> Self {
         FrontendLimits {
             max_message_bytes: 8 << 20,
+            stream_idle_timeout_secs: 60,
+            max_proxied_streams: 256,
         }
     }
 }
@@ -89,6 +104,10 @@ pub struct Execution {
     /// On stop, how long executing actions may go on to finish and be
     /// reported; queued ones, and what still runs then, get UNAVAILABLE.
     pub drain_timeout_secs: u64,
+    /// Completed operations kept for WaitExecution and GetOperation take
+    /// at most this many bytes together (inlined payloads are not kept);
+    /// beyond it the oldest are forgotten first.
+    pub max_retained_bytes: u64,
 }
 
 impl Default for Execution {
@@ -100,6 +119,7 @@ impl Default for Execution {
             operation_retention_secs: 600,
             unmatchable_grace_secs: 30,
             drain_timeout_secs: 20,
+            max_retained_bytes: 128 << 20,
         }
     }
 }
@@ -113,6 +133,7 @@ struct ExecutionFragment {
     operation_retention_secs: Option<u64>,
     unmatchable_grace_secs: Option<u64>,
     drain_timeout_secs: Option<u64>,
+    max_retained_bytes: Option<Size>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +163,8 @@ struct CasdFragment {
 #[serde(deny_unknown_fields)]
 struct LimitsFragment {
     max_message_bytes: Option<Size>,
+    stream_idle_timeout_secs: Option<u64>,
+    max_proxied_streams: Option<u64>,
 }
 
 impl FrontendFragment {
@@ -175,7 +198,31 @@ impl FrontendFragment {
             max_message_bytes: li
                 .max_message_bytes
                 .map_or(d.limits.max_message_bytes, |v| v.0),
+            stream_idle_timeout_secs: li
+                .stream_idle_timeout_secs
+                .unwrap_or(d.limits.stream_idle_timeout_secs),
+            max_proxied_streams: li
+                .max_proxied_streams
+                .unwrap_or(d.limits.max_proxied_streams),
         };
+        if !(1..=86_400).contains(&limits.stream_idle_timeout_secs) {
+            return Err(prov.error(
+                "limits.stream_idle_timeout_secs",
+                format!(
+                    "{} is out of range (1 to 86400)",
+                    limits.stream_idle_timeout_secs
+                ),
+            ));
+        }
+        if !(1..=MAX_PROXIED_STREAMS).contains(&limits.max_proxied_streams) {
+            return Err(prov.error(
+                "limits.max_proxied_streams",
+                format!(
+                    "{} is out of range (1 to {MAX_PROXIED_STREAMS})",
+                    limits.max_proxied_streams
+                ),
+            ));
+        }
         // Below 64 KiB even a FindMissingBlobs of modest size fails; above
         // 2 GiB protobuf itself cannot encode a message.
         if !((64 << 10)..=(2u64 << 30) - 1).contains(&limits.max_message_bytes) {
@@ -201,7 +248,17 @@ impl FrontendFragment {
                 .unmatchable_grace_secs
                 .unwrap_or(de.unmatchable_grace_secs),
             drain_timeout_secs: e.drain_timeout_secs.unwrap_or(de.drain_timeout_secs),
+            max_retained_bytes: e.max_retained_bytes.map_or(de.max_retained_bytes, |v| v.0),
         };
+        if execution.max_retained_bytes < 1 << 20 {
+            return Err(prov.error(
+                "execution.max_retained_bytes",
+                format!(
+                    "{} is below the minimum of 1 MiB",
+                    execution.max_retained_bytes
+                ),
+            ));
+        }
         crate::common::check_drain_timeout(
             prov,
             "execution.drain_timeout_secs",

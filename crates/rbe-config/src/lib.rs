@@ -24,7 +24,9 @@ use std::path::PathBuf;
 pub use casd::{CasdListen, CasdSettings, Instances, Limits, Storage};
 pub use common::Log;
 pub use error::{ConfigError, Origin};
-pub use frontend::{CasdClient, Execution, FrontendLimits, FrontendListen, FrontendSettings};
+pub use frontend::{
+    CasdClient, Execution, FrontendLimits, FrontendListen, FrontendSettings, MAX_PROXIED_STREAMS,
+};
 pub use size::{parse_size, ParseSizeError};
 pub use workerd::{ActionLimits, Sandbox, ScopeMode, ScopeSection, WorkerSection, WorkerdSettings};
 
@@ -83,12 +85,15 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "listen.local",
             "casd.socket",
             "limits.max_message_bytes",
+            "limits.stream_idle_timeout_secs",
+            "limits.max_proxied_streams",
             "execution.default_timeout_secs",
             "execution.max_timeout_secs",
             "execution.max_queued",
             "execution.operation_retention_secs",
             "execution.unmatchable_grace_secs",
             "execution.drain_timeout_secs",
+            "execution.max_retained_bytes",
             "log.level",
         ],
         "workerd" => vec![

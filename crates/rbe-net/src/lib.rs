@@ -9,6 +9,14 @@
 //! Both ends use the same large HTTP/2 flow-control windows
 //! ([`tune_server`], [`tune_endpoint`]) so multi-megabyte ByteStream
 //! transfers are not throttled by the 64 KiB HTTP/2 default.
+//!
+//! A connection that carries streams for many unrelated clients (the
+//! frontend's proxied streams to casd) uses [`Windows::ISOLATING`] instead:
+//! bytes received for a stream nobody reads count against both its stream
+//! window and the connection window, so with the usual windows four stalled
+//! streams would stop every other stream on the connection. There the
+//! connection window is HTTP/2's largest and the stream window small, so
+//! up to [`MAX_ISOLATED_STREAMS`] stalled streams cannot exhaust it.
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -16,7 +24,7 @@ mod channel;
 mod listener;
 mod serve;
 
-pub use channel::{tune_endpoint, unix_channel};
+pub use channel::{tune_endpoint, unix_channel, unix_channel_with};
 pub use listener::{from_activation_or_bind, take_all_activated, Bind, Listener};
 pub use serve::{serve, tune_server};
 
@@ -26,6 +34,38 @@ use std::path::PathBuf;
 pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 /// Per-connection HTTP/2 flow-control window.
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
+/// HTTP/2's largest flow-control window, 2^31 - 1 bytes.
+pub const MAX_WINDOW_BYTES: u32 = (1 << 31) - 1;
+/// How many streams a connection with [`Windows::ISOLATING`] can carry with
+/// none of them able to hold back another: their stream windows together
+/// fit in the connection window.
+pub const MAX_ISOLATED_STREAMS: u32 = MAX_WINDOW_BYTES / Windows::ISOLATING.stream;
+
+/// The HTTP/2 flow-control windows a client channel grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Windows {
+    /// Per stream.
+    pub stream: u32,
+    /// For the whole connection.
+    pub connection: u32,
+}
+
+impl Windows {
+    /// [`STREAM_WINDOW_BYTES`] and [`CONNECTION_WINDOW_BYTES`]: for a
+    /// connection whose every response is read as it arrives.
+    pub const DEFAULT: Windows = Windows {
+        stream: STREAM_WINDOW_BYTES,
+        connection: CONNECTION_WINDOW_BYTES,
+    };
+    /// For a connection carrying streams that may stop being read: 2 MiB
+    /// per stream (still a few round trips per casd read chunk on a local
+    /// socket) and the largest connection window.
+    pub const ISOLATING: Windows = Windows {
+        stream: 2 << 20,
+        connection: MAX_WINDOW_BYTES,
+    };
+}
 
 /// Errors setting up listeners and channels.
 #[derive(Debug, thiserror::Error)]

@@ -529,6 +529,22 @@ impl<P: Clone, R> Scheduler<P, R> {
         }
     }
 
+    /// Drops a completed operation before its retention is over (its
+    /// holder keeps too much already); false if it is unknown or not
+    /// completed.
+    pub fn forget(&mut self, id: OpId) -> bool {
+        if self
+            .ops
+            .get(&id)
+            .is_none_or(|o| o.stage != Stage::Completed)
+        {
+            return false;
+        }
+        // Its entry in `completed` goes when it reaches the front in `tick`.
+        self.ops.remove(&id);
+        true
+    }
+
     /// Periodic work: fails queued operations that no connected worker can
     /// run after the grace period, and drops completed operations past
     /// retention. Returns the operations that just failed.

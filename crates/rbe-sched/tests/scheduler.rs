@@ -243,3 +243,17 @@ fn join_finds_only_actions_in_flight() {
     assert!(s.complete(a, w, "ok"));
     assert_eq!(s.join(&key(1)), None, "a completed action is not joined");
 }
+
+#[test]
+fn forget_drops_only_completed_operations() {
+    let (mut s, _) = sched(SchedConfig::default());
+    let (queued, _) = s.submit(key(1), Platform::default(), 0, 1).expect("submit");
+    assert!(!s.forget(queued), "a queued operation is not forgotten");
+    let hit = s.record_completed(key(2), 2);
+    assert!(s.forget(hit));
+    assert!(s.get(hit).is_none());
+    assert!(!s.forget(hit), "already gone");
+    // The retention queue skips it later.
+    s.tick();
+    assert!(s.get(queued).is_some());
+}

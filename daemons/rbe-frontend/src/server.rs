@@ -15,7 +15,13 @@ use rbe_proto::reapi::capabilities_server::CapabilitiesServer;
 use rbe_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{bytestream::ByteStreamProxy, cas, Upstream};
+use crate::proxy::{bytestream::ByteStreamProxy, cas, relay::StreamLimits, Upstream};
+
+/// Streams one client connection may have open at once. Each stream a
+/// client stops reading keeps at most a few messages here until the client
+/// goes away, so this bounds what one connection can hold; Bazel opens
+/// another connection long before (100 streams per connection).
+const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 
 pub async fn run(
     settings: FrontendSettings,
@@ -53,17 +59,22 @@ pub async fn run(
     // actions and reports results, which no network client may do.
 
     let max_message = settings.limits.max_message_bytes as usize;
-    let upstream = Upstream {
-        channel: rbe_net::unix_channel(&settings.casd.socket)
-            .await
-            .with_context(|| {
-                format!(
-                    "preparing the channel to casd at {}",
-                    settings.casd.socket.display()
-                )
-            })?,
+    let limits = &settings.limits;
+    let upstream = Upstream::connect(
+        &settings.casd.socket,
         max_message,
-    };
+        StreamLimits::new(
+            limits.max_proxied_streams as usize,
+            Duration::from_secs(limits.stream_idle_timeout_secs),
+        ),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "preparing the channels to casd at {}",
+            settings.casd.socket.display()
+        )
+    })?;
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -76,6 +87,7 @@ pub async fn run(
         config_dirs,
     ));
     let router = rbe_net::tune_server(tonic::transport::Server::builder())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_service(health)
         .add_service(ExecutionServer::new(
             crate::exec::execution::ExecutionService(Arc::clone(&exec)),
@@ -225,13 +237,18 @@ async fn heartbeat(shutdown: CancellationToken, exec: Arc<crate::exec::Exec>) {
     rbe_systemd::heartbeat(shutdown.cancelled_owned(), || {
         exec.tick();
         let c = exec.sched.lock().counts();
+        let (retained_ops, retained_bytes) = exec.retained();
         rbe_systemd::notify_status(&format!(
-            "{} queued, {} running, {} workers, {} free slots, {} results being cached",
+            "{} queued, {} running, {} workers, {} free slots, {} results being cached, \
+             {} streams to casd, {} operations retained ({} KiB)",
             c.queued,
             c.executing,
             c.workers,
             c.free_slots,
-            exec.recent.pending()
+            exec.recent.pending(),
+            exec.upstream.limits.in_use(),
+            retained_ops,
+            retained_bytes >> 10,
         ));
     })
     .await;

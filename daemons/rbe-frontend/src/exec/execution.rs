@@ -106,27 +106,22 @@ impl ExecutionService {
     ) -> OpStream {
         let (tx, out) = mpsc::channel(4);
         let exec = Arc::clone(&self.0);
+        let idle = exec.upstream.limits.idle;
         tokio::spawn(async move {
             let checked = Snapshot {
                 stage: execution_stage::Value::CacheCheck as i32,
                 response: None,
             };
             let first = cache_checked.then(|| operation(&name, &digest, function, &checked));
-            if let Some(op) = first {
-                if tx.send(Ok(op)).await.is_err() {
-                    let effect = exec.sched.lock().remove_waiter(id);
-                    exec.apply_cancel(id, effect);
-                    return;
-                }
-            }
-            loop {
+            let mut sent = match first {
+                Some(op) => deliver(&tx, idle, op).await,
+                None => Sent::Yes,
+            };
+            while sent == Sent::Yes {
                 let snap = rx.borrow_and_update().clone();
                 let done = snap.response.is_some();
-                if tx
-                    .send(Ok(operation(&name, &digest, function, &snap)))
-                    .await
-                    .is_err()
-                {
+                sent = deliver(&tx, idle, operation(&name, &digest, function, &snap)).await;
+                if sent != Sent::Yes {
                     break;
                 }
                 if done {
@@ -134,11 +129,23 @@ impl ExecutionService {
                 }
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
-                    _ = tx.closed() => break,
+                    _ = tx.closed() => sent = Sent::Gone,
                 }
             }
+            // The client went away or stopped taking updates: it no longer
+            // waits (the last waiter leaving cancels the operation).
             let effect = exec.sched.lock().remove_waiter(id);
             exec.apply_cancel(id, effect);
+            if sent == Sent::Stalled {
+                tracing::info!(operation = %name, idle_secs = idle.as_secs(), "a client took no operation update; its stream was ended");
+                let status = exec
+                    .upstream
+                    .limits
+                    .idle_status("Execute", "took no update");
+                // Delivered if it ever reads again; until then only this
+                // status and the updates already queued are held.
+                let _ = tx.send(Err(status)).await;
+            }
         });
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
     }
@@ -195,6 +202,28 @@ impl ExecutionService {
             .0
             .record_hit(key, digest.clone(), function, invocation, resp.clone());
         Self::done_stream(name, digest, function, resp)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// The client's stream is closed.
+    Gone,
+    /// The client took nothing for the idle timeout.
+    Stalled,
+}
+
+/// Sends `op` to a client's stream, waiting at most `idle` for room.
+async fn deliver(
+    tx: &mpsc::Sender<Result<Operation, Status>>,
+    idle: std::time::Duration,
+    op: Operation,
+) -> Sent {
+    match tokio::time::timeout(idle, tx.send(Ok(op))).await {
+        Ok(Ok(())) => Sent::Yes,
+        Ok(Err(_)) => Sent::Gone,
+        Err(_) => Sent::Stalled,
     }
 }
 
@@ -326,6 +355,7 @@ impl Execution for ExecutionService {
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
         let name = new_operation_name(&instance);
+        let payload_bytes = action_bytes.len() + command_bytes.len();
         let assignment = Arc::new(Assignment {
             id: 0,
             operation: name.clone(),
@@ -381,6 +411,7 @@ impl Execution for ExecutionService {
                                 do_not_cache: action.do_not_cache,
                                 invocation_id: invocation.clone(),
                                 watch: tx,
+                                payload_bytes,
                             },
                         );
                         Ok((id, Some(rx)))

@@ -17,6 +17,7 @@ pub mod execution;
 pub mod hub;
 pub mod operations;
 pub mod results;
+pub mod retained;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct OpInfo {
     pub do_not_cache: bool,
     pub invocation_id: String,
     pub watch: watch::Sender<Snapshot>,
+    /// The Action and Command bytes the scheduler holds for it.
+    pub payload_bytes: usize,
 }
 
 /// A connected worker: where its messages go, and its name for log lines.
@@ -79,6 +82,10 @@ pub struct Exec {
     pub settings: arc_swap::ArcSwap<ExecSettings>,
     /// Set when a stop began: no new work is taken or assigned.
     draining: std::sync::atomic::AtomicBool,
+    /// What completed operations keep, bounded by
+    /// `execution.max_retained_bytes`. Lock order: sched, ops, names,
+    /// retained.
+    pub retained: Mutex<retained::Retained>,
 }
 
 fn sched_config(settings: &ExecSettings) -> SchedConfig {
@@ -175,6 +182,7 @@ impl Exec {
             upstream,
             settings: arc_swap::ArcSwap::from_pointee(settings),
             draining: std::sync::atomic::AtomicBool::new(false),
+            retained: Mutex::new(retained::Retained::default()),
         })
     }
 
@@ -209,9 +217,12 @@ impl Exec {
             .sched
             .lock()
             .record_completed(key, Arc::new(Assignment::default()));
+        let mut kept = response;
+        retained::strip_inlined(&mut kept);
+        let cost = retained::cost(&name, &kept, 0);
         let (tx, _) = watch::channel(Snapshot {
             stage: execution_stage::Value::Completed as i32,
-            response: Some(response),
+            response: Some(kept),
         });
         self.register(
             id,
@@ -223,9 +234,45 @@ impl Exec {
                 do_not_cache: false,
                 invocation_id: invocation_id.to_string(),
                 watch: tx,
+                payload_bytes: 0,
             },
         );
+        self.retained.lock().add(id, cost);
+        self.enforce_retention();
         name
+    }
+
+    /// Forgets the oldest completed operations while they keep more than
+    /// `execution.max_retained_bytes`; they look expired from then on.
+    fn enforce_retention(&self) {
+        let max = self.settings.load().max_retained_bytes;
+        let evict = self
+            .retained
+            .lock()
+            .over(usize::try_from(max).unwrap_or(usize::MAX));
+        if evict.is_empty() {
+            return;
+        }
+        let mut sched = self.sched.lock();
+        let mut ops = self.ops.lock();
+        let mut names = self.names.lock();
+        for id in &evict {
+            sched.forget(*id);
+            if let Some(o) = ops.remove(id) {
+                names.remove(&o.name);
+            }
+        }
+        tracing::debug!(
+            forgotten = evict.len(),
+            max_retained_bytes = max,
+            "completed operations forgotten early: retained bytes over the limit"
+        );
+    }
+
+    /// Completed operations retained now, and the bytes they keep.
+    pub fn retained(&self) -> (usize, usize) {
+        let r = self.retained.lock();
+        (r.len(), r.bytes())
     }
 
     /// Whether a stop has begun (see [`Exec::begin_drain`]).
@@ -314,13 +361,35 @@ impl Exec {
     }
 
     /// Marks an operation done with `response`.
+    ///
+    /// The streams waiting now get the whole response; what stays for
+    /// later readers is a copy without inlined payloads, counted against
+    /// `execution.max_retained_bytes`.
     pub fn complete(&self, id: OpId, response: ExecuteResponse) {
-        if let Some(o) = self.ops.lock().get(&id) {
+        let mut kept = response.clone();
+        retained::strip_inlined(&mut kept);
+        {
+            let mut ops = self.ops.lock();
+            let Some(o) = ops.get_mut(&id) else { return };
+            if o.watch.borrow().response.is_some() {
+                return;
+            }
             o.watch.send_modify(|s| {
                 s.stage = execution_stage::Value::Completed as i32;
                 s.response = Some(response);
             });
+            // Receivers of the old channel still read the full response
+            // from it (a closed watch keeps its last value); it is freed
+            // when the last of them has sent it on.
+            let cost = retained::cost(&o.name, &kept, o.payload_bytes);
+            o.watch = watch::channel(Snapshot {
+                stage: execution_stage::Value::Completed as i32,
+                response: Some(kept),
+            })
+            .0;
+            self.retained.lock().add(id, cost);
         }
+        self.enforce_retention();
     }
 
     /// Carries out a cancellation decided by the scheduler.
@@ -512,12 +581,14 @@ impl Exec {
             .copied()
             .collect();
         let mut names = self.names.lock();
+        let mut retained = self.retained.lock();
         for id in gone {
             if let Some(o) = ops.remove(&id) {
                 names.remove(&o.name);
             }
+            retained.remove(id);
         }
-        drop((names, ops));
+        drop((retained, names, ops));
         self.recent.expire();
     }
 

@@ -4,19 +4,39 @@
 //! operation name carries (`{instance}/operations/{uuid}`), or for
 //! ListOperations the one `name` gives (`{instance}/operations` or
 //! `{instance}`).
+//!
+//! ListOperations pages hold at most `page_size` operations (100 when
+//! unset, never more than 1,000) and at most 4 MiB (half the message limit
+//! when that is smaller), so one reply never grows with the number or size
+//! of retained operations; `next_page_token` names the last operation
+//! listed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use rbe_proto::longrunning::{
     operations_server::Operations, CancelOperationRequest, DeleteOperationRequest,
     GetOperationRequest, ListOperationsRequest, ListOperationsResponse, Operation,
     WaitOperationRequest,
 };
 use rbe_proto::wkt::Empty;
+use rbe_sched::OpId;
 use tonic::{Request, Response, Status};
 
 use super::{operation, Exec};
+
+/// Operations per ListOperations page when the client names no size.
+const DEFAULT_PAGE: usize = 100;
+/// The most per page, whatever the client asks.
+const MAX_PAGE: usize = 1000;
+/// The most bytes per page (less under a small `limits.max_message_bytes`).
+const MAX_PAGE_BYTES: usize = 4 << 20;
+
+/// A page's byte bound: well inside the message limit.
+fn page_bytes(max_message: usize) -> usize {
+    MAX_PAGE_BYTES.min(max_message / 2)
+}
 
 /// The Operations service.
 pub struct OperationsService(pub Arc<Exec>);
@@ -49,18 +69,21 @@ impl Operations for OperationsService {
         req: Request<ListOperationsRequest>,
     ) -> Result<Response<ListOperationsResponse>, Status> {
         let req = req.into_inner();
-        let skip: usize = if req.page_token.is_empty() {
-            0
+        // The token is the last id of the previous page: operations that
+        // expire or are added meanwhile shift nothing.
+        let after: Option<OpId> = if req.page_token.is_empty() {
+            None
         } else {
-            req.page_token
-                .parse()
-                .map_err(|_| Status::invalid_argument("page_token is not one this server issued"))?
+            Some(req.page_token.parse().map_err(|_| {
+                Status::invalid_argument("page_token is not one this server issued")
+            })?)
         };
         let page = if req.page_size <= 0 {
-            1000
+            DEFAULT_PAGE
         } else {
-            (req.page_size as usize).min(10_000)
+            (req.page_size as usize).min(MAX_PAGE)
         };
+        let max_bytes = page_bytes(self.0.upstream.max_message);
         let instance = match req.name.as_str() {
             "operations" => "",
             n => n.strip_suffix("/operations").unwrap_or(n),
@@ -69,31 +92,41 @@ impl Operations for OperationsService {
             .map_err(|r| Status::invalid_argument(format!("instance name {instance:?}: {r}")))?;
         let all = self.0.sched.lock().ids();
         let ops = self.0.ops.lock();
-        let ids: Vec<_> = all
-            .iter()
-            .filter(|id| ops.get(id).is_some_and(|o| o.instance == instance))
-            .collect();
-        let operations: Vec<Operation> = ids
-            .iter()
-            .skip(skip)
-            .take(page)
-            .filter_map(|id| ops.get(id))
-            .map(|o| {
-                operation(
-                    &o.name,
-                    &o.action_digest,
-                    o.digest_function,
-                    &o.watch.borrow(),
-                )
-            })
-            .collect();
-        let next = skip + page;
+        let mut listed = all
+            .into_iter()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .filter_map(|id| ops.get(&id).map(|o| (id, o)))
+            .filter(|(_, o)| o.instance == instance)
+            .peekable();
+        let mut operations = Vec::new();
+        let (mut bytes, mut last) = (0usize, None);
+        while let Some((id, o)) = listed.peek() {
+            if operations.len() == page {
+                break;
+            }
+            let op = operation(
+                &o.name,
+                &o.action_digest,
+                o.digest_function,
+                &o.watch.borrow(),
+            );
+            // Field tag and length prefix included.
+            let n = op.encoded_len() + 8;
+            // One operation is always listed, so paging moves on.
+            if !operations.is_empty() && bytes + n > max_bytes {
+                break;
+            }
+            bytes += n;
+            last = Some(*id);
+            operations.push(op);
+            listed.next();
+        }
+        let more = listed.peek().is_some();
         Ok(Response::new(ListOperationsResponse {
             operations,
-            next_page_token: if next < ids.len() {
-                next.to_string()
-            } else {
-                String::new()
+            next_page_token: match (more, last) {
+                (true, Some(id)) => id.to_string(),
+                _ => String::new(),
             },
             unreachable: vec![],
         }))

@@ -278,11 +278,13 @@ mod tests {
             rbe_net::Listener::Unix(listener),
             std::future::pending(),
         ));
-        let channel = rbe_net::unix_channel(&path).await.expect("channel");
-        let up = Upstream {
-            channel,
-            max_message: 4 << 20,
-        };
+        let up = Upstream::connect(
+            &path,
+            4 << 20,
+            crate::proxy::relay::StreamLimits::new(4, Duration::from_secs(60)),
+        )
+        .await
+        .expect("channels");
         (RecentResults::start(up), fake, dir)
     }
 

@@ -1,8 +1,8 @@
-//! ByteStream, forwarded as streams in both directions.
+//! ByteStream, forwarded as streams in both directions, each holding one
+//! of the `limits.max_proxied_streams` slots and ended when its client
+//! stalls (see [`super::relay`]).
 
-use std::pin::Pin;
-
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use rbe_proto::bytestream::{
     byte_stream_server::ByteStream, QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest,
     ReadResponse, WriteRequest, WriteResponse,
@@ -10,51 +10,72 @@ use rbe_proto::bytestream::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::relay::{relay, split_read, BoxStream};
 use super::Upstream;
 
 pub struct ByteStreamProxy(pub Upstream);
 
 #[tonic::async_trait]
 impl ByteStream for ByteStreamProxy {
-    type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
+    type ReadStream = BoxStream<ReadResponse>;
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        const RPC: &str = "ByteStream Read";
+        let slot = self.0.limits.slot(RPC).await?;
         let inner = self
             .0
-            .bytestream()
+            .bytestream(true)
             .read(req.into_inner())
             .await?
             .into_inner();
-        Ok(Response::new(Box::pin(inner)))
+        Ok(Response::new(relay(
+            &self.0.limits,
+            RPC,
+            inner,
+            slot,
+            split_read,
+        )))
     }
 
     async fn write(
         &self,
         req: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        const RPC: &str = "ByteStream Write";
+        let _slot = self.0.limits.slot(RPC).await?;
         let mut incoming = req.into_inner();
+        let idle = self.0.limits.idle;
+        let stalled = self.0.limits.idle_status(RPC, "sent nothing");
         // A small channel gives backpressure: the client is read only as fast
-        // as casd takes the bytes.
+        // as casd takes the bytes. Only the wait for the client's next
+        // message is timed, never the wait for casd.
         let (tx, rx) = mpsc::channel::<WriteRequest>(4);
         let pump = tokio::spawn(async move {
-            while let Some(m) = incoming.next().await {
-                match m {
-                    Ok(m) => {
-                        let fin = m.finish_write;
-                        if tx.send(m).await.is_err() || fin {
-                            return Ok(());
-                        }
+            loop {
+                let m = match tokio::time::timeout(idle, incoming.next()).await {
+                    Err(_) => {
+                        tracing::info!(
+                            rpc = RPC,
+                            idle_secs = idle.as_secs(),
+                            "a client sent nothing; its upload was ended"
+                        );
+                        return Err(stalled);
                     }
+                    Ok(None) => return Ok(()),
                     // Dropping the sender ends casd's stream without
                     // finish_write, so casd keeps the upload for a resume.
-                    Err(e) => return Err(e),
+                    Ok(Some(Err(e))) => return Err(e),
+                    Ok(Some(Ok(m))) => m,
+                };
+                let fin = m.finish_write;
+                if tx.send(m).await.is_err() || fin {
+                    return Ok(());
                 }
             }
-            Ok(())
         });
         let upstream = self
             .0
-            .bytestream()
+            .bytestream(true)
             .write(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await;
         if let Ok(r) = upstream {
@@ -74,7 +95,7 @@ impl ByteStream for ByteStreamProxy {
         req: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         self.0
-            .bytestream()
+            .bytestream(false)
             .query_write_status(req.into_inner())
             .await
     }

@@ -1,10 +1,8 @@
 //! Capabilities, CAS and action cache, forwarded.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
 use rbe_proto::reapi::{
     self, action_cache_server::ActionCache, capabilities_server::Capabilities,
     content_addressable_storage_server::ContentAddressableStorage,
@@ -12,6 +10,7 @@ use rbe_proto::reapi::{
 use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
+use super::relay::{relay, whole, BoxStream};
 use super::Upstream;
 use crate::exec::results::{action_key, RecentResults};
 
@@ -60,8 +59,6 @@ impl Capabilities for CapabilitiesProxy {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl ContentAddressableStorage for CasProxy {
     async fn find_missing_blobs(
@@ -91,8 +88,21 @@ impl ContentAddressableStorage for CasProxy {
         &self,
         req: Request<reapi::GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
-        let inner = self.0.cas().get_tree(req.into_inner()).await?.into_inner();
-        Ok(Response::new(Box::pin(inner.map(|r| r))))
+        const RPC: &str = "GetTree";
+        let slot = self.0.limits.slot(RPC).await?;
+        let inner = self
+            .0
+            .cas_streams()
+            .get_tree(req.into_inner())
+            .await?
+            .into_inner();
+        Ok(Response::new(relay(
+            &self.0.limits,
+            RPC,
+            inner,
+            slot,
+            whole,
+        )))
     }
 
     async fn split_blob(
