@@ -895,6 +895,33 @@ async fn sandbox_environment_is_exactly_the_commands() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmpfs_past_limits_tmpfs_max_is_enospc_for_the_action_only() {
+    let mut s = Stack::start_configured("", "", "[limits]\ntmpfs_max = \"8MiB\"\n").await;
+    let ch = s.channel();
+    // Unbounded, these pages would belong to no process: the OOM killer
+    // would pick a daemon instead of the action.
+    let spec = Spec::sh(
+        "for d in /tmp /dev/shm; do head -c 12m /dev/zero > $d/big; echo $d $? $(stat -c %s $d/big); done",
+    )
+    .unique();
+    let (_, e) = run(&ch, &spec).await;
+    let r = e.assert_ran(0);
+    assert_eq!(
+        stdout_of(&ch, r).await,
+        format!("/tmp 1 {n}\n/dev/shm 1 {n}\n", n = 8 << 20)
+    );
+    assert!(
+        stderr_of(&ch, r).await.contains("No space left on device"),
+        "{}",
+        stderr_of(&ch, r).await
+    );
+    let (_, e) = run(&ch, &Spec::sh("echo next").unique()).await;
+    let r = e.assert_ran(0);
+    assert_eq!(stdout_of(&ch, r).await, "next\n");
+    assert!(s.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn action_cache_hit_skip_do_not_cache_and_failures() {
     let mut s = Stack::start().await;
     let ch = s.channel();

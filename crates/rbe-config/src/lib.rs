@@ -119,6 +119,7 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "limits.max_memory",
             "limits.max_cpu_quota",
             "limits.max_tasks",
+            "limits.tmpfs_max",
             "log.level",
         ],
         _ => Vec::new(),

@@ -317,3 +317,25 @@ fn unreadable_path_is_reported() {
     let e = load_casd(&t.dirs()).unwrap_err();
     assert_eq!(e.origin, Origin::File(t.dir("etc/casd.toml")));
 }
+
+#[test]
+fn tmpfs_max_is_a_size_and_never_none() {
+    assert_eq!(
+        crate::load_workerd(&[]).unwrap().limits.tmpfs_max,
+        1 << 30,
+        "built-in default"
+    );
+    let t = Tree::new();
+    t.write("etc/workerd.toml", "[limits]\ntmpfs_max = \"64MiB\"\n");
+    let s = crate::load_workerd(&t.dirs()).unwrap();
+    assert_eq!(s.limits.tmpfs_max, 64 << 20);
+    for bad in ["\"0\"", "\"512KiB\""] {
+        let t = Tree::new();
+        t.write(
+            "etc/workerd.toml",
+            &format!("[limits]\ntmpfs_max = {bad}\n"),
+        );
+        let e = crate::load_workerd(&t.dirs()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.tmpfs_max"), "{bad}");
+    }
+}

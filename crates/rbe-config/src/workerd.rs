@@ -138,6 +138,10 @@ pub struct ActionLimits {
     pub max_cpu_quota: u32,
     /// Largest tasks_max an action may ask for.
     pub max_tasks: u64,
+    /// `size=` of each tmpfs an action can write (`/tmp`, `/dev/shm`),
+    /// bytes; never more than the action's memory_max. tmpfs pages belong
+    /// to no process, so without it one action could fill the host's RAM.
+    pub tmpfs_max: u64,
 }
 
 impl Default for ActionLimits {
@@ -151,6 +155,7 @@ impl Default for ActionLimits {
             max_memory: 0,
             max_cpu_quota: 0,
             max_tasks: 32768,
+            tmpfs_max: 1 << 30,
         }
     }
 }
@@ -173,6 +178,7 @@ struct LimitsFragment {
     max_memory: Option<Size>,
     max_cpu_quota: Option<u32>,
     max_tasks: Option<u64>,
+    tmpfs_max: Option<Size>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -324,6 +330,7 @@ fn build_limits(l: LimitsFragment, prov: &Provenance) -> Result<ActionLimits, Co
         max_memory: l.max_memory.map_or(d.max_memory, |v| v.0),
         max_cpu_quota: l.max_cpu_quota.unwrap_or(d.max_cpu_quota),
         max_tasks: l.max_tasks.unwrap_or(d.max_tasks),
+        tmpfs_max: l.tmpfs_max.map_or(d.tmpfs_max, |v| v.0),
     };
     for (key, v) in [
         ("limits.cpu_weight", limits.cpu_weight),
@@ -341,6 +348,10 @@ fn build_limits(l: LimitsFragment, prov: &Provenance) -> Result<ActionLimits, Co
             "limits.tasks_max",
             "must be 0 (none) or at least 4 (the sandbox itself needs 3 processes)",
         ));
+    }
+    // No "0 means none" here: every tmpfs in the sandbox has a size.
+    if limits.tmpfs_max < (1 << 20) {
+        return Err(prov.error("limits.tmpfs_max", "must be at least 1MiB"));
     }
     let over = |v: u64, max: u64| max != 0 && v > max;
     if over(limits.memory_max, limits.max_memory) {

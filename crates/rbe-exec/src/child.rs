@@ -39,6 +39,18 @@ pub(crate) const STEPS: &[&str] = &[
     "set parent-death signal",
     "enter the working directory",
     "pipe",
+    "start a new session",
+    "join a new session keyring",
+    "clone a host mount for /dev or /sys",
+    "mount tmpfs on /dev",
+    "create a mount point in /dev or /sys",
+    "mount a device node",
+    "mount devpts",
+    "create a symlink in /dev",
+    "make /dev or /sys read-only",
+    "mount tmpfs on /sys",
+    "mount a /sys directory",
+    "install the seccomp filter",
 ];
 
 #[derive(Clone, Copy)]
@@ -68,7 +80,38 @@ enum Step {
     DeathSignal,
     WorkingDir,
     Pipe,
+    Setsid,
+    Keyring,
+    CloneHost,
+    DevTmpfs,
+    MountPoint,
+    DevNode,
+    Devpts,
+    DevLink,
+    DevSysReadOnly,
+    SysTmpfs,
+    SysDir,
+    Seccomp,
 }
+
+/// Host device nodes bind-mounted into the action's /dev.
+const DEV_NODES: [&std::ffi::CStr; 6] = [
+    c"/dev/null",
+    c"/dev/zero",
+    c"/dev/full",
+    c"/dev/random",
+    c"/dev/urandom",
+    c"/dev/tty",
+];
+
+/// Symlinks in the action's /dev: (target, link).
+const DEV_LINKS: [(&std::ffi::CStr, &std::ffi::CStr); 5] = [
+    (c"pts/ptmx", c"/dev/ptmx"),
+    (c"/proc/self/fd", c"/dev/fd"),
+    (c"/proc/self/fd/0", c"/dev/stdin"),
+    (c"/proc/self/fd/1", c"/dev/stdout"),
+    (c"/proc/self/fd/2", c"/dev/stderr"),
+];
 
 /// Record kinds on the report pipe: 3 native-endian i32s, written whole
 /// (well under `PIPE_BUF`, so atomic).
@@ -104,7 +147,10 @@ pub(crate) struct Plan {
     pub working_dir: CString,
     pub uid_map: Vec<u8>,
     pub gid_map: Vec<u8>,
-    pub dev_shm: bool,
+    /// tmpfs options of /tmp and /dev/shm (mode and `size=`).
+    pub tmpfs_opts: CString,
+    /// Installed right before `execve`.
+    pub seccomp: &'static crate::seccomp::Filters,
     /// The command's `execve`, prepared.
     pub exec: sys::Exec,
     /// Write end of the report pipe (close-on-exec).
@@ -310,6 +356,19 @@ impl Plan {
             sys::exit_now(1);
         }
         drop(alive_r);
+        // A session of its own, without a controlling terminal: the
+        // worker's terminal (`rbectl local` started from one) must not be
+        // reachable through /dev/tty. The command inherits it.
+        self.step(Step::Setsid, rustix::process::setsid())?;
+        // And a fresh session keyring instead of the worker's. The seccomp
+        // filter denies the action every keyring call anyway; this keeps
+        // the worker's keys out of reach of whatever that might miss. Best
+        // effort: a full key quota must not fail builds.
+        match sys::join_new_session_keyring() {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EDQUOT | libc::ENOSYS)) => {}
+            Err(e) => return Err(self.fail(Step::Keyring, e)),
+        }
         self.mounts()?;
         self.step(Step::Hostname, rustix::system::sethostname(b"rbe-action"))?;
         if !self.network {
@@ -376,7 +435,7 @@ impl Plan {
         let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
         self.step(
             Step::MountTmp,
-            sys::mount(tmpfs, c"/tmp", tmpfs, nosuid, Some(c"mode=1777")),
+            sys::mount(tmpfs, c"/tmp", tmpfs, nosuid, Some(&self.tmpfs_opts)),
         )?;
         for h in &self.hide {
             self.step(
@@ -406,13 +465,126 @@ impl Plan {
             Step::MountProc,
             sys::mount(Some(c"proc"), c"/proc", Some(c"proc"), proc_flags, none),
         )?;
-        if self.dev_shm {
+        self.dev_and_sys()
+    }
+
+    /// Clones the host mount at `path` (detached; `None` if the host has no
+    /// such path), before /dev or /sys is covered.
+    fn clone_host(&self, path: &std::ffi::CStr, recursive: bool) -> io::Result<Option<OwnedFd>> {
+        let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+        if recursive {
+            flags |= libc::AT_RECURSIVE as u32;
+        }
+        match sys::open_tree(path, flags) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(self.fail(Step::CloneHost, e)),
+        }
+    }
+
+    /// A private, read-only /dev holding only [`DEV_NODES`] (bind mounts
+    /// of the host's nodes: a user namespace cannot mknod), a private
+    /// devpts, a sized /dev/shm and the usual symlinks; and a read-only
+    /// /sys holding only the CPU topology (glibc counts CPUs there) and the
+    /// cgroup tree (runtimes read their memory and CPU limits there), so
+    /// no host device, block device or network interface shows.
+    fn dev_and_sys(&self) -> io::Result<()> {
+        let mut nodes: [Option<OwnedFd>; DEV_NODES.len()] = Default::default();
+        for (slot, path) in nodes.iter_mut().zip(DEV_NODES) {
+            *slot = self.clone_host(path, false)?;
+        }
+        let cpu = self.clone_host(c"/sys/devices/system/cpu", false)?;
+        // Recursive: a cgroup v1 host has one mount per controller below.
+        let cgroup = self.clone_host(c"/sys/fs/cgroup", true)?;
+
+        let tmpfs = Some(c"tmpfs");
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        // Tiny: only mount points and symlinks live here, read-only.
+        let small = Some(c"mode=0755,size=64k,nr_inodes=64");
+        self.step(
+            Step::DevTmpfs,
+            sys::mount(tmpfs, c"/dev", tmpfs, flags, small),
+        )?;
+        for (fd, path) in nodes.iter().zip(DEV_NODES) {
+            let Some(fd) = fd else { continue };
+            let created = rustix::fs::open(
+                path,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            );
+            drop(self.step(Step::MountPoint, created)?);
+            self.step(Step::DevNode, sys::move_mount(fd.as_fd(), path))?;
+        }
+        self.mkdir(c"/dev/pts", 0o755)?;
+        // newinstance: the action sees only its own ptys, never the host's.
+        self.step(
+            Step::Devpts,
+            sys::mount(
+                Some(c"devpts"),
+                c"/dev/pts",
+                Some(c"devpts"),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                Some(c"newinstance,ptmxmode=0666,mode=0620"),
+            ),
+        )?;
+        for (target, link) in DEV_LINKS {
+            self.step(Step::DevLink, rustix::fs::symlink(target, link))?;
+        }
+        self.mkdir(c"/dev/shm", 0o1777)?;
+        self.step(
+            Step::DevShm,
+            sys::mount(
+                tmpfs,
+                c"/dev/shm",
+                tmpfs,
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(&self.tmpfs_opts),
+            ),
+        )?;
+        // Only the tmpfs itself: the nodes, devpts and shm keep their flags.
+        self.step(
+            Step::DevSysReadOnly,
+            sys::mount_setattr(None, c"/dev", 0, libc::MOUNT_ATTR_RDONLY, 0),
+        )?;
+
+        self.step(
+            Step::SysTmpfs,
+            sys::mount(tmpfs, c"/sys", tmpfs, flags, small),
+        )?;
+        if let Some(cpu) = cpu {
+            for d in [
+                c"/sys/devices",
+                c"/sys/devices/system",
+                c"/sys/devices/system/cpu",
+            ] {
+                self.mkdir(d, 0o755)?;
+            }
             self.step(
-                Step::DevShm,
-                sys::mount(tmpfs, c"/dev/shm", tmpfs, nosuid, Some(c"mode=1777")),
+                Step::SysDir,
+                sys::move_mount(cpu.as_fd(), c"/sys/devices/system/cpu"),
             )?;
         }
+        if let Some(cgroup) = cgroup {
+            for d in [c"/sys/fs", c"/sys/fs/cgroup"] {
+                self.mkdir(d, 0o755)?;
+            }
+            self.step(
+                Step::SysDir,
+                sys::move_mount(cgroup.as_fd(), c"/sys/fs/cgroup"),
+            )?;
+        }
+        self.step(
+            Step::DevSysReadOnly,
+            sys::mount_setattr(None, c"/sys", 0, libc::MOUNT_ATTR_RDONLY, 0),
+        )?;
         Ok(())
+    }
+
+    fn mkdir(&self, path: &std::ffi::CStr, mode: u32) -> io::Result<()> {
+        self.step(
+            Step::MountPoint,
+            rustix::fs::mkdir(path, Mode::from_raw_mode(mode)),
+        )
     }
 
     /// Stage 3: the command, pid 2. Execs or reports why not.
@@ -460,6 +632,8 @@ impl Plan {
         // Nothing inherited past exec except stdio (the report pipe is
         // close-on-exec already).
         sys::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        // Last: from here on, only what the filter allows (execve is).
+        self.step(Step::Seccomp, self.seccomp.install())?;
         let err = self.exec.exec();
         report(
             self.report_fd,

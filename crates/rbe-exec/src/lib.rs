@@ -16,10 +16,12 @@
 //! runner (tokio)
 //!  └─ stage 1 "keeper"  (host pid ns)  unshare(user?|mnt|pid|ipc|uts|net?), writes the uid map,
 //!      │                               waits for init, exits; the runner waits on this pid
-//!      └─ stage 2 "init" (pid 1)       mounts, hostname, lo up, reaps; when the command
-//!          │                           exits it reports the wait status on a pipe and exits,
-//!          │                           so the kernel kills everything left in the namespace
-//!          └─ stage 3 command (pid 2)  drops uid/gid, no_new_privs, chdir, exec
+//!      └─ stage 2 "init" (pid 1)       setsid, new session keyring, mounts (private /dev,
+//!          │                           /sys, sized tmpfs), hostname, lo up, reaps; when the
+//!          │                           command exits it reports the wait status on a pipe
+//!          │                           and exits, so the kernel kills everything left in
+//!          │                           the namespace
+//!          └─ stage 3 command (pid 2)  drops uid/gid, no_new_privs, chdir, seccomp, exec
 //! ```
 //!
 //! The keeper first closes every descriptor but stdio and its two pipes
@@ -62,10 +64,13 @@
 mod child;
 mod output;
 mod run;
+mod seccomp;
 mod sys;
 
 pub use output::{collect_output, prepare_output_dirs, Collected, CollectedEntry, OutputKind};
-pub use run::{run, run_confined, ActionSpec, Confinement, RunOutcome, Sandbox, Unconfined};
+pub use run::{
+    run, run_confined, ActionSpec, Confinement, RunOutcome, Sandbox, Unconfined, DEFAULT_TMPFS_SIZE,
+};
 
 use std::io;
 

@@ -21,7 +21,7 @@ use crate::child::{
 use crate::{join_rel, validate_relative_path, ExecError};
 
 /// How actions are isolated on this host.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Sandbox {
     /// Run as this uid (only when the worker is root); `None` keeps the
     /// current uid (a non-root worker gets a user namespace instead).
@@ -34,6 +34,25 @@ pub struct Sandbox {
     /// (the worker's work directory, the CAS); the action's own root stays
     /// visible even if it lies below one of them. Missing ones are skipped.
     pub hide_paths: Vec<PathBuf>,
+    /// `size=` of each tmpfs the action can write (`/tmp`, `/dev/shm`), in
+    /// bytes: tmpfs pages belong to no process, so without a size they
+    /// escape every per-process limit.
+    pub tmpfs_size: u64,
+}
+
+/// [`Sandbox::tmpfs_size`] unless configured: 1 GiB.
+pub const DEFAULT_TMPFS_SIZE: u64 = 1 << 30;
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            uid: None,
+            gid: None,
+            network: false,
+            hide_paths: Vec::new(),
+            tmpfs_size: DEFAULT_TMPFS_SIZE,
+        }
+    }
 }
 
 /// One command to run.
@@ -421,7 +440,8 @@ fn prepare(sandbox: &Sandbox, spec: &ActionSpec) -> Result<(PathBuf, Plan), Exec
         working_dir: cstring(wd.as_bytes())?,
         uid_map: format!("{euid} {euid} 1\n").into_bytes(),
         gid_map: format!("{egid} {egid} 1\n").into_bytes(),
-        dev_shm: Path::new("/dev/shm").is_dir(),
+        tmpfs_opts: cstring(format!("mode=1777,size={}", sandbox.tmpfs_size.max(4096)).as_bytes())?,
+        seccomp: crate::seccomp::filters().map_err(ExecError::Internal)?,
         exec: exec_args(&program, spec)?,
         report_fd: -1,
         gate_fd: -1,

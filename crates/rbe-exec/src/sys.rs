@@ -126,6 +126,23 @@ pub(crate) fn close_range(first: libc::c_uint, last: libc::c_uint, flags: libc::
     unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
 }
 
+/// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: a new anonymous session
+/// keyring for this process and its children.
+#[allow(unsafe_code)]
+pub(crate) fn join_new_session_keyring() -> io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a NULL name asks for an anonymous keyring; no memory is
+    // passed to the kernel.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            ptr::null::<libc::c_char>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
 /// Resets `SIGCHLD` to its default: the runtime's handler, inherited over
 /// fork, must not run in stages that never exec.
 #[allow(unsafe_code)]

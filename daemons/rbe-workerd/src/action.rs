@@ -207,6 +207,11 @@ async fn run(
         hide_paths: std::iter::once(w.work_dir.clone())
             .chain(cfg.sandbox.hide_paths.iter().cloned())
             .collect(),
+        // A tmpfs bigger than the memory the action may use could only
+        // be filled at the cost of the host.
+        tmpfs_size: limits
+            .memory_max
+            .map_or(cfg.limits.tmpfs_max, |m| m.min(cfg.limits.tmpfs_max)),
     };
     let spec = ActionSpec {
         root: root.clone(),

@@ -24,6 +24,7 @@ pub fn sandbox() -> Sandbox {
         gid: is_root().then_some(ACTION_ID),
         network: false,
         hide_paths: Vec::new(),
+        ..Sandbox::default()
     }
 }
 
