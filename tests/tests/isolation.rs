@@ -311,3 +311,68 @@ async fn a_writer_that_sends_nothing_is_cut_off_and_can_resume() {
     assert_eq!(done.committed_size, data.len() as i64);
     assert!(client::read(&ch, "", &d).await.expect("read") == data);
 }
+
+/// Streams to casd are limited (`limits.max_proxied_streams`): a stream
+/// beyond waits for a slot, which a stalled stream gives back when it is
+/// cut; a stream that finds every slot held by clients that are still
+/// working gets RESOURCE_EXHAUSTED naming the limit, with a retry hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_streams_are_limited_and_stalled_ones_give_their_slot_back() {
+    let s = Stack::start_configured(
+        "",
+        "[limits]\nmax_proxied_streams = 1\nstream_idle_timeout_secs = 2\n",
+        "",
+    )
+    .await;
+    let ch = s.channel();
+    let big = pseudo_random(8 << 20, 76);
+    let d = upload(&ch, &big).await;
+
+    // The only slot is held by a reader that stopped: it is cut, and the
+    // next reader gets the slot.
+    let (stalled, _window) = stalled_connection(&s.addr).await;
+    let held = stalled_read(&stalled, &s.addr, &d).await;
+    let got = in_time(
+        "a Read waiting for a stalled stream's slot",
+        client::read(&ch, "", &d),
+    )
+    .await
+    .expect("Read");
+    assert!(got == big);
+    drop(held);
+
+    // The only slot is held by a writer that keeps sending (slowly, but
+    // within the idle timeout): the next stream is refused.
+    let data = pseudo_random(64 << 10, 77);
+    let wd = sha(&data);
+    let name = resource::write_name(
+        "",
+        "5d1c3a8e-2f4b-4c6d-9e7f-0a1b2c3d4e5f",
+        &wd,
+        Compressor::Identity,
+    );
+    let msgs: Vec<WriteRequest> = (0..10)
+        .map(|i| WriteRequest {
+            resource_name: if i == 0 { name.clone() } else { String::new() },
+            write_offset: (i * 1024) as i64,
+            finish_write: false,
+            data: data[i * 1024..(i + 1) * 1024].to_vec(),
+        })
+        .collect();
+    let slow = futures::stream::iter(msgs).then(|m| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        m
+    });
+    let mut bs = ByteStreamClient::new(ch.clone());
+    let writer = tokio::spawn(async move { bs.write(slow).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = in_time("a Read while every slot is busy", client::read(&ch, "", &d))
+        .await
+        .expect_err("no slot");
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(
+        st.message().contains("limits.max_proxied_streams"),
+        "{st:?}"
+    );
+    writer.abort();
+}

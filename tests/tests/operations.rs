@@ -12,6 +12,7 @@ use rbe_proto::longrunning::{
 use rbe_proto::reapi::{
     action_cache_client::ActionCacheClient, execution_client::ExecutionClient, ActionResult,
     ExecuteRequest, ExecuteResponse, ExecutedActionMetadata, UpdateActionResultRequest,
+    WaitExecutionRequest,
 };
 use rbe_proto::wkt::Any;
 use rbe_proto::{Digest, DigestFunction};
@@ -129,6 +130,17 @@ async fn retained_operations_are_bounded_in_bytes() {
         Err(st) => st,
     };
     assert_eq!(first.code(), Code::NotFound, "{first:?}");
+    let waited = match ExecutionClient::new(ch.clone())
+        .wait_execution(WaitExecutionRequest {
+            name: names[0].clone(),
+        })
+        .await
+    {
+        Ok(_) => panic!("WaitExecution found a forgotten operation"),
+        Err(st) => st,
+    };
+    assert_eq!(waited.code(), Code::NotFound, "{waited:?}");
+    assert!(waited.message().contains("expired"), "{waited:?}");
     let last = ops(&ch)
         .get_operation(GetOperationRequest {
             name: names[11].clone(),

@@ -66,8 +66,8 @@ pub struct FrontendLimits {
     /// ended with DEADLINE_EXCEEDED.
     pub stream_idle_timeout_secs: u64,
     /// Most ByteStream and GetTree streams forwarded to casd at once; a
-    /// stream beyond waits up to `stream_idle_timeout_secs` for a slot,
-    /// then gets RESOURCE_EXHAUSTED.
+    /// stream beyond waits up to twice `stream_idle_timeout_secs` for a
+    /// slot, then gets RESOURCE_EXHAUSTED.
     pub max_proxied_streams: u64,
 }
 

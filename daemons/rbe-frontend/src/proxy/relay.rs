@@ -40,11 +40,12 @@ impl StreamLimits {
         }
     }
 
-    /// A slot for one stream to casd. When all are taken this waits (a
-    /// stalled stream gives its slot back within the idle timeout), at most
-    /// the idle timeout, then RESOURCE_EXHAUSTED.
+    /// A slot for one stream to casd. When all are taken this waits up to
+    /// twice the idle timeout (a stalled holder is cut within one), then
+    /// RESOURCE_EXHAUSTED.
     pub async fn slot(&self, rpc: &str) -> Result<OwnedSemaphorePermit, Status> {
-        match tokio::time::timeout(self.idle, Arc::clone(&self.slots).acquire_owned()).await {
+        let wait = self.idle.saturating_mul(2);
+        match tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(Status::unavailable("the server is stopping; retry")),
             Err(_) => Err(rbe_proto::status::exhausted_retry(
