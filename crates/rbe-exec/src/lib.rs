@@ -61,6 +61,7 @@
 
 mod child;
 mod output;
+pub mod remove;
 mod run;
 mod sys;
 

@@ -59,7 +59,7 @@ const OVERHEAD_ALLOWANCE: Duration = Duration::from_secs(600);
 pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) -> Finished {
     let id = a.id;
     let action_id = uuid::Uuid::new_v4().simple().to_string();
-    let dir = w.work_dir.join(&action_id);
+    let dir = w.work.path().join(&action_id);
     let slot = w.take_slot();
     // The whole action, inputs and uploads included, is bounded and
     // cancellable: a hung casd must not hold a slot forever.
@@ -73,12 +73,9 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
     };
     // Removing the directory is not on the client's critical path: the
     // result is reported while it goes (everything in it has been uploaded).
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = std::fs::remove_dir_all(&d) {
-            tracing::warn!(path = %d.display(), error = %e, "could not remove an action directory");
-        }
-    });
+    // Whatever the action left there, this ends (see `workdir`).
+    let work = Arc::clone(&w.work);
+    tokio::task::spawn_blocking(move || work.dispose(&action_id));
     w.return_slot(slot);
     match r {
         Ok(f) => f,
@@ -204,7 +201,7 @@ async fn run(
         uid: w.privileged.then_some(cfg.sandbox.uid),
         gid: w.privileged.then_some(cfg.sandbox.gid),
         network: cfg.sandbox.network,
-        hide_paths: std::iter::once(w.work_dir.clone())
+        hide_paths: std::iter::once(w.work.path().to_path_buf())
             .chain(cfg.sandbox.hide_paths.iter().cloned())
             .collect(),
     };
