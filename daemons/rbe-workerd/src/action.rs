@@ -281,19 +281,42 @@ async fn run(
         command.output_files.clone(),
         command.output_directories.clone(),
     );
+    // One budget of entries for all of the action's output directories.
+    let mut limits = rbe_exec::OutputLimits {
+        max_depth: cfg.outputs.max_depth,
+        max_entries: cfg.outputs.max_entries,
+        max_path_bytes: cfg.outputs.max_path_bytes,
+    };
     for p in &declared {
-        let collected = match rbe_exec::collect_output(&root, &command.working_directory, p) {
-            Ok(Some(c)) => c,
+        let opened = rbe_exec::open_output(&root, &command.working_directory, p, limits);
+        let found = match opened {
             Ok(None) => continue,
-            Err(e) => {
-                return Ok(fail(
-                    a.id,
-                    Code::InvalidArgument,
-                    format!("output {p:?}: {e}"),
-                ))
+            Ok(Some(rbe_exec::Output::Directory(mut walk))) => {
+                let r = outputs::upload_tree(&mut up, &mut walk).await;
+                limits.max_entries = limits.max_entries.saturating_sub(walk.entries());
+                r.map(|tree| Found::Directory { tree })
             }
+            Ok(Some(o)) => outputs::upload(&mut up, o).await,
+            Err(e) => Err(e.into()),
         };
-        match outputs::upload(&mut up, &collected).await? {
+        let found = match found {
+            Ok(f) => f,
+            // The action's outputs, not the worker: the action fails with
+            // what it printed, and Bazel does not retry it.
+            Err(e) if e.downcast_ref::<rbe_exec::ExecError>().is_some() => {
+                up.flush().await?;
+                let message = match e.downcast_ref::<rbe_exec::ExecError>() {
+                    Some(limit @ rbe_exec::ExecError::OutputLimit { .. }) => limit.to_string(),
+                    _ => format!("output {p:?}: {e:#}"),
+                };
+                tracing::info!(operation = %a.operation, invocation_id = %a.invocation_id, reason = %message, "action outputs refused");
+                let mut f = fail(a.id, Code::InvalidArgument, message);
+                f.action_result = result.encode_to_vec();
+                return Ok(f);
+            }
+            Err(e) => return Err(e),
+        };
+        match found {
             Found::File { digest, executable } => result.output_files.push(OutputFile {
                 path: p.clone(),
                 digest: Some(digest.to_reapi()),
