@@ -13,6 +13,9 @@ use rbe_exec::remove::{Disposal, Quarantine, RemoveLimits, QUARANTINE};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// A removal that takes longer is logged (what it removed, how long).
+const SLOW: Duration = Duration::from_secs(1);
+
 /// How often the cleaner retries what it could not remove.
 const RETRY: Duration = Duration::from_secs(600);
 
@@ -102,7 +105,15 @@ impl WorkDir {
     /// Removes an action's directory (blocking: call it off the runtime).
     /// Never fails: what cannot be removed is quarantined and reported.
     pub fn dispose(&self, action_id: &str) {
+        let started = std::time::Instant::now();
         match self.quarantine.dispose(action_id, &self.limits()) {
+            Disposal::Removed(r) if started.elapsed() > SLOW => tracing::info!(
+                action_dir = action_id,
+                entries = r.entries,
+                max_depth = r.max_depth,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "slow removal of an action directory"
+            ),
             Disposal::Removed(r) => tracing::debug!(
                 action_dir = action_id,
                 entries = r.entries,
