@@ -178,3 +178,68 @@ async fn a_60000_level_tree_left_in_the_work_dir_does_not_stop_startup() {
     );
     assert_runs_next_action(&mut s).await;
 }
+
+/// `chattr` on `path`; whether it worked.
+fn chattr(flag: &str, path: &std::path::Path) -> bool {
+    std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Takes the immutable flag off again, whatever the test did.
+struct Mutable(std::path::PathBuf);
+
+impl Drop for Mutable {
+    fn drop(&mut self) {
+        chattr("-i", &self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_that_cannot_be_removed_is_quarantined_and_the_worker_serves() {
+    if !rustix::process::geteuid().is_root() {
+        rbe_testkit::skip("chattr +i needs root");
+        return;
+    }
+    let mut s = Stack::start().await;
+    let _clean = CleanWorkDir(s.casd.layout.work_dir.clone());
+    s.kill_workerd();
+    let work = s.casd.layout.work_dir.clone();
+    let name = "fedcba9876543210fedcba9876543210";
+    leave_deep_tree(&work, name, 100);
+    let stuck = work.join(name).join("root/stuck");
+    std::fs::write(&stuck, b"x").expect("write");
+    if !chattr("+i", &stuck) {
+        rbe_testkit::skip("chattr +i does not work on the test's file system");
+        return;
+    }
+    let quarantined_file = work.join(".quarantine").join(name).join("root/stuck");
+    let _mutable = [Mutable(stuck), Mutable(quarantined_file.clone())];
+    // Twice: a restart meets the quarantined tree again and still serves.
+    for _ in 0..2 {
+        s.start_workerd();
+        assert_runs_next_action(&mut s).await;
+        let log = s.tmp.path().join("workerd.log");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("cannot remove a quarantined tree yet") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no quarantine report in {text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(s.alive(), "a daemon died over the unremovable tree");
+        assert!(action_dirs(&work).is_empty(), "{:?}", action_dirs(&work));
+        assert!(
+            quarantined_file.exists(),
+            "the tree waits in the quarantine"
+        );
+        std::fs::write(&log, b"").expect("truncate the log");
+        s.kill_workerd();
+    }
+    s.start_workerd();
+    assert_runs_next_action(&mut s).await;
+}
