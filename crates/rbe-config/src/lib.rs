@@ -28,7 +28,9 @@ pub use frontend::{
     CasdClient, Execution, FrontendLimits, FrontendListen, FrontendSettings, MAX_PROXIED_STREAMS,
 };
 pub use size::{parse_size, ParseSizeError};
-pub use workerd::{ActionLimits, Sandbox, ScopeMode, ScopeSection, WorkerSection, WorkerdSettings};
+pub use workerd::{
+    ActionLimits, OutputsSection, Sandbox, ScopeMode, ScopeSection, WorkerSection, WorkerdSettings,
+};
 
 /// The standard search path, lowest precedence first: vendor defaults,
 /// runtime overrides, then the administrator's files.
@@ -120,6 +122,9 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "limits.max_cpu_quota",
             "limits.max_tasks",
             "limits.tmpfs_max",
+            "outputs.max_depth",
+            "outputs.max_entries",
+            "outputs.max_path_bytes",
             "log.level",
         ],
         _ => Vec::new(),

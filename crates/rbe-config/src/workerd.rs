@@ -22,6 +22,8 @@ pub struct WorkerdSettings {
     pub scope: ScopeSection,
     /// `[limits]`
     pub limits: ActionLimits,
+    /// `[outputs]`
+    pub outputs: OutputsSection,
     /// `[log]`
     pub log: Log,
 }
@@ -160,6 +162,57 @@ impl Default for ActionLimits {
     }
 }
 
+/// `[outputs]`: bounds of output collection, so an action's output tree
+/// cannot make the worker's memory grow without end. Crossing one fails the
+/// action with INVALID_ARGUMENT naming the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutputsSection {
+    /// Directory levels below an output directory.
+    pub max_depth: u64,
+    /// Files, directories and symlinks in all of an action's output
+    /// directories together.
+    pub max_entries: u64,
+    /// Bytes in any output entry's path, relative to the working directory.
+    pub max_path_bytes: u64,
+}
+
+impl Default for OutputsSection {
+    fn default() -> Self {
+        OutputsSection {
+            max_depth: 256,
+            max_entries: 1_000_000,
+            max_path_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputsFragment {
+    max_depth: Option<u64>,
+    max_entries: Option<u64>,
+    max_path_bytes: Option<u64>,
+}
+
+fn build_outputs(o: OutputsFragment, prov: &Provenance) -> Result<OutputsSection, ConfigError> {
+    let d = OutputsSection::default();
+    let outputs = OutputsSection {
+        max_depth: o.max_depth.unwrap_or(d.max_depth),
+        max_entries: o.max_entries.unwrap_or(d.max_entries),
+        max_path_bytes: o.max_path_bytes.unwrap_or(d.max_path_bytes),
+    };
+    for (key, v, min) in [
+        ("outputs.max_depth", outputs.max_depth, 1),
+        ("outputs.max_entries", outputs.max_entries, 1),
+        ("outputs.max_path_bytes", outputs.max_path_bytes, 255),
+    ] {
+        if v < min {
+            return Err(prov.error(key, format!("must be at least {min}")));
+        }
+    }
+    Ok(outputs)
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScopeFragment {
@@ -216,6 +269,7 @@ pub(crate) struct WorkerdFragment {
     sandbox: Option<SandboxFragment>,
     scope: Option<ScopeFragment>,
     limits: Option<LimitsFragment>,
+    outputs: Option<OutputsFragment>,
     log: Option<LogFragment>,
 }
 
@@ -306,6 +360,7 @@ impl WorkerdFragment {
             ));
         }
         let limits = build_limits(self.limits.unwrap_or_default(), prov)?;
+        let outputs = build_outputs(self.outputs.unwrap_or_default(), prov)?;
         let log = LogFragment::build(self.log, prov)?;
         Ok(WorkerdSettings {
             frontend_socket,
@@ -314,6 +369,7 @@ impl WorkerdFragment {
             sandbox,
             scope,
             limits,
+            outputs,
             log,
         })
     }

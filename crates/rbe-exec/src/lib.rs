@@ -63,14 +63,19 @@
 
 mod child;
 mod output;
+pub mod remove;
 mod run;
 mod seccomp;
 mod sys;
+mod tree_walk;
 
-pub use output::{collect_output, prepare_output_dirs, Collected, CollectedEntry, OutputKind};
+pub use output::{
+    collect_output, open_output, prepare_output_dirs, Collected, CollectedEntry, Output, OutputKind,
+};
 pub use run::{
     run, run_confined, ActionSpec, Confinement, RunOutcome, Sandbox, Unconfined, DEFAULT_TMPFS_SIZE,
 };
+pub use tree_walk::{OutputLimits, TreeEvent, TreeWalk, OPEN_LEVELS};
 
 use std::io;
 
@@ -143,6 +148,17 @@ pub enum ExecError {
         path: String,
         /// The resolution error (`EXDEV`, `ELOOP`).
         source: io::Error,
+    },
+    /// An output directory crossed one of the `[outputs]` limits.
+    #[error("output {path:?} is over the limit {limit} = {value}")]
+    OutputLimit {
+        /// The entry's path relative to the working directory (its start,
+        /// when very long).
+        path: String,
+        /// The setting, like `outputs.max_depth`.
+        limit: &'static str,
+        /// Its value.
+        value: u64,
     },
     /// Any other I/O error, with what was being done.
     #[error("{context}: {source}")]

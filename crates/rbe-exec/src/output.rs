@@ -17,6 +17,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
+use crate::tree_walk::{OutputLimits, TreeEvent, TreeWalk};
 use crate::{join_rel, validate_relative_path, ExecError};
 
 /// What an output entry is.
@@ -97,7 +98,7 @@ pub enum Collected {
     Directory(Vec<CollectedEntry>),
 }
 
-fn kind_name(ft: FileType) -> &'static str {
+pub(crate) fn kind_name(ft: FileType) -> &'static str {
     match ft {
         FileType::Fifo => "fifo",
         FileType::Socket => "socket",
@@ -107,7 +108,7 @@ fn kind_name(ft: FileType) -> &'static str {
     }
 }
 
-fn name_str(name: &CStr, path: &str) -> Result<String, ExecError> {
+pub(crate) fn name_str(name: &CStr, path: &str) -> Result<String, ExecError> {
     name.to_str().map(str::to_owned).map_err(|_| {
         ExecError::io(
             format!("output {path:?}"),
@@ -116,7 +117,7 @@ fn name_str(name: &CStr, path: &str) -> Result<String, ExecError> {
     })
 }
 
-fn read_link(dir: &OwnedFd, name: &CStr, path: &str) -> Result<String, ExecError> {
+pub(crate) fn read_link(dir: &OwnedFd, name: &CStr, path: &str) -> Result<String, ExecError> {
     let target = rustix::fs::readlinkat(dir, name, Vec::new())
         .map_err(|e| ExecError::io(format!("reading symlink {path:?}"), e))?;
     name_str(&target, path)
@@ -131,16 +132,18 @@ fn open_root(root: &Path) -> Result<OwnedFd, ExecError> {
     .map_err(|e| ExecError::io(format!("opening action root {}", root.display()), e))
 }
 
-/// Collects one output path (relative to the working directory): `None` if
-/// it does not exist (or a parent is not a directory).
+/// Opens one output path (relative to the working directory): `None` if
+/// it does not exist (or a parent is not a directory). A directory is
+/// returned as a walk, bounded by `limits`.
 ///
 /// FIFOs, sockets and devices are errors naming the path; a parent that
 /// leads out of the root through a symlink is [`ExecError::Escape`].
-pub fn collect_output(
+pub fn open_output(
     root: &Path,
     working_dir: &str,
     path: &str,
-) -> Result<Option<Collected>, ExecError> {
+    limits: OutputLimits,
+) -> Result<Option<Output>, ExecError> {
     validate_relative_path(working_dir)?;
     validate_relative_path(path)?;
     let root_fd = open_root(root)?;
@@ -149,7 +152,7 @@ pub fn collect_output(
         Some((p, n)) => (p, n),
         None if full.is_empty() => {
             // The root itself as an output directory.
-            return walk(Arc::new(root_fd), path).map(|e| Some(Collected::Directory(e)));
+            return TreeWalk::new(root_fd, path, limits).map(|w| Some(Output::Directory(w)));
         }
         None => (".", full.as_str()),
     };
@@ -186,18 +189,18 @@ pub fn collect_output(
     };
     let parent = Arc::new(parent);
     match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => Ok(Some(Collected::File(file_entry(
+        FileType::RegularFile => Ok(Some(Output::File(file_entry(
             String::new(),
             &parent,
             name,
             &st,
         )))),
-        FileType::Symlink => Ok(Some(Collected::Symlink {
+        FileType::Symlink => Ok(Some(Output::Symlink {
             target: read_link(&parent, &name, path)?,
         })),
         FileType::Directory => {
             let dir = open_dir(&parent, &name, path)?;
-            walk(Arc::new(dir), path).map(|e| Some(Collected::Directory(e)))
+            TreeWalk::new(dir, path, limits).map(|w| Some(Output::Directory(w)))
         }
         ft => Err(ExecError::SpecialFile {
             path: path.to_owned(),
@@ -206,7 +209,48 @@ pub fn collect_output(
     }
 }
 
-fn file_entry(rel_path: String, parent: &Arc<OwnedFd>, name: CString, st: &Stat) -> CollectedEntry {
+/// One output, as found by [`open_output`].
+#[derive(Debug)]
+pub enum Output {
+    /// A regular file (`rel_path` is `""`).
+    File(CollectedEntry),
+    /// A symlink, returned as such, never followed.
+    Symlink {
+        /// The target exactly as stored.
+        target: String,
+    },
+    /// A directory, to walk.
+    Directory(TreeWalk),
+}
+
+/// Collects one output path (relative to the working directory): `None` if
+/// it does not exist (or a parent is not a directory).
+///
+/// FIFOs, sockets and devices are errors naming the path; a parent that
+/// leads out of the root through a symlink is [`ExecError::Escape`].
+/// Without limits and keeping every entry: for tools and tests; the worker
+/// uses [`open_output`].
+pub fn collect_output(
+    root: &Path,
+    working_dir: &str,
+    path: &str,
+) -> Result<Option<Collected>, ExecError> {
+    Ok(
+        match open_output(root, working_dir, path, OutputLimits::UNLIMITED)? {
+            None => None,
+            Some(Output::File(e)) => Some(Collected::File(e)),
+            Some(Output::Symlink { target }) => Some(Collected::Symlink { target }),
+            Some(Output::Directory(w)) => Some(Collected::Directory(collect_all(w)?)),
+        },
+    )
+}
+
+pub(crate) fn file_entry(
+    rel_path: String,
+    parent: &Arc<OwnedFd>,
+    name: CString,
+    st: &Stat,
+) -> CollectedEntry {
     CollectedEntry {
         rel_path,
         kind: OutputKind::File {
@@ -220,7 +264,7 @@ fn file_entry(rel_path: String, parent: &Arc<OwnedFd>, name: CString, st: &Stat)
     }
 }
 
-fn open_dir(parent: &OwnedFd, name: &CStr, path: &str) -> Result<OwnedFd, ExecError> {
+pub(crate) fn open_dir(parent: &OwnedFd, name: &CStr, path: &str) -> Result<OwnedFd, ExecError> {
     rustix::fs::openat(
         parent,
         name,
@@ -230,44 +274,27 @@ fn open_dir(parent: &OwnedFd, name: &CStr, path: &str) -> Result<OwnedFd, ExecEr
     .map_err(|e| ExecError::io(format!("opening output directory {path:?}"), e))
 }
 
-/// Every entry below `dir` (iteratively: depth is the action's choice).
-fn walk(dir: Arc<OwnedFd>, out_path: &str) -> Result<Vec<CollectedEntry>, ExecError> {
+/// Every entry below `dir`, with full relative paths, sorted (for tools
+/// and tests; the worker streams a [`TreeWalk`] instead).
+fn collect_all(mut w: TreeWalk) -> Result<Vec<CollectedEntry>, ExecError> {
+    let mut prefix: Vec<String> = Vec::new();
     let mut entries = Vec::new();
-    let mut stack = vec![(dir, String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let shown = |rel: &str| join_rel(out_path, rel);
-        let mut reader = rustix::fs::Dir::read_from(dir.as_ref()).map_err(|e| {
-            ExecError::io(format!("reading output directory {:?}", shown(&prefix)), e)
-        })?;
-        while let Some(ent) = reader.read() {
-            let ent = ent.map_err(|e| {
-                ExecError::io(format!("reading output directory {:?}", shown(&prefix)), e)
-            })?;
-            let name = ent.file_name();
-            if name == c"." || name == c".." {
-                continue;
+    let full = |prefix: &[String], name: &str| join_rel(&prefix.join("/"), name);
+    while let Some(ev) = w.next_event()? {
+        match ev {
+            TreeEvent::Enter(None) => {}
+            TreeEvent::Enter(Some(mut e)) => {
+                let name = std::mem::take(&mut e.rel_path);
+                e.rel_path = full(&prefix, &name);
+                prefix.push(name);
+                entries.push(e);
             }
-            let rel = join_rel(&prefix, &name_str(name, &shown(&prefix))?);
-            let st = rustix::fs::statat(dir.as_ref(), name, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| ExecError::io(format!("stat output {:?}", shown(&rel)), e))?;
-            let name = name.to_owned();
-            match FileType::from_raw_mode(st.st_mode) {
-                FileType::RegularFile => entries.push(file_entry(rel, &dir, name, &st)),
-                FileType::Symlink => {
-                    let target = read_link(&dir, &name, &shown(&rel))?;
-                    entries.push(entry(rel, OutputKind::Symlink { target }, &dir, name, &st));
-                }
-                FileType::Directory => {
-                    let sub = Arc::new(open_dir(&dir, &name, &shown(&rel))?);
-                    entries.push(entry(rel.clone(), OutputKind::Directory, &dir, name, &st));
-                    stack.push((sub, rel));
-                }
-                ft => {
-                    return Err(ExecError::SpecialFile {
-                        path: shown(&rel),
-                        kind: kind_name(ft),
-                    })
-                }
+            TreeEvent::Entry(mut e) => {
+                e.rel_path = full(&prefix, &e.rel_path);
+                entries.push(e);
+            }
+            TreeEvent::Leave => {
+                prefix.pop();
             }
         }
     }
@@ -275,21 +302,23 @@ fn walk(dir: Arc<OwnedFd>, out_path: &str) -> Result<Vec<CollectedEntry>, ExecEr
     Ok(entries)
 }
 
-fn entry(
-    rel_path: String,
-    kind: OutputKind,
-    parent: &Arc<OwnedFd>,
-    name: CString,
-    st: &Stat,
-) -> CollectedEntry {
-    CollectedEntry {
-        rel_path,
-        kind,
-        size: 0,
-        parent: Arc::clone(parent),
-        name,
-        dev: st.st_dev,
-        ino: st.st_ino,
+impl CollectedEntry {
+    pub(crate) fn new(
+        rel_path: String,
+        kind: OutputKind,
+        parent: &Arc<OwnedFd>,
+        name: CString,
+        st: &Stat,
+    ) -> CollectedEntry {
+        CollectedEntry {
+            rel_path,
+            kind,
+            size: 0,
+            parent: Arc::clone(parent),
+            name,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
     }
 }
 

@@ -59,7 +59,7 @@ const OVERHEAD_ALLOWANCE: Duration = Duration::from_secs(600);
 pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) -> Finished {
     let id = a.id;
     let action_id = uuid::Uuid::new_v4().simple().to_string();
-    let dir = w.work_dir.join(&action_id);
+    let dir = w.work.path().join(&action_id);
     let slot = w.take_slot();
     // The whole action, inputs and uploads included, is bounded and
     // cancellable: a hung casd must not hold a slot forever.
@@ -73,12 +73,9 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
     };
     // Removing the directory is not on the client's critical path: the
     // result is reported while it goes (everything in it has been uploaded).
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = std::fs::remove_dir_all(&d) {
-            tracing::warn!(path = %d.display(), error = %e, "could not remove an action directory");
-        }
-    });
+    // Whatever the action left there, this ends (see `workdir`).
+    let work = Arc::clone(&w.work);
+    tokio::task::spawn_blocking(move || work.dispose(&action_id));
     w.return_slot(slot);
     match r {
         Ok(f) => f,
@@ -204,7 +201,7 @@ async fn run(
         uid: w.privileged.then_some(cfg.sandbox.uid),
         gid: w.privileged.then_some(cfg.sandbox.gid),
         network: cfg.sandbox.network,
-        hide_paths: std::iter::once(w.work_dir.clone())
+        hide_paths: std::iter::once(w.work.path().to_path_buf())
             .chain(cfg.sandbox.hide_paths.iter().cloned())
             .collect(),
         // A tmpfs bigger than the memory the action may use could only
@@ -289,19 +286,42 @@ async fn run(
         command.output_files.clone(),
         command.output_directories.clone(),
     );
+    // One budget of entries for all of the action's output directories.
+    let mut limits = rbe_exec::OutputLimits {
+        max_depth: cfg.outputs.max_depth,
+        max_entries: cfg.outputs.max_entries,
+        max_path_bytes: cfg.outputs.max_path_bytes,
+    };
     for p in &declared {
-        let collected = match rbe_exec::collect_output(&root, &command.working_directory, p) {
-            Ok(Some(c)) => c,
+        let opened = rbe_exec::open_output(&root, &command.working_directory, p, limits);
+        let found = match opened {
             Ok(None) => continue,
-            Err(e) => {
-                return Ok(fail(
-                    a.id,
-                    Code::InvalidArgument,
-                    format!("output {p:?}: {e}"),
-                ))
+            Ok(Some(rbe_exec::Output::Directory(mut walk))) => {
+                let r = outputs::upload_tree(&mut up, &mut walk).await;
+                limits.max_entries = limits.max_entries.saturating_sub(walk.entries());
+                r.map(|tree| Found::Directory { tree })
             }
+            Ok(Some(o)) => outputs::upload(&mut up, o).await,
+            Err(e) => Err(e.into()),
         };
-        match outputs::upload(&mut up, &collected).await? {
+        let found = match found {
+            Ok(f) => f,
+            // The action's outputs, not the worker: the action fails with
+            // what it printed, and Bazel does not retry it.
+            Err(e) if e.downcast_ref::<rbe_exec::ExecError>().is_some() => {
+                up.flush().await?;
+                let message = match e.downcast_ref::<rbe_exec::ExecError>() {
+                    Some(limit @ rbe_exec::ExecError::OutputLimit { .. }) => limit.to_string(),
+                    _ => format!("output {p:?}: {e:#}"),
+                };
+                tracing::info!(operation = %a.operation, invocation_id = %a.invocation_id, reason = %message, "action outputs refused");
+                let mut f = fail(a.id, Code::InvalidArgument, message);
+                f.action_result = result.encode_to_vec();
+                return Ok(f);
+            }
+            Err(e) => return Err(e),
+        };
+        match found {
             Found::File { digest, executable } => result.output_files.push(OutputFile {
                 path: p.clone(),
                 digest: Some(digest.to_reapi()),

@@ -6,6 +6,7 @@ mod confine;
 mod outputs;
 mod privileges;
 mod server;
+mod workdir;
 
 use std::process::ExitCode;
 

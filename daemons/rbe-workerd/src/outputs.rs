@@ -5,12 +5,12 @@
 //! hashed, then streamed with ByteStream. Files are read through the
 //! handles `rbe-exec` opened without following symlinks.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::io::Read;
 
 use anyhow::Context;
 use prost::Message;
-use rbe_exec::{Collected, CollectedEntry, OutputKind};
+use rbe_exec::{CollectedEntry, Output, OutputKind, TreeEvent, TreeWalk};
 use rbe_proto::bytestream::{byte_stream_client::ByteStreamClient, WriteRequest};
 use rbe_proto::reapi::{
     batch_update_blobs_request,
@@ -223,100 +223,90 @@ impl Uploader {
     }
 }
 
+/// A directory whose entries are still coming.
 #[derive(Default)]
 struct DirBuild {
+    name: String,
     files: Vec<FileNode>,
-    dirs: Vec<String>,
+    dirs: Vec<DirectoryNode>,
     symlinks: Vec<SymlinkNode>,
 }
 
-fn split(rel: &str) -> (&str, &str) {
-    rel.rsplit_once('/').unwrap_or(("", rel))
-}
-
-/// Uploads a collected output directory and returns its Tree's digest.
-pub async fn upload_tree(up: &mut Uploader, entries: &[CollectedEntry]) -> anyhow::Result<Digest> {
-    let mut dirs: BTreeMap<String, DirBuild> = BTreeMap::new();
-    dirs.insert(String::new(), DirBuild::default());
-    for e in entries {
-        let (parent, name) = split(&e.rel_path);
-        match &e.kind {
-            OutputKind::File { executable } => {
-                let d = up.entry(e).await?;
-                dirs.entry(parent.to_string())
-                    .or_default()
-                    .files
-                    .push(FileNode {
-                        name: name.to_string(),
-                        digest: Some(d.to_reapi()),
-                        is_executable: *executable,
-                        node_properties: None,
-                    });
-            }
-            OutputKind::Symlink { target } => {
-                dirs.entry(parent.to_string())
-                    .or_default()
-                    .symlinks
-                    .push(SymlinkNode {
-                        name: name.to_string(),
+/// Uploads an output directory while walking it and returns its Tree's
+/// digest. Each Directory message is finished when the walk leaves it, so
+/// only the directories on the current path are open (names, not paths),
+/// and each file is read once, as it comes.
+pub async fn upload_tree(up: &mut Uploader, walk: &mut TreeWalk) -> anyhow::Result<Digest> {
+    let mut open: Vec<DirBuild> = Vec::new();
+    let mut children: Vec<Directory> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut root = None;
+    while let Some(ev) = walk.next_event()? {
+        match ev {
+            TreeEvent::Enter(e) => open.push(DirBuild {
+                name: e.map(|e| e.rel_path).unwrap_or_default(),
+                ..DirBuild::default()
+            }),
+            TreeEvent::Entry(e) => {
+                let Some(cur) = open.last_mut() else {
+                    anyhow::bail!("output walk: an entry outside any directory");
+                };
+                match &e.kind {
+                    OutputKind::File { executable } => {
+                        let executable = *executable;
+                        let d = up.entry(&e).await?;
+                        let Some(cur) = open.last_mut() else {
+                            anyhow::bail!("output walk: an entry outside any directory");
+                        };
+                        cur.files.push(FileNode {
+                            name: e.rel_path,
+                            digest: Some(d.to_reapi()),
+                            is_executable: executable,
+                            node_properties: None,
+                        });
+                    }
+                    OutputKind::Symlink { target } => cur.symlinks.push(SymlinkNode {
+                        name: e.rel_path.clone(),
                         target: target.clone(),
                         node_properties: None,
-                    });
+                    }),
+                    OutputKind::Directory => {
+                        anyhow::bail!("output walk: a directory outside Enter")
+                    }
+                }
             }
-            OutputKind::Directory => {
-                dirs.entry(e.rel_path.clone()).or_default();
-                dirs.entry(parent.to_string())
-                    .or_default()
-                    .dirs
-                    .push(name.to_string());
+            TreeEvent::Leave => {
+                let Some(mut b) = open.pop() else {
+                    anyhow::bail!("output walk: unbalanced Leave");
+                };
+                b.files.sort_by(|a, c| a.name.cmp(&c.name));
+                b.symlinks.sort_by(|a, c| a.name.cmp(&c.name));
+                b.dirs.sort_by(|a, c| a.name.cmp(&c.name));
+                let dir = Directory {
+                    files: b.files,
+                    directories: b.dirs,
+                    symlinks: b.symlinks,
+                    node_properties: None,
+                };
+                let d = Digest::of(up.function, &dir.encode_to_vec());
+                match open.last_mut() {
+                    Some(parent) => {
+                        parent.dirs.push(DirectoryNode {
+                            name: b.name,
+                            digest: Some(d.to_reapi()),
+                        });
+                        // Each distinct directory once.
+                        if seen.insert(d) {
+                            children.push(dir);
+                        }
+                    }
+                    None => root = Some(dir),
+                }
             }
         }
     }
-    // Deepest first, so every child's digest is known before its parent.
-    let mut paths: Vec<String> = dirs.keys().cloned().collect();
-    paths.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count() + usize::from(!p.is_empty())));
-    let mut done: BTreeMap<String, (Directory, Digest)> = BTreeMap::new();
-    for p in paths {
-        let Some(mut b) = dirs.remove(&p) else {
-            continue;
-        };
-        b.files.sort_by(|a, c| a.name.cmp(&c.name));
-        b.symlinks.sort_by(|a, c| a.name.cmp(&c.name));
-        b.dirs.sort();
-        let mut nodes = Vec::new();
-        for name in &b.dirs {
-            let child = if p.is_empty() {
-                name.clone()
-            } else {
-                format!("{p}/{name}")
-            };
-            let (_, d) = done
-                .get(&child)
-                .with_context(|| format!("directory {child} missing from the walk"))?;
-            nodes.push(DirectoryNode {
-                name: name.clone(),
-                digest: Some(d.to_reapi()),
-            });
-        }
-        let dir = Directory {
-            files: b.files,
-            directories: nodes,
-            symlinks: b.symlinks,
-            node_properties: None,
-        };
-        let d = Digest::of(up.function, &dir.encode_to_vec());
-        done.insert(p, (dir, d));
-    }
-    let (root, _) = done.remove("").context("no root directory")?;
-    // Each distinct directory once.
-    let mut seen = std::collections::HashSet::new();
-    let children: Vec<Directory> = done
-        .into_values()
-        .filter(|(_, d)| seen.insert(*d))
-        .map(|(dir, _)| dir)
-        .collect();
     let tree = Tree {
-        root: Some(root),
+        root: Some(root.context("output walk ended without its root")?),
         children,
     };
     up.bytes(tree.encode_to_vec()).await
@@ -329,21 +319,19 @@ pub enum Found {
     Symlink { target: String },
 }
 
-/// Uploads one collected output.
-pub async fn upload(up: &mut Uploader, c: &Collected) -> anyhow::Result<Found> {
-    Ok(match c {
-        Collected::File(e) => {
+/// Uploads one output.
+pub async fn upload(up: &mut Uploader, o: Output) -> anyhow::Result<Found> {
+    Ok(match o {
+        Output::File(e) => {
             let executable = matches!(e.kind, OutputKind::File { executable: true });
             Found::File {
-                digest: up.entry(e).await?,
+                digest: up.entry(&e).await?,
                 executable,
             }
         }
-        Collected::Symlink { target } => Found::Symlink {
-            target: target.clone(),
-        },
-        Collected::Directory(entries) => Found::Directory {
-            tree: upload_tree(up, entries).await?,
+        Output::Symlink { target } => Found::Symlink { target },
+        Output::Directory(mut w) => Found::Directory {
+            tree: upload_tree(up, &mut w).await?,
         },
     })
 }

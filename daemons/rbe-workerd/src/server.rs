@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 use arc_swap::ArcSwap;
 use rbe_systemd::scope::Scopes;
 
+use crate::workdir::WorkDir;
 use crate::{action, confine};
 
 /// What every action task needs.
@@ -40,7 +41,8 @@ pub struct Worker {
     /// a user namespace as our own uid, and inputs are copies so they cannot
     /// change the store's inodes.
     pub privileged: bool,
-    pub work_dir: PathBuf,
+    /// The work directory: action directories and their removal.
+    pub work: Arc<WorkDir>,
     // Operation id -> (local sequence number, cancellation).
     running: Mutex<HashMap<u64, (u64, CancellationToken)>>,
     next_seq: std::sync::atomic::AtomicU64,
@@ -50,20 +52,6 @@ fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "worker".into())
-}
-
-/// Removes what an earlier run left behind; creates the work directory.
-/// Mode 0711: casd (another user under systemd) must pass through it to
-/// build inputs, nobody may list it, and sandboxes hide it entirely.
-fn prepare_work_dir(dir: &PathBuf) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-        .with_context(|| format!("chmod {}", dir.display()))?;
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let _ = std::fs::remove_dir_all(e.path());
-    }
-    Ok(())
 }
 
 impl Worker {
@@ -96,8 +84,7 @@ pub async fn run(
     } else {
         settings.worker.name.clone()
     };
-    let work_dir = settings.worker.work_dir.clone();
-    prepare_work_dir(&work_dir)?;
+    let work = Arc::new(WorkDir::prepare(&settings.worker.work_dir)?);
     let privileged = rustix_is_root();
     if !privileged {
         tracing::info!("not running as root: actions run in a user namespace as this user, with inputs copied, not linked");
@@ -114,7 +101,7 @@ pub async fn run(
         slots,
         casd,
         privileged,
-        work_dir,
+        work: Arc::clone(&work),
         running: Mutex::new(HashMap::new()),
         next_seq: std::sync::atomic::AtomicU64::new(0),
     });
@@ -129,6 +116,7 @@ pub async fn run(
         });
     }
     tokio::spawn(reload_on_sighup(Arc::clone(&worker), config_dirs));
+    tokio::spawn(work.clean_in_background(shutdown.clone()));
     tokio::spawn(watchdog(Arc::clone(&worker), shutdown.clone()));
     rbe_systemd::notify_status("attaching to the frontend");
     rbe_systemd::notify_ready();
@@ -312,8 +300,12 @@ async fn watchdog(worker: Arc<Worker>, shutdown: CancellationToken) {
 
 /// The STATUS= line: what `systemctl status rbe-workerd` shows.
 fn status_line(worker: &Worker) -> String {
+    let quarantined = match worker.work.quarantined() {
+        0 => String::new(),
+        n => format!("; {n} tree(s) in the work directory's quarantine"),
+    };
     format!(
-        "{} of {} slots busy; {}",
+        "{} of {} slots busy; {}{quarantined}",
         worker.running.lock().len(),
         worker.slots,
         if worker.scopes.is_some() {
