@@ -317,3 +317,27 @@ fn unreadable_path_is_reported() {
     let e = load_casd(&t.dirs()).unwrap_err();
     assert_eq!(e.origin, Origin::File(t.dir("etc/casd.toml")));
 }
+
+#[test]
+fn workerd_limits_rlimit_keys_and_a_zero_ceiling() {
+    let t = Tree::new();
+    t.write(
+        "etc/workerd.toml",
+        "[limits]\nmemory_max = \"1GiB\"\nmax_memory = \"0\"\nfile_size_max = \"2GiB\"\n\
+         open_files_max = 4096\n",
+    );
+    let l = load_workerd(&t.dirs()).unwrap().limits;
+    assert_eq!(
+        (
+            l.memory_max,
+            l.max_memory,
+            l.file_size_max,
+            l.open_files_max
+        ),
+        (1 << 30, 0, 2 << 30, 4096)
+    );
+    let t = Tree::new();
+    t.write("etc/workerd.toml", "[limits]\nopen_files_max = 3\n");
+    let e = load_workerd(&t.dirs()).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("limits.open_files_max"), "{e}");
+}

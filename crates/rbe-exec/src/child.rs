@@ -39,6 +39,7 @@ pub(crate) const STEPS: &[&str] = &[
     "set parent-death signal",
     "enter the working directory",
     "pipe",
+    "set resource limits",
 ];
 
 #[derive(Clone, Copy)]
@@ -68,6 +69,7 @@ enum Step {
     DeathSignal,
     WorkingDir,
     Pipe,
+    Rlimit,
 }
 
 /// Record kinds on the report pipe: 3 native-endian i32s, written whole
@@ -105,6 +107,8 @@ pub(crate) struct Plan {
     pub uid_map: Vec<u8>,
     pub gid_map: Vec<u8>,
     pub dev_shm: bool,
+    /// `setrlimit` calls for the command (see [`crate::Rlimits`]).
+    pub rlimits: Vec<(rustix::process::Resource, u64)>,
     /// The command's `execve`, prepared.
     pub exec: sys::Exec,
     /// Write end of the report pipe (close-on-exec).
@@ -431,6 +435,15 @@ impl Plan {
                 Step::SetUid,
                 rustix::thread::set_thread_res_uid(uid, uid, uid),
             )?;
+        }
+        // After setuid: as root, RLIMIT_NPROC set before it would count the
+        // sandbox uid's processes against the limit at the switch itself.
+        for &(resource, v) in &self.rlimits {
+            let limit = rustix::process::Rlimit {
+                current: Some(v),
+                maximum: Some(v),
+            };
+            self.step(Step::Rlimit, rustix::process::setrlimit(resource, limit))?;
         }
         // setuid binaries on the host must not give the action privileges.
         self.step(Step::NoNewPrivs, rustix::thread::set_no_new_privs(true))?;

@@ -65,7 +65,9 @@ mod run;
 mod sys;
 
 pub use output::{collect_output, prepare_output_dirs, Collected, CollectedEntry, OutputKind};
-pub use run::{run, run_confined, ActionSpec, Confinement, RunOutcome, Sandbox, Unconfined};
+pub use run::{
+    run, run_confined, ActionSpec, Confinement, Rlimits, RunOutcome, Sandbox, Unconfined,
+};
 
 use std::io;
 
