@@ -121,6 +121,8 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "limits.max_memory",
             "limits.max_cpu_quota",
             "limits.max_tasks",
+            "limits.file_size_max",
+            "limits.open_files_max",
             "limits.tmpfs_max",
             "outputs.max_depth",
             "outputs.max_entries",

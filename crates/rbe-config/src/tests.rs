@@ -339,3 +339,27 @@ fn tmpfs_max_is_a_size_and_never_none() {
         assert_eq!(e.key.as_deref(), Some("limits.tmpfs_max"), "{bad}");
     }
 }
+
+#[test]
+fn workerd_limits_rlimit_keys_and_a_zero_ceiling() {
+    let t = Tree::new();
+    t.write(
+        "etc/workerd.toml",
+        "[limits]\nmemory_max = \"1GiB\"\nmax_memory = \"0\"\nfile_size_max = \"2GiB\"\n\
+         open_files_max = 4096\n",
+    );
+    let l = load_workerd(&t.dirs()).unwrap().limits;
+    assert_eq!(
+        (
+            l.memory_max,
+            l.max_memory,
+            l.file_size_max,
+            l.open_files_max
+        ),
+        (1 << 30, 0, 2 << 30, 4096)
+    );
+    let t = Tree::new();
+    t.write("etc/workerd.toml", "[limits]\nopen_files_max = 3\n");
+    let e = load_workerd(&t.dirs()).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("limits.open_files_max"), "{e}");
+}

@@ -97,7 +97,8 @@ pub enum ScopeMode {
     Auto,
     /// Scopes or nothing: actions fail when a scope cannot be made.
     Required,
-    /// Never: actions stay in the worker's own cgroup.
+    /// Never: the worker makes a cgroup per action itself where it can,
+    /// and sets rlimits otherwise.
     Off,
 }
 
@@ -119,9 +120,11 @@ impl Default for ScopeSection {
     }
 }
 
-/// `[limits]`: cgroup limits of each action's scope, and the ceilings for
-/// what an action may ask for through platform properties
-/// (`rbe.memory_max`, `rbe.cpu_quota`, `rbe.tasks_max`). 0 means no limit.
+/// `[limits]`: limits of each action (cgroup limits of its scope, or of
+/// the cgroup workerd makes without systemd, or rlimits), and the ceilings
+/// for what an action may ask for through platform properties
+/// (`rbe.memory_max`, `rbe.cpu_quota`, `rbe.tasks_max`). A limit of 0 means
+/// none; a ceiling of 0 means the action may not raise the limit.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ActionLimits {
     /// MemoryMax of an action, bytes.
@@ -144,6 +147,10 @@ pub struct ActionLimits {
     /// bytes; never more than the action's memory_max. tmpfs pages belong
     /// to no process, so without it one action could fill the host's RAM.
     pub tmpfs_max: u64,
+    /// RLIMIT_FSIZE of an action's processes, bytes (0: none).
+    pub file_size_max: u64,
+    /// RLIMIT_NOFILE of an action's processes (0: the worker's own).
+    pub open_files_max: u64,
 }
 
 impl Default for ActionLimits {
@@ -158,6 +165,8 @@ impl Default for ActionLimits {
             max_cpu_quota: 0,
             max_tasks: 32768,
             tmpfs_max: 1 << 30,
+            file_size_max: 0,
+            open_files_max: 0,
         }
     }
 }
@@ -232,6 +241,8 @@ struct LimitsFragment {
     max_cpu_quota: Option<u32>,
     max_tasks: Option<u64>,
     tmpfs_max: Option<Size>,
+    file_size_max: Option<Size>,
+    open_files_max: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -387,6 +398,8 @@ fn build_limits(l: LimitsFragment, prov: &Provenance) -> Result<ActionLimits, Co
         max_cpu_quota: l.max_cpu_quota.unwrap_or(d.max_cpu_quota),
         max_tasks: l.max_tasks.unwrap_or(d.max_tasks),
         tmpfs_max: l.tmpfs_max.map_or(d.tmpfs_max, |v| v.0),
+        file_size_max: l.file_size_max.map_or(d.file_size_max, |v| v.0),
+        open_files_max: l.open_files_max.unwrap_or(d.open_files_max),
     };
     for (key, v) in [
         ("limits.cpu_weight", limits.cpu_weight),
@@ -409,6 +422,14 @@ fn build_limits(l: LimitsFragment, prov: &Provenance) -> Result<ActionLimits, Co
     if limits.tmpfs_max < (1 << 20) {
         return Err(prov.error("limits.tmpfs_max", "must be at least 1MiB"));
     }
+    if limits.open_files_max != 0 && limits.open_files_max < 16 {
+        return Err(prov.error(
+            "limits.open_files_max",
+            "must be 0 (the worker's own) or at least 16",
+        ));
+    }
+    // A ceiling of 0 holds the limit itself, so only a set ceiling can be
+    // below it.
     let over = |v: u64, max: u64| max != 0 && v > max;
     if over(limits.memory_max, limits.max_memory) {
         return Err(prov.error("limits.memory_max", "is above limits.max_memory"));

@@ -51,6 +51,7 @@ pub(crate) const STEPS: &[&str] = &[
     "mount tmpfs on /sys",
     "mount a /sys directory",
     "install the seccomp filter",
+    "set resource limits",
 ];
 
 #[derive(Clone, Copy)]
@@ -92,6 +93,7 @@ enum Step {
     SysTmpfs,
     SysDir,
     Seccomp,
+    Rlimit,
 }
 
 /// Host device nodes bind-mounted into the action's /dev.
@@ -151,6 +153,8 @@ pub(crate) struct Plan {
     pub tmpfs_opts: CString,
     /// Installed right before `execve`.
     pub seccomp: &'static crate::seccomp::Filters,
+    /// `setrlimit` calls for the command (see [`crate::Rlimits`]).
+    pub rlimits: Vec<(rustix::process::Resource, u64)>,
     /// The command's `execve`, prepared.
     pub exec: sys::Exec,
     /// Write end of the report pipe (close-on-exec).
@@ -603,6 +607,15 @@ impl Plan {
                 Step::SetUid,
                 rustix::thread::set_thread_res_uid(uid, uid, uid),
             )?;
+        }
+        // After setuid: as root, RLIMIT_NPROC set before it would count the
+        // sandbox uid's processes against the limit at the switch itself.
+        for &(resource, v) in &self.rlimits {
+            let limit = rustix::process::Rlimit {
+                current: Some(v),
+                maximum: Some(v),
+            };
+            self.step(Step::Rlimit, rustix::process::setrlimit(resource, limit))?;
         }
         // setuid binaries on the host must not give the action privileges.
         self.step(Step::NoNewPrivs, rustix::thread::set_no_new_privs(true))?;

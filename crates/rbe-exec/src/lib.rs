@@ -73,7 +73,8 @@ pub use output::{
     collect_output, open_output, prepare_output_dirs, Collected, CollectedEntry, Output, OutputKind,
 };
 pub use run::{
-    run, run_confined, ActionSpec, Confinement, RunOutcome, Sandbox, Unconfined, DEFAULT_TMPFS_SIZE,
+    run, run_confined, ActionSpec, Confinement, Rlimits, RunOutcome, Sandbox, Unconfined,
+    DEFAULT_TMPFS_SIZE,
 };
 pub use tree_walk::{OutputLimits, TreeEvent, TreeWalk, OPEN_LEVELS};
 

@@ -78,6 +78,53 @@ pub struct ActionSpec {
     /// stdout and stderr are each cut to this many bytes; the rest is read
     /// and discarded so the action neither blocks nor fills the disk.
     pub max_output_bytes: u64,
+    /// Resource limits of the command and everything it forks.
+    pub rlimits: Rlimits,
+}
+
+/// Per-process resource limits (`setrlimit`, soft and hard alike) set on
+/// the command just before `execve`, after it dropped to the action's uid
+/// and after its user namespace exists; everything it forks inherits them.
+/// `None` keeps the worker's own limit, and a value above the worker's hard
+/// limit is lowered to it (raising needs `CAP_SYS_RESOURCE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rlimits {
+    /// `RLIMIT_NPROC`: processes and threads of the action's real uid. In
+    /// the user namespace of a non-root worker that uid's count is the
+    /// action's alone (the kernel counts per namespace); as root, every
+    /// process of the sandbox uid on the host counts.
+    pub nproc: Option<u64>,
+    /// `RLIMIT_DATA`: private writable memory of each process, bytes.
+    /// Allocations past it fail with `ENOMEM`; nothing is killed.
+    pub data: Option<u64>,
+    /// `RLIMIT_FSIZE`: largest file a process may write, bytes (`SIGXFSZ`
+    /// past it). stdout and stderr are pipes and not affected.
+    pub fsize: Option<u64>,
+    /// `RLIMIT_NOFILE`: open descriptors per process.
+    pub nofile: Option<u64>,
+    /// `RLIMIT_CORE`: core dump size, bytes (0: none).
+    pub core: Option<u64>,
+}
+
+impl Rlimits {
+    /// The limits to set, lowered to the hard limits this process holds.
+    fn plan(&self) -> Vec<(rustix::process::Resource, u64)> {
+        use rustix::process::Resource;
+        [
+            (Resource::Nproc, self.nproc),
+            (Resource::Data, self.data),
+            (Resource::Fsize, self.fsize),
+            (Resource::Nofile, self.nofile),
+            (Resource::Core, self.core),
+        ]
+        .into_iter()
+        .filter_map(|(r, v)| {
+            let v = v?;
+            let hard = rustix::process::getrlimit(r).maximum;
+            Some((r, hard.map_or(v, |h| v.min(h))))
+        })
+        .collect()
+    }
 }
 
 /// How the action ended.
@@ -442,6 +489,7 @@ fn prepare(sandbox: &Sandbox, spec: &ActionSpec) -> Result<(PathBuf, Plan), Exec
         gid_map: format!("{egid} {egid} 1\n").into_bytes(),
         tmpfs_opts: cstring(format!("mode=1777,size={}", sandbox.tmpfs_size.max(4096)).as_bytes())?,
         seccomp: crate::seccomp::filters().map_err(ExecError::Internal)?,
+        rlimits: spec.rlimits.plan(),
         exec: exec_args(&program, spec)?,
         report_fd: -1,
         gate_fd: -1,

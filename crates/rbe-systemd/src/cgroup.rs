@@ -24,6 +24,17 @@ impl Mounts {
             .unwrap_or_default()
     }
 
+    /// Where the v1 hierarchy of `controller` (memory, cpu, cpuacct, pids,
+    /// blkio) is mounted, if one is.
+    pub fn v1(&self, controller: &str) -> Option<&Path> {
+        self.v1.get(controller).map(PathBuf::as_path)
+    }
+
+    /// Where the unified (v2) hierarchy is mounted, if it is.
+    pub fn unified(&self) -> Option<&Path> {
+        self.unified.as_deref()
+    }
+
     fn parse(mountinfo: &str) -> Mounts {
         let mut m = Mounts::default();
         for line in mountinfo.lines() {
@@ -72,6 +83,39 @@ impl Cgroups {
     pub fn of(pid: u32, mounts: &Mounts) -> std::io::Result<Cgroups> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
         Ok(Cgroups::parse(&text, mounts))
+    }
+
+    /// Cgroups at these directories: the memory and pids controllers' and
+    /// the unified hierarchy's (v1 memory and pids directories, or one v2
+    /// directory for all three). For cgroups made without systemd.
+    pub fn at(
+        memory: Option<PathBuf>,
+        pids: Option<PathBuf>,
+        unified: Option<PathBuf>,
+        path: String,
+    ) -> Cgroups {
+        Cgroups {
+            memory,
+            cpu: None,
+            pids,
+            unified,
+            path,
+        }
+    }
+
+    /// The memory controller's directory.
+    pub fn memory_dir(&self) -> Option<&Path> {
+        self.memory.as_deref()
+    }
+
+    /// The pids controller's directory.
+    pub fn pids_dir(&self) -> Option<&Path> {
+        self.pids.as_deref()
+    }
+
+    /// The directory in the unified hierarchy.
+    pub fn unified_dir(&self) -> Option<&Path> {
+        self.unified.as_deref()
     }
 
     fn parse(text: &str, mounts: &Mounts) -> Cgroups {

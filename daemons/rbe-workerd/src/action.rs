@@ -210,7 +210,7 @@ async fn run(
             .memory_max
             .map_or(cfg.limits.tmpfs_max, |m| m.min(cfg.limits.tmpfs_max)),
     };
-    let spec = ActionSpec {
+    let mut spec = ActionSpec {
         root: root.clone(),
         working_dir: command.working_directory.clone(),
         argv: command.arguments.clone(),
@@ -223,15 +223,17 @@ async fn run(
         stdout: dir.join("stdout"),
         stderr: dir.join("stderr"),
         max_output_bytes: cfg.sandbox.max_output_bytes,
+        rlimits: Default::default(),
     };
-    let mut scope = Scope {
-        scopes: w.scopes.as_ref(),
-        unit: format!("rbe-action-{action_id}.scope"),
-        description: format!("rbe action {action_digest} ({})", a.operation),
-        limits,
-        cgroups: None,
-        usage: None,
-    };
+    let mut scope = Scope::new(
+        w.scopes.as_ref(),
+        w.cgroups.as_ref(),
+        action_id,
+        format!("rbe action {action_digest} ({})", a.operation),
+        limits.clone(),
+    );
+    let (cgroup_memory, cgroup_tasks) = scope.cgroup_caps();
+    spec.rlimits = confine::rlimits_for(&cfg.limits, &limits, cgroup_memory, cgroup_tasks);
     let cancelled = cancel.clone().cancelled_owned();
     let outcome = match rbe_exec::run_confined(&sandbox, &spec, cancelled, &mut scope).await {
         Ok(o) => o,
@@ -381,7 +383,7 @@ async fn run(
         timed_out = outcome.timed_out,
         oom_killed = scope.oom_killed(),
         slot = slot.map_or(-1, i64::from),
-        unit = %if scope.cgroups.is_some() { scope.unit.as_str() } else { "" },
+        unit = %scope.systemd_unit(),
         input_fetch_ms = ms(fetch_start, fetch_done),
         execution_ms = ms(outcome.started, outcome.finished),
         output_upload_ms = ms(upload_start, done),
@@ -403,7 +405,7 @@ async fn run(
         );
     } else if scope.hit_tasks_max() && outcome.exit_code != 0 {
         fin.message = format!(
-            "the action reached its limit of {} processes and threads (TasksMax); forks failed",
+            "the action reached its limit of {} processes and threads (limits.tasks_max); forks failed",
             scope.limits.tasks_max.unwrap_or(0)
         );
     }

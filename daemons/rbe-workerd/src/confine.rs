@@ -4,7 +4,9 @@
 
 use prost::Message;
 use rbe_config::{ActionLimits, ScopeMode, WorkerdSettings};
-use rbe_exec::Confinement;
+use rbe_exec::{Confinement, Rlimits};
+
+use crate::cgroups::{ActionCgroup, LocalCgroups};
 use rbe_proto::worker::ResourceUsage;
 use rbe_systemd::cgroup::{Cgroups, Usage};
 use rbe_systemd::scope::{Limits, Scopes};
@@ -17,9 +19,14 @@ pub const CPU_PROPERTY: &str = "rbe.cpu_quota";
 /// Task limit.
 pub const TASKS_PROPERTY: &str = "rbe.tasks_max";
 
-/// The scope limits for one action: the configured defaults, replaced by
-/// what its platform properties ask for, which must stay within the
-/// ceilings. The error names the property and the ceiling.
+/// The limits for one action: the configured defaults, replaced by what
+/// its platform properties ask for, which must stay within the ceilings.
+/// A ceiling of 0 means the action may not raise the configured value
+/// (only narrow it); with both 0 there is no limit, and any request only
+/// narrows. Above the ceiling is an error naming the property and the key,
+/// as for any other ceiling: the client asked for something this worker
+/// does not give, and silently running it with less would fail later in a
+/// way harder to understand.
 pub fn limits_for(
     config: &ActionLimits,
     properties: &[(String, String)],
@@ -28,14 +35,28 @@ pub fn limits_for(
     let mut cpu = u64::from(config.cpu_quota);
     let mut tasks = config.tasks_max;
     for (name, value) in properties {
-        let (slot, ceiling, key) = match name.as_str() {
-            MEMORY_PROPERTY => (&mut memory, config.max_memory, "limits.max_memory"),
+        let (slot, default, max, key, value_key) = match name.as_str() {
+            MEMORY_PROPERTY => (
+                &mut memory,
+                config.memory_max,
+                config.max_memory,
+                "limits.max_memory",
+                "limits.memory_max",
+            ),
             CPU_PROPERTY => (
                 &mut cpu,
+                u64::from(config.cpu_quota),
                 u64::from(config.max_cpu_quota),
                 "limits.max_cpu_quota",
+                "limits.cpu_quota",
             ),
-            TASKS_PROPERTY => (&mut tasks, config.max_tasks, "limits.max_tasks"),
+            TASKS_PROPERTY => (
+                &mut tasks,
+                config.tasks_max,
+                config.max_tasks,
+                "limits.max_tasks",
+                "limits.tasks_max",
+            ),
             _ => continue,
         };
         let v = if name == MEMORY_PROPERTY {
@@ -52,10 +73,19 @@ pub fn limits_for(
                 "platform property {name}=0 would lift the limit; ask for a number"
             ));
         }
-        if ceiling != 0 && v > ceiling {
-            return Err(format!(
-                "platform property {name}={value} is above this worker's ceiling {key}={ceiling}"
-            ));
+        match ceiling(default, max) {
+            Some(c) if v > c && max == 0 => {
+                return Err(format!(
+                    "platform property {name}={value} is above {value_key}={default}, which \
+                     actions may not raise on this worker ({key}=0)"
+                ))
+            }
+            Some(c) if v > c => {
+                return Err(format!(
+                    "platform property {name}={value} is above this worker's ceiling {key}={c}"
+                ))
+            }
+            _ => {}
         }
         *slot = v;
     }
@@ -69,12 +99,48 @@ pub fn limits_for(
     })
 }
 
+/// The most an action may ask for, given the configured value and its
+/// ceiling (`max`); `None`: anything (no limit and no ceiling).
+fn ceiling(value: u64, max: u64) -> Option<u64> {
+    match (value, max) {
+        (0, 0) => None,
+        (v, 0) => Some(v),
+        (_, m) => Some(m),
+    }
+}
+
+/// The rlimits of an action: always no core dumps and the configured file
+/// size and descriptor limits; processes and memory too when no cgroup
+/// holds them (`cgroup_memory`, `cgroup_tasks`). Those two are weaker than
+/// a cgroup: `RLIMIT_DATA` is per process, and `RLIMIT_NPROC` counts the
+/// action uid's processes, which as root means every action's together
+/// (in a non-root worker's user namespace, the action's alone).
+pub fn rlimits_for(
+    config: &ActionLimits,
+    limits: &Limits,
+    cgroup_memory: bool,
+    cgroup_tasks: bool,
+) -> Rlimits {
+    let some = |v: u64| (v != 0).then_some(v);
+    Rlimits {
+        nproc: if cgroup_tasks { None } else { limits.tasks_max },
+        data: if cgroup_memory {
+            None
+        } else {
+            limits.memory_max
+        },
+        fsize: some(config.file_size_max),
+        nofile: some(config.open_files_max),
+        core: Some(0),
+    }
+}
+
 /// Connects to systemd for scopes as `[scope] mode` says. `Ok(None)`: run
 /// without scopes (logged once, with the reason).
 pub async fn connect(settings: &WorkerdSettings) -> anyhow::Result<Option<Scopes>> {
     let mode = settings.scope.mode;
     if mode == ScopeMode::Off {
-        tracing::info!("scope.mode = off: actions run without systemd scopes or cgroup limits");
+        tracing::info!("scope.mode = off: actions run without systemd scopes");
         return Ok(None);
     }
     let why_not = if !rbe_systemd::booted() {
@@ -108,36 +174,48 @@ pub async fn connect(settings: &WorkerdSettings) -> anyhow::Result<Option<Scopes
             anyhow::bail!("scope.mode = required, but scopes cannot be made: {why}")
         }
         (Err(why), _) => {
-            tracing::warn!(reason = %why, "actions run without systemd scopes or cgroup limits");
+            tracing::warn!(reason = %why, "actions run without systemd scopes");
             Ok(None)
         }
     }
 }
 
-/// One action's scope, driven by the sandbox runner.
+/// One action's confinement, driven by the sandbox runner: a systemd
+/// scope, or without systemd a cgroup workerd makes (see [`crate::cgroups`]),
+/// or nothing.
 pub struct Scope<'a> {
-    pub scopes: Option<&'a Scopes>,
+    scopes: Option<&'a Scopes>,
+    local: Option<&'a LocalCgroups>,
+    /// `rbe-action-<id>.scope`; the cgroup's directory name is `<id>`.
     pub unit: String,
-    pub description: String,
+    id: String,
+    description: String,
+    /// What applies: without systemd only memory and tasks.
     pub limits: Limits,
+    /// The cgroups the action ran in, once placed.
     pub cgroups: Option<Cgroups>,
+    /// Their figures once the action ended.
     pub usage: Option<Usage>,
+    action_cgroup: Option<ActionCgroup>,
 }
 
 impl Confinement for Scope<'_> {
     fn active(&self) -> bool {
-        self.scopes.is_some()
+        self.scopes.is_some() || self.local.is_some()
     }
 
     async fn place(&mut self, pid: u32) -> Result<(), String> {
-        let Some(scopes) = self.scopes else {
-            return Ok(());
-        };
-        let cg = scopes
-            .start(&self.unit, pid, &self.description, &self.limits)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.cgroups = Some(cg);
+        if let Some(scopes) = self.scopes {
+            let cg = scopes
+                .start(&self.unit, pid, &self.description, &self.limits)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.cgroups = Some(cg);
+        } else if let Some(local) = self.local {
+            let cg = local.confine(&self.id, &self.limits, pid)?;
+            self.cgroups = Some(cg.cgroups().clone());
+            self.action_cgroup = Some(cg);
+        }
         Ok(())
     }
 
@@ -146,7 +224,65 @@ impl Confinement for Scope<'_> {
     }
 }
 
-impl Scope<'_> {
+impl<'a> Scope<'a> {
+    /// The confinement of action `id`: a scope if `scopes`, else a cgroup
+    /// if `local`. Dropping it removes the cgroup.
+    pub fn new(
+        scopes: Option<&'a Scopes>,
+        local: Option<&'a LocalCgroups>,
+        id: &str,
+        description: String,
+        mut limits: Limits,
+    ) -> Scope<'a> {
+        let local = if scopes.is_some() { None } else { local };
+        if scopes.is_none() {
+            // Only systemd applies these; the metadata must not claim them.
+            limits.cpu_quota_percent = None;
+            limits.cpu_weight = None;
+            limits.io_weight = None;
+        }
+        if let Some(l) = local {
+            if !l.has_memory() {
+                limits.memory_max = None;
+            }
+            if !l.has_pids() {
+                limits.tasks_max = None;
+            }
+        } else if scopes.is_none() {
+            limits.memory_max = None;
+            limits.tasks_max = None;
+        }
+        Scope {
+            scopes,
+            local,
+            unit: format!("rbe-action-{id}.scope"),
+            id: id.to_owned(),
+            description,
+            limits,
+            cgroups: None,
+            usage: None,
+            action_cgroup: None,
+        }
+    }
+
+    /// Whether the cgroup holds the memory limit, and the task limit.
+    pub fn cgroup_caps(&self) -> (bool, bool) {
+        match (self.scopes, self.local) {
+            (Some(_), _) => (true, true),
+            (None, Some(l)) => (l.has_memory(), l.has_pids()),
+            (None, None) => (false, false),
+        }
+    }
+
+    /// The systemd unit, if the action ran in one (for the journal's `-u`).
+    pub fn systemd_unit(&self) -> &str {
+        if self.scopes.is_some() && self.cgroups.is_some() {
+            &self.unit
+        } else {
+            ""
+        }
+    }
+
     /// True when the kernel's OOM killer killed something in the scope.
     pub fn oom_killed(&self) -> bool {
         self.usage.and_then(|u| u.oom_kills).is_some_and(|n| n > 0)
@@ -163,8 +299,12 @@ impl Scope<'_> {
     /// without a scope.
     pub fn metadata(&self) -> Option<rbe_proto::wkt::Any> {
         let u = self.usage?;
+        let unit = match (&self.scopes, &self.cgroups) {
+            (None, Some(cg)) => cg.path.clone(),
+            _ => self.unit.clone(),
+        };
         let msg = ResourceUsage {
-            unit: self.unit.clone(),
+            unit,
             cpu_usec: u.cpu_usec,
             user_usec: u.user_usec,
             system_usec: u.system_usec,
@@ -225,5 +365,48 @@ mod tests {
         assert!(e.contains("rbe.tasks_max"), "{e}");
         let e = limits_for(&c, &props(&[("rbe.cpu_quota", "0")])).expect_err("zero");
         assert!(e.contains("lift"), "{e}");
+    }
+
+    #[test]
+    fn a_ceiling_of_zero_means_the_action_may_not_raise_the_limit() {
+        let c = ActionLimits {
+            memory_max: 1 << 30,
+            tasks_max: 64,
+            cpu_quota: 100,
+            max_memory: 0,
+            max_cpu_quota: 0,
+            max_tasks: 0,
+            ..ActionLimits::default()
+        };
+        for (name, value, key) in [
+            ("rbe.memory_max", "2GiB", "limits.max_memory"),
+            ("rbe.tasks_max", "65", "limits.max_tasks"),
+            ("rbe.cpu_quota", "400", "limits.max_cpu_quota"),
+        ] {
+            let e = limits_for(&c, &props(&[(name, value)])).expect_err("above the limit");
+            assert!(e.contains(key) && e.contains("may not raise"), "{e}");
+        }
+        // Asking for the limit itself, or less, is fine.
+        let l = limits_for(
+            &c,
+            &props(&[
+                ("rbe.memory_max", "1GiB"),
+                ("rbe.tasks_max", "16"),
+                ("rbe.cpu_quota", "50"),
+            ]),
+        )
+        .expect("within");
+        assert_eq!(
+            (l.memory_max, l.tasks_max, l.cpu_quota_percent),
+            (Some(1 << 30), Some(16), Some(50))
+        );
+        // No limit and no ceiling: any request only narrows.
+        let open = ActionLimits {
+            memory_max: 0,
+            max_memory: 0,
+            ..ActionLimits::default()
+        };
+        let l = limits_for(&open, &props(&[("rbe.memory_max", "8GiB")])).expect("narrows");
+        assert_eq!(l.memory_max, Some(8 << 30));
     }
 }

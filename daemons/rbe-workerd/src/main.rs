@@ -2,6 +2,7 @@
 //! namespaces as an unprivileged user, with inputs hard-linked by rbe-casd.
 
 mod action;
+mod cgroups;
 mod confine;
 mod outputs;
 mod privileges;

@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use rbe_systemd::scope::Scopes;
 
 use crate::workdir::WorkDir;
+use crate::cgroups::LocalCgroups;
 use crate::{action, confine};
 
 /// What every action task needs.
@@ -31,6 +32,9 @@ pub struct Worker {
     pub settings: ArcSwap<WorkerdSettings>,
     /// Transient scopes, when systemd manages the host (see [`confine`]).
     pub scopes: Option<Scopes>,
+    /// Without scopes: per-action cgroups workerd makes itself, when it
+    /// can (see [`crate::cgroups`]).
+    pub cgroups: Option<LocalCgroups>,
     /// Slot numbers not in use (for logs: `RBE_SLOT`).
     free_slots: Mutex<Vec<u32>>,
     pub name: String,
@@ -93,9 +97,24 @@ pub async fn run(
         .await
         .context("channel to casd")?;
     let scopes = confine::connect(&settings).await?;
+    let cgroups = if scopes.is_some() {
+        None
+    } else {
+        match LocalCgroups::setup() {
+            Ok(c) => {
+                tracing::info!(cgroups = %c.describe(), "each action runs in a cgroup of its own, with limits.memory_max and limits.tasks_max");
+                Some(c)
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "no per-action cgroups: processes and memory are limited per process with rlimits only");
+                None
+            }
+        }
+    };
     let worker = Arc::new(Worker {
         settings: ArcSwap::from_pointee(settings),
         scopes,
+        cgroups,
         free_slots: Mutex::new((0..slots).rev().collect()),
         name,
         slots,
@@ -136,6 +155,12 @@ pub async fn run(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    if let Some(c) = &worker.cgroups {
+        // The actions' cgroups go as their actions end; give the last a
+        // moment (a cancelled action's keeper may still be exiting).
+        let _ = rbe_systemd::drain(Duration::from_secs(2), || usize::from(c.busy())).await;
+        c.remove();
     }
     tracing::info!("rbe-workerd stopped");
     Ok(())
@@ -310,8 +335,10 @@ fn status_line(worker: &Worker) -> String {
         worker.slots,
         if worker.scopes.is_some() {
             "actions in scopes"
+        } else if worker.cgroups.is_some() {
+            "actions in cgroups"
         } else {
-            "no scopes"
+            "no scopes or cgroups"
         }
     )
 }

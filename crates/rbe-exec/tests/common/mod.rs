@@ -70,6 +70,7 @@ impl Env {
             stdout: self.dir.path().join("stdout"),
             stderr: self.dir.path().join("stderr"),
             max_output_bytes: 1 << 20,
+            rlimits: Default::default(),
         }
     }
 
