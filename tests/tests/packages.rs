@@ -333,6 +333,99 @@ fn manual_pages_render_without_warnings() {
     );
 }
 
+/// The spec parses where systemd's RPM macros are installed (Fedora, RHEL,
+/// openSUSE). RPM expands macros even inside comments, and there each of
+/// systemd's scriptlet macros called without arguments is an error: the
+/// macros below are defined the way systemd's `src/rpm/macros.systemd.in`
+/// defines them (Fedora's `%sysusers_create_compat` checked the same way).
+#[test]
+fn rpm_spec_parses_with_systemd_macros() {
+    if !on_path("rpmspec") {
+        return skip("rpmspec is not installed (apt-get install rpm)");
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let mut macros = String::from(
+        "%_unitdir /usr/lib/systemd/system\n\
+         %__systemd_someargs_0(:) %{error:The %%%1 macro requires some arguments}\n",
+    );
+    for m in [
+        "systemd_post",
+        "systemd_preun",
+        "systemd_postun",
+        "systemd_postun_with_restart",
+        "systemd_postun_with_reload",
+        "systemd_user_post",
+        "systemd_user_preun",
+        "systemd_user_postun",
+        "systemd_user_postun_with_restart",
+        "tmpfiles_create",
+        "sysusers_create",
+        "sysusers_create_compat",
+        "sysctl_apply",
+        "binfmt_apply",
+    ] {
+        macros.push_str(
+            &[
+                "%",
+                m,
+                "() %{expand:%%{?__systemd_someargs_%#:%%__systemd_someargs_%# ",
+                m,
+                "}} : ",
+                m,
+                " %{?*}\n",
+            ]
+            .concat(),
+        );
+    }
+    let file = t.path().join("macros.systemd");
+    std::fs::write(&file, macros).expect("write macros");
+    // The macros bite: without arguments, an error; with them, a command.
+    let eval = |what: &str| {
+        Command::new("rpm")
+            .arg("--load")
+            .arg(&file)
+            .args(["--eval", what])
+            .output()
+            .expect("run rpm --eval")
+    };
+    let bare = eval("%systemd_post");
+    assert!(
+        String::from_utf8_lossy(&bare.stderr)
+            .contains("The %systemd_post macro requires some arguments"),
+        "{}",
+        text(&bare)
+    );
+    let called = eval("%systemd_post rbe-casd.socket");
+    assert!(called.status.success(), "{}", text(&called));
+
+    let out = Command::new("rpmspec")
+        .arg("-P")
+        .arg(repo().join("packaging/rpm/rbe.spec"))
+        .arg("--load")
+        .arg(&file)
+        .args([
+            "--define",
+            "rbe_version 0.1.0",
+            "--define",
+            "rbe_release 1",
+            "--define",
+            "rbe_changelog_date Wed Dec 02 2026",
+        ])
+        .output()
+        .expect("run rpmspec");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "rpmspec -P with systemd's macros: {}",
+        text(&out)
+    );
+    // The comments came through as text, not as expanded macros.
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        parsed.contains("%systemd_post, %systemd_preun"),
+        "{parsed}"
+    );
+}
+
 // ------------------------------------------------ against a booted systemd
 
 /// Acceptance 1, 3, 4 and 6, and a broken config after an upgrade.
