@@ -333,6 +333,96 @@ fn manual_pages_render_without_warnings() {
     );
 }
 
+/// The spec parses where systemd's RPM macros are installed (Fedora, RHEL,
+/// openSUSE). RPM expands macros even inside comments, and there each of
+/// systemd's scriptlet macros called without arguments is an error: the
+/// macros below are defined the way systemd's `src/rpm/macros.systemd.in`
+/// defines them (Fedora's `%sysusers_create_compat` checked the same way).
+#[test]
+fn rpm_spec_parses_with_systemd_macros() {
+    if !on_path("rpmspec") {
+        return skip("rpmspec is not installed (apt-get install rpm)");
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let mut macros = String::from(
+        "%_unitdir /usr/lib/systemd/system\n\
+         %__systemd_someargs_0(:) %{error:The %%%1 macro requires some arguments}\n",
+    );
+    for m in [
+        "systemd_post",
+        "systemd_preun",
+        "systemd_postun",
+        "systemd_postun_with_restart",
+        "systemd_postun_with_reload",
+        "systemd_user_post",
+        "systemd_user_preun",
+        "systemd_user_postun",
+        "systemd_user_postun_with_restart",
+        "tmpfiles_create",
+        "sysusers_create",
+        "sysusers_create_compat",
+        "sysctl_apply",
+        "binfmt_apply",
+    ] {
+        macros.push_str(
+            &[
+                "%",
+                m,
+                "() %{expand:%%{?__systemd_someargs_%#:%%__systemd_someargs_%# ",
+                m,
+                "}} : ",
+                m,
+                " %{?*}\n",
+            ]
+            .concat(),
+        );
+    }
+    let file = t.path().join("macros.systemd");
+    std::fs::write(&file, macros).expect("write macros");
+    // The macros bite: without arguments, an error; with them, a command.
+    let eval = |what: &str| {
+        Command::new("rpm")
+            .arg("--load")
+            .arg(&file)
+            .args(["--eval", what])
+            .output()
+            .expect("run rpm --eval")
+    };
+    let bare = eval("%systemd_post");
+    assert!(
+        String::from_utf8_lossy(&bare.stderr)
+            .contains("The %systemd_post macro requires some arguments"),
+        "{}",
+        text(&bare)
+    );
+    let called = eval("%systemd_post rbe-casd.socket");
+    assert!(called.status.success(), "{}", text(&called));
+
+    let out = Command::new("rpmspec")
+        .arg("-P")
+        .arg(repo().join("packaging/rpm/rbe.spec"))
+        .arg("--load")
+        .arg(&file)
+        .args([
+            "--define",
+            "rbe_version 0.1.0",
+            "--define",
+            "rbe_release 1",
+            "--define",
+            "rbe_changelog_date Wed Dec 02 2026",
+        ])
+        .output()
+        .expect("run rpmspec");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "rpmspec -P with systemd's macros: {}",
+        text(&out)
+    );
+    // The comments came through as text, not as expanded macros.
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    assert!(parsed.contains("%systemd_post, %systemd_preun"), "{parsed}");
+}
+
 // ------------------------------------------------ against a booted systemd
 
 /// Acceptance 1, 3, 4 and 6, and a broken config after an upgrade.
@@ -496,6 +586,115 @@ async fn deb_install_upgrade_remove_purge() {
     assert!(out.status.success(), "sysbox down: {}", text(&out));
 }
 
+const DAEMONS: [&str; 3] = ["casd", "frontend", "workerd"];
+
+/// Edits each daemon's conffile and adds a drop-in; returns the edited
+/// conffiles' text, in [`DAEMONS`] order.
+fn edit_configs(inst: &Instance) -> Vec<String> {
+    DAEMONS
+        .iter()
+        .map(|d| {
+            inst.sh(&format!(
+                "printf '\\n# edited by the administrator\\n' >>/etc/rbe/{d}.toml && \
+                 mkdir -p /etc/rbe/{d}.toml.d && \
+                 printf '# a drop-in\\n' >/etc/rbe/{d}.toml.d/50-admin.toml && \
+                 cat /etc/rbe/{d}.toml"
+            ))
+        })
+        .collect()
+}
+
+/// `daemon`'s edited conffile and drop-in are still there, unchanged.
+fn config_kept(inst: &Instance, daemon: &str, edited: &[String], after: &str) {
+    let i = DAEMONS.iter().position(|d| *d == daemon).expect("daemon");
+    let now = inst.try_sh(&format!("cat /etc/rbe/{daemon}.toml"));
+    assert_eq!(
+        String::from_utf8_lossy(&now.stdout).trim(),
+        edited[i],
+        "/etc/rbe/{daemon}.toml after {after}: {}",
+        text(&now)
+    );
+    let dropin = format!("/etc/rbe/{daemon}.toml.d/50-admin.toml");
+    assert!(
+        inst.try_sh(&format!("test -f {dropin}")).status.success(),
+        "{dropin} is gone after {after}"
+    );
+}
+
+fn store_kept(inst: &Instance, d: &Digest, len: usize, after: &str) {
+    let stat = inst.try_sh(&format!("stat -c %s {}", blob_path(d)));
+    assert_eq!(
+        String::from_utf8_lossy(&stat.stdout).trim(),
+        len.to_string(),
+        "the store lost its blob after {after}: {}",
+        text(&stat)
+    );
+}
+
+/// Bad input for packages: one package purged while the others are removed
+/// or installed. Each purge takes only what its own package owns; rbe-common
+/// takes the shared directories only once they are empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deb_purge_of_one_package_leaves_the_others() {
+    if let Some(why) = cannot_run() {
+        return skip(&why);
+    }
+    let inst = instance("e");
+    apt_install(&inst, PKG);
+    let edited = edit_configs(&inst);
+    let data = pseudo_random(30_000, 71);
+    let d = put(&inst, &data).await;
+    let purge = |p: &str| {
+        inst.sh(&format!(
+            "DEBIAN_FRONTEND=noninteractive dpkg --purge {p} </dev/null 2>&1"
+        ))
+    };
+
+    // The report: the daemons removed, rbe-common purged alone.
+    inst.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q rbe rbe-workerd rbe-frontend rbe-casd </dev/null");
+    purge("rbe-common");
+    for daemon in DAEMONS {
+        config_kept(&inst, daemon, &edited, "purging rbe-common");
+    }
+    store_kept(&inst, &d, data.len(), "purging rbe-common");
+    // Reinstalled, rbe-casd finds its edited conffile and its store.
+    inst.sh(&format!(
+        "cd {PKG} && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ./rbe-common_*.deb ./rbe-casd_*.deb </dev/null 2>&1"
+    ));
+    config_kept(&inst, "casd", &edited, "reinstalling rbe-casd");
+    store_kept(&inst, &d, data.len(), "reinstalling rbe-casd");
+
+    // One purge at a time, rbe-common installed and then removed.
+    purge("rbe-frontend");
+    inst.sh("test ! -e /etc/rbe/frontend.toml && test ! -e /etc/rbe/frontend.toml.d");
+    for daemon in ["casd", "workerd"] {
+        config_kept(&inst, daemon, &edited, "purging rbe-frontend");
+    }
+    store_kept(&inst, &d, data.len(), "purging rbe-frontend");
+    purge("rbe-casd");
+    inst.sh("test ! -e /etc/rbe/casd.toml && test ! -e /etc/rbe/casd.toml.d && test ! -e /var/lib/rbe/cas");
+    config_kept(&inst, "workerd", &edited, "purging rbe-casd");
+    inst.sh("test -d /var/lib/rbe && test -d /etc/rbe && test -d /run/rbe");
+    inst.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q rbe-common </dev/null");
+    config_kept(&inst, "workerd", &edited, "removing rbe-common");
+    purge("rbe-common");
+    config_kept(&inst, "workerd", &edited, "purging rbe-common again");
+    // The last purge leaves nothing of rbe behind.
+    purge("rbe-workerd");
+    inst.sh("test ! -e /etc/rbe && test ! -e /var/lib/rbe && test ! -e /run/rbe");
+    for p in PACKAGES {
+        let st = inst.sh(&format!(
+            "dpkg-query -W -f '${{db:Status-Abbrev}}' {p} 2>/dev/null || true"
+        ));
+        assert!(
+            st.is_empty() || st.chars().nth(1) == Some('n'),
+            "{p} is still known to dpkg: {st}"
+        );
+    }
+    let out = inst.down();
+    assert!(out.status.success(), "sysbox down: {}", text(&out));
+}
+
 /// Acceptance 2 with the .debs: install, one `systemctl enable --now`, and
 /// a Bazel build whose actions run on this host.
 #[test]
@@ -605,11 +804,64 @@ async fn rpm_install_enable_workerd_and_erase() {
     for u in SERVICES.iter().chain(SOCKETS.iter()) {
         assert_eq!(active(&inst, u), "inactive", "{u} after rpm -e");
     }
+    // rpm has no purge: the store stays; the emptied directories go.
+    inst.sh(&format!("test -f {}", blob_path(&d)));
+    inst.sh("test ! -e /etc/rbe && test ! -e /run/rbe && test ! -e /var/lib/rbe/work");
     assert_eq!(
         inst.sh("find /etc/systemd -name 'rbe*'"),
         "",
         "units left enabled"
     );
+    let out = inst.down();
+    assert!(out.status.success(), "sysbox down: {}", text(&out));
+}
+
+/// The same with rpm, which has no purge: `rpm -e` of one package (with
+/// `--nodeps`, as an administrator forcing it would) takes only that
+/// package's files, keeps the administrator's edits (`.rpmsave`) and the
+/// store, and the shared directories belong to rbe-common, which takes them
+/// when they are empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpm_erase_of_one_package_leaves_the_others() {
+    if let Some(why) = cannot_run() {
+        return skip(&why);
+    }
+    let inst = instance("f");
+    inst.sh(&format!("rpm -i --nodeps {PKG}/*.rpm 2>&1"));
+    assert_eq!(
+        inst.sh("rpm -qf --qf '%{NAME}\\n' /etc/rbe /var/lib/rbe /run/rbe /var/lib/rbe/work"),
+        "rbe-common\nrbe-common\nrbe-common\nrbe-workerd"
+    );
+    let edited = edit_configs(&inst);
+    inst.sh("systemctl start rbe-casd.socket rbe-frontend.socket rbe-frontend-local.socket");
+    let data = pseudo_random(30_000, 73);
+    let d = put(&inst, &data).await;
+    let erase = |p: &str| inst.sh(&format!("rpm -e --nodeps {p} 2>&1"));
+
+    erase("rbe-common");
+    for daemon in DAEMONS {
+        config_kept(&inst, daemon, &edited, "erasing rbe-common");
+    }
+    store_kept(&inst, &d, data.len(), "erasing rbe-common");
+    erase("rbe-frontend");
+    for daemon in ["casd", "workerd"] {
+        config_kept(&inst, daemon, &edited, "erasing rbe-frontend");
+    }
+    store_kept(&inst, &d, data.len(), "erasing rbe-frontend");
+    inst.sh("test ! -e /run/rbe/frontend.sock && test -S /run/rbe/casd.sock");
+    erase("rbe-casd");
+    config_kept(&inst, "workerd", &edited, "erasing rbe-casd");
+    // No purge in rpm: the edit and the store stay for the administrator.
+    assert_eq!(
+        inst.sh("cat /etc/rbe/casd.toml.rpmsave"),
+        edited[0],
+        "the edited casd.toml is kept as .rpmsave"
+    );
+    store_kept(&inst, &d, data.len(), "erasing rbe-casd");
+    inst.sh("test ! -e /run/rbe/casd.sock");
+    erase("rbe-workerd rbe");
+    inst.sh("test -f /etc/rbe/workerd.toml.rpmsave");
+    store_kept(&inst, &d, data.len(), "erasing every package");
     let out = inst.down();
     assert!(out.status.success(), "sysbox down: {}", text(&out));
 }

@@ -1,6 +1,9 @@
-//! Everything that touches systemd's environment variables and the file
-//! descriptors it passes (fd 3 and up): socket activation, `sd_notify`
-//! messages, the watchdog, and logging to journald.
+//! Everything that touches systemd: its environment variables and the file
+//! descriptors it passes (fd 3 and up) for socket activation, `sd_notify`
+//! messages and the watchdog, logging to journald, the daemon skeleton
+//! ([`daemon`]), shutdown signals and the drain wait, reload on SIGHUP, and
+//! per-action transient scopes over D-Bus ([`scope`]) with their cgroups
+//! ([`cgroup`]).
 //!
 //! Daemons should call [`take_listen_fds`] first thing in `main`, before a
 //! tokio runtime or any other thread exists, because it edits the process

@@ -23,8 +23,8 @@ pub struct LocalArgs {
     /// Size bound of the local store (e.g. 10GiB).
     #[arg(long, default_value = "10GiB")]
     max_size: String,
-    /// Directory holding rbe-casd and rbe-frontend. Default: next to rbectl,
-    /// then /usr/libexec/rbe, then $PATH.
+    /// Directory holding rbe-casd, rbe-frontend and rbe-workerd. Default:
+    /// next to rbectl, then /usr/libexec/rbe, then $PATH.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
 }

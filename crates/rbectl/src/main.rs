@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run rbe-casd and rbe-frontend as child processes, without systemd.
+    /// Run rbe-casd, rbe-frontend and rbe-workerd as child processes, without systemd.
     Local(local::LocalArgs),
     /// Configuration commands.
     Config {

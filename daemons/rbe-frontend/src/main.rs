@@ -1,6 +1,6 @@
 //! rbe-frontend: the public REAPI endpoint. Serves Capabilities, CAS, action
-//! cache and ByteStream by streaming to rbe-casd (and, in later releases,
-//! Execution, the scheduler and the cluster gossip).
+//! cache and ByteStream by streaming to rbe-casd, and Execution and
+//! Operations with the scheduler that hands actions to attached workers.
 
 mod exec;
 mod proxy;

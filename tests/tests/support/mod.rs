@@ -52,9 +52,13 @@ pub fn unsupported() -> Option<String> {
     None
 }
 
-/// A unique instance name (12 characters at most) per test and process.
+/// A unique instance name (12 characters at most) per test and process;
+/// `RBE_TEST_SYSBOX_PREFIX` (2 characters at most, default `p`) tells apart
+/// the instances of suites sharing a machine.
 pub fn name(suffix: &str) -> String {
-    format!("p{}{suffix}", std::process::id() % 1_000_000)
+    let prefix = std::env::var("RBE_TEST_SYSBOX_PREFIX").unwrap_or_else(|_| "p".into());
+    let prefix: String = prefix.chars().take(2).collect();
+    format!("{prefix}{}{suffix}", std::process::id() % 1_000_000)
 }
 
 pub fn text(o: &Output) -> String {
