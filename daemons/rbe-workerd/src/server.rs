@@ -20,8 +20,8 @@ use tonic::transport::Channel;
 use arc_swap::ArcSwap;
 use rbe_systemd::scope::Scopes;
 
-use crate::workdir::WorkDir;
 use crate::cgroups::LocalCgroups;
+use crate::workdir::WorkDir;
 use crate::{action, confine};
 
 /// What every action task needs.
