@@ -81,16 +81,33 @@ pub struct TreeWalk {
     limits: OutputLimits,
     out_path: String,
     entries: u64,
+    /// Names read from directories so far (each becomes an entry).
+    listed: u64,
     started: bool,
 }
 
-fn list(fd: &OwnedFd, shown: &dyn Fn() -> String) -> Result<Vec<CString>, ExecError> {
-    let err = |e| ExecError::io(format!("reading output directory {:?}", shown()), e);
+/// The names in `fd`, counted into `listed`: a directory of millions of
+/// entries is refused while it is read, before its names fill memory.
+fn list(
+    fd: &OwnedFd,
+    shown: &str,
+    listed: &mut u64,
+    limits: &OutputLimits,
+) -> Result<Vec<CString>, ExecError> {
+    let err = |e| ExecError::io(format!("reading output directory {shown:?}"), e);
     let mut names = Vec::new();
     for ent in Dir::read_from(fd).map_err(err)? {
         let ent = ent.map_err(err)?;
         let name = ent.file_name();
         if name != c"." && name != c".." {
+            *listed += 1;
+            if *listed > limits.max_entries {
+                return Err(ExecError::OutputLimit {
+                    path: shown.to_owned(),
+                    limit: "outputs.max_entries",
+                    value: limits.max_entries,
+                });
+            }
             names.push(name.to_owned());
         }
     }
@@ -109,7 +126,8 @@ impl TreeWalk {
     ) -> Result<TreeWalk, ExecError> {
         let st = rustix::fs::fstat(&dir)
             .map_err(|e| ExecError::io(format!("stat output {out_path:?}"), e))?;
-        let pending = list(&dir, &|| out_path.to_owned())?;
+        let mut listed = 0;
+        let pending = list(&dir, out_path, &mut listed, &limits)?;
         Ok(TreeWalk {
             levels: vec![Level {
                 name: String::new(),
@@ -122,6 +140,7 @@ impl TreeWalk {
             limits,
             out_path: out_path.to_owned(),
             entries: 0,
+            listed,
             started: false,
         })
     }
@@ -202,7 +221,7 @@ impl TreeWalk {
                 }
                 let shown = self.shown(&name);
                 let sub = open_dir(&fd, &cname, &shown)?;
-                let pending = list(&sub, &|| shown.clone())?;
+                let pending = list(&sub, &shown, &mut self.listed, &self.limits)?;
                 let e = entry(OutputKind::Directory);
                 self.levels.push(Level {
                     name,

@@ -83,4 +83,19 @@ fn deep_trees_within_limits_and_over_them() {
             other => panic!("{key}: {other:?}"),
         }
     }
+
+    // A wide directory is refused while it is read, before its names
+    // are all in memory.
+    let wide = Env::new();
+    std::fs::create_dir(wide.root.join("out")).expect("mkdir");
+    for i in 0..3000 {
+        std::fs::write(wide.root.join(format!("out/f{i}")), b"").expect("write");
+    }
+    let Err(e) = open_output(&wide.root, "", "out", limits(10, 1000, 4096)) else {
+        panic!("3,000 names over a limit of 1,000");
+    };
+    assert!(
+        matches!(&e, ExecError::OutputLimit { limit: "outputs.max_entries", path, .. } if path == "out"),
+        "{e}"
+    );
 }
