@@ -73,6 +73,19 @@ pub fn limits_for(
                 "platform property {name}=0 would lift the limit; ask for a number"
             ));
         }
+        // The same floors as for the configured values: below them the
+        // sandbox itself could not start, which would look like a fault
+        // of this worker (INTERNAL) instead of the request's.
+        let floor = match name.as_str() {
+            MEMORY_PROPERTY => 1 << 20,
+            TASKS_PROPERTY => 4,
+            _ => 1,
+        };
+        if v < floor {
+            return Err(format!(
+                "platform property {name}={value} is below {floor}, the least the sandbox needs"
+            ));
+        }
         match ceiling(default, max) {
             Some(c) if v > c && max == 0 => {
                 return Err(format!(
@@ -365,6 +378,10 @@ mod tests {
         assert!(e.contains("rbe.tasks_max"), "{e}");
         let e = limits_for(&c, &props(&[("rbe.cpu_quota", "0")])).expect_err("zero");
         assert!(e.contains("lift"), "{e}");
+        for (name, value) in [("rbe.tasks_max", "3"), ("rbe.memory_max", "1KiB")] {
+            let e = limits_for(&c, &props(&[(name, value)])).expect_err("too small");
+            assert!(e.contains("the least the sandbox needs"), "{e}");
+        }
     }
 
     #[test]
