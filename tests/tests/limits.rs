@@ -1,8 +1,10 @@
 //! Per-action limits without systemd scopes, through the real daemons: a
 //! fork bomb and a memory hog in one action stop at that action's limits
-//! (per-action cgroups as root, rlimits otherwise), the worker and other
-//! actions carry on, and no cgroup is left behind. Also: a ceiling of 0
-//! holds the administrator's limit against a client's platform property.
+//! (per-action cgroups as root, rlimits for a non-root worker, which the
+//! root run checks too by re-running those tests as uid 65534), the worker
+//! and other actions carry on, and no cgroup is left behind. Also: a
+//! ceiling of 0 holds the administrator's limit against a client's
+//! platform property.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -85,6 +87,19 @@ fn action_cgroups(dirs: &[PathBuf], pid: u32) -> Vec<PathBuf> {
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .map(|e| e.path())
         .collect()
+}
+
+async fn stderr(ch: &tonic::transport::Channel, r: &rbe_proto::reapi::ExecuteResponse) -> String {
+    let Some(d) = r.result.as_ref().and_then(|r| r.stderr_digest.as_ref()) else {
+        return String::new();
+    };
+    let d = rbe_proto::Digest::from_reapi(rbe_proto::DigestFunction::Sha256, d).expect("digest");
+    String::from_utf8_lossy(
+        &rbe_testkit::client::read(ch, "", &d)
+            .await
+            .expect("read stderr"),
+    )
+    .into_owned()
 }
 
 async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -200,10 +215,7 @@ async fn fork_bomb_without_scopes_stops_at_the_task_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_hog_without_scopes_is_killed_and_reported_as_oom() {
-    if !is_root() {
-        return skip("per-action memory cgroups need root here (non-root workers get RLIMIT_DATA, tested in rbe-exec)");
-    }
+async fn memory_hog_without_scopes_is_stopped_at_the_memory_limit() {
     let mut s = Stack::start_configured(
         "",
         "",
@@ -221,11 +233,20 @@ async fn memory_hog_without_scopes_is_killed_and_reported_as_oom() {
     .await
     .expect("execute");
     let res = r.result.as_ref().unwrap_or_else(|| panic!("{r:?}"));
-    assert_eq!(res.exit_code, 137, "{r:?}");
-    assert!(r.message.contains("OOM"), "message: {:?}", r.message);
-    let u = resource_usage(&r).expect("resource usage");
-    assert!(u.oom_kills.unwrap_or(0) >= 1, "{u:?}");
-    assert_eq!(u.memory_max, 64 << 20, "{u:?}");
+    if is_root() {
+        // The action's own memory cgroup: the kernel kills it, and the
+        // client is told as with a scope.
+        assert_eq!(res.exit_code, 137, "{r:?}");
+        assert!(r.message.contains("OOM"), "message: {:?}", r.message);
+        let u = resource_usage(&r).expect("resource usage");
+        assert!(u.oom_kills.unwrap_or(0) >= 1, "{u:?}");
+        assert_eq!(u.memory_max, 64 << 20, "{u:?}");
+    } else {
+        // No cgroup for a non-root worker here: RLIMIT_DATA makes the
+        // allocation fail instead.
+        assert_eq!(res.exit_code, 1, "{r:?}");
+        assert!(stderr(&ch, &r).await.contains("MemoryError"), "{r:?}");
+    }
     // The daemons were not the OOM killer's choice, and the worker goes on.
     assert!(s.alive());
     let r = run_command(&ch, &["sh", "-c", "echo fine"], &[], 60, None)
@@ -233,6 +254,54 @@ async fn memory_hog_without_scopes_is_killed_and_reported_as_oom() {
         .expect("execute");
     assert_eq!(stdout(&ch, &r).await, "fine\n");
     assert!(s.alive());
+}
+
+/// Run as root, the two tests above again as uid 65534 (a non-root worker:
+/// user namespaces, and rlimits instead of cgroups on this host), from
+/// this test binary through `setpriv`, with binaries already built.
+#[test]
+fn a_non_root_worker_stops_them_with_rlimits() {
+    if !is_root() {
+        return skip("already not root: the tests above ran the non-root path");
+    }
+    let have_setpriv = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_setpriv {
+        return skip("setpriv is not installed: cannot run as uid 65534");
+    }
+    // Built by the other tests' first Stack, or here.
+    let _ = rbe_testkit::bin("rbe-workerd");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(tmp.path(), Some(65534), Some(65534)).expect("chown");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().expect("current_exe"))
+        .args([
+            "--exact",
+            "fork_bomb_without_scopes_stops_at_the_task_limit",
+            "memory_hog_without_scopes_is_stopped_at_the_memory_limit",
+            "--test-threads=1",
+        ])
+        .current_dir(tmp.path())
+        .env("RBE_TEST_NO_BUILD", "1")
+        .env("TMPDIR", tmp.path())
+        .env("HOME", tmp.path())
+        .output()
+        .expect("setpriv");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if text.contains("Permission denied") && !out.status.success() {
+        return skip(&format!(
+            "uid 65534 cannot run this test binary here: {text}"
+        ));
+    }
+    assert!(out.status.success(), "as uid 65534:\n{text}");
+    assert!(text.contains("2 passed"), "as uid 65534:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

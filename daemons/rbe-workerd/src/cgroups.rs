@@ -217,29 +217,32 @@ impl Drop for ActionCgroup {
     /// empty; a cancelled action's keeper may not even be dead yet. So a
     /// busy directory is retried from a thread for a while.
     fn drop(&mut self) {
-        let busy: Vec<PathBuf> = std::mem::take(&mut self.dirs)
-            .into_iter()
-            .filter(|d| !try_rmdir(d))
-            .collect();
-        if busy.is_empty() {
-            return;
-        }
-        let spawned = std::thread::Builder::new()
-            .name("rmdir-cgroup".into())
-            .spawn(move || {
-                for _ in 0..200 {
-                    std::thread::sleep(Duration::from_millis(50));
-                    if busy.iter().all(|d| try_rmdir(d)) {
-                        return;
-                    }
+        remove_soon(std::mem::take(&mut self.dirs));
+    }
+}
+
+/// Removes `dirs` now, or those still busy from a thread that retries for
+/// 10 s.
+fn remove_soon(dirs: Vec<PathBuf>) {
+    let busy: Vec<PathBuf> = dirs.into_iter().filter(|d| !try_rmdir(d)).collect();
+    if busy.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("rmdir-cgroup".into())
+        .spawn(move || {
+            for _ in 0..200 {
+                std::thread::sleep(Duration::from_millis(50));
+                if busy.iter().all(|d| try_rmdir(d)) {
+                    return;
                 }
-                for d in busy.iter().filter(|d| d.exists()) {
-                    tracing::warn!(path = %d.display(), "an action's cgroup is still busy after 10 s; left in place");
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "could not start a thread to remove an action's cgroup");
-        }
+            }
+            for d in busy.iter().filter(|d| d.exists()) {
+                tracing::warn!(path = %d.display(), "an action's cgroup is still busy after 10 s; left in place");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start a thread to remove an action's cgroup");
     }
 }
 
@@ -343,14 +346,19 @@ fn remove_dead(own: &Path) {
             continue;
         }
         let dir = e.path();
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => {
-                tracing::info!(path = %dir.display(), "removed a cgroup a stopped worker left")
-            }
-            Err(e) => {
-                tracing::warn!(path = %dir.display(), error = %e, "could not remove a cgroup a stopped worker left")
+        // Its keeper may not have seen its worker go yet (or is being
+        // killed right now); whatever is left of the action goes.
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
+        tracing::info!(path = %dir.display(), "removing a cgroup a stopped worker left");
+        remove_soon(vec![dir]);
     }
 }
 
