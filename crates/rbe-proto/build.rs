@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: `env!` would bake in the directory the build
+    // script was compiled in, and a build script reused from another
+    // checkout's target dir would then compile that checkout's protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         root.join("rbe/casd/v1/casd.proto"),
         root.join("rbe/worker/v1/worker.proto"),

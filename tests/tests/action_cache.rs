@@ -165,3 +165,116 @@ async fn malformed_updates_are_refused() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(s.alive());
 }
+
+/// A Tree of `files` file nodes, all naming `blob`, marked by `tag`.
+fn big_tree(files: usize, blob: &Digest, tag: &str) -> Vec<u8> {
+    Tree {
+        root: Some(Directory {
+            files: (0..files)
+                .map(|i| FileNode {
+                    name: format!("{tag}-{i:06}"),
+                    digest: Some(blob.to_reapi()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        children: vec![],
+    }
+    .encode_to_vec()
+}
+
+async fn trees_read(ch: &tonic::transport::Channel) -> u64 {
+    rbe_proto::casd::casd_client::CasdClient::new(ch.clone())
+        .stats(rbe_proto::casd::StatsRequest {})
+        .await
+        .expect("Stats")
+        .into_inner()
+        .ac_trees_read
+}
+
+/// Issue 10: a 123 KiB ActionResult naming one ~4 MiB Tree 1,500 times
+/// made every lookup read and hash the Tree 1,500 times. Each distinct
+/// Tree is read once per check, and Trees beyond the check's bound
+/// (64 MiB in all) make the result a cache miss without being read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completeness_check_reads_each_tree_once_and_is_bounded() {
+    let tmp = tempfile::Builder::new()
+        .prefix("rbe-test-")
+        .tempdir()
+        .expect("tempdir");
+    let casd = rbe_testkit::Casd::start(tmp.path(), "1GiB", "").await;
+    let ch = casd.channel().await;
+    let mut ac = ActionCacheClient::new(ch.clone())
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20);
+    let inner = b"one file".to_vec();
+    client::batch_update(&ch, "", &[(sha(&inner), inner.clone())])
+        .await
+        .expect("upload");
+    let tree = big_tree(40_000, &sha(&inner), "f");
+    assert!(tree.len() > 3 << 20, "a Tree of {} bytes", tree.len());
+    client::write(&ch, "", &sha(&tree), &tree, 1 << 20)
+        .await
+        .expect("upload tree");
+    let store = |ar: ActionResult, action: Digest| UpdateActionResultRequest {
+        instance_name: String::new(),
+        action_digest: Some(action.to_reapi()),
+        action_result: Some(ar),
+        results_cache_policy: None,
+        digest_function: 1,
+    };
+    let ar = ActionResult {
+        output_directories: (0..1_500)
+            .map(|i| OutputDirectory {
+                path: format!("out/d{i:04}"),
+                tree_digest: Some(sha(&tree).to_reapi()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    assert!(ar.encoded_len() > 100 << 10, "{} bytes", ar.encoded_len());
+    let action = sha(b"names one tree 1,500 times");
+    ac.update_action_result(store(ar, action))
+        .await
+        .expect("update");
+    for _ in 0..3 {
+        let before = trees_read(&ch).await;
+        let got = ac
+            .get_action_result(get("", &action))
+            .await
+            .expect("complete: a hit")
+            .into_inner();
+        assert_eq!(got.output_directories.len(), 1_500);
+        assert_eq!(trees_read(&ch).await - before, 1, "the one Tree read once");
+    }
+
+    // Distinct Trees holding more than the bound: a miss, none read.
+    let mut ar = ActionResult::default();
+    let mut total = 0;
+    for t in 0..18 {
+        let tree = big_tree(46_000, &sha(&inner), &format!("t{t}"));
+        total += tree.len();
+        client::write(&ch, "", &sha(&tree), &tree, 1 << 20)
+            .await
+            .expect("upload tree");
+        ar.output_directories.push(OutputDirectory {
+            path: format!("out/t{t}"),
+            tree_digest: Some(sha(&tree).to_reapi()),
+            ..Default::default()
+        });
+    }
+    assert!(total > 64 << 20, "{total} bytes of Trees");
+    let action = sha(b"more tree bytes than a check reads");
+    ac.update_action_result(store(ar, action))
+        .await
+        .expect("update");
+    let before = trees_read(&ch).await;
+    let e = ac
+        .get_action_result(get("", &action))
+        .await
+        .expect_err("too large to check: a miss");
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(trees_read(&ch).await, before, "no Tree read");
+}

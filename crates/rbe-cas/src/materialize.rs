@@ -47,7 +47,9 @@ pub enum TreeError {
 /// Result of a materialization.
 #[derive(Debug, Default)]
 pub struct Materialized {
-    /// Blobs absent from the store (nothing was built when non-empty).
+    /// Blobs absent from the store. When non-empty the tree is not usable:
+    /// nothing was built, or (for blobs that vanished while it was built)
+    /// part of it, which the caller removes with its target.
     pub missing: Vec<Digest>,
     /// Files created.
     pub files: u64,
@@ -259,7 +261,21 @@ pub fn materialize(
         )));
     }
     let mut out = Materialized::default();
-    build(store, &dirs, f, root, target, copy, &mut out, "")?;
+    match build(store, &dirs, f, root, target, copy, &mut out, "") {
+        Ok(()) => {}
+        // Vanished while the tree was built (evicted, removed as corrupt):
+        // the client must upload it again, like any missing input.
+        Err(TreeError::Cas(CasError::NotFound(d) | CasError::Corrupt(d))) => out.missing.push(d),
+        Err(e) => return Err(e),
+    }
+    if !out.missing.is_empty() {
+        out.missing.sort_by_key(Digest::hex);
+        out.missing.dedup();
+        return Ok(Materialized {
+            missing: out.missing,
+            ..Default::default()
+        });
+    }
     Ok(out)
 }
 
@@ -334,22 +350,19 @@ fn build(
     for file in &dir.files {
         let fd = digest_of(f, file.digest.as_ref(), &file.name)?;
         let path = format!("{rel}{}", file.name);
-        if copy || fd.is_empty_blob() {
-            write_copy(store, fd, file.is_executable, at, &file.name, &path)?;
+        let placed = if copy || fd.is_empty_blob() {
+            write_copy(store, fd, file.is_executable, at, &file.name, &path)
         } else {
-            let src = if file.is_executable {
-                store.exec_variant(&fd)?
-            } else {
-                store.blob_path(&fd)
-            };
-            rustix::fs::linkat(CWD, &src, at.as_fd(), file.name.as_str(), AtFlags::empty())
-                .map_err(|e| {
-                    if e == rustix::io::Errno::NOENT {
-                        TreeError::Cas(CasError::NotFound(fd))
-                    } else {
-                        io("link", &path, e)
-                    }
-                })?;
+            link_file(store, fd, file.is_executable, at, &file.name, &path)
+        };
+        match placed {
+            Ok(()) => {}
+            // Keep going: the client learns every vanished blob at once.
+            Err(TreeError::Cas(CasError::NotFound(d) | CasError::Corrupt(d))) => {
+                out.missing.push(d);
+                continue;
+            }
+            Err(e) => return Err(e),
         }
         out.files += 1;
         out.bytes += fd.size;
@@ -385,6 +398,47 @@ fn build(
     Ok(())
 }
 
+/// Times a link is retried when its source vanished under it while the
+/// blob stayed indexed (a twin or blob re-created meanwhile).
+const LINK_ATTEMPTS: u32 = 3;
+
+/// Hard-links one input file from the store. Falls back to a copy when the
+/// store inode has reached the file system's link limit (ext4: 65,000), so
+/// one tree naming a blob that often cannot make other actions fail. A blob
+/// that is gone is reported as [`CasError::NotFound`].
+fn link_file(
+    store: &Arc<Store>,
+    d: Digest,
+    executable: bool,
+    at: &OwnedFd,
+    name: &str,
+    path: &str,
+) -> Result<(), TreeError> {
+    for _ in 0..LINK_ATTEMPTS {
+        let src = if executable {
+            store.exec_variant(&d)?
+        } else {
+            store.blob_path(&d)
+        };
+        match rustix::fs::linkat(CWD, &src, at.as_fd(), name, AtFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::MLINK) => {
+                store.note_link_limit_copy();
+                tracing::debug!(digest = %d, path, "hard-link limit reached; copying the input");
+                return write_copy(store, d, executable, at, name, path);
+            }
+            // Resolved, then unlinked before the link: evicted (report it
+            // missing) or replaced (link the new file).
+            Err(rustix::io::Errno::NOENT) if store.is_indexed(&d) => continue,
+            Err(rustix::io::Errno::NOENT) => return Err(CasError::NotFound(d).into()),
+            Err(e) => return Err(io("link", path, e)),
+        }
+    }
+    // Indexed but never linkable: a copy reads the file, and the reader
+    // drops the blob from the index and says NotFound if it is gone.
+    write_copy(store, d, executable, at, name, path)
+}
+
 fn write_copy(
     store: &Arc<Store>,
     d: Digest,
@@ -394,6 +448,8 @@ fn write_copy(
     path: &str,
 ) -> Result<(), TreeError> {
     let mode = if executable { 0o555 } else { 0o444 };
+    // Opened first, so a blob that is gone leaves no empty file behind.
+    let mut reader = store.reader(d, 0, 0)?;
     let fd = rustix::fs::openat(
         at.as_fd(),
         name,
@@ -402,7 +458,6 @@ fn write_copy(
     )
     .map_err(|e| io("create", path, e))?;
     let mut file = std::fs::File::from(fd);
-    let mut reader = store.reader(d, 0, 0)?;
     while let Some(chunk) = reader.next_chunk(1 << 20)? {
         std::io::Write::write_all(&mut file, &chunk)
             .map_err(|e| TreeError::Cas(CasError::io("write", Path::new(path), e, Some(&d))))?;

@@ -27,6 +27,17 @@ fn with_details(code: Code, message: String, details: Vec<Any>) -> Status {
 /// `FAILED_PRECONDITION` with one `MISSING` violation per blob, in the form
 /// Bazel parses to re-upload (`blobs/<hash>/<size>`).
 pub fn missing_blobs(what: &str, digests: &[Digest]) -> Status {
+    let st = missing_blobs_rpc(what, digests);
+    Status::with_details(
+        Code::FailedPrecondition,
+        st.message.clone(),
+        st.encode_to_vec().into(),
+    )
+}
+
+/// [`missing_blobs`] as a `google.rpc.Status` message, for replies that
+/// carry their status inside (`ExecuteResponse.status`).
+pub fn missing_blobs_rpc(what: &str, digests: &[Digest]) -> rpc::Status {
     let violations = digests
         .iter()
         .map(|d| rpc::precondition_failure::Violation {
@@ -36,11 +47,11 @@ pub fn missing_blobs(what: &str, digests: &[Digest]) -> Status {
         })
         .collect();
     let pf = rpc::PreconditionFailure { violations };
-    with_details(
-        Code::FailedPrecondition,
-        format!("{} blob(s) missing from the CAS ({what})", digests.len()),
-        vec![any("google.rpc.PreconditionFailure", &pf)],
-    )
+    rpc::Status {
+        code: Code::FailedPrecondition as i32,
+        message: format!("{} blob(s) missing from the CAS ({what})", digests.len()),
+        details: vec![any("google.rpc.PreconditionFailure", &pf)],
+    }
 }
 
 /// `RESOURCE_EXHAUSTED` with a `RetryInfo` hint.

@@ -95,6 +95,22 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A parent for state directories whose behaviour depends on a disk file
+/// system (hard-link limits, rename and link timing): `/var/tmp` where it
+/// exists (usually not tmpfs, unlike `/tmp`), the temp dir otherwise.
+pub fn disk_tmp() -> PathBuf {
+    let v = Path::new("/var/tmp");
+    let writable = tempfile::Builder::new()
+        .prefix("rbe-test-probe-")
+        .tempdir_in(v)
+        .is_ok();
+    if writable {
+        v.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -220,9 +236,25 @@ impl Stack {
         frontend_dropin: &str,
         workerd_dropin: &str,
     ) -> Stack {
+        Self::start_configured_in(
+            &std::env::temp_dir(),
+            casd_dropin,
+            frontend_dropin,
+            workerd_dropin,
+        )
+        .await
+    }
+
+    /// [`Stack::start_configured`] with the state directory under `parent`.
+    pub async fn start_configured_in(
+        parent: &Path,
+        casd_dropin: &str,
+        frontend_dropin: &str,
+        workerd_dropin: &str,
+    ) -> Stack {
         let tmp = tempfile::Builder::new()
             .prefix("rbe-test-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("tempdir");
         let casd = Casd::start(tmp.path(), "1GiB", casd_dropin).await;
         let addr = format!("127.0.0.1:{}", free_port());

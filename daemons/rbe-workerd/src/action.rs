@@ -141,8 +141,8 @@ async fn run(
         Err(s) if s.code() == Code::InvalidArgument => {
             return Ok(fail(a.id, Code::InvalidArgument, s.message()))
         }
-        // A blob evicted between the check and the link: the client must
-        // upload it again.
+        // casd reports blobs that vanish while it builds the tree in
+        // `missing` below; NOT_FOUND is left only for an older casd.
         Err(s) if s.code() == Code::NotFound => {
             return Ok(fail(a.id, Code::FailedPrecondition, s.message()))
         }

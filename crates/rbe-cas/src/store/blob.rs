@@ -100,8 +100,19 @@ impl BlobWriter {
         // itself runs without any lock held.
         *self.store.publishing.lock().entry(key).or_insert(0) += 1;
         self.renamed = true;
-        fs::rename(&self.tmp_path, &dest)
-            .map_err(|e| CasError::io("rename", &dest, e, Some(&self.digest)))?;
+        let rename_err = |e| CasError::io("rename", &dest, e, Some(&self.digest));
+        if !place_new(&self.tmp_path, &dest).map_err(rename_err)? {
+            // Another upload of the same blob is in place. Keep its inode:
+            // a materialization may be linking it (replacing it would drop
+            // its last name under that `linkat`). Only a file of the wrong
+            // size, a damaged copy, is replaced.
+            match fs::symlink_metadata(&dest) {
+                Ok(m) if m.len() == self.digest.size => {
+                    let _ = fs::remove_file(&self.tmp_path);
+                }
+                _ => fs::rename(&self.tmp_path, &dest).map_err(rename_err)?,
+            }
+        }
         // From here the temp name is gone; Drop must not try to delete it.
         self.tmp_path = PathBuf::new();
         Ok(())

@@ -86,6 +86,9 @@ pub struct StoreStats {
     pub loading: bool,
     /// Approximate heap used by the index.
     pub index_heap_bytes: u64,
+    /// Input files copied, not linked, because the blob's inode had
+    /// reached the file system's hard-link limit.
+    pub link_limit_copies: u64,
 }
 
 /// The content-addressable store.
@@ -108,6 +111,7 @@ pub struct Store {
     evicting: AtomicBool,
     evicted: AtomicU64,
     corrupt_removed: AtomicU64,
+    link_limit_copies: AtomicU64,
 }
 
 fn io_err<'a>(
@@ -147,6 +151,32 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     let _ = unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
     };
+}
+
+/// Moves `tmp` to `dest` unless `dest` exists; `Ok(false)` when it does
+/// (`tmp` is then left for the caller to remove). A published name in the
+/// store is never replaced: a materialization may have resolved the inode
+/// under it for `linkat`, and replacing it would drop that inode's last
+/// link, making the `linkat` fail ENOENT.
+fn place_new(tmp: &Path, dest: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, tmp, CWD, dest, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        // A file system without RENAME_NOREPLACE: link(2) never replaces
+        // either, and the temp name is dropped afterwards.
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
+            match fs::hard_link(tmp, dest) {
+                Ok(()) => {
+                    let _ = fs::remove_file(tmp);
+                    Ok(true)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn sync_dir(p: &Path) -> Result<(), CasError> {
@@ -192,6 +222,7 @@ impl Store {
             evicting: AtomicBool::new(false),
             evicted: AtomicU64::new(0),
             corrupt_removed: AtomicU64::new(0),
+            link_limit_copies: AtomicU64::new(0),
         }))
     }
 
@@ -232,6 +263,12 @@ impl Store {
     /// Path of the executable twin of a blob: a separate inode with mode
     /// 0555, made on first use, so that linking an executable input never
     /// changes the mode of the plain blob's inode.
+    ///
+    /// A twin, once published, is never replaced: concurrent first uses
+    /// each copy, the first to publish wins and the others use its inode.
+    /// (Publishing by `rename` over a twin another materialization had
+    /// just resolved dropped that inode's last name, and the other
+    /// `linkat` failed ENOENT: issue 10's spurious "blob not found".)
     pub(crate) fn exec_variant(&self, d: &Digest) -> Result<PathBuf, CasError> {
         let plain = self.blob_path(d);
         let mut x = plain.clone().into_os_string();
@@ -255,6 +292,7 @@ impl Store {
         if let Err(e) = r {
             let _ = fs::remove_file(&tmp);
             if e.kind() == std::io::ErrorKind::NotFound {
+                self.forget_if_absent(&Key::from(d));
                 return Err(CasError::NotFound(*d));
             }
             return Err(CasError::io("make executable copy", &plain, e, Some(d)));
@@ -266,8 +304,35 @@ impl Store {
             let _ = fs::remove_file(&tmp);
             return Err(CasError::NotFound(*d));
         }
-        fs::rename(&tmp, &x).map_err(|e| CasError::io("rename", &x, e, Some(d)))?;
+        let placed = place_new(&tmp, &x);
+        if !matches!(placed, Ok(true)) {
+            // Not placed: another materialization published the twin first
+            // (use that one), or the rename failed.
+            let _ = fs::remove_file(&tmp);
+        }
+        placed.map_err(|e| CasError::io("publish executable copy", &x, e, Some(d)))?;
         Ok(x)
+    }
+
+    /// Drops a blob from the index when its file is gone (removed behind
+    /// the store's back), so FindMissingBlobs asks for it again; a blob
+    /// being put back meanwhile is left alone.
+    fn forget_if_absent(&self, k: &Key) {
+        let publishing = self.publishing.lock();
+        if !publishing.contains_key(k) && !self.path(k).exists() {
+            self.index.lock().remove(k);
+        }
+    }
+
+    /// Whether the blob is indexed with this size (no use is recorded).
+    pub(crate) fn is_indexed(&self, d: &Digest) -> bool {
+        self.index.lock().peek(&Key::from(d)) == Some(d.size)
+    }
+
+    /// Counts a file copied because its store inode had reached the file
+    /// system's hard-link limit.
+    pub(crate) fn note_link_limit_copy(&self) {
+        self.link_limit_copies.fetch_add(1, Ordering::Relaxed);
     }
 
     fn remove_files(&self, k: &Key) -> bool {
@@ -642,6 +707,7 @@ impl Store {
             pinned: ix.pinned(),
             loading: self.is_loading(),
             index_heap_bytes: ix.heap_bytes() as u64,
+            link_limit_copies: self.link_limit_copies.load(Ordering::Relaxed),
         }
     }
 

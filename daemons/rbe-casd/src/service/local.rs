@@ -38,6 +38,8 @@ impl casd_server::Casd for LocalService {
             action_results: 0,
             pinned_blobs: s.pinned,
             corrupt_blobs_removed: s.corrupt_removed,
+            link_limit_copies: s.link_limit_copies,
+            ac_trees_read: self.0.ac.trees_read(),
         }))
     }
 

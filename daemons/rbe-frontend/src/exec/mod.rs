@@ -130,6 +130,30 @@ pub fn rpc_status(code: tonic::Code, message: impl Into<String>) -> rbe_proto::r
     }
 }
 
+/// The input blobs a worker reported missing (`<hash>/<size>`), for a
+/// FAILED_PRECONDITION report; entries that do not parse are logged.
+fn missing_inputs(function: i32, f: &Finished) -> Vec<rbe_proto::Digest> {
+    if f.code != tonic::Code::FailedPrecondition as i32 {
+        return vec![];
+    }
+    let Ok(function) = rbe_proto::DigestFunction::from_reapi(function) else {
+        return vec![];
+    };
+    f.missing
+        .iter()
+        .filter_map(|m| {
+            let parsed = m.split_once('/').and_then(|(hash, size)| {
+                let size = size.parse().ok()?;
+                rbe_proto::Digest::parse(function, hash, size).ok()
+            });
+            if parsed.is_none() {
+                tracing::warn!(digest = %m, "worker reported a malformed missing digest");
+            }
+            parsed
+        })
+        .collect()
+}
+
 /// An ExecuteResponse telling the client to retry.
 fn unavailable(message: &str) -> ExecuteResponse {
     ExecuteResponse {
@@ -425,7 +449,7 @@ impl Exec {
             ActionResult::decode(f.action_result.as_slice()).ok()
         };
         let cacheable = f.code == 0 && result.as_ref().is_some_and(|r| r.exit_code == 0);
-        let info = {
+        let (info, function) = {
             let mut sched = self.sched.lock();
             let key = sched.get(id).map(|v| v.key.clone());
             if !sched.complete(id, w, ()) {
@@ -457,9 +481,12 @@ impl Exec {
                 );
             }
             (
-                o.name.clone(),
-                o.action_digest.clone(),
-                o.invocation_id.clone(),
+                (
+                    o.name.clone(),
+                    o.action_digest.clone(),
+                    o.invocation_id.clone(),
+                ),
+                o.digest_function,
             )
         };
         self.dispatch();
@@ -471,24 +498,13 @@ impl Exec {
         } else {
             f.message.clone()
         };
-        let mut status = rpc_status(tonic::Code::from_i32(f.code), status_message);
-        if f.code == tonic::Code::FailedPrecondition as i32 && !f.missing.is_empty() {
-            let pf = rbe_proto::rpc::PreconditionFailure {
-                violations: f
-                    .missing
-                    .iter()
-                    .map(|m| rbe_proto::rpc::precondition_failure::Violation {
-                        r#type: "MISSING".into(),
-                        subject: format!("blobs/{m}"),
-                        description: "input not in the CAS".into(),
-                    })
-                    .collect(),
-            };
-            status.details.push(Any {
-                type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
-                value: pf.encode_to_vec(),
-            });
-        }
+        let missing = missing_inputs(function, &f);
+        let status = if missing.is_empty() {
+            rpc_status(tonic::Code::from_i32(f.code), status_message)
+        } else {
+            // Bazel re-uploads what the violations name and retries.
+            rbe_proto::status::missing_blobs_rpc("input", &missing)
+        };
         let worker_name = self
             .workers
             .lock()
