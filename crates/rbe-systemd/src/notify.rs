@@ -22,10 +22,31 @@ pub fn notify_ready() {
     send(&[NotifyState::Ready]);
 }
 
-/// Sets the one-line status shown by `systemctl status`.
+/// A problem the admin must see until it is gone (a failed reload): the
+/// heartbeat rewrites `STATUS=` every few seconds, and would otherwise hide
+/// it before anyone looked.
+static STICKY: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Sets (or, with `None`, clears) the note appended to every `STATUS=`.
+pub fn set_sticky_status(note: Option<String>) {
+    *STICKY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = note;
+}
+
+/// Sets the one-line status shown by `systemctl status`, followed by the
+/// sticky note if one is set.
 pub fn notify_status(status: &str) {
+    let sticky = STICKY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let full = match sticky {
+        Some(note) if !status.contains(&note) => format!("{status}; {note}"),
+        _ => status.to_owned(),
+    };
     // A newline would end the STATUS= assignment and start a new one.
-    let line = status.replace(['\n', '\r'], " ");
+    let line = full.replace(['\n', '\r'], " ");
     send(&[NotifyState::Status(&line)]);
 }
 
@@ -129,6 +150,13 @@ mod tests {
         assert_eq!(recv(), "READY=1\n");
         notify_status("copying\nblobs");
         assert_eq!(recv(), "STATUS=copying blobs\n");
+        // A failed reload stays visible through later heartbeats.
+        set_sticky_status(Some("reload failed: x".into()));
+        notify_status("3 blobs");
+        assert_eq!(recv(), "STATUS=3 blobs; reload failed: x\n");
+        set_sticky_status(None);
+        notify_status("3 blobs");
+        assert_eq!(recv(), "STATUS=3 blobs\n");
         notify_reloading();
         let msg = recv();
         assert!(msg.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{msg}");

@@ -30,6 +30,7 @@ where
             crate::notify_reloading();
             match load() {
                 Ok(new) => {
+                    crate::notify::set_sticky_status(None);
                     let r = apply(new);
                     if let Err(e) = crate::logging::set_log_level(&r.log_level) {
                         tracing::warn!(error = %e, "log level not changed");
@@ -52,7 +53,9 @@ where
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "reload failed; keeping the running configuration");
-                    crate::notify_status(&format!("reload failed: {e}"));
+                    let note = format!("reload failed: {e}");
+                    crate::notify::set_sticky_status(Some(note.clone()));
+                    crate::notify_status(&note);
                 }
             }
             crate::notify_ready();
