@@ -96,6 +96,10 @@ enum Step {
     Rlimit,
 }
 
+/// `oom_score_adj` of every action process: the highest, so the kernel's
+/// OOM killer takes actions before anything else on the host.
+const OOM_SCORE_ADJ: &[u8] = b"1000";
+
 /// Host device nodes bind-mounted into the action's /dev.
 const DEV_NODES: [&std::ffi::CStr; 6] = [
     c"/dev/null",
@@ -593,6 +597,19 @@ impl Plan {
 
     /// Stage 3: the command, pid 2. Execs or reports why not.
     fn command(&self) -> io::Result<()> {
+        // When the host runs out of memory, the kernel must kill an action,
+        // not a daemon: tmpfs and page cache belong to no process, so an
+        // action without a memory limit can push the host there. Raising
+        // one's own score needs no privilege, and children inherit it. Best
+        // effort: a /proc that refuses it must not stop the action. Before
+        // setuid, which makes /proc/self root's.
+        if let Ok(fd) = rustix::fs::open(
+            c"/proc/self/oom_score_adj",
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            let _ = rustix::io::write(&fd, OOM_SCORE_ADJ);
+        }
         if let Some((uid, gid)) = self.drop_to {
             // Per-thread calls are right here: this process has one thread.
             self.step(Step::SetGroups, rustix::thread::set_thread_groups(&[]))?;

@@ -287,3 +287,20 @@ async fn every_tmpfs_has_a_size_and_writing_past_it_fails_enospc() {
     assert_eq!(out.exit_code, 0);
     assert_eq!(env.stdout(), "next\n");
 }
+
+/// The host's OOM killer takes an action before any daemon: every action
+/// process has the highest `oom_score_adj`, inherited by its children.
+#[tokio::test]
+async fn actions_are_the_oom_killers_first_choice() {
+    let env = Env::new_in(Path::new("/var/tmp"));
+    let sb = sandbox();
+    let out = run(
+        &sb,
+        &env.sh("cat /proc/self/oom_score_adj; sh -c 'cat /proc/self/oom_score_adj'"),
+        never(),
+    )
+    .await
+    .expect("run");
+    assert_eq!(out.exit_code, 0, "stderr: {}", env.stderr());
+    assert_eq!(env.stdout(), "1000\n1000\n");
+}
