@@ -571,3 +571,74 @@ async fn hard_link_limit_never_fails_an_action() {
     assert_eq!(stdout_of(&ch, &r).await, want);
     std::fs::remove_dir_all(&target).expect("remove big tree");
 }
+
+/// A full disk under the work directory is the host's fault: the action
+/// ends RESOURCE_EXHAUSTED (not INTERNAL or INVALID_ARGUMENT, which Bazel
+/// takes as a broken action), the daemons stay up, and once there is room
+/// again the same action runs. The state directory is a tmpfs with few
+/// inodes, filled up after the inputs are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_resource_exhausted_and_nothing_is_lost() {
+    if !nix::unistd::geteuid().is_root() {
+        rbe_testkit::skip("mounting a small tmpfs needs root");
+        return;
+    }
+    let mnt = tempfile::Builder::new()
+        .prefix("rbe-full-")
+        .tempdir_in(disk_tmp())
+        .expect("mount point");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,nr_inodes=4000", "rbe-full"])
+        .arg(mnt.path())
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt.path().to_owned());
+    let mut s = Stack::start_configured_in(mnt.path(), "", "", "").await;
+    let ch = s.channel();
+    let mut blobs: Blobs = Vec::new();
+    let data = blob(&mut blobs, b"input\n".to_vec());
+    let sub = directory(&mut blobs, &[("f".into(), data, false)], &[]);
+    let root = directory(&mut blobs, &[], &[("sub".into(), sub)]);
+    let a = action(
+        &mut blobs,
+        "mkdir -p out && cat sub/f > out/r",
+        root,
+        &["out/r"],
+        "full-disk",
+    );
+    upload(&ch, &blobs).await;
+    // Take every inode left.
+    let filler = mnt.path().join("filler");
+    std::fs::create_dir(&filler).expect("filler dir");
+    let mut n = 0u32;
+    while std::fs::File::create(filler.join(n.to_string())).is_ok() {
+        n += 1;
+        assert!(n < 10_000, "the tmpfs never filled up");
+    }
+    let r = execute(&ch, a).await;
+    assert_eq!(
+        code_of(&r),
+        Code::ResourceExhausted,
+        "full disk: {:?}",
+        r.status
+    );
+    assert!(s.alive(), "a daemon died on a full disk");
+    // Room again: the same action runs, with its inputs still stored.
+    std::fs::remove_dir_all(&filler).expect("free the disk");
+    let r = execute(&ch, a).await;
+    assert_eq!(code_of(&r), Code::Ok, "after freeing: {:?}", r.status);
+    let result = r.result.expect("result");
+    assert_eq!(result.exit_code, 0, "{result:?}");
+    assert_eq!(result.output_files.len(), 1);
+    drop(s);
+}

@@ -42,6 +42,9 @@ pub enum TreeError {
     /// A store failure.
     #[error(transparent)]
     Cas(#[from] CasError),
+    /// The file system of the action directory is full (or over quota).
+    #[error("{0}: no space left on the work directory's file system")]
+    NoSpace(String),
 }
 
 /// Result of a materialization.
@@ -186,6 +189,9 @@ fn load_tree(
 }
 
 fn io(op: &'static str, path: &str, e: rustix::io::Errno) -> TreeError {
+    if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::DQUOT {
+        return TreeError::NoSpace(format!("{op} {path}"));
+    }
     TreeError::Cas(CasError::Io {
         op,
         path: path.to_string(),

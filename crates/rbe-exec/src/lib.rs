@@ -179,6 +179,19 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// Whether this is the worker's disk (or quota) running full: a fault
+    /// of the host, not of the action, to report as RESOURCE_EXHAUSTED so
+    /// a client may retry instead of taking it as a broken action.
+    pub fn is_no_space(&self) -> bool {
+        let source = match self {
+            ExecError::Io { source, .. }
+            | ExecError::Setup { source, .. }
+            | ExecError::BadWorkingDir { source, .. } => source,
+            _ => return false,
+        };
+        matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: impl Into<io::Error>) -> Self {
         ExecError::Io {
             context: context.into(),

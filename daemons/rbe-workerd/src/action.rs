@@ -37,6 +37,17 @@ fn wkt(t: SystemTime) -> Option<rbe_proto::wkt::Timestamp> {
     })
 }
 
+/// `otherwise`, unless the error is the worker's disk running full: that
+/// is RESOURCE_EXHAUSTED, the host's fault and worth a retry, never the
+/// action's.
+fn exec_error_code(e: &rbe_exec::ExecError, otherwise: Code) -> Code {
+    if e.is_no_space() {
+        Code::ResourceExhausted
+    } else {
+        otherwise
+    }
+}
+
 fn fail(id: u64, code: Code, message: impl Into<String>) -> Finished {
     Finished {
         id,
@@ -81,7 +92,21 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
         Ok(f) => f,
         Err(e) => {
             tracing::error!(operation = %a.operation, invocation_id = %a.invocation_id, error = format!("{e:#}"), "action failed in the worker");
-            fail(id, Code::Internal, format!("worker {}: {e:#}", w.name))
+            // A full disk anywhere on the way (the action directory, the
+            // output uploads) is the host's fault, not the action's.
+            let full = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::raw_os_error)
+                    .is_some_and(|n| n == libc::ENOSPC || n == libc::EDQUOT)
+                    || c.downcast_ref::<rbe_exec::ExecError>()
+                        .is_some_and(rbe_exec::ExecError::is_no_space)
+            });
+            let code = if full {
+                Code::ResourceExhausted
+            } else {
+                Code::Internal
+            };
+            fail(id, code, format!("worker {}: {e:#}", w.name))
         }
     }
 }
@@ -153,6 +178,10 @@ async fn run(
                 format!("casd is unavailable: {}", s.message()),
             ))
         }
+        // A full disk is the host's fault: Bazel may retry or fall back.
+        Err(s) if s.code() == Code::ResourceExhausted => {
+            return Ok(fail(a.id, Code::ResourceExhausted, s.message()))
+        }
         Err(s) => anyhow::bail!("materializing inputs: {s}"),
     };
     if !m.missing.is_empty() {
@@ -183,7 +212,11 @@ async fn run(
         }
     }
     if let Err(e) = rbe_exec::prepare_output_dirs(&root, &command.working_directory, &declared) {
-        return Ok(fail(a.id, Code::InvalidArgument, e.to_string()));
+        return Ok(fail(
+            a.id,
+            exec_error_code(&e, Code::InvalidArgument),
+            e.to_string(),
+        ));
     }
     #[allow(deprecated)]
     let properties: Vec<(String, String)> = command
@@ -256,7 +289,7 @@ async fn run(
             let code = match e {
                 rbe_exec::ExecError::Setup { .. }
                 | rbe_exec::ExecError::Io { .. }
-                | rbe_exec::ExecError::Internal(_) => Code::Internal,
+                | rbe_exec::ExecError::Internal(_) => exec_error_code(&e, Code::Internal),
                 _ => Code::InvalidArgument,
             };
             return Ok(fail(a.id, code, e.to_string()));
@@ -312,12 +345,18 @@ async fn run(
             // what it printed, and Bazel does not retry it.
             Err(e) if e.downcast_ref::<rbe_exec::ExecError>().is_some() => {
                 up.flush().await?;
-                let message = match e.downcast_ref::<rbe_exec::ExecError>() {
-                    Some(limit @ rbe_exec::ExecError::OutputLimit { .. }) => limit.to_string(),
-                    _ => format!("output {p:?}: {e:#}"),
+                let (code, message) = match e.downcast_ref::<rbe_exec::ExecError>() {
+                    Some(limit @ rbe_exec::ExecError::OutputLimit { .. }) => {
+                        (Code::InvalidArgument, limit.to_string())
+                    }
+                    Some(x) => (
+                        exec_error_code(x, Code::InvalidArgument),
+                        format!("output {p:?}: {e:#}"),
+                    ),
+                    None => (Code::InvalidArgument, format!("output {p:?}: {e:#}")),
                 };
                 tracing::info!(operation = %a.operation, invocation_id = %a.invocation_id, reason = %message, "action outputs refused");
-                let mut f = fail(a.id, Code::InvalidArgument, message);
+                let mut f = fail(a.id, code, message);
                 f.action_result = result.encode_to_vec();
                 return Ok(f);
             }

@@ -94,6 +94,7 @@ impl casd_server::Casd for LocalService {
         .await?;
         let m = r.map_err(|e| match e {
             TreeError::Invalid(m) => Status::invalid_argument(m),
+            e @ TreeError::NoSpace(_) => Status::resource_exhausted(e.to_string()),
             TreeError::Cas(e) => cas_status(e),
         })?;
         tracing::debug!(digest = %root, files = m.files, directories = m.directories, missing = m.missing.len(), elapsed_us = started.elapsed().as_micros() as u64, "materialized input tree");
