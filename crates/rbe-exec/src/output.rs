@@ -251,16 +251,12 @@ pub(crate) fn file_entry(
     name: CString,
     st: &Stat,
 ) -> CollectedEntry {
+    let kind = OutputKind::File {
+        executable: st.st_mode & 0o111 != 0,
+    };
     CollectedEntry {
-        rel_path,
-        kind: OutputKind::File {
-            executable: st.st_mode & 0o111 != 0,
-        },
         size: st.st_size as u64,
-        parent: Arc::clone(parent),
-        name,
-        dev: st.st_dev,
-        ino: st.st_ino,
+        ..CollectedEntry::new(rel_path, kind, parent, name, st)
     }
 }
 
