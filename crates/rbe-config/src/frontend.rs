@@ -69,6 +69,14 @@ pub struct FrontendLimits {
     /// stream beyond waits up to twice `stream_idle_timeout_secs` for a
     /// slot, then gets RESOURCE_EXHAUSTED.
     pub max_proxied_streams: u64,
+    /// Most proxied streams one client (identity) may have open at once;
+    /// beyond it RESOURCE_EXHAUSTED with RetryInfo. Reloadable.
+    pub max_streams_per_client: u64,
+    /// Most bytes of uploads (ByteStream Write, BatchUpdateBlobs) one
+    /// client may have in flight; beyond it RESOURCE_EXHAUSTED with
+    /// RetryInfo. One larger upload passes when the client has nothing
+    /// else in flight. Reloadable.
+    pub max_upload_bytes_per_client: u64,
 }
 
 /// Upper bound of `limits.max_proxied_streams`: that many streams' HTTP/2
@@ -82,6 +90,8 @@ impl Default for FrontendLimits {
             max_message_bytes: 8 << 20,
             stream_idle_timeout_secs: 60,
             max_proxied_streams: 256,
+            max_streams_per_client: 128,
+            max_upload_bytes_per_client: 1 << 30,
         }
     }
 }
@@ -165,6 +175,8 @@ struct LimitsFragment {
     max_message_bytes: Option<Size>,
     stream_idle_timeout_secs: Option<u64>,
     max_proxied_streams: Option<u64>,
+    max_streams_per_client: Option<u64>,
+    max_upload_bytes_per_client: Option<Size>,
 }
 
 impl FrontendFragment {
@@ -204,7 +216,31 @@ impl FrontendFragment {
             max_proxied_streams: li
                 .max_proxied_streams
                 .unwrap_or(d.limits.max_proxied_streams),
+            max_streams_per_client: li
+                .max_streams_per_client
+                .unwrap_or(d.limits.max_streams_per_client),
+            max_upload_bytes_per_client: li
+                .max_upload_bytes_per_client
+                .map_or(d.limits.max_upload_bytes_per_client, |v| v.0),
         };
+        if !(1..=MAX_PROXIED_STREAMS).contains(&limits.max_streams_per_client) {
+            return Err(prov.error(
+                "limits.max_streams_per_client",
+                format!(
+                    "{} is out of range (1 to {MAX_PROXIED_STREAMS})",
+                    limits.max_streams_per_client
+                ),
+            ));
+        }
+        if limits.max_upload_bytes_per_client < 1 << 20 {
+            return Err(prov.error(
+                "limits.max_upload_bytes_per_client",
+                format!(
+                    "{} is below the minimum of 1 MiB",
+                    limits.max_upload_bytes_per_client
+                ),
+            ));
+        }
         if !(1..=86_400).contains(&limits.stream_idle_timeout_secs) {
             return Err(prov.error(
                 "limits.stream_idle_timeout_secs",

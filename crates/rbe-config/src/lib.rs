@@ -89,6 +89,8 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "limits.max_message_bytes",
             "limits.stream_idle_timeout_secs",
             "limits.max_proxied_streams",
+            "limits.max_streams_per_client",
+            "limits.max_upload_bytes_per_client",
             "execution.default_timeout_secs",
             "execution.max_timeout_secs",
             "execution.max_queued",

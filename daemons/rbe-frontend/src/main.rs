@@ -2,8 +2,10 @@
 //! cache and ByteStream by streaming to rbe-casd, and Execution and
 //! Operations with the scheduler that hands actions to attached workers.
 
+mod access;
 mod exec;
 mod proxy;
+mod quota;
 mod server;
 
 use std::process::ExitCode;

@@ -66,6 +66,7 @@ pub async fn run(
         StreamLimits::new(
             limits.max_proxied_streams as usize,
             Duration::from_secs(limits.stream_idle_timeout_secs),
+            quota_limits(limits),
         ),
     )
     .await
@@ -216,9 +217,18 @@ fn reload_on_sighup(
         move || rbe_config::load_frontend(&dirs),
         move |mut new| {
             let mut r = rbe_systemd::Reloaded::new(&new.log.level);
+            // The per-client bounds apply at once; the rest of [limits]
+            // shaped the listeners and channels.
+            exec.upstream
+                .limits
+                .clients
+                .set_limits(quota_limits(&new.limits));
+            let mut restart_only = running.limits.clone();
+            restart_only.max_streams_per_client = new.limits.max_streams_per_client;
+            restart_only.max_upload_bytes_per_client = new.limits.max_upload_bytes_per_client;
             r.keep("listen", &running.listen, &mut new.listen)
                 .keep("casd", &running.casd, &mut new.casd)
-                .keep("limits", &running.limits, &mut new.limits);
+                .keep("limits", &restart_only, &mut new.limits);
             tracing::info!(
                 max_queued = new.execution.max_queued,
                 max_timeout_secs = new.execution.max_timeout_secs,
@@ -230,6 +240,14 @@ fn reload_on_sighup(
             r
         },
     )
+}
+
+/// The per-client bounds of `[limits]`.
+fn quota_limits(l: &rbe_config::FrontendLimits) -> crate::quota::QuotaLimits {
+    crate::quota::QuotaLimits {
+        streams: l.max_streams_per_client,
+        upload_bytes: l.max_upload_bytes_per_client,
+    }
 }
 
 /// Watchdog pings and STATUS= from the main runtime.

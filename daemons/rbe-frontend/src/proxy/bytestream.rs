@@ -21,7 +21,8 @@ impl ByteStream for ByteStreamProxy {
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
         const RPC: &str = "ByteStream Read";
-        let slot = self.0.limits.slot(RPC).await?;
+        let who = crate::access::identity(&req);
+        let slot = self.0.limits.slot(&who, RPC).await?;
         let inner = self
             .0
             .bytestream(true)
@@ -42,8 +43,22 @@ impl ByteStream for ByteStreamProxy {
         req: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         const RPC: &str = "ByteStream Write";
-        let _slot = self.0.limits.slot(RPC).await?;
+        let who = crate::access::identity(&req);
+        let _slot = self.0.limits.slot(&who, RPC).await?;
         let mut incoming = req.into_inner();
+        // The first message names the blob and its size, which is what
+        // the upload holds of its client's quota until it ends.
+        let first = match tokio::time::timeout(self.0.limits.idle, incoming.next()).await {
+            Err(_) => return Err(self.0.limits.idle_status(RPC, "sent nothing")),
+            Ok(None) => return Err(Status::invalid_argument("ByteStream Write: no message")),
+            Ok(Some(m)) => m?,
+        };
+        // A bad name is casd's to refuse, with its precise status.
+        let declared = rbe_proto::resource::parse_write(&first.resource_name)
+            .map(|r| r.digest.size)
+            .unwrap_or(0);
+        let _quota = self.0.limits.clients.upload(&who, RPC, declared)?;
+        let mut first = Some(first);
         let idle = self.0.limits.idle;
         let stalled = self.0.limits.idle_status(RPC, "sent nothing");
         // A small channel gives backpressure: the client is read only as fast
@@ -52,6 +67,13 @@ impl ByteStream for ByteStreamProxy {
         let (tx, rx) = mpsc::channel::<WriteRequest>(4);
         let pump = tokio::spawn(async move {
             loop {
+                if let Some(m) = first.take() {
+                    let fin = m.finish_write;
+                    if tx.send(m).await.is_err() || fin {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 let m = match tokio::time::timeout(idle, incoming.next()).await {
                     Err(_) => {
                         tracing::info!(

@@ -72,7 +72,15 @@ impl ContentAddressableStorage for CasProxy {
         &self,
         req: Request<reapi::BatchUpdateBlobsRequest>,
     ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
-        self.0.cas().batch_update_blobs(req.into_inner()).await
+        let who = crate::access::identity(&req);
+        let req = req.into_inner();
+        let bytes = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        let _quota = self
+            .0
+            .limits
+            .clients
+            .upload(&who, "BatchUpdateBlobs", bytes)?;
+        self.0.cas().batch_update_blobs(req).await
     }
 
     async fn batch_read_blobs(
@@ -89,7 +97,8 @@ impl ContentAddressableStorage for CasProxy {
         req: Request<reapi::GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
         const RPC: &str = "GetTree";
-        let slot = self.0.limits.slot(RPC).await?;
+        let who = crate::access::identity(&req);
+        let slot = self.0.limits.slot(&who, RPC).await?;
         let inner = self
             .0
             .cas_streams()

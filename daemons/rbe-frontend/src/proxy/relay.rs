@@ -20,33 +20,51 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, Streaming};
 
+use crate::quota::{QuotaGuard, QuotaLimits, Quotas};
+use rbe_auth::Identity;
+
 /// A response stream to the client.
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Slots on the stream connection to casd, and how long a client may stall.
+/// Slots on the stream connection to casd, what one client may hold, and
+/// how long a client may stall.
 pub struct StreamLimits {
     slots: Arc<Semaphore>,
     max: usize,
     /// `limits.stream_idle_timeout_secs`.
     pub idle: Duration,
+    /// Per-client streams and upload bytes.
+    pub clients: Arc<Quotas>,
+}
+
+/// One stream's hold on a slot to casd and on its client's quota.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _quota: QuotaGuard,
 }
 
 impl StreamLimits {
-    pub fn new(max_streams: usize, idle: Duration) -> StreamLimits {
+    pub fn new(max_streams: usize, idle: Duration, clients: QuotaLimits) -> StreamLimits {
         StreamLimits {
             slots: Arc::new(Semaphore::new(max_streams)),
             max: max_streams,
             idle,
+            clients: Quotas::new(clients),
         }
     }
 
-    /// A slot for one stream to casd. When all are taken this waits up to
-    /// twice the idle timeout (a stalled holder is cut within one), then
-    /// RESOURCE_EXHAUSTED.
-    pub async fn slot(&self, rpc: &str) -> Result<OwnedSemaphorePermit, Status> {
+    /// A slot for one stream of `who` to casd: refused at once with
+    /// RESOURCE_EXHAUSTED when `who` holds its share; when all slots are
+    /// taken this waits up to twice the idle timeout (a stalled holder is
+    /// cut within one), then RESOURCE_EXHAUSTED.
+    pub async fn slot(&self, who: &Identity, rpc: &str) -> Result<Slot, Status> {
+        let quota = self.clients.stream(who, rpc)?;
         let wait = self.idle.saturating_mul(2);
         match tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned()).await {
-            Ok(Ok(p)) => Ok(p),
+            Ok(Ok(p)) => Ok(Slot {
+                _permit: p,
+                _quota: quota,
+            }),
             Ok(Err(_)) => Err(Status::unavailable("the server is stopping; retry")),
             Err(_) => Err(rbe_proto::status::exhausted_retry(
                 format!(
@@ -85,7 +103,7 @@ pub fn relay<T: Send + 'static>(
     limits: &StreamLimits,
     rpc: &'static str,
     mut upstream: Streaming<T>,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     split: fn(T) -> Vec<T>,
 ) -> BoxStream<T> {
     let (tx, rx) = mpsc::channel::<Result<T, Status>>(1);
