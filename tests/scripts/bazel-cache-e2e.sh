@@ -13,7 +13,9 @@
 #      SALT                  fixed salt instead of a fresh one
 #      TARGETS               default //...
 #      BAZEL                 default bazel
-#      EXTRA_BAZEL_FLAGS     extra build flags (word-split)
+#      EXTRA_BAZEL_FLAGS     extra build flags (word-split), e.g. TLS flags
+#      REMOTE_HEADER         one --remote_header value, not split (it holds
+#                            "authorization=Bearer <token>")
 #      KEEP=1                keep the output root and logs for inspection
 #      MODE=exec             use --remote_executor: the first build must run
 #                            every action "remote" except LOCAL_EXPECTED ones
@@ -21,7 +23,7 @@
 #                            and //net:no_network_test is added to TARGETS
 # Exit 0 and "PASS" on success, 1 and "FAIL: ..." otherwise.
 set -uo pipefail
-[ $# -ge 1 ] || { sed -n '2,22p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,24p' "$0"; exit 2; }
 MODE=${MODE:-cache}
 LOCAL_EXPECTED=${LOCAL_EXPECTED:-1}
 ENDPOINT=$1
@@ -70,6 +72,7 @@ FLAGS=(
 [ -n "${REMOTE_INSTANCE_NAME:-}" ] && FLAGS+=(--remote_instance_name="$REMOTE_INSTANCE_NAME")
 # shellcheck disable=SC2206
 [ -n "${EXTRA_BAZEL_FLAGS:-}" ] && FLAGS+=($EXTRA_BAZEL_FLAGS)
+[ -n "${REMOTE_HEADER:-}" ] && FLAGS+=("--remote_header=$REMOTE_HEADER")
 
 # summary LOG -> "total internal remote_cache_hit other detail" from the
 # last "INFO: N processes: a kind, b kind." line. Bazel 4.2.3 prints e.g.

@@ -27,10 +27,30 @@ ensure_bgd() {  # sets BGD to the bgd executable, installing it when missing
   [ -x "$BGD" ]
 }
 
-# ENDPOINT (grpc://host:port, http://host:port or host:port) -> http://host:port
-# as `bgd --remote` wants it.
+# ENDPOINT (grpc://host:port, grpcs://host:port, http(s)://host:port or
+# host:port) -> http(s)://host:port as `bgd --remote` wants it.
 bgd_remote() {
   local e=$1
-  e=${e#grpc://}; e=${e#http://}
-  echo "http://$e"
+  case $e in
+    grpcs://*|https://*) e=${e#grpcs://}; e=${e#https://}; echo "https://$e" ;;
+    *) e=${e#grpc://}; e=${e#http://}; echo "http://$e" ;;
+  esac
+}
+
+# Credentials from the environment as bgd flags, one per line, for
+#   mapfile -t AUTH < <(bgd_auth_args [cas])
+# BGD_AUTH_TOKEN: file holding a bearer token; BGD_SERVER_CERT: CA or server
+# certificate (PEM); BGD_CLIENT_CERT / BGD_CLIENT_KEY: client certificate and
+# key. With "cas", the flags `bgd execute` wants for its CAS client are added.
+bgd_auth_args() {
+  [ -n "${BGD_AUTH_TOKEN:-}" ] && printf '%s\n' --auth-token "$BGD_AUTH_TOKEN"
+  [ -n "${BGD_SERVER_CERT:-}" ] && printf '%s\n' --server-cert "$BGD_SERVER_CERT"
+  [ -n "${BGD_CLIENT_CERT:-}" ] && printf '%s\n' --client-cert "$BGD_CLIENT_CERT"
+  [ -n "${BGD_CLIENT_KEY:-}" ] && printf '%s\n' --client-key "$BGD_CLIENT_KEY"
+  if [ "${1:-}" = cas ]; then
+    [ -n "${BGD_SERVER_CERT:-}" ] && printf '%s\n' --cas-server-cert "$BGD_SERVER_CERT"
+    [ -n "${BGD_CLIENT_CERT:-}" ] && printf '%s\n' --cas-client-cert "$BGD_CLIENT_CERT"
+    [ -n "${BGD_CLIENT_KEY:-}" ] && printf '%s\n' --cas-client-key "$BGD_CLIENT_KEY"
+  fi
+  return 0
 }

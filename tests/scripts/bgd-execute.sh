@@ -2,7 +2,8 @@
 # Remote execution with BuildGrid's `bgd execute command` as an independent
 # client: an input directory (nested file, executable script) goes up, the
 # command runs on the endpoint, and its output file comes back.
-# Usage: bgd-execute.sh ENDPOINT      Env: REMOTE_INSTANCE_NAME, BGD, BGD_VENV
+# Usage: bgd-execute.sh ENDPOINT      Env: REMOTE_INSTANCE_NAME, BGD, BGD_VENV,
+#   BGD_AUTH_TOKEN, BGD_SERVER_CERT, BGD_CLIENT_CERT/KEY (see bgd-env.sh)
 set -uo pipefail
 [ $# -ge 1 ] || { sed -n '2,6p' "$0"; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,7 +20,8 @@ printf '#!/bin/sh\nset -e\ntr a-z A-Z < sub/data.txt > result.txt\necho ran\n' >
 chmod +x "$work/in/run.sh"
 inst=()
 [ -n "${REMOTE_INSTANCE_NAME:-}" ] && inst=(--instance-name "$REMOTE_INSTANCE_NAME")
-(cd "$work" && "$BGD" execute --remote "$REMOTE" "${inst[@]}" command \
+mapfile -t auth < <(bgd_auth_args cas)
+(cd "$work" && "$BGD" execute --remote "$REMOTE" "${auth[@]}" "${inst[@]}" command \
   --output-file result.txt --output-directory "$work/out" in ./run.sh) > "$work/bgd.log" 2>&1
 rc=$?
 want="HELLO FROM INPUT $salt"

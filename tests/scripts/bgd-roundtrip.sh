@@ -6,6 +6,7 @@
 # tree's shape and executable bits, and the digests against sha256sum.
 # Usage: bgd-roundtrip.sh ENDPOINT          e.g. grpc://127.0.0.1:8980
 # Env: REMOTE_INSTANCE_NAME (bgd --instance-name), BGD (bgd binary),
+#      BGD_AUTH_TOKEN, BGD_SERVER_CERT, BGD_CLIENT_CERT/KEY (bgd-env.sh),
 #      BGD_VENV / BUILDGRID_VERSION (see bgd-env.sh; installs bgd if missing),
 #      KEEP=1 keeps the work dir.
 set -uo pipefail
@@ -23,7 +24,8 @@ trap cleanup EXIT
 FAILED=0
 fail() { echo "FAIL: $*"; FAILED=1; }
 log() { printf '[bgd-roundtrip] %s\n' "$*" >&2; }
-CAS=("$BGD" cas --remote "$REMOTE")
+mapfile -t AUTH < <(bgd_auth_args)
+CAS=("$BGD" cas --remote "$REMOTE" "${AUTH[@]}")
 [ -n "${REMOTE_INSTANCE_NAME:-}" ] && CAS+=(--instance-name "$REMOTE_INSTANCE_NAME")
 
 # bgd prints "Error: ..." and may still exit 0 (e.g. when the download target
