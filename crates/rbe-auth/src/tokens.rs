@@ -55,12 +55,12 @@ const RESERVED_NAMES: [&str; 2] = ["local", "anonymous"];
 #[derive(Debug, thiserror::Error)]
 pub enum TokensError {
     /// The file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file (or its directory).
         path: PathBuf,
-        /// What failed.
-        source: io::Error,
+        /// What failed (shown in the message, so not a `source`).
+        error: io::Error,
     },
     /// A line of the file is wrong.
     #[error("{}:{line}: {reason}", path.display())]
@@ -452,10 +452,10 @@ fn base64url(bytes: &[u8]) -> String {
     out
 }
 
-fn io_err(path: &Path, source: io::Error) -> TokensError {
+fn io_err(path: &Path, error: io::Error) -> TokensError {
     TokensError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

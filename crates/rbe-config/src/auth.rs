@@ -112,10 +112,10 @@ fn tokens_error(e: TokensError) -> ConfigError {
         TokensError::Parse { path, line, reason } => {
             ConfigError::new(Origin::File(path), None, reason).with_line(Some(line))
         }
-        TokensError::Io { path, source } => ConfigError::new(
+        TokensError::Io { path, error } => ConfigError::new(
             Origin::File(path),
             None,
-            format!("cannot read the tokens file named by [auth] tokens: {source}"),
+            format!("cannot read the tokens file named by [auth] tokens: {error}"),
         ),
         other => ConfigError::new(Origin::Default, Some("auth.tokens"), other.to_string()),
     }
