@@ -232,3 +232,28 @@ fn missing_file_is_empty_but_unreadable_is_an_error() {
     assert!(matches!(e, TokensError::Io { .. }), "{e}");
     assert!(e.to_string().starts_with(&dir.path().display().to_string()));
 }
+
+#[test]
+fn owner_is_kept_across_rewrites_and_a_new_file_gets_the_group() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIP: changing a file's owner needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    let now = UNIX_EPOCH + Duration::from_secs(1_796_221_504);
+    create(&path, "a", None, now, NewFileOwner { gid: Some(4321) }).unwrap();
+    let m = fs::metadata(&path).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid(), m.mode() & 0o7777),
+        (0, 4321, NEW_FILE_MODE)
+    );
+    std::os::unix::fs::chown(&path, Some(1234), Some(5678)).unwrap();
+    create(&path, "b", None, now, NewFileOwner { gid: Some(4321) }).unwrap();
+    revoke(&path, "a").unwrap();
+    let m = fs::metadata(&path).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid(), m.mode() & 0o7777),
+        (1234, 5678, NEW_FILE_MODE)
+    );
+}
