@@ -293,6 +293,25 @@ impl Policy {
                 .collect(),
         })
     }
+
+    /// Whether `who` may see ([`Permission::OperationsRead`]) or cancel
+    /// ([`Permission::OperationsCancel`]) an operation that `owner`
+    /// created on `instance`. Its creator always may (identities are
+    /// compared by name, so one client's token and certificate are one
+    /// creator; all anonymous network callers are one, `anonymous`);
+    /// anyone else needs `p` there.
+    pub fn check_operation(
+        &self,
+        who: &Identity,
+        instance: &str,
+        owner: &Identity,
+        p: Permission,
+    ) -> Result<(), Denied> {
+        if who.name() == owner.name() {
+            return Ok(());
+        }
+        self.check(who, instance, p)
+    }
 }
 
 /// A refused permission; the frontend answers PERMISSION_DENIED with

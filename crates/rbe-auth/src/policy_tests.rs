@@ -185,3 +185,21 @@ fn bad_specs() {
     let e = with(&|s| s.local_role = "dev".into());
     assert!(e.to_string().contains("undefined role \"dev\""), "{e}");
 }
+
+#[test]
+fn operations_of_others_need_the_operations_permissions() {
+    let spec = PolicySpec {
+        grants: vec![grant(&["ops"], &["*"], "admin")],
+        ..PolicySpec::default()
+    };
+    let p = Policy::new(&spec).unwrap();
+    let alice = tok("alice");
+    let alice_cert = Identity::new("alice", Via::Certificate);
+    for op in [OperationsRead, OperationsCancel] {
+        assert!(p.check_operation(&alice, "", &alice, op).is_ok());
+        assert!(p.check_operation(&alice_cert, "", &alice, op).is_ok());
+        let e = p.check_operation(&tok("bob"), "", &alice, op).unwrap_err();
+        assert_eq!((e.client().name(), e.permission()), ("bob", op));
+        assert!(p.check_operation(&tok("ops"), "x", &alice, op).is_ok());
+    }
+}

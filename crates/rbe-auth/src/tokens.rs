@@ -86,6 +86,9 @@ pub enum TokensError {
     /// `revoke` of a name that has no token.
     #[error("no token named {0:?}")]
     UnknownName(String),
+    /// An expiry past what the file can say (year 9999).
+    #[error("the expiry is too far in the future (at most 9999-12-31)")]
+    ExpiryTooFar,
     /// The system's random source failed.
     #[error("cannot get random bytes from the system")]
     Random,
@@ -400,11 +403,19 @@ pub fn create(
     let secret = generate()?;
     // Whole seconds, so what is returned equals what a later load reads.
     let now = time::parse(&time::format(now)).unwrap_or(now);
+    let expires = match expires_in {
+        None => None,
+        Some(d) => Some(
+            now.checked_add(d)
+                .filter(|t| time::parse(&time::format(*t)).is_some())
+                .ok_or(TokensError::ExpiryTooFar)?,
+        ),
+    };
     let rec = TokenRecord {
         name: name.to_owned(),
         hash: TokenHash::of(secret.0.as_bytes()),
         created: now,
-        expires: expires_in.map(|d| now + d),
+        expires,
     };
     file.add(rec.clone())?;
     write_atomically(path, file.render().as_bytes(), owner)?;

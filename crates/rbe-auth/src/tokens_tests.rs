@@ -198,6 +198,12 @@ fn create_list_revoke_round_trip() {
         create(&path, "ci", None, now, NewFileOwner::default()),
         Err(TokensError::NameTaken(n)) if n == "ci"
     ));
+    for far in [Duration::from_secs(9000 * 365 * 86_400), Duration::MAX] {
+        assert!(matches!(
+            create(&path, "far", Some(far), now, NewFileOwner::default()),
+            Err(TokensError::ExpiryTooFar)
+        ));
+    }
     assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
 
     let text = fs::read_to_string(&path).unwrap();
