@@ -5,8 +5,32 @@
 //! peer's uid, or `anonymous`. What an identity may do is a set of
 //! [`Permission`]s per instance name, granted through roles in
 //! `frontend.toml` (see rbe.toml(5), `[auth]`).
+//!
+//! - [`tokens`]: the tokens file (`/etc/rbe/tokens`) and its edits, for
+//!   `rbectl token`.
+//! - [`Authenticator`]: credentials to an [`Identity`], or an [`AuthError`]
+//!   (UNAUTHENTICATED).
+//! - [`Policy`]: an identity's [`PermissionSet`] on an instance, or a
+//!   [`Denied`] (PERMISSION_DENIED).
+//!
+//! Both the authenticator and the policy are immutable: the frontend builds
+//! new ones on reload (rbe-config's `AuthSettings::load`) and swaps them in.
+//! This crate knows nothing of gRPC; the frontend maps the errors.
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod authn;
+mod permission;
+mod policy;
+mod time;
+pub mod tokens;
+
+pub use authn::{AuthError, Authenticator, Clock, MAX_HEADER_BYTES};
+pub use permission::{Permission, PermissionSet};
+pub use policy::{
+    builtin_role, check_role_name, Denied, Grant, Policy, PolicyError, PolicySpec, RoleUse,
+    BUILTIN_ROLES,
+};
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,9 +42,10 @@ pub enum Via {
     Token,
     /// A client certificate verified against the configured CA.
     Certificate,
-    /// A peer on the local Unix socket, by `SO_PEERCRED`.
+    /// No credentials, from this host: the local Unix socket (named
+    /// `uid:<n>` by `SO_PEERCRED`) or a loopback address (named `local`).
     Local,
-    /// No credentials.
+    /// No credentials, from another host (named `anonymous`).
     Anonymous,
 }
 
@@ -52,7 +77,7 @@ impl Identity {
         }
     }
 
-    /// A caller without credentials.
+    /// A caller without credentials from another host.
     pub fn anonymous() -> Self {
         Identity::new("anonymous", Via::Anonymous)
     }
@@ -71,62 +96,6 @@ impl Identity {
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
-    }
-}
-
-/// One thing a caller may be allowed to do on an instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Permission {
-    /// Read blobs: FindMissingBlobs, BatchReadBlobs, GetTree, ByteStream Read.
-    CasRead,
-    /// Write blobs: BatchUpdateBlobs, ByteStream Write.
-    CasWrite,
-    /// Look up action results (GetActionResult).
-    AcRead,
-    /// Write action results (UpdateActionResult).
-    AcWrite,
-    /// Run actions (Execute), and see and cancel one's own operations.
-    Execute,
-    /// See every client's operations (GetOperation, ListOperations, WaitExecution).
-    OperationsRead,
-    /// Cancel every client's operations.
-    OperationsCancel,
-}
-
-impl Permission {
-    /// Every permission, in the order of the config names.
-    pub const ALL: [Permission; 7] = [
-        Permission::CasRead,
-        Permission::CasWrite,
-        Permission::AcRead,
-        Permission::AcWrite,
-        Permission::Execute,
-        Permission::OperationsRead,
-        Permission::OperationsCancel,
-    ];
-
-    /// The name used in config files and error messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Permission::CasRead => "cas-read",
-            Permission::CasWrite => "cas-write",
-            Permission::AcRead => "ac-read",
-            Permission::AcWrite => "ac-write",
-            Permission::Execute => "execute",
-            Permission::OperationsRead => "operations-read",
-            Permission::OperationsCancel => "operations-cancel",
-        }
-    }
-
-    /// Parses a config name.
-    pub fn parse(s: &str) -> Option<Permission> {
-        Permission::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-}
-
-impl fmt::Display for Permission {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -181,14 +150,6 @@ pub struct Credentials<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn permission_names_round_trip() {
-        for p in Permission::ALL {
-            assert_eq!(Permission::parse(p.as_str()), Some(p));
-        }
-        assert_eq!(Permission::parse("cas_read"), None);
-    }
 
     #[test]
     fn loopback_and_local_peers_are_local() {

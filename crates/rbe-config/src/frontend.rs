@@ -1,5 +1,6 @@
 //! Settings of `rbe-frontend`, the public REAPI gRPC endpoint.
 
+use crate::auth::{AuthFragment, AuthSettings};
 use crate::common::{check_absolute, Log, LogFragment};
 use crate::layer::Provenance;
 use crate::size::Size;
@@ -21,6 +22,8 @@ pub struct FrontendSettings {
     pub execution: Execution,
     /// `[log]`
     pub log: Log,
+    /// `[auth]`
+    pub auth: AuthSettings,
 }
 
 /// `[listen]`: where clients connect, used when not socket-activated.
@@ -154,6 +157,7 @@ pub(crate) struct FrontendFragment {
     limits: Option<LimitsFragment>,
     execution: Option<ExecutionFragment>,
     log: Option<LogFragment>,
+    auth: Option<AuthFragment>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,12 +327,14 @@ impl FrontendFragment {
         }
 
         let log = LogFragment::build(self.log, prov)?;
+        let auth = AuthFragment::build(self.auth, prov)?;
         Ok(FrontendSettings {
             listen,
             casd,
             limits,
             execution,
             log,
+            auth,
         })
     }
 }

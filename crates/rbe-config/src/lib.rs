@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod auth;
 mod casd;
 pub mod cli;
 mod common;
@@ -21,6 +22,7 @@ mod workerd;
 
 use std::path::PathBuf;
 
+pub use auth::{AuthSettings, GrantSettings, RoleSettings};
 pub use casd::{CasdListen, CasdSettings, Instances, Limits, Storage};
 pub use common::Log;
 pub use error::{ConfigError, Origin};
@@ -99,6 +101,12 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "execution.drain_timeout_secs",
             "execution.max_retained_bytes",
             "log.level",
+            "auth.tokens",
+            "auth.authenticated_role",
+            "auth.local_role",
+            "auth.network_role",
+            "auth.roles",
+            "auth.grants",
         ],
         "workerd" => vec![
             "frontend.socket",

@@ -24,6 +24,8 @@ impl Tree {
 
 fn flat_keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
     match v {
+        // A map of user-named entries (`auth.roles`) is one key.
+        toml::Value::Table(t) if t.is_empty() && !prefix.is_empty() => out.push(prefix.to_owned()),
         toml::Value::Table(t) => {
             for (k, v) in t {
                 let key = if prefix.is_empty() {

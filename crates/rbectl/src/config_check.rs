@@ -38,7 +38,10 @@ pub fn run(a: CheckArgs) -> anyhow::Result<ExitCode> {
         report("casd", rbe_config::load_casd(&dirs).map(|_| ()));
     }
     if want("frontend") {
-        report("frontend", rbe_config::load_frontend(&dirs).map(|_| ()));
+        // The tokens file is part of the frontend's configuration: the
+        // frontend reads it at start and on reload like its .toml files.
+        let r = rbe_config::load_frontend(&dirs).and_then(|s| s.auth.load().map(|_| ()));
+        report("frontend", r);
     }
     if want("workerd") {
         report("workerd", rbe_config::load_workerd(&dirs).map(|_| ()));

@@ -2,6 +2,7 @@
 
 mod config_check;
 mod local;
+mod token;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Bearer tokens of rbe-frontend: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        cmd: token::TokenCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -38,6 +44,7 @@ fn main() -> ExitCode {
         Cmd::Config {
             cmd: ConfigCmd::Check(a),
         } => config_check::run(a),
+        Cmd::Token { cmd } => token::run(cmd),
     };
     match r {
         Ok(code) => code,
