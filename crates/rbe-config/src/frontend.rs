@@ -19,6 +19,8 @@ pub struct FrontendSettings {
     pub limits: FrontendLimits,
     /// `[execution]`
     pub execution: Execution,
+    /// `[tls]`
+    pub tls: crate::tls::FrontendTls,
     /// `[log]`
     pub log: Log,
 }
@@ -143,6 +145,7 @@ pub(crate) struct FrontendFragment {
     casd: Option<CasdFragment>,
     limits: Option<LimitsFragment>,
     execution: Option<ExecutionFragment>,
+    tls: Option<crate::tls::TlsFragment>,
     log: Option<LogFragment>,
 }
 
@@ -286,12 +289,14 @@ impl FrontendFragment {
             ));
         }
 
+        let tls = crate::tls::TlsFragment::build(self.tls, prov)?;
         let log = LogFragment::build(self.log, prov)?;
         Ok(FrontendSettings {
             listen,
             casd,
             limits,
             execution,
+            tls,
             log,
         })
     }
