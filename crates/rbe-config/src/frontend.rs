@@ -20,6 +20,8 @@ pub struct FrontendSettings {
     pub limits: FrontendLimits,
     /// `[execution]`
     pub execution: Execution,
+    /// `[tls]`
+    pub tls: crate::tls::FrontendTls,
     /// `[log]`
     pub log: Log,
     /// `[auth]`
@@ -156,6 +158,7 @@ pub(crate) struct FrontendFragment {
     casd: Option<CasdFragment>,
     limits: Option<LimitsFragment>,
     execution: Option<ExecutionFragment>,
+    tls: Option<crate::tls::TlsFragment>,
     log: Option<LogFragment>,
     auth: Option<AuthFragment>,
 }
@@ -326,6 +329,7 @@ impl FrontendFragment {
             ));
         }
 
+        let tls = crate::tls::TlsFragment::build(self.tls, prov)?;
         let log = LogFragment::build(self.log, prov)?;
         let auth = AuthFragment::build(self.auth, prov)?;
         Ok(FrontendSettings {
@@ -333,6 +337,7 @@ impl FrontendFragment {
             casd,
             limits,
             execution,
+            tls,
             log,
             auth,
         })

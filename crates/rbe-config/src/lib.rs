@@ -18,6 +18,7 @@ mod frontend;
 mod layer;
 pub mod local;
 mod size;
+mod tls;
 mod workerd;
 
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub use frontend::{
     CasdClient, Execution, FrontendLimits, FrontendListen, FrontendSettings, MAX_PROXIED_STREAMS,
 };
 pub use size::{parse_size, ParseSizeError};
+pub use tls::{ClientCertificates, FrontendTls};
 pub use workerd::{
     ActionLimits, OutputsSection, Sandbox, ScopeMode, ScopeSection, WorkerSection, WorkerdSettings,
 };
@@ -100,6 +102,11 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "execution.unmatchable_grace_secs",
             "execution.drain_timeout_secs",
             "execution.max_retained_bytes",
+            "tls.certificate",
+            "tls.key",
+            "tls.client_ca",
+            "tls.client_certificates",
+            "tls.handshake_timeout_secs",
             "log.level",
             "auth.tokens",
             "auth.authenticated_role",

@@ -3,7 +3,9 @@
 //! - [`from_activation_or_bind`] turns a socket-activated descriptor (from
 //!   [`rbe_systemd::take_listen_fds`]) or, failing that, a freshly bound
 //!   address into a [`Listener`].
-//! - [`serve`] runs a tonic router on a [`Listener`] until shutdown.
+//! - [`serve`] runs a tonic router on a [`Listener`] until shutdown, over
+//!   TLS when given a [`tls::ServerTls`]; handlers find the caller's
+//!   [`PeerInfo`] in each request's extensions.
 //! - [`unix_channel`] connects to another daemon's Unix socket.
 //!
 //! Both ends use the same large HTTP/2 flow-control windows
@@ -20,12 +22,17 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod accept;
 mod channel;
 mod listener;
+mod peer;
 mod serve;
+pub mod tls;
 
+pub use accept::{MAX_HANDSHAKES, PLAINTEXT_FIRST_BYTES_TIMEOUT};
 pub use channel::{tune_endpoint, unix_channel, unix_channel_with};
 pub use listener::{from_activation_or_bind, take_all_activated, Bind, Listener};
+pub use peer::PeerInfo;
 pub use serve::{serve, tune_server};
 
 use std::path::PathBuf;

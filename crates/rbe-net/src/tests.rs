@@ -29,7 +29,7 @@ fn spawn_health(
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 ) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(health_router(), listener, async {
+    let task = tokio::spawn(serve(health_router(), listener, None, async {
         let _ = rx.await;
     }));
     (tx, task)

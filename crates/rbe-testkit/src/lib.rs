@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod exec;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

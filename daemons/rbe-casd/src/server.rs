@@ -120,7 +120,7 @@ pub async fn run(
         tracing::info!("stopping: finishing requests in flight");
         stop.cancel();
     });
-    rbe_net::serve(router, listener, shutdown.clone().cancelled_owned())
+    rbe_net::serve(router, listener, None, shutdown.clone().cancelled_owned())
         .await
         .context("serving")?;
     if load_failed.load(std::sync::atomic::Ordering::Acquire) {

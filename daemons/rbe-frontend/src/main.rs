@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         "rbe-frontend",
         &dirs,
         args.config.check_config,
-        rbe_config::load_frontend,
+        server::load_checked,
         |s| s.log.level.clone(),
         |s, fds| server::run(s, fds, dirs.clone()),
     )

@@ -23,11 +23,66 @@ use crate::proxy::{bytestream::ByteStreamProxy, cas, relay::StreamLimits, Upstre
 /// another connection long before (100 streams per connection).
 const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 
+/// The TLS files `[tls]` names, when TLS is on.
+fn tls_files(tls: &rbe_config::FrontendTls) -> Option<rbe_net::tls::TlsFiles> {
+    Some(rbe_net::tls::TlsFiles {
+        certificate: tls.certificate.clone()?,
+        key: tls.key.clone()?,
+        client_ca: tls.client_ca.clone(),
+        require_client_certificate: tls.client_certificates
+            == rbe_config::ClientCertificates::Required,
+        handshake_timeout: Duration::from_secs(tls.handshake_timeout_secs),
+    })
+}
+
+/// Loads frontend.toml and the TLS files it names: a certificate or key
+/// that does not load is a configuration error like a bad key
+/// (`--check-config` and startup report it, exit status 78).
+pub fn load_checked(
+    dirs: &[std::path::PathBuf],
+) -> Result<FrontendSettings, Box<dyn std::error::Error>> {
+    let (settings, _) = load_with_tls(dirs)?;
+    Ok(settings)
+}
+
+fn load_with_tls(
+    dirs: &[std::path::PathBuf],
+) -> Result<(FrontendSettings, Option<rbe_net::tls::TlsConfig>), Box<dyn std::error::Error>> {
+    let settings = rbe_config::load_frontend(dirs)?;
+    let tls = match tls_files(&settings.tls) {
+        Some(files) => Some(rbe_net::tls::TlsConfig::load(&files)?),
+        None => None,
+    };
+    Ok((settings, tls))
+}
+
 pub async fn run(
     settings: FrontendSettings,
     mut fds: Vec<(String, std::os::fd::OwnedFd)>,
     config_dirs: Vec<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
+    // main checked these files already; this loads them for serving.
+    let tls = match tls_files(&settings.tls) {
+        Some(files) => Some(Arc::new(
+            rbe_net::tls::ServerTls::load(&files).context("loading the TLS files")?,
+        )),
+        None => None,
+    };
+    match &tls {
+        Some(t) => {
+            let c = t.current();
+            tracing::info!(
+                certificate = %c.files().certificate.display(),
+                client_certificates = c.client_auth().as_str(),
+                handshake_timeout_secs = c.files().handshake_timeout.as_secs(),
+                "TLS on the public listeners{}",
+                if c.client_auth() == rbe_net::tls::ClientAuth::Off { "" } else { " with client certificates (mTLS)" }
+            );
+        }
+        None => {
+            tracing::info!("TLS off: the public listeners are plaintext (see [tls] in rbe.toml(5))")
+        }
+    }
     let mut listeners = Vec::new();
     // The public port(s): every activated socket named "grpc" (a socket
     // unit may carry several ListenStream= lines), or the configured addresses.
@@ -84,6 +139,7 @@ pub async fn run(
     let exec = crate::exec::Exec::new(upstream.clone(), settings.execution.clone());
     tokio::spawn(reload_on_sighup(
         Arc::clone(&exec),
+        tls.clone(),
         settings.clone(),
         config_dirs,
     ));
@@ -130,13 +186,15 @@ pub async fn run(
     servers.spawn(rbe_net::serve(
         local_router,
         local,
+        None,
         shutdown.clone().cancelled_owned(),
     ));
     for l in listeners {
-        tracing::info!(listen = %l.local_addr_string(), "rbe-frontend listening");
+        tracing::info!(listen = %l.local_addr_string(), tls = tls.is_some(), "rbe-frontend listening");
         servers.spawn(rbe_net::serve(
             router.clone(),
             l,
+            tls.clone(),
             shutdown.clone().cancelled_owned(),
         ));
     }
@@ -206,16 +264,19 @@ pub async fn run(
 }
 
 /// `systemctl reload` (SIGHUP): applies `[execution]` (to operations queued
-/// afterwards) and the log level; listeners, the casd socket and message
-/// limits wait for a restart.
+/// afterwards), `[tls]` (to connections accepted afterwards) and the log
+/// level; listeners, the casd socket, message limits and switching TLS on
+/// or off wait for a restart. TLS files that do not load fail the reload
+/// and keep the running certificate.
 fn reload_on_sighup(
     exec: Arc<crate::exec::Exec>,
+    tls: Option<Arc<rbe_net::tls::ServerTls>>,
     running: FrontendSettings,
     dirs: Vec<std::path::PathBuf>,
 ) -> impl std::future::Future<Output = ()> {
     rbe_systemd::reload_on_sighup(
-        move || rbe_config::load_frontend(&dirs),
-        move |mut new| {
+        move || load_with_tls(&dirs),
+        move |(mut new, new_tls)| {
             let mut r = rbe_systemd::Reloaded::new(&new.log.level);
             // The per-client bounds apply at once; the rest of [limits]
             // shaped the listeners and channels.
@@ -229,13 +290,26 @@ fn reload_on_sighup(
             r.keep("listen", &running.listen, &mut new.listen)
                 .keep("casd", &running.casd, &mut new.casd)
                 .keep("limits", &restart_only, &mut new.limits);
+            match (&tls, new_tls) {
+                (Some(server), Some(config)) => {
+                    tracing::info!(
+                        certificate = %config.files().certificate.display(),
+                        client_certificates = config.client_auth().as_str(),
+                        "new TLS configuration for new connections"
+                    );
+                    server.replace(config);
+                }
+                (None, None) => {}
+                // The listeners were made plaintext or TLS at start.
+                _ => r.restart_only.push("tls"),
+            }
             tracing::info!(
                 max_queued = new.execution.max_queued,
                 max_timeout_secs = new.execution.max_timeout_secs,
                 "new execution settings"
             );
             // `running` stays what the listeners and channels were built
-            // with; only `[execution]` and the log level apply.
+            // with; only `[execution]`, `[tls]` and the log level apply.
             exec.reconfigure(new.execution);
             r
         },

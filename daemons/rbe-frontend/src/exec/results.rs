@@ -276,6 +276,7 @@ mod tests {
         tokio::spawn(rbe_net::serve(
             router,
             rbe_net::Listener::Unix(listener),
+            None,
             std::future::pending(),
         ));
         let up = Upstream::connect(

@@ -1,0 +1,319 @@
+//! Accepting TCP connections for tonic.
+//!
+//! Each accepted connection gets its own task, which looks at the first
+//! bytes and, on a TLS listener, runs the handshake, all under a timeout;
+//! only finished connections reach tonic. So a client that connects and
+//! sends nothing, or half a ClientHello, costs one task and one permit of
+//! [`MAX_HANDSHAKES`] until the timeout, and never holds up the others.
+//!
+//! The first bytes also catch the two mix-ups an operator will make:
+//! plaintext HTTP/2 (`grpc://`) sent to a TLS port gets an HTTP/2 GOAWAY
+//! whose debug data says to use `grpcs://`, and a TLS ClientHello sent to
+//! a plaintext port gets a TLS alert, so both clients fail at once with a
+//! reason instead of hanging.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::peer::Conn;
+use crate::tls::{certificate_name, ClientAuth, ServerTls, TlsConfig};
+
+/// Most connections in the process between accept and a finished handshake
+/// (or first bytes, on a plaintext port). A connection beyond is closed at
+/// once: waiting would let a flood of silent connections fill the kernel's
+/// backlog and delay every honest client just as much, and closing tells
+/// the client something is wrong.
+pub const MAX_HANDSHAKES: usize = 1024;
+
+static HANDSHAKES: Semaphore = Semaphore::const_new(MAX_HANDSHAKES);
+
+/// How long a client on a plaintext TCP port has to send its first bytes.
+/// gRPC clients send the HTTP/2 preface right after connecting.
+pub const PLAINTEXT_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first byte of a TLS handshake record (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The HTTP/2 client connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a client that speaks plaintext HTTP/2 to a TLS port is told.
+const GOAWAY_DEBUG: &[u8] =
+    b"this port requires TLS: connect with grpcs:// (TLS), not grpc:// (plaintext)";
+
+/// Connections accepted on `listener`, each one sniffed (and, with `tls`,
+/// handshaken) in its own task. Accepting stops when tonic drops the
+/// stream (at shutdown), which closes the listener.
+pub(crate) fn tcp_incoming(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(accept_loop(listener, tls, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    tx: mpsc::Sender<io::Result<Conn>>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = tx.closed() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                crate::serve::accept_failed(e).await;
+                continue;
+            }
+        };
+        // gRPC writes small frames (headers, trailers, window updates)
+        // whose delay Nagle would add straight onto every RPC's latency.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let Ok(permit) = HANDSHAKES.try_acquire() else {
+            tracing::warn!(
+                peer = %peer,
+                limit = MAX_HANDSHAKES,
+                "too many connections in their handshake; connection closed"
+            );
+            continue;
+        };
+        // The configuration at accept time: a reload meanwhile applies
+        // to the next connection.
+        let config = tls.as_ref().map(|t| t.current());
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let timeout = config
+                .as_ref()
+                .map_or(PLAINTEXT_FIRST_BYTES_TIMEOUT, |c| c.handshake_timeout);
+            match tokio::time::timeout(timeout, establish(stream, peer, config)).await {
+                Ok(Some(conn)) => {
+                    drop(permit);
+                    // Fails only when the server is shutting down.
+                    let _ = tx.send(Ok(conn)).await;
+                }
+                Ok(None) => {}
+                Err(_) => tracing::warn!(
+                    peer = %peer,
+                    timeout_secs = timeout.as_secs_f64(),
+                    "handshake not finished in time; connection closed"
+                ),
+            }
+        });
+    }
+}
+
+/// Sniffs the first byte and hands back a connection ready for HTTP/2, or
+/// `None` (logged) when the connection was refused.
+async fn establish(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<TlsConfig>>,
+) -> Option<Conn> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) => {
+            tracing::debug!(peer = %peer, "connection closed before sending anything");
+            return None;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "connection failed before its first bytes");
+            return None;
+        }
+    }
+    match tls {
+        None if first[0] == TLS_HANDSHAKE => {
+            tracing::warn!(
+                peer = %peer,
+                "TLS client on a plaintext port; sent a TLS alert and closed \
+                 (the client should use grpc://, or the server needs [tls])"
+            );
+            refuse_tls(stream).await;
+            None
+        }
+        None => Some(Conn::tcp(stream, peer)),
+        Some(_) if first[0] != TLS_HANDSHAKE => {
+            refuse_plaintext(&mut stream, peer).await;
+            None
+        }
+        Some(config) => handshake(stream, peer, &config).await,
+    }
+}
+
+async fn handshake(stream: TcpStream, peer: SocketAddr, config: &TlsConfig) -> Option<Conn> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config.server));
+    match acceptor.accept(stream).await {
+        Ok(s) => {
+            let name = match config.client_auth() {
+                ClientAuth::Off => None,
+                _ => s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| certificate_name(c)),
+            };
+            tracing::debug!(peer = %peer, certificate = name.as_deref(), "TLS connection");
+            Some(Conn::tls(s, peer, name))
+        }
+        Err(e) => {
+            // rustls's reason: an expired or unknown-issuer certificate,
+            // no certificate, no shared protocol version, a corrupt message.
+            tracing::warn!(peer = %peer, error = %e, "TLS handshake failed; connection closed");
+            None
+        }
+    }
+}
+
+/// A TLS port got something else: plaintext HTTP/2 is told to use TLS
+/// with a GOAWAY, plaintext HTTP/1 with a 400 response; anything else is
+/// just closed.
+async fn refuse_plaintext(stream: &mut TcpStream, peer: SocketAddr) {
+    let mut head = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < head.len() {
+        match stream.read(&mut head[n..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+        if !H2_PREFACE.starts_with(&head[..n]) {
+            break;
+        }
+    }
+    let head = &head[..n];
+    if H2_PREFACE.starts_with(head) {
+        tracing::warn!(
+            peer = %peer,
+            error = "plaintext HTTP/2 on a TLS port",
+            "TLS handshake failed; sent GOAWAY saying to use grpcs:// and closed"
+        );
+        drain_ready(stream);
+        let _ = stream.write_all(&goaway_frames(GOAWAY_DEBUG)).await;
+    } else if looks_like_http1(head) {
+        tracing::warn!(
+            peer = %peer,
+            error = "plaintext HTTP/1 on a TLS port",
+            "TLS handshake failed; sent 400 and closed"
+        );
+        drain_ready(stream);
+        let body = "This port requires TLS (https://, grpcs://)\n";
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+    } else {
+        let first = head.first().copied().unwrap_or(0);
+        tracing::warn!(
+            peer = %peer,
+            error = format!("not a TLS ClientHello (first byte {first:#04x})"),
+            "TLS handshake failed; connection closed"
+        );
+    }
+    close_gently(stream).await;
+}
+
+/// A ClientHello on a plaintext port: answers with a fatal
+/// `handshake_failure` alert, which every TLS client reports at once.
+async fn refuse_tls(mut stream: TcpStream) {
+    // Read the ClientHello record first: closing a socket with unread data
+    // sends a reset, which can destroy the alert before the client reads it.
+    let mut header = [0u8; 5];
+    if stream.read_exact(&mut header).await.is_ok() {
+        let len = u16::from_be_bytes([header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len.min(1 << 15)];
+        let _ = stream.read_exact(&mut body).await;
+    }
+    // Alert record, TLS 1.2 record version: level fatal (2),
+    // handshake_failure (40).
+    let _ = stream
+        .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
+        .await;
+    close_gently(&mut stream).await;
+}
+
+/// Reads whatever the client has already sent, without waiting.
+fn drain_ready(stream: &TcpStream) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.try_read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends FIN and waits briefly for the client to close, reading what it
+/// still sends, so the last thing we wrote is not lost to a reset.
+async fn close_gently(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut total = 0usize;
+        while total < 1 << 20 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => total += k,
+            }
+        }
+    })
+    .await;
+}
+
+fn looks_like_http1(head: &[u8]) -> bool {
+    let word = head.split(|&b| b == b' ').next().unwrap_or_default();
+    head.len() > word.len() && !word.is_empty() && word.iter().all(u8::is_ascii_uppercase)
+}
+
+/// An empty SETTINGS frame (the server preface HTTP/2 clients wait for),
+/// then a GOAWAY with error INADEQUATE_SECURITY and `debug` as debug data.
+fn goaway_frames(debug: &[u8]) -> Vec<u8> {
+    let mut f = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let len = (8 + debug.len()) as u32;
+    f.extend_from_slice(&len.to_be_bytes()[1..]);
+    f.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+    // Last stream id 0: no request was processed, so none may be retried
+    // as if it had been.
+    f.extend_from_slice(&0u32.to_be_bytes());
+    f.extend_from_slice(&0xc_u32.to_be_bytes());
+    f.extend_from_slice(debug);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames() {
+        let f = goaway_frames(b"hi");
+        assert_eq!(&f[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(&f[9..12], &[0, 0, 10]);
+        assert_eq!(f[12], 7);
+        assert_eq!(&f[22..26], &[0, 0, 0, 0xc]);
+        assert_eq!(&f[26..], b"hi");
+    }
+
+    #[test]
+    fn http1() {
+        assert!(looks_like_http1(b"GET / HTTP/1.1"));
+        assert!(looks_like_http1(b"POST /x"));
+        assert!(!looks_like_http1(b"GET"));
+        assert!(!looks_like_http1(b"\x16\x03\x01"));
+        assert!(!looks_like_http1(b" x"));
+    }
+}
