@@ -29,12 +29,24 @@ pub fn tune_server(builder: Server) -> Server {
 /// own, under a timeout. A Unix listener ignores `tls` and admits only
 /// the peers [`peer_allowed`] lets in. Every request carries a
 /// [`crate::PeerInfo`] in its extensions.
-pub async fn serve(
-    router: Router,
+pub async fn serve<L>(
+    router: Router<L>,
     listener: Listener,
     tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    L: tower::Layer<tonic::service::Routes>,
+    L::Service: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
     match listener {
         Listener::Tcp(l) => {
             router

@@ -35,25 +35,43 @@ fn tls_files(tls: &rbe_config::FrontendTls) -> Option<rbe_net::tls::TlsFiles> {
     })
 }
 
-/// Loads frontend.toml and the TLS files it names: a certificate or key
-/// that does not load is a configuration error like a bad key
-/// (`--check-config` and startup report it, exit status 78).
+/// Loads frontend.toml and the files it names (TLS certificate and key,
+/// the tokens file): one that does not load is a configuration error like
+/// a bad key (`--check-config` and startup report it, exit status 78).
 pub fn load_checked(
     dirs: &[std::path::PathBuf],
 ) -> Result<FrontendSettings, Box<dyn std::error::Error>> {
-    let (settings, _) = load_with_tls(dirs)?;
-    Ok(settings)
+    Ok(load_all(dirs)?.settings)
 }
 
-fn load_with_tls(
-    dirs: &[std::path::PathBuf],
-) -> Result<(FrontendSettings, Option<rbe_net::tls::TlsConfig>), Box<dyn std::error::Error>> {
+/// Everything a (re)load yields.
+struct Loaded {
+    settings: FrontendSettings,
+    tls: Option<rbe_net::tls::TlsConfig>,
+    rules: crate::access::Rules,
+}
+
+fn load_all(dirs: &[std::path::PathBuf]) -> Result<Loaded, Box<dyn std::error::Error>> {
     let settings = rbe_config::load_frontend(dirs)?;
     let tls = match tls_files(&settings.tls) {
         Some(files) => Some(rbe_net::tls::TlsConfig::load(&files)?),
         None => None,
     };
-    Ok((settings, tls))
+    let rules = rules(&settings)?;
+    Ok(Loaded {
+        settings,
+        tls,
+        rules,
+    })
+}
+
+/// The tokens and the policy of `[auth]`.
+fn rules(settings: &FrontendSettings) -> Result<crate::access::Rules, rbe_config::ConfigError> {
+    let (authenticator, policy) = settings.auth.load()?;
+    Ok(crate::access::Rules {
+        authenticator,
+        policy,
+    })
 }
 
 pub async fn run(
@@ -68,6 +86,16 @@ pub async fn run(
         )),
         None => None,
     };
+    let rules = rules(&settings).context("loading [auth]")?;
+    tracing::info!(
+        tokens = rules.authenticator.token_count(),
+        network_anonymous = rules.authenticator.allows_network_anonymous(),
+        local_role = %settings.auth.local_role,
+        authenticated_role = %settings.auth.authenticated_role,
+        "authentication: callers without credentials from other hosts are {}",
+        if rules.authenticator.allows_network_anonymous() { "allowed" } else { "refused" }
+    );
+    let access = crate::access::Access::new(rules);
     match &tls {
         Some(t) => {
             let c = t.current();
@@ -140,11 +168,15 @@ pub async fn run(
     tokio::spawn(reload_on_sighup(
         Arc::clone(&exec),
         tls.clone(),
+        Arc::clone(&access),
         settings.clone(),
         config_dirs,
     ));
     let router = rbe_net::tune_server(tonic::transport::Server::builder())
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        // Every request on every listener gets its caller, or
+        // UNAUTHENTICATED before any service sees it.
+        .layer(crate::access::AuthLayer(Arc::clone(&access)))
         .add_service(health)
         .add_service(ExecutionServer::new(
             crate::exec::execution::ExecutionService(Arc::clone(&exec)),
@@ -271,12 +303,19 @@ pub async fn run(
 fn reload_on_sighup(
     exec: Arc<crate::exec::Exec>,
     tls: Option<Arc<rbe_net::tls::ServerTls>>,
+    access: Arc<crate::access::Access>,
     running: FrontendSettings,
     dirs: Vec<std::path::PathBuf>,
 ) -> impl std::future::Future<Output = ()> {
     rbe_systemd::reload_on_sighup(
-        move || load_with_tls(&dirs),
-        move |(mut new, new_tls)| {
+        move || load_all(&dirs),
+        move |loaded: Loaded| {
+            let (mut new, new_tls) = (loaded.settings, loaded.tls);
+            tracing::info!(
+                tokens = loaded.rules.authenticator.token_count(),
+                "new tokens and permissions for requests from now on"
+            );
+            access.replace(loaded.rules);
             let mut r = rbe_systemd::Reloaded::new(&new.log.level);
             // The per-client bounds apply at once; the rest of [limits]
             // shaped the listeners and channels.

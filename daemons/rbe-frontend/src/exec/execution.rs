@@ -291,6 +291,19 @@ impl Execution for ExecutionService {
         if self.0.draining() {
             return Err(Status::unavailable("the server is stopping; retry"));
         }
+        let digest = req
+            .get_ref()
+            .action_digest
+            .as_ref()
+            .map(|d| format!("{}/{}", d.hash, d.size_bytes));
+        let shown = digest.as_ref().map(|d| d as &dyn std::fmt::Display);
+        crate::access::check(
+            &req,
+            "Execute",
+            &req.get_ref().instance_name,
+            rbe_auth::Permission::Execute,
+            shown,
+        )?;
         let invocation = invocation_id(&req);
         let req = req.into_inner();
         rbe_proto::resource::validate_instance(&req.instance_name).map_err(|r| {

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::relay::{relay, split_read, BoxStream};
 use super::Upstream;
+use crate::access;
+use rbe_auth::Permission;
 
 pub struct ByteStreamProxy(pub Upstream);
 
@@ -21,7 +23,15 @@ impl ByteStream for ByteStreamProxy {
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
         const RPC: &str = "ByteStream Read";
-        let who = crate::access::identity(&req);
+        // A name that does not parse is casd's to refuse precisely; it
+        // reads nothing.
+        let who = match rbe_proto::resource::parse_read(&req.get_ref().resource_name) {
+            Ok(r) => {
+                let d = r.digest.to_string();
+                access::check(&req, RPC, &r.instance, Permission::CasRead, Some(&d))?.identity
+            }
+            Err(_) => access::identity(&req),
+        };
         let slot = self.0.limits.slot(&who, RPC).await?;
         let inner = self
             .0
@@ -43,7 +53,8 @@ impl ByteStream for ByteStreamProxy {
         req: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         const RPC: &str = "ByteStream Write";
-        let who = crate::access::identity(&req);
+        let caller = access::caller(&req);
+        let who = access::identity(&req);
         let _slot = self.0.limits.slot(&who, RPC).await?;
         let mut incoming = req.into_inner();
         // The first message names the blob and its size, which is what
@@ -53,10 +64,19 @@ impl ByteStream for ByteStreamProxy {
             Ok(None) => return Err(Status::invalid_argument("ByteStream Write: no message")),
             Ok(Some(m)) => m?,
         };
-        // A bad name is casd's to refuse, with its precise status.
-        let declared = rbe_proto::resource::parse_write(&first.resource_name)
-            .map(|r| r.digest.size)
-            .unwrap_or(0);
+        // A bad name is casd's to refuse, with its precise status; it
+        // writes nothing.
+        let declared = match rbe_proto::resource::parse_write(&first.resource_name) {
+            Ok(r) => {
+                let c = caller
+                    .as_ref()
+                    .ok_or_else(|| Status::permission_denied("no authenticated caller"))?;
+                let d = r.digest.to_string();
+                c.check(RPC, &r.instance, Permission::CasWrite, Some(&d))?;
+                r.digest.size
+            }
+            Err(_) => 0,
+        };
         let _quota = self.0.limits.clients.upload(&who, RPC, declared)?;
         let mut first = Some(first);
         let idle = self.0.limits.idle;
@@ -116,6 +136,11 @@ impl ByteStream for ByteStreamProxy {
         &self,
         req: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        const RPC: &str = "QueryWriteStatus";
+        if let Ok(r) = rbe_proto::resource::parse_write(&req.get_ref().resource_name) {
+            let d = r.digest.to_string();
+            access::check(&req, RPC, &r.instance, Permission::CasWrite, Some(&d))?;
+        }
         self.0
             .bytestream(false)
             .query_write_status(req.into_inner())

@@ -12,7 +12,9 @@ use tonic::{Request, Response, Status};
 
 use super::relay::{relay, whole, BoxStream};
 use super::Upstream;
+use crate::access;
 use crate::exec::results::{action_key, RecentResults};
+use rbe_auth::Permission;
 
 pub struct CapabilitiesProxy(pub Upstream);
 pub struct CasProxy(pub Upstream);
@@ -28,6 +30,13 @@ impl Capabilities for CapabilitiesProxy {
         &self,
         req: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
+        // What this caller may do decides what it is offered: a client
+        // without ac-write is told updates are off (Bazel then uploads no
+        // local results), one without execute that execution is off.
+        let caller = access::caller(&req);
+        let instance = req.get_ref().instance_name.clone();
+        let may = |p| caller.as_ref().is_some_and(|c| c.may(&instance, p));
+        let (ac_write, execute) = (may(Permission::AcWrite), may(Permission::Execute));
         // casd decides the cache capabilities, so the advertised batch limit
         // is always the one casd enforces; execution is the frontend's.
         let mut caps = self
@@ -41,11 +50,16 @@ impl Capabilities for CapabilitiesProxy {
             if cc.max_batch_total_size_bytes > fits {
                 cc.max_batch_total_size_bytes = fits;
             }
+            if !ac_write {
+                cc.action_cache_update_capabilities = Some(reapi::ActionCacheUpdateCapabilities {
+                    update_enabled: false,
+                });
+            }
         }
         use reapi::digest_function::Value as F;
         caps.get_mut().execution_capabilities = Some(reapi::ExecutionCapabilities {
             digest_function: F::Sha256 as i32,
-            exec_enabled: true,
+            exec_enabled: execute,
             execution_priority_capabilities: Some(reapi::PriorityCapabilities {
                 priorities: vec![reapi::priority_capabilities::PriorityRange {
                     min_priority: i32::MIN,
@@ -65,6 +79,14 @@ impl ContentAddressableStorage for CasProxy {
         &self,
         req: Request<reapi::FindMissingBlobsRequest>,
     ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        let instance = &req.get_ref().instance_name;
+        access::check(
+            &req,
+            "FindMissingBlobs",
+            instance,
+            Permission::CasRead,
+            None,
+        )?;
         self.0.cas().find_missing_blobs(req.into_inner()).await
     }
 
@@ -72,7 +94,15 @@ impl ContentAddressableStorage for CasProxy {
         &self,
         req: Request<reapi::BatchUpdateBlobsRequest>,
     ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
-        let who = crate::access::identity(&req);
+        let instance = &req.get_ref().instance_name;
+        let who = access::check(
+            &req,
+            "BatchUpdateBlobs",
+            instance,
+            Permission::CasWrite,
+            None,
+        )?
+        .identity;
         let req = req.into_inner();
         let bytes = req.requests.iter().map(|r| r.data.len() as u64).sum();
         let _quota = self
@@ -87,6 +117,8 @@ impl ContentAddressableStorage for CasProxy {
         &self,
         req: Request<reapi::BatchReadBlobsRequest>,
     ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        let instance = &req.get_ref().instance_name;
+        access::check(&req, "BatchReadBlobs", instance, Permission::CasRead, None)?;
         self.0.cas().batch_read_blobs(req.into_inner()).await
     }
 
@@ -97,7 +129,8 @@ impl ContentAddressableStorage for CasProxy {
         req: Request<reapi::GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
         const RPC: &str = "GetTree";
-        let who = crate::access::identity(&req);
+        let instance = &req.get_ref().instance_name;
+        let who = access::check(&req, RPC, instance, Permission::CasRead, None)?.identity;
         let slot = self.0.limits.slot(&who, RPC).await?;
         let inner = self
             .0
@@ -153,6 +186,10 @@ impl ActionCache for AcProxy {
         &self,
         req: Request<reapi::GetActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
+        let instance = &req.get_ref().instance_name;
+        let digest = req.get_ref().action_digest.as_ref().map(short_digest);
+        let shown = digest.as_ref().map(|d| d as &dyn std::fmt::Display);
+        access::check(&req, "GetActionResult", instance, Permission::AcRead, shown)?;
         let req = req.into_inner();
         // An action this frontend just executed: let its write land first,
         // so a client that saw the result finds it cached. casd validates
@@ -171,9 +208,48 @@ impl ActionCache for AcProxy {
         &self,
         req: Request<reapi::UpdateActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
-        self.upstream
+        const RPC: &str = "UpdateActionResult";
+        let instance = req.get_ref().instance_name.clone();
+        let digest = req.get_ref().action_digest.as_ref().map(short_digest);
+        let shown = digest.as_ref().map(|d| d as &dyn std::fmt::Display);
+        let caller = access::check(&req, RPC, &instance, Permission::AcWrite, shown)?;
+        let exit_code = req
+            .get_ref()
+            .action_result
+            .as_ref()
+            .map_or(0, |r| r.exit_code);
+        let r = self
+            .upstream
             .ac()
             .update_action_result(req.into_inner())
-            .await
+            .await;
+        // The audit trail of who put what into the cache everyone reads.
+        match &r {
+            Ok(_) => tracing::info!(
+                client = %caller.identity,
+                client_via = caller.identity.via().as_str(),
+                peer = %caller.peer,
+                rpc = RPC,
+                instance_name = %instance,
+                digest = digest.as_deref().unwrap_or(""),
+                exit_code,
+                "action cache written by a client"
+            ),
+            Err(e) => tracing::info!(
+                client = %caller.identity,
+                peer = %caller.peer,
+                rpc = RPC,
+                instance_name = %instance,
+                digest = digest.as_deref().unwrap_or(""),
+                code = ?e.code(),
+                "action cache write refused by the store"
+            ),
+        }
+        r
     }
+}
+
+/// `hash/size` of a digest for log lines (whatever the client sent).
+fn short_digest(d: &reapi::Digest) -> String {
+    format!("{}/{}", d.hash, d.size_bytes)
 }
