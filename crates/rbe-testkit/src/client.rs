@@ -9,12 +9,11 @@ use rbe_proto::reapi::{
 };
 use rbe_proto::resource::{self, Compressor};
 use rbe_proto::Digest;
-use tonic::transport::Channel;
 use tonic::Status;
 
 /// Uploads `data` with ByteStream Write in `chunk`-sized messages.
-pub async fn write(
-    ch: &Channel,
+pub async fn write<C: crate::grpc::Grpc>(
+    ch: &C,
     instance: &str,
     d: &Digest,
     data: &[u8],
@@ -55,14 +54,18 @@ pub async fn write(
 }
 
 /// Reads a whole blob with ByteStream Read.
-pub async fn read(ch: &Channel, instance: &str, d: &Digest) -> Result<Vec<u8>, Status> {
+pub async fn read<C: crate::grpc::Grpc>(
+    ch: &C,
+    instance: &str,
+    d: &Digest,
+) -> Result<Vec<u8>, Status> {
     let name = resource::read_name(instance, d, Compressor::Identity);
     read_name(ch, &name, 0, 0).await
 }
 
 /// Reads a resource name with offset and limit.
-pub async fn read_name(
-    ch: &Channel,
+pub async fn read_name<C: crate::grpc::Grpc>(
+    ch: &C,
     name: &str,
     offset: i64,
     limit: i64,
@@ -84,8 +87,8 @@ pub async fn read_name(
 }
 
 /// BatchUpdateBlobs of `(digest, bytes)` pairs; returns per-blob codes.
-pub async fn batch_update(
-    ch: &Channel,
+pub async fn batch_update<C: crate::grpc::Grpc>(
+    ch: &C,
     instance: &str,
     blobs: &[(Digest, Vec<u8>)],
 ) -> Result<Vec<i32>, Status> {
@@ -112,8 +115,8 @@ pub async fn batch_update(
 }
 
 /// FindMissingBlobs.
-pub async fn find_missing(
-    ch: &Channel,
+pub async fn find_missing<C: crate::grpc::Grpc>(
+    ch: &C,
     instance: &str,
     ds: &[Digest],
 ) -> Result<Vec<Digest>, Status> {

@@ -8,14 +8,13 @@ use rbe_proto::reapi::{
     ExecuteResponse, Platform,
 };
 use rbe_proto::{Digest, DigestFunction};
-use tonic::transport::Channel;
 
 /// Uploads a Command running `argv` (PATH=/usr/bin:/bin) with `properties`
 /// as its platform, and its Action; Executes it with cache lookup skipped,
 /// as Bazel invocation `invocation` when given, and returns the final
 /// ExecuteResponse.
-pub async fn run_command(
-    ch: &Channel,
+pub async fn run_command<C: crate::grpc::Grpc>(
+    ch: &C,
     argv: &[&str],
     properties: &[(&str, &str)],
     timeout_secs: i64,

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod exec;
+pub mod grpc;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -231,7 +232,8 @@ impl Stack {
     }
 
     /// Starts with extra TOML for each daemon (written as
-    /// `config/<daemon>.toml.d/50-test.toml`).
+    /// `config/<daemon>.toml.d/50-test.toml`; `@ADDR@` in the frontend's
+    /// is replaced by its loopback address).
     pub async fn start_configured(
         casd_dropin: &str,
         frontend_dropin: &str,
@@ -262,7 +264,13 @@ impl Stack {
         casd.layout
             .write_configs(&addr, "1GiB")
             .expect("write config");
-        for (daemon, dropin) in [("frontend", frontend_dropin), ("workerd", workerd_dropin)] {
+        // `@ADDR@` in the frontend's drop-in is its loopback address, for
+        // a drop-in that lists more listeners beside it.
+        let frontend_dropin = frontend_dropin.replace("@ADDR@", &addr);
+        for (daemon, dropin) in [
+            ("frontend", frontend_dropin.as_str()),
+            ("workerd", workerd_dropin),
+        ] {
             let d = casd.layout.config_dir.join(format!("{daemon}.toml.d"));
             std::fs::create_dir_all(&d).expect("mkdir");
             std::fs::write(d.join("50-test.toml"), dropin).expect("dropin");

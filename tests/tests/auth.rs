@@ -1,0 +1,372 @@
+//! Who may do what, through the real frontend: callers from the network
+//! need credentials, each RPC needs its permission on its instance,
+//! Capabilities tells a caller what it may do, action-cache writes and
+//! refusals are logged with the client, and a revoked token stops working
+//! on reload without dropping anyone's streams.
+//!
+//! "From the network" means through the host's own non-loopback address
+//! (the frontend listens there too): the peer is then not local. Tests
+//! skip, saying why, on a host without one.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use rbe_proto::reapi::{
+    action_cache_client::ActionCacheClient, capabilities_client::CapabilitiesClient, ActionResult,
+    GetActionResultRequest, GetCapabilitiesRequest, UpdateActionResultRequest,
+};
+use rbe_proto::{Digest, DigestFunction};
+use rbe_testkit::grpc::{network_ip, Grpc, WithToken};
+use rbe_testkit::{client, exec, free_port, skip, Stack};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// A stack whose frontend also listens on the host's network address, with
+/// `[auth]` from `auth_toml` (the tokens file is `<tmp>/tokens`).
+struct Net {
+    stack: Stack,
+    network: String,
+    tokens: PathBuf,
+    issued: Vec<(String, String)>,
+}
+
+/// Starts with tokens issued to `names` beforehand.
+async fn start(auth_toml: &str, names: &[&str]) -> Option<Net> {
+    let Some(ip) = network_ip() else {
+        skip("this host has no non-loopback address to call the frontend from the network");
+        return None;
+    };
+    let tokens_dir = tempfile::Builder::new()
+        .prefix("rbe-auth-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let tokens = tokens_dir.join("tokens");
+    let network = match ip {
+        IpAddr::V4(v4) => format!("{v4}:{}", free_port()),
+        IpAddr::V6(v6) => format!("[{v6}]:{}", free_port()),
+    };
+    // The loopback address stays (the harness checks health there); the
+    // drop-in's list replaces the layout's, so both are named.
+    let frontend = format!(
+        "[listen]\ngrpc = [\"@ADDR@\", \"{network}\"]\n[auth]\ntokens = \"{}\"\n{auth_toml}",
+        tokens.display()
+    );
+    let issued = names
+        .iter()
+        .map(|n| ((*n).to_owned(), issue(&tokens, n)))
+        .collect();
+    let stack = Stack::start_configured("", &frontend, "").await;
+    Some(Net {
+        stack,
+        network,
+        tokens,
+        issued,
+    })
+}
+
+fn issue(file: &std::path::Path, name: &str) -> String {
+    let (secret, _) = rbe_auth::tokens::create(
+        file,
+        name,
+        None,
+        SystemTime::now(),
+        rbe_auth::tokens::NewFileOwner { gid: None },
+    )
+    .expect("create token");
+    secret.expose().to_owned()
+}
+
+impl Net {
+    fn from_network(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.network))
+            .expect("uri")
+            .connect_lazy()
+    }
+
+    /// The token issued to `name` at start.
+    fn token(&self, name: &str) -> String {
+        self.issued
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .expect("a token issued at start")
+    }
+
+    fn as_(&self, token: &str) -> WithToken {
+        WithToken::bearer(self.from_network(), token)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.stack.tmp.path().join("frontend.log")).unwrap_or_default()
+    }
+
+    fn reload(&self) {
+        let pid = self.stack.frontend_pid().expect("frontend runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+    }
+}
+
+fn result_for(n: u8) -> (Digest, UpdateActionResultRequest) {
+    let ad = Digest::of(
+        DigestFunction::Sha256,
+        format!("action {n} {:?}", SystemTime::now()).as_bytes(),
+    );
+    let req = UpdateActionResultRequest {
+        instance_name: String::new(),
+        action_digest: Some(ad.to_reapi()),
+        action_result: Some(ActionResult {
+            exit_code: 0,
+            stdout_raw: b"hello".to_vec(),
+            ..Default::default()
+        }),
+        digest_function: DigestFunction::Sha256.to_reapi(),
+        ..Default::default()
+    };
+    (ad, req)
+}
+
+async fn write_ac<C: Grpc>(ch: &C, req: UpdateActionResultRequest) -> Result<(), tonic::Status> {
+    ActionCacheClient::new(ch.clone())
+        .update_action_result(req)
+        .await
+        .map(|_| ())
+}
+
+async fn read_ac<C: Grpc>(ch: &C, ad: &Digest) -> Result<ActionResult, tonic::Status> {
+    ActionCacheClient::new(ch.clone())
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(ad.to_reapi()),
+            digest_function: DigestFunction::Sha256.to_reapi(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// (update_enabled, exec_enabled) as Capabilities offers them to `ch`.
+async fn offered<C: Grpc>(ch: &C) -> (bool, bool) {
+    let caps = CapabilitiesClient::new(ch.clone())
+        .get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .expect("capabilities")
+        .into_inner();
+    let update = caps
+        .cache_capabilities
+        .and_then(|c| c.action_cache_update_capabilities)
+        .is_some_and(|u| u.update_enabled);
+    let exec = caps.execution_capabilities.is_some_and(|e| e.exec_enabled);
+    (update, exec)
+}
+
+fn assert_code(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, words: &[&str]) {
+    let e = r.expect_err("refused");
+    assert_eq!(e.code(), code, "{e:?}");
+    for w in words {
+        assert!(e.message().contains(w), "{w:?} not in {:?}", e.message());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_callers_need_credentials_and_each_rpc_its_permission() {
+    let grant = "[[auth.grants]]\nclients = [\"ci-bot\"]\ninstances = [\"*\"]\nrole = \"ci\"\n";
+    let Some(mut net) = start(grant, &["alice", "ci-bot"]).await else {
+        return;
+    };
+    let alice = net.token("alice");
+    let ci = net.token("ci-bot");
+    let anon = net.from_network();
+    let blob = b"some blob".to_vec();
+    let d = Digest::of(DigestFunction::Sha256, &blob);
+
+    // No credentials from the network: UNAUTHENTICATED, saying how.
+    assert_code(
+        client::find_missing(&anon, "", &[d]).await,
+        Code::Unauthenticated,
+        &["remote_header"],
+    );
+    let (ad, req) = result_for(1);
+    assert_code(
+        write_ac(&anon, req.clone()).await,
+        Code::Unauthenticated,
+        &[],
+    );
+    assert_code(
+        exec::run_command(&anon, &["true"], &[], 60, None).await,
+        Code::Unauthenticated,
+        &[],
+    );
+    // A wrong token, a malformed header: UNAUTHENTICATED, the token never echoed.
+    let wrong = "rbe_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let e = client::find_missing(&net.as_(wrong), "", &[d])
+        .await
+        .expect_err("wrong token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(!e.message().contains(wrong), "{e:?}");
+    assert_code(
+        client::find_missing(
+            &WithToken::raw(net.from_network(), "Basic Zm9vOmJhcg=="),
+            "",
+            &[d],
+        )
+        .await,
+        Code::Unauthenticated,
+        &[],
+    );
+    let huge = format!("Bearer {}", "x".repeat(8 << 10));
+    let r = client::find_missing(&WithToken::raw(net.from_network(), &huge), "", &[d]).await;
+    assert!(r.is_err(), "an 8 KiB authorization header was accepted");
+
+    // alice (developer by default): CAS and execute, read the AC, not write it.
+    let alice_ch = net.as_(&alice);
+    assert_eq!(offered(&alice_ch).await, (false, true));
+    client::batch_update(&alice_ch, "", &[(d, blob.clone())])
+        .await
+        .expect("cas write");
+    assert!(client::find_missing(&alice_ch, "", &[d])
+        .await
+        .expect("find")
+        .is_empty());
+    assert_code(
+        write_ac(&alice_ch, req.clone()).await,
+        Code::PermissionDenied,
+        &["alice", "ac-write"],
+    );
+    let r = exec::run_command(&alice_ch, &["true"], &[], 60, None)
+        .await
+        .expect("execute");
+    assert_eq!(r.result.map(|r| r.exit_code), Some(0));
+    // Trailing whitespace and a lower-case scheme are what HTTP allows.
+    let sloppy = WithToken::raw(net.from_network(), &format!("bearer {alice}  "));
+    assert!(client::find_missing(&sloppy, "", &[d]).await.is_ok());
+
+    // ci-bot (granted ci): writes the action cache; alice then reads it.
+    let ci_ch = net.as_(&ci);
+    assert_eq!(offered(&ci_ch).await, (true, true));
+    write_ac(&ci_ch, req)
+        .await
+        .expect("ci writes the action cache");
+    let r = read_ac(&alice_ch, &ad).await.expect("alice reads");
+    assert!(
+        r.stdout_digest.is_some() || r.stdout_raw == b"hello",
+        "{r:?}"
+    );
+
+    // The journal (stderr here) names who did and who was refused.
+    let log = net.log();
+    let written = log
+        .lines()
+        .find(|l| l.contains("action cache written by a client"))
+        .unwrap_or_else(|| panic!("no audit line for the write:\n{log}"));
+    assert!(
+        written.contains("client=ci-bot") && written.contains(&ad.hex()),
+        "{written}"
+    );
+    let refused = log
+        .lines()
+        .find(|l| l.contains("refused: permission denied"))
+        .unwrap_or_else(|| panic!("no audit line for the refusal:\n{log}"));
+    assert!(
+        refused.contains("client=alice") && refused.contains("ac-write"),
+        "{refused}"
+    );
+    assert!(log.contains("refused: not authenticated"), "{log}");
+    // Loopback callers without credentials keep today's local rights.
+    let local = net.stack.channel();
+    assert_eq!(offered(&local).await, (true, true));
+    assert!(net.stack.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_finds_cached_results_but_cannot_write_or_execute() {
+    let grant = "[[auth.grants]]\nclients = [\"ci-bot\"]\ninstances = [\"*\"]\nrole = \"ci\"\n";
+    let Some(mut net) = start(
+        &format!("authenticated_role = \"reader\"\n{grant}"),
+        &["dev-ro", "ci-bot"],
+    )
+    .await
+    else {
+        return;
+    };
+    let reader = net.as_(&net.token("dev-ro"));
+    let ci = net.as_(&net.token("ci-bot"));
+    let (ad, req) = result_for(2);
+    write_ac(&ci, req.clone()).await.expect("ci writes");
+    assert_eq!(
+        read_ac(&reader, &ad).await.expect("reader reads").exit_code,
+        0
+    );
+    assert_eq!(offered(&reader).await, (false, false));
+    assert_code(
+        write_ac(&reader, req).await,
+        Code::PermissionDenied,
+        &["ac-write"],
+    );
+    let blob = b"reader's blob".to_vec();
+    let d = Digest::of(DigestFunction::Sha256, &blob);
+    assert_code(
+        client::batch_update(&reader, "", &[(d, blob)]).await,
+        Code::PermissionDenied,
+        &["cas-write"],
+    );
+    let execute = rbe_proto::reapi::execution_client::ExecutionClient::new(reader.clone())
+        .execute(rbe_proto::reapi::ExecuteRequest {
+            action_digest: Some(ad.to_reapi()),
+            digest_function: DigestFunction::Sha256.to_reapi(),
+            ..Default::default()
+        })
+        .await;
+    assert_code(execute.map(|_| ()), Code::PermissionDenied, &["execute"]);
+    assert!(net.stack.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_stops_on_reload_and_no_stream_is_dropped() {
+    let Some(mut net) = start("", &["alice", "bob"]).await else {
+        return;
+    };
+    let alice = net.token("alice");
+    let bob = net.token("bob");
+    let (alice_ch, bob_ch) = (net.as_(&alice), net.as_(&bob));
+    // Both run an action that outlasts the reload.
+    let slow = |ch: WithToken| {
+        tokio::spawn(async move { exec::run_command(&ch, &["sleep", "3"], &[], 60, None).await })
+    };
+    let (a, b) = (slow(alice_ch.clone()), slow(bob_ch.clone()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    rbe_auth::tokens::revoke(&net.tokens, "alice").expect("revoke");
+    net.reload();
+    // The reload is applied once the new rules refuse alice.
+    let d = Digest::of(DigestFunction::Sha256, b"x");
+    let t = std::time::Instant::now();
+    while client::find_missing(&alice_ch, "", &[d]).await.is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "alice still works after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_code(
+        client::find_missing(&alice_ch, "", &[d]).await,
+        Code::Unauthenticated,
+        &[],
+    );
+    assert!(
+        client::find_missing(&bob_ch, "", &[d]).await.is_ok(),
+        "bob was cut off"
+    );
+    // Streams admitted before the reload finish, alice's included.
+    for (who, h) in [("alice", a), ("bob", b)] {
+        let r = h
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("{who}'s Execute: {e:?}"));
+        assert_eq!(r.result.map(|r| r.exit_code), Some(0), "{who}");
+    }
+    assert!(net.stack.alive());
+}
