@@ -79,7 +79,7 @@ fn issue(file: &std::path::Path, name: &str) -> String {
 }
 
 impl Net {
-    fn from_network(&self) -> Channel {
+    fn network_channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.network))
             .expect("uri")
             .connect_lazy()
@@ -95,7 +95,7 @@ impl Net {
     }
 
     fn as_(&self, token: &str) -> WithToken {
-        WithToken::bearer(self.from_network(), token)
+        WithToken::bearer(self.network_channel(), token)
     }
 
     fn log(&self) -> String {
@@ -180,7 +180,7 @@ async fn network_callers_need_credentials_and_each_rpc_its_permission() {
     };
     let alice = net.token("alice");
     let ci = net.token("ci-bot");
-    let anon = net.from_network();
+    let anon = net.network_channel();
     let blob = b"some blob".to_vec();
     let d = Digest::of(DigestFunction::Sha256, &blob);
 
@@ -210,7 +210,7 @@ async fn network_callers_need_credentials_and_each_rpc_its_permission() {
     assert!(!e.message().contains(wrong), "{e:?}");
     assert_code(
         client::find_missing(
-            &WithToken::raw(net.from_network(), "Basic Zm9vOmJhcg=="),
+            &WithToken::raw(net.network_channel(), "Basic Zm9vOmJhcg=="),
             "",
             &[d],
         )
@@ -219,7 +219,7 @@ async fn network_callers_need_credentials_and_each_rpc_its_permission() {
         &[],
     );
     let huge = format!("Bearer {}", "x".repeat(8 << 10));
-    let r = client::find_missing(&WithToken::raw(net.from_network(), &huge), "", &[d]).await;
+    let r = client::find_missing(&WithToken::raw(net.network_channel(), &huge), "", &[d]).await;
     assert!(r.is_err(), "an 8 KiB authorization header was accepted");
 
     // alice (developer by default): CAS and execute, read the AC, not write it.
@@ -242,7 +242,7 @@ async fn network_callers_need_credentials_and_each_rpc_its_permission() {
         .expect("execute");
     assert_eq!(r.result.map(|r| r.exit_code), Some(0));
     // Trailing whitespace and a lower-case scheme are what HTTP allows.
-    let sloppy = WithToken::raw(net.from_network(), &format!("bearer {alice}  "));
+    let sloppy = WithToken::raw(net.network_channel(), &format!("bearer {alice}  "));
     assert!(client::find_missing(&sloppy, "", &[d]).await.is_ok());
 
     // ci-bot (granted ci): writes the action cache; alice then reads it.
