@@ -200,8 +200,7 @@ async fn refuse_plaintext(stream: &mut TcpStream, peer: SocketAddr) {
             error = "plaintext HTTP/2 on a TLS port",
             "TLS handshake failed; sent GOAWAY saying to use grpcs:// and closed"
         );
-        drain_ready(stream);
-        let _ = stream.write_all(&goaway_frames(GOAWAY_DEBUG)).await;
+        refuse_h2(stream).await;
     } else if looks_like_http1(head) {
         tracing::warn!(
             peer = %peer,
@@ -225,6 +224,44 @@ async fn refuse_plaintext(stream: &mut TcpStream, peer: SocketAddr) {
         );
     }
     close_gently(stream).await;
+}
+
+/// Sends the server preface (SETTINGS), waits briefly for the client's
+/// first request, then sends GOAWAY: clients show its debug data as the
+/// error of a request they have sent, but fail requests still queued with
+/// a bare "connection closed".
+async fn refuse_h2(stream: &mut TcpStream) {
+    if stream.write_all(&SETTINGS_EMPTY).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), first_headers(stream)).await;
+    let _ = stream.write_all(&goaway_frame(GOAWAY_DEBUG)).await;
+}
+
+/// Reads HTTP/2 frames until a HEADERS frame (a request) begins, or 64 KiB.
+async fn first_headers(stream: &mut TcpStream) -> io::Result<()> {
+    let mut total = 0usize;
+    let mut buf = [0u8; 1024];
+    loop {
+        let mut h = [0u8; 9];
+        stream.read_exact(&mut h).await?;
+        if h[3] == 0x1 {
+            return Ok(());
+        }
+        let mut left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        total += 9 + left;
+        if total > 64 << 10 {
+            return Ok(());
+        }
+        while left > 0 {
+            let n = buf.len().min(left);
+            let k = stream.read(&mut buf[..n]).await?;
+            if k == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            left -= k;
+        }
+    }
 }
 
 /// A ClientHello on a plaintext port: answers with a fatal
@@ -279,15 +316,16 @@ fn looks_like_http1(head: &[u8]) -> bool {
     head.len() > word.len() && !word.is_empty() && word.iter().all(u8::is_ascii_uppercase)
 }
 
-/// An empty SETTINGS frame (the server preface HTTP/2 clients wait for),
-/// then a GOAWAY with error INADEQUATE_SECURITY and `debug` as debug data.
-fn goaway_frames(debug: &[u8]) -> Vec<u8> {
-    let mut f = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+/// An empty SETTINGS frame: the server preface HTTP/2 clients wait for.
+const SETTINGS_EMPTY: [u8; 9] = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+
+/// A GOAWAY frame with error INADEQUATE_SECURITY and `debug` as debug data.
+fn goaway_frame(debug: &[u8]) -> Vec<u8> {
     let len = (8 + debug.len()) as u32;
-    f.extend_from_slice(&len.to_be_bytes()[1..]);
+    let mut f = len.to_be_bytes()[1..].to_vec();
     f.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
-    // Last stream id 0: no request was processed, so none may be retried
-    // as if it had been.
+    // Last stream id 0: no request was processed, so a client may not
+    // take any as done.
     f.extend_from_slice(&0u32.to_be_bytes());
     f.extend_from_slice(&0xc_u32.to_be_bytes());
     f.extend_from_slice(debug);
@@ -299,13 +337,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames() {
-        let f = goaway_frames(b"hi");
-        assert_eq!(&f[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-        assert_eq!(&f[9..12], &[0, 0, 10]);
-        assert_eq!(f[12], 7);
-        assert_eq!(&f[22..26], &[0, 0, 0, 0xc]);
-        assert_eq!(&f[26..], b"hi");
+    fn goaway() {
+        let f = goaway_frame(b"hi");
+        assert_eq!(&f[..3], &[0, 0, 10]);
+        assert_eq!(f[3], 7);
+        assert_eq!(&f[13..17], &[0, 0, 0, 0xc]);
+        assert_eq!(&f[17..], b"hi");
     }
 
     #[test]

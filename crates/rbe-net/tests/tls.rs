@@ -290,19 +290,24 @@ async fn plaintext_http2_on_the_tls_port_is_told_to_use_tls() {
     )))
     .await;
 
-    // A tonic client speaking grpc:// gets the GOAWAY's reason.
-    let t = Instant::now();
-    let ch = Channel::from_shared(format!("http://{}", s.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let err = check(ch).await.unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let shown = format!("{err:?}");
-    assert!(shown.contains("grpcs://"), "{shown}");
+    // A tonic client speaking grpc:// gets the GOAWAY's reason, whether
+    // its request waits for the connection (lazy) or not.
+    for lazy in [true, false] {
+        let t = Instant::now();
+        let ep = Channel::from_shared(format!("http://{}", s.addr)).unwrap();
+        let ch = if lazy {
+            ep.connect_lazy()
+        } else {
+            ep.connect().await.unwrap()
+        };
+        let err = check(ch).await.unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let shown = format!("{err:?}");
+        assert!(shown.contains("grpcs://"), "lazy={lazy}: {shown}");
+    }
 
-    // On the wire: SETTINGS, then GOAWAY (type 7) with INADEQUATE_SECURITY.
+    // On the wire: SETTINGS, then GOAWAY (type 7) with INADEQUATE_SECURITY
+    // (after waiting a moment for a request that does not come).
     let mut c = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
     c.write_all(H2_PREFACE).await.unwrap();
     let mut got = Vec::new();
@@ -316,7 +321,7 @@ async fn plaintext_http2_on_the_tls_port_is_told_to_use_tls() {
     assert!(String::from_utf8_lossy(&got[26..]).contains("requires TLS"));
     assert_eq!(
         log.lines_with("plaintext HTTP/2 on a TLS port").len(),
-        2,
+        3,
         "{}",
         log.text()
     );

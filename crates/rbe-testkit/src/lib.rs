@@ -282,9 +282,11 @@ impl Stack {
             .stderr(log_file(tmp.path(), "frontend"))
             .spawn()
             .expect("spawn rbe-frontend");
-        let ch = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect_lazy();
+        // Through the local socket, which is plaintext whatever [tls] says
+        // about the TCP port.
+        let ch = rbe_net::unix_channel(&casd.layout.frontend_socket())
+            .await
+            .expect("channel");
         wait_healthy(ch, &mut child, "rbe-frontend").await;
         let mut stack = Stack {
             tmp,
