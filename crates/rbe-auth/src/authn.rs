@@ -123,6 +123,7 @@ pub struct Authenticator {
     // about the token, so no constant-time comparison is needed.
     tokens: HashMap<TokenHash, TokenEntry>,
     network_anonymous: bool,
+    loopback_anonymous: bool,
     clock: Clock,
 }
 
@@ -165,8 +166,20 @@ impl Authenticator {
         Authenticator {
             tokens,
             network_anonymous,
+            loopback_anonymous: true,
             clock: Arc::new(SystemTime::now),
         }
+    }
+
+    /// Whether callers without credentials on a loopback address are let
+    /// in as `local` (the default; `[auth] local_role = ""` turns it off,
+    /// for hosts whose local users are not all trusted). Unix-socket peers
+    /// are let in either way: the socket's mode and `SO_PEERCRED` already
+    /// limit them to root, rbe's user and its group.
+    #[must_use]
+    pub fn with_loopback_anonymous(mut self, allowed: bool) -> Self {
+        self.loopback_anonymous = allowed;
+        self
     }
 
     /// The same, checking expiry against `clock` instead of the system time.
@@ -222,7 +235,7 @@ impl Authenticator {
         }
         match c.peer {
             PeerAddr::Local { uid } => Ok(Identity::new(format!("uid:{uid}"), Via::Local)),
-            p if p.is_local() => Ok(Identity::new("local", Via::Local)),
+            p if p.is_local() && self.loopback_anonymous => Ok(Identity::new("local", Via::Local)),
             _ if self.network_anonymous => Ok(Identity::anonymous()),
             p => Err(AuthError::CredentialsRequired {
                 peer: p.to_string(),

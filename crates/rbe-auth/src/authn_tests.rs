@@ -337,3 +337,23 @@ fn default_authenticator_knows_no_token() {
     );
     assert!(format!("{a:?}").contains("tokens: 0"));
 }
+
+#[test]
+fn loopback_callers_can_be_made_to_authenticate() {
+    let a = Authenticator::new(std::iter::empty(), false).with_loopback_anonymous(false);
+    let loopback = Credentials {
+        peer: PeerAddr::Tcp("127.0.0.1:9".parse().unwrap()),
+        certificate: None,
+        authorization: None,
+    };
+    assert!(matches!(
+        a.authenticate(&loopback),
+        Err(AuthError::CredentialsRequired { .. })
+    ));
+    // The local socket's peers are still let in (the worker hub is there).
+    let unix = Credentials {
+        peer: PeerAddr::Local { uid: 0 },
+        ..loopback
+    };
+    assert_eq!(a.authenticate(&unix).unwrap().name(), "uid:0");
+}

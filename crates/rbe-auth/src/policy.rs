@@ -219,7 +219,12 @@ impl Policy {
                 })
         };
         let authenticated = role(&spec.authenticated_role, RoleUse::Authenticated)?;
-        let local = role(&spec.local_role, RoleUse::Local)?;
+        // "" refuses loopback callers without credentials (the
+        // authenticator does that); Unix-socket peers then hold nothing.
+        let local = match spec.local_role.as_str() {
+            "" => PermissionSet::EMPTY,
+            n => role(n, RoleUse::Local)?,
+        };
         let network = match &spec.network_role {
             Some(n) => role(n, RoleUse::Network)?,
             None => PermissionSet::EMPTY,

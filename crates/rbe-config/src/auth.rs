@@ -101,7 +101,8 @@ impl AuthSettings {
         let policy = Policy::new(&self.policy_spec())
             .map_err(|e| policy_error(&Provenance::default(), e))?;
         let file = TokensFile::load(&self.tokens).map_err(tokens_error)?;
-        let auth = Authenticator::new(file.tokens(), !self.network_role.is_empty());
+        let auth = Authenticator::new(file.tokens(), !self.network_role.is_empty())
+            .with_loopback_anonymous(!self.local_role.is_empty());
         Ok((auth, policy))
     }
 }
