@@ -2,6 +2,7 @@
 //! cache and ByteStream by streaming to rbe-casd, and Execution and
 //! Operations with the scheduler that hands actions to attached workers.
 
+mod auth;
 mod exec;
 mod proxy;
 mod server;
