@@ -349,3 +349,67 @@ async fn cache_hits_get_a_handle_each() {
     assert!(get(&cb, &hb.name).await.done, "the other handle stays");
     assert!(s.alive());
 }
+
+/// One client keeps an action running while another makes thousands of
+/// handles on it (Execute, take the name, drop the stream): the handles
+/// nobody follows stay within `execution.max_retained_bytes` (the oldest
+/// are forgotten and look expired), while the action runs on for the
+/// client still waiting, and it is killed once that client cancels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_handles_of_one_action_stay_bounded() {
+    let mut s =
+        Stack::start_configured("", "[execution]\nmax_retained_bytes = \"1MiB\"\n", "").await;
+    let (ca, cb) = (s.channel(), s.channel());
+    let m = marker("handles-many");
+    let ad = action(&ca, &format!("exec -a {m} sleep 300")).await;
+    let (mut sb, fb) = start(&cb, &ad).await;
+    assert!(
+        eventually(Duration::from_secs(30), || running(&m)).await,
+        "the action never started"
+    );
+    // Each detached handle counts at least 512 bytes: 4,000 are ~2 MiB.
+    const N: usize = 4000;
+    let mut names = Vec::with_capacity(N);
+    for chunk in 0..N / 50 {
+        let batch = (0..50).map(|_| async {
+            let (stream, first) = start(&ca, &ad).await;
+            drop(stream);
+            first.name
+        });
+        names.extend(futures::future::join_all(batch).await);
+        assert!(s.alive(), "after {} handles", (chunk + 1) * 50);
+    }
+    let distinct: std::collections::HashSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), N, "every Execute got its own name");
+    // The streams' ends reach the frontend a moment after the drops.
+    let mut forgotten = false;
+    for _ in 0..600 {
+        let r = ops_client(&ca)
+            .get_operation(GetOperationRequest {
+                name: names[0].clone(),
+            })
+            .await;
+        if let Err(st) = r {
+            assert_eq!(st.code(), Code::NotFound, "{st:?}");
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(forgotten, "4,000 handles nobody follows are all kept");
+    let newest = get(&ca, &names[N - 1]).await;
+    assert!(!newest.done, "the newest handle still follows the action");
+    assert!(running(&m), "making handles disturbed the action");
+    // B's handle, followed by its stream, was never forgotten.
+    assert!(!get(&cb, &fb.name).await.done);
+    cancel(&cb, &fb.name).await;
+    assert_eq!(code_of(&finish(&mut sb, &fb.name).await), Code::Cancelled);
+    assert!(
+        eventually(Duration::from_secs(20), || !running(&m)).await,
+        "the action runs on with nobody waiting"
+    );
+    // The handles left behind show the end of the run they were of.
+    let r = response_of(&get(&ca, &names[N - 1]).await);
+    assert_eq!(code_of(&r), Code::Cancelled, "{r:?}");
+    assert!(s.alive());
+}
