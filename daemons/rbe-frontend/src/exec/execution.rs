@@ -21,10 +21,10 @@ use rbe_proto::reapi::{
 use rbe_proto::worker::Assignment;
 use rbe_proto::{Digest, DigestFunction};
 use rbe_sched::{ActionKey, OpId, Platform, SchedError, Scheduler, Stage};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
-use super::handles::{Attached, Caller, HandleId, Origin};
+use super::handles::{Attached, Caller, Origin};
 use super::{new_operation_name, operation, Exec, OpInfo, Snapshot};
 use crate::auth;
 
@@ -104,22 +104,21 @@ fn stage_value(s: Stage) -> execution_stage::Value {
 }
 
 impl ExecutionService {
-    /// A stream of snapshots of the handle `handle` of execution `id`,
-    /// ending after the completed one. When it ends it no longer waits
-    /// (the last waiter leaving cancels the execution). With
-    /// `cache_checked`, a CACHE_CHECK operation comes first: the lookup is
-    /// over by then, but REAPI clients expect to see the stages in order.
-    #[allow(clippy::too_many_arguments)]
-    fn stream(
-        &self,
-        id: OpId,
-        handle: HandleId,
-        mut rx: watch::Receiver<Snapshot>,
-        name: String,
-        digest: reapi::Digest,
-        function: i32,
-        cache_checked: bool,
-    ) -> OpStream {
+    /// A stream of snapshots of the handle `a` follows, ending after the
+    /// completed one. When it ends it no longer waits (the last waiter
+    /// leaving cancels the execution). With `cache_checked`, a CACHE_CHECK
+    /// operation comes first: the lookup is over by then, but REAPI clients
+    /// expect to see the stages in order.
+    fn stream(&self, a: Attached, cache_checked: bool) -> OpStream {
+        let Attached {
+            id: handle,
+            exec: id,
+            mut rx,
+            name,
+            action_digest: digest,
+            digest_function: function,
+            waits: _,
+        } = a;
         let (tx, out) = mpsc::channel(4);
         let exec = Arc::clone(&self.0);
         let idle = exec.upstream.limits.idle;
@@ -180,32 +179,19 @@ impl ExecutionService {
         sched: &Scheduler<Arc<Assignment>, ()>,
         id: OpId,
         origin: Origin,
-    ) -> Joined {
+    ) -> Attached {
         let stage = sched
             .get(id)
             .map_or(execution_stage::Value::Queued, |v| stage_value(v.stage));
         let name = new_operation_name(&origin.instance);
-        let (handle, rx) = self.0.handles.open(name.clone(), id, origin, stage, 0);
-        Joined {
-            id,
-            handle,
-            rx,
-            name,
-        }
+        self.0.handles.open(name, id, origin, stage, 0)
     }
 
     /// Streams a handle this request opened on a shared execution.
-    fn joined(&self, j: Joined, origin: &Origin) -> OpStream {
-        tracing::debug!(operation = %j.name, action_digest = %format_args!("{}/{}", origin.action_digest.hash, origin.action_digest.size_bytes), "joined the identical action in flight");
-        self.stream(
-            j.id,
-            j.handle,
-            j.rx,
-            j.name,
-            origin.action_digest.clone(),
-            origin.digest_function,
-            false,
-        )
+    fn joined(&self, a: Attached) -> OpStream {
+        let d = &a.action_digest;
+        tracing::debug!(operation = %a.name, action_digest = %format_args!("{}/{}", d.hash, d.size_bytes), "joined the identical action in flight");
+        self.stream(a, false)
     }
 
     fn done_stream(
@@ -245,20 +231,12 @@ impl ExecutionService {
     }
 }
 
-/// A handle opened on a shared execution, before its stream starts.
-struct Joined {
-    id: OpId,
-    handle: HandleId,
-    rx: watch::Receiver<Snapshot>,
-    name: String,
-}
-
 /// What a submission under the scheduler lock came to.
 enum Submitted {
     /// A new execution, with the submitter's handle.
-    New(OpId, HandleId, watch::Receiver<Snapshot>),
+    New(Attached),
     /// The identical action was in flight after all.
-    Joined(Joined),
+    Joined(Attached),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -377,7 +355,7 @@ impl Execution for ExecutionService {
                 .map(|id| self.open_joined(&sched, id, origin.clone()))
         };
         if let Some(j) = in_flight {
-            return Ok(Response::new(self.joined(j, &origin)));
+            return Ok(Response::new(self.joined(j)));
         }
         if use_cache {
             if let Some(r) = exec.recent.get(&shared_key) {
@@ -477,14 +455,13 @@ impl Execution for ExecutionService {
                                 done: false,
                             },
                         );
-                        let (handle, rx) = exec.handles.open(
+                        Ok(Submitted::New(exec.handles.open(
                             name.clone(),
                             id,
                             origin.clone(),
                             execution_stage::Value::Queued,
                             payload_bytes,
-                        );
-                        Ok(Submitted::New(id, handle, rx))
+                        )))
                     } else {
                         Ok(Submitted::Joined(self.open_joined(
                             &sched,
@@ -497,11 +474,11 @@ impl Execution for ExecutionService {
         };
         let stream = match submitted {
             Err(r) => self.hit(shared_key, origin, &invocation, r),
-            Ok(Submitted::Joined(j)) => self.joined(j, &origin),
-            Ok(Submitted::New(id, handle, rx)) => {
+            Ok(Submitted::Joined(a)) => self.joined(a),
+            Ok(Submitted::New(a)) => {
                 tracing::debug!(action_digest = %ad, operation = %name, invocation_id = %invocation, "action queued");
                 exec.dispatch();
-                self.stream(id, handle, rx, name, ad.to_reapi(), f.to_reapi(), use_cache)
+                self.stream(a, use_cache)
             }
         };
         Ok(Response::new(stream))
@@ -522,7 +499,7 @@ impl Execution for ExecutionService {
             who: &who,
             granted: &granted,
         };
-        let a: Attached = {
+        let a = {
             let mut sched = exec.sched.lock();
             let a = exec.handles.attach(&name, &caller)?;
             if a.waits {
@@ -532,14 +509,6 @@ impl Execution for ExecutionService {
             }
             a
         };
-        Ok(Response::new(self.stream(
-            a.exec,
-            a.id,
-            a.rx,
-            name,
-            a.action_digest,
-            a.digest_function,
-            false,
-        )))
+        Ok(Response::new(self.stream(a, false)))
     }
 }

@@ -76,6 +76,8 @@ pub enum HandleError {
         who: String,
         /// What it would need.
         permission: Permission,
+        /// On this instance.
+        instance: String,
     },
     /// DeleteOperation on a handle not done yet.
     Running(String),
@@ -91,9 +93,10 @@ impl From<HandleError> for tonic::Status {
                 name,
                 who,
                 permission,
+                instance,
             } => tonic::Status::permission_denied(format!(
                 "operation {name:?} belongs to another client; {who} lacks the \
-                 {permission} permission on its instance"
+                 {permission} permission on instance {instance:?}"
             )),
             HandleError::Running(name) => tonic::Status::failed_precondition(format!(
                 "operation {name:?} is still running; cancel it first"
@@ -118,6 +121,20 @@ struct Handle {
 }
 
 impl Handle {
+    /// One more stream follows this handle.
+    fn attach(&mut self, id: HandleId) -> Attached {
+        self.streams += 1;
+        Attached {
+            id,
+            exec: self.exec,
+            rx: self.watch.subscribe(),
+            name: self.name.clone(),
+            action_digest: self.origin.action_digest.clone(),
+            digest_function: self.origin.digest_function,
+            waits: !self.withdrawn,
+        }
+    }
+
     fn done(&self) -> bool {
         self.watch.borrow().response.is_some()
     }
@@ -151,7 +168,7 @@ impl Handle {
     }
 }
 
-/// A handle a stream follows now.
+/// A handle a stream follows now: what the stream needs.
 pub struct Attached {
     /// The handle.
     pub id: HandleId,
@@ -159,6 +176,8 @@ pub struct Attached {
     pub exec: OpId,
     /// Its snapshots.
     pub rx: watch::Receiver<Snapshot>,
+    /// Its operation name.
+    pub name: String,
     /// The action and its digest function, for the streamed Operations.
     pub action_digest: reapi::Digest,
     /// REAPI digest function.
@@ -210,19 +229,22 @@ impl Inner {
                 name: name.to_string(),
                 who: caller.who.to_string(),
                 permission: p,
+                instance: h.origin.instance.clone(),
             });
         }
         Ok(id)
     }
 
-    fn insert(&mut self, h: Handle) -> HandleId {
+    fn fresh_id(&mut self) -> HandleId {
         self.next += 1;
-        let id = self.next;
+        self.next
+    }
+
+    fn insert(&mut self, id: HandleId, h: Handle) {
         self.by_name.insert(h.name.clone(), id);
         self.by_exec.entry(h.exec).or_default().insert(id);
         self.handles.insert(id, h);
         self.recount(id);
-        id
     }
 
     /// Counts a handle in `retained` while it is done or nobody streams it.
@@ -257,7 +279,8 @@ impl Inner {
 }
 
 impl Handles {
-    /// A new handle followed by one stream (the Execute's); its receiver.
+    /// A new handle followed by one stream, the Execute's (already one
+    /// of the execution's waiters).
     pub fn open(
         &self,
         name: String,
@@ -265,21 +288,25 @@ impl Handles {
         origin: Origin,
         stage: execution_stage::Value,
         payload_bytes: usize,
-    ) -> (HandleId, watch::Receiver<Snapshot>) {
-        let (tx, rx) = watch::channel(Snapshot {
+    ) -> Attached {
+        let (tx, _) = watch::channel(Snapshot {
             stage: stage as i32,
             response: None,
         });
-        let id = self.inner.lock().insert(Handle {
+        let mut h = Handle {
             name,
             exec,
             origin,
             watch: tx,
-            streams: 1,
+            streams: 0,
             withdrawn: false,
             payload_bytes,
-        });
-        (id, rx)
+        };
+        let mut inner = self.inner.lock();
+        let id = inner.fresh_id();
+        let attached = h.attach(id);
+        inner.insert(id, h);
+        attached
     }
 
     /// A new handle, done on arrival with `response` (an action-cache hit).
@@ -290,7 +317,7 @@ impl Handles {
             stage: execution_stage::Value::Completed as i32,
             response: Some(kept),
         });
-        self.inner.lock().insert(Handle {
+        let h = Handle {
             name,
             exec,
             origin,
@@ -298,7 +325,10 @@ impl Handles {
             streams: 0,
             withdrawn: false,
             payload_bytes: 0,
-        });
+        };
+        let mut inner = self.inner.lock();
+        let id = inner.fresh_id();
+        inner.insert(id, h);
     }
 
     /// One more stream follows the handle `name` (WaitExecution).
@@ -308,15 +338,7 @@ impl Handles {
         let Some(h) = inner.handles.get_mut(&id) else {
             return Err(HandleError::Unknown(name.to_string()));
         };
-        h.streams += 1;
-        let attached = Attached {
-            id,
-            exec: h.exec,
-            rx: h.watch.subscribe(),
-            action_digest: h.origin.action_digest.clone(),
-            digest_function: h.origin.digest_function,
-            waits: !h.withdrawn,
-        };
+        let attached = h.attach(id);
         inner.recount(id);
         Ok(attached)
     }
@@ -560,7 +582,7 @@ mod tests {
         let alice = Identity::new("alice", Via::Token);
         let bob = Identity::new("bob", Via::Token);
         let h = Handles::default();
-        let (_, _rx) = h.open(
+        let _a = h.open(
             "ci/operations/a".into(),
             7,
             origin(&alice),
@@ -579,6 +601,7 @@ mod tests {
             name: "ci/operations/a".into(),
             who: "bob".into(),
             permission: p,
+            instance: "ci".into(),
         };
         let bob_c = caller(&bob, &record);
         assert_eq!(
@@ -654,14 +677,16 @@ mod tests {
     fn a_withdrawn_handle_stays_cancelled_and_the_others_complete() {
         let anyone = Identity::anonymous();
         let h = Handles::default();
-        let (a, mut ra) = h.open(
+        let Attached {
+            id: a, rx: mut ra, ..
+        } = h.open(
             "ci/operations/a".into(),
             3,
             origin(&anyone),
             execution_stage::Value::Queued,
             10,
         );
-        let (_, mut rb) = h.open(
+        let Attached { rx: mut rb, .. } = h.open(
             "ci/operations/b".into(),
             3,
             origin(&anyone),
@@ -707,7 +732,7 @@ mod tests {
         let mut names = Vec::new();
         for i in 0..1000 {
             let name = format!("ci/operations/{i}");
-            let (id, _) = h.open(
+            let Attached { id, .. } = h.open(
                 name.clone(),
                 1,
                 origin(&anyone),
