@@ -23,6 +23,9 @@ pub mod operations;
 pub mod results;
 pub mod retained;
 
+#[cfg(test)]
+mod owner_tests;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
