@@ -119,9 +119,10 @@ pub struct Execution {
     /// On stop, how long executing actions may go on to finish and be
     /// reported; queued ones, and what still runs then, get UNAVAILABLE.
     pub drain_timeout_secs: u64,
-    /// Completed operations kept for WaitExecution and GetOperation take
-    /// at most this many bytes together (inlined payloads are not kept);
-    /// beyond it the oldest are forgotten first.
+    /// Operations kept for WaitExecution and GetOperation (completed, or
+    /// followed by no stream; one per Execute) take at most this many bytes
+    /// together (inlined payloads are not kept); beyond it the oldest are
+    /// forgotten first.
     pub max_retained_bytes: u64,
 }
 

@@ -43,6 +43,21 @@ impl Access {
         })
     }
 
+    /// The rules of a host with no `[auth]` settings and no tokens.
+    #[cfg(test)]
+    pub fn builtin() -> Arc<Access> {
+        Access::new(Rules {
+            authenticator: Authenticator::default(),
+            policy: Policy::default(),
+        })
+    }
+
+    /// Whether `who` holds `p` on `instance` under the rules in force now
+    /// (for operations, whose owner is checked first by the caller).
+    pub fn may(&self, who: &Identity, instance: &str, p: Permission) -> bool {
+        self.rules.load().policy.check(who, instance, p).is_ok()
+    }
+
     /// Applies reloaded tokens and policy to requests from now on.
     pub fn replace(&self, rules: Rules) {
         self.rules.store(Arc::new(rules));

@@ -164,7 +164,11 @@ pub async fn run(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let exec = crate::exec::Exec::new(upstream.clone(), settings.execution.clone());
+    let exec = crate::exec::Exec::new(
+        upstream.clone(),
+        settings.execution.clone(),
+        Arc::clone(&access),
+    );
     tokio::spawn(reload_on_sighup(
         Arc::clone(&exec),
         tls.clone(),

@@ -1,5 +1,8 @@
 //! The Execution service: Execute and WaitExecution.
 //!
+//! Every request gets its own operation handle (see [`super::handles`]);
+//! identical requests share the execution behind them.
+//!
 //! Before an action is queued: join the identical action in flight, or
 //! answer from the results whose action-cache write is still landing; else
 //! the action-cache lookup and the Action read run together, then the
@@ -17,11 +20,13 @@ use rbe_proto::reapi::{
 };
 use rbe_proto::worker::Assignment;
 use rbe_proto::{Digest, DigestFunction};
-use rbe_sched::{ActionKey, OpId, Platform, SchedError};
-use tokio::sync::{mpsc, watch};
+use rbe_sched::{ActionKey, OpId, Platform, SchedError, Scheduler, Stage};
+use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
+use super::handles::{Attached, Caller, Origin};
 use super::{new_operation_name, operation, Exec, OpInfo, Snapshot};
+use crate::access;
 
 type OpStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
 
@@ -89,21 +94,31 @@ fn platform_of(action: &Action, command: &Command) -> Platform {
     )
 }
 
+/// The REAPI stage of an execution in flight.
+fn stage_value(s: Stage) -> execution_stage::Value {
+    match s {
+        Stage::Queued => execution_stage::Value::Queued,
+        Stage::Executing => execution_stage::Value::Executing,
+        Stage::Completed => execution_stage::Value::Completed,
+    }
+}
+
 impl ExecutionService {
-    /// A stream of snapshots of `id`, ending after the completed one. When
-    /// the client goes away, it stops waiting (the last waiter leaving
-    /// cancels the operation). With `cache_checked`, a CACHE_CHECK
+    /// A stream of snapshots of the handle `a` follows, ending after the
+    /// completed one. When it ends it no longer waits (the last waiter
+    /// leaving cancels the execution). With `cache_checked`, a CACHE_CHECK
     /// operation comes first: the lookup is over by then, but REAPI clients
     /// expect to see the stages in order.
-    fn stream(
-        &self,
-        id: OpId,
-        mut rx: watch::Receiver<Snapshot>,
-        name: String,
-        digest: reapi::Digest,
-        function: i32,
-        cache_checked: bool,
-    ) -> OpStream {
+    fn stream(&self, a: Attached, cache_checked: bool) -> OpStream {
+        let Attached {
+            id: handle,
+            exec: id,
+            mut rx,
+            name,
+            action_digest: digest,
+            digest_function: function,
+            waits: _,
+        } = a;
         let (tx, out) = mpsc::channel(4);
         let exec = Arc::clone(&self.0);
         let idle = exec.upstream.limits.idle;
@@ -121,21 +136,27 @@ impl ExecutionService {
                 let snap = rx.borrow_and_update().clone();
                 let done = snap.response.is_some();
                 sent = deliver(&tx, idle, operation(&name, &digest, function, &snap)).await;
-                if sent != Sent::Yes {
+                if sent != Sent::Yes || done {
                     break;
                 }
-                if done {
-                    return;
-                }
                 tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
+                    r = rx.changed() => if r.is_err() { break },
                     _ = tx.closed() => sent = Sent::Gone,
                 }
             }
-            // The client went away or stopped taking updates: it no longer
-            // waits (the last waiter leaving cancels the operation).
-            let effect = exec.sched.lock().remove_waiter(id);
+            // Done, or the client went away or stopped taking updates: this
+            // stream no longer waits (the last waiter leaving cancels the
+            // execution).
+            let effect = {
+                let mut sched = exec.sched.lock();
+                if exec.handles.detach(handle) {
+                    sched.remove_waiter(id)
+                } else {
+                    rbe_sched::CancelEffect::None
+                }
+            };
             exec.apply_cancel(id, effect);
+            exec.enforce_retention();
             if sent == Sent::Stalled {
                 tracing::info!(operation = %name, idle_secs = idle.as_secs(), "a client took no operation update; its stream was ended");
                 let status = exec
@@ -150,21 +171,27 @@ impl ExecutionService {
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
     }
 
-    /// Streams the operation `id` that this request joined.
-    fn joined(&self, id: OpId) -> Result<OpStream, Status> {
-        let (rx, name, digest, function) = {
-            let ops = self.0.ops.lock();
-            let o = ops
-                .get(&id)
-                .ok_or_else(|| Status::internal("operation vanished"))?;
-            (
-                o.watch.subscribe(),
-                o.name.clone(),
-                o.action_digest.clone(),
-                o.digest_function,
-            )
-        };
-        Ok(self.stream(id, rx, name, digest, function, false))
+    /// Opens a handle on the execution `id`, in flight, that this request
+    /// joined (it is one more waiter already). Called under the scheduler
+    /// lock, so the execution cannot complete before the handle exists.
+    fn open_joined(
+        &self,
+        sched: &Scheduler<Arc<Assignment>, ()>,
+        id: OpId,
+        origin: Origin,
+    ) -> Attached {
+        let stage = sched
+            .get(id)
+            .map_or(execution_stage::Value::Queued, |v| stage_value(v.stage));
+        let name = new_operation_name(&origin.instance);
+        self.0.handles.open(name, id, origin, stage, 0)
+    }
+
+    /// Streams a handle this request opened on a shared execution.
+    fn joined(&self, a: Attached) -> OpStream {
+        let d = &a.action_digest;
+        tracing::debug!(operation = %a.name, action_digest = %format_args!("{}/{}", d.hash, d.size_bytes), "joined the identical action in flight");
+        self.stream(a, false)
     }
 
     fn done_stream(
@@ -186,23 +213,30 @@ impl ExecutionService {
     fn hit(
         &self,
         key: ActionKey,
-        ad: &Digest,
+        origin: Origin,
         invocation: &str,
         result: reapi::ActionResult,
     ) -> OpStream {
-        tracing::debug!(action_digest = %ad, invocation_id = %invocation, "action cache hit");
+        let ad = &origin.action_digest;
+        tracing::debug!(action_digest = %format_args!("{}/{}", ad.hash, ad.size_bytes), invocation_id = %invocation, "action cache hit");
         let resp = ExecuteResponse {
             result: Some(result),
             cached_result: true,
             status: Some(super::rpc_status(Code::Ok, "")),
             ..Default::default()
         };
-        let (digest, function) = (ad.to_reapi(), ad.function.to_reapi());
-        let name = self
-            .0
-            .record_hit(key, digest.clone(), function, invocation, resp.clone());
+        let (digest, function) = (ad.clone(), origin.digest_function);
+        let name = self.0.record_hit(key, origin, invocation, resp.clone());
         Self::done_stream(name, digest, function, resp)
     }
+}
+
+/// What a submission under the scheduler lock came to.
+enum Submitted {
+    /// A new execution, with the submitter's handle.
+    New(Attached),
+    /// The identical action was in flight after all.
+    Joined(Attached),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -305,6 +339,7 @@ impl Execution for ExecutionService {
             shown,
         )?;
         let invocation = invocation_id(&req);
+        let owner = access::identity(&req);
         let req = req.into_inner();
         rbe_proto::resource::validate_instance(&req.instance_name).map_err(|r| {
             Status::invalid_argument(format!("instance name {:?}: {r}", req.instance_name))
@@ -317,16 +352,27 @@ impl Execution for ExecutionService {
         let instance = req.instance_name.clone();
         let shared_key = super::results::action_key(&instance, &ad);
         let use_cache = !req.skip_cache_lookup;
+        let origin = Origin {
+            owner,
+            instance: instance.clone(),
+            action_digest: ad.to_reapi(),
+            digest_function: f.to_reapi(),
+        };
 
         // The identical action in flight, or just finished: nothing to read.
         // (A do_not_cache action is never found: its key is unique.)
-        let in_flight = exec.sched.lock().join(&shared_key);
-        if let Some(id) = in_flight {
-            return Ok(Response::new(self.joined(id)?));
+        let in_flight = {
+            let mut sched = exec.sched.lock();
+            sched
+                .join(&shared_key)
+                .map(|id| self.open_joined(&sched, id, origin.clone()))
+        };
+        if let Some(j) = in_flight {
+            return Ok(Response::new(self.joined(j)));
         }
         if use_cache {
             if let Some(r) = exec.recent.get(&shared_key) {
-                return Ok(Response::new(self.hit(shared_key, &ad, &invocation, r)));
+                return Ok(Response::new(self.hit(shared_key, origin, &invocation, r)));
             }
         }
 
@@ -341,7 +387,7 @@ impl Execution for ExecutionService {
             fetch(exec, &instance, &ad, "action")
         );
         if let Some(r) = cached? {
-            return Ok(Response::new(self.hit(shared_key, &ad, &invocation, r)));
+            return Ok(Response::new(self.hit(shared_key, origin, &invocation, r)));
         }
         let action_bytes = action_bytes?;
         let action = Action::decode(action_bytes.as_slice())
@@ -410,11 +456,7 @@ impl Execution for ExecutionService {
                         .submit(key, platform, priority, assignment)
                         .map_err(sched_status)?;
                     if new {
-                        let (tx, rx) = watch::channel(Snapshot {
-                            stage: execution_stage::Value::Queued as i32,
-                            response: None,
-                        });
-                        exec.register(
+                        exec.ops.lock().insert(
                             id,
                             OpInfo {
                                 name: name.clone(),
@@ -423,24 +465,33 @@ impl Execution for ExecutionService {
                                 instance: instance.clone(),
                                 do_not_cache: action.do_not_cache,
                                 invocation_id: invocation.clone(),
-                                watch: tx,
-                                payload_bytes,
+                                done: false,
                             },
                         );
-                        Ok((id, Some(rx)))
+                        Ok(Submitted::New(exec.handles.open(
+                            name.clone(),
+                            id,
+                            origin.clone(),
+                            execution_stage::Value::Queued,
+                            payload_bytes,
+                        )))
                     } else {
-                        Ok((id, None))
+                        Ok(Submitted::Joined(self.open_joined(
+                            &sched,
+                            id,
+                            origin.clone(),
+                        )))
                     }
                 }
             }
         };
         let stream = match submitted {
-            Err(r) => self.hit(shared_key, &ad, &invocation, r),
-            Ok((id, None)) => self.joined(id)?,
-            Ok((id, Some(rx))) => {
+            Err(r) => self.hit(shared_key, origin, &invocation, r),
+            Ok(Submitted::Joined(a)) => self.joined(a),
+            Ok(Submitted::New(a)) => {
                 tracing::debug!(action_digest = %ad, operation = %name, invocation_id = %invocation, "action queued");
                 exec.dispatch();
-                self.stream(id, rx, name, ad.to_reapi(), f.to_reapi(), use_cache)
+                self.stream(a, use_cache)
             }
         };
         Ok(Response::new(stream))
@@ -452,28 +503,25 @@ impl Execution for ExecutionService {
         &self,
         req: Request<WaitExecutionRequest>,
     ) -> Result<Response<Self::WaitExecutionStream>, Status> {
+        let who = access::identity(&req);
         let name = req.into_inner().name;
-        let id = self.0.lookup(&name).ok_or_else(|| {
-            Status::not_found(format!("operation {name:?} is unknown or has expired"))
-        })?;
-        self.0
-            .sched
-            .lock()
-            .add_waiter(id)
-            .map_err(|e| Status::not_found(e.to_string()))?;
-        let (rx, digest, function) = {
-            let ops = self.0.ops.lock();
-            let o = ops
-                .get(&id)
-                .ok_or_else(|| Status::not_found(format!("operation {name:?} has expired")))?;
-            (
-                o.watch.subscribe(),
-                o.action_digest.clone(),
-                o.digest_function,
-            )
+        let exec = &self.0;
+        let instance = super::instance_of_name(&name).unwrap_or_default();
+        let granted = |p| exec.access.may(&who, instance, p);
+        let caller = Caller {
+            who: &who,
+            granted: &granted,
         };
-        Ok(Response::new(
-            self.stream(id, rx, name, digest, function, false),
-        ))
+        let a = {
+            let mut sched = exec.sched.lock();
+            let a = exec.handles.attach(&name, &caller)?;
+            if a.waits {
+                // A completed execution may have left the scheduler; its
+                // handle answers from what it kept.
+                let _ = sched.add_waiter(a.exec);
+            }
+            a
+        };
+        Ok(Response::new(self.stream(a, false)))
     }
 }

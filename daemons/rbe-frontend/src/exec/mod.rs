@@ -2,10 +2,13 @@
 //! mutex, the public Execution and Operations services, and the worker hub
 //! that rbe-workerd attaches to.
 //!
-//! Every operation has a `watch` channel holding its latest snapshot; the
-//! Execute/WaitExecution streams and WaitOperation read from it. Scheduler
-//! decisions are carried out here: assignments are sent to workers,
-//! cancellations become Cancel messages, results become ExecuteResponses and
+//! An execution (the scheduler's operation, `OpId`) is one run of an
+//! action, shared by every identical request; each request holds its own
+//! operation handle ([`handles`]): the name the client sees, its owner, and
+//! a `watch` channel with its latest snapshot, which the Execute and
+//! WaitExecution streams and WaitOperation read. Scheduler decisions are
+//! carried out here: assignments are sent to workers, cancellations become
+//! Cancel messages, results become ExecuteResponses for every handle and
 //! (exit 0, cacheable) action-cache entries, written in the background by
 //! [`results`].
 //!
@@ -14,10 +17,14 @@
 //! an operation of the instance it names.
 
 pub mod execution;
+pub mod handles;
 pub mod hub;
 pub mod operations;
 pub mod results;
 pub mod retained;
+
+#[cfg(test)]
+mod owner_tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +42,7 @@ use rbe_proto::worker::{hub_message, Assignment, Cancel, Finished, HubMessage};
 use rbe_sched::{
     ActionKey, CancelEffect, OpId, Outcome, SchedConfig, Scheduler, Stage, SystemClock, WorkerId,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::proxy::Upstream;
 use results::RecentResults;
@@ -49,17 +56,18 @@ pub struct Snapshot {
     pub response: Option<ExecuteResponse>,
 }
 
-/// Per-operation facts the scheduler does not keep.
+/// Per-execution facts the scheduler does not keep.
 pub struct OpInfo {
+    /// The name of the handle that submitted it, for log lines and the
+    /// worker.
     pub name: String,
     pub action_digest: reapi::Digest,
     pub digest_function: i32,
     pub instance: String,
     pub do_not_cache: bool,
     pub invocation_id: String,
-    pub watch: watch::Sender<Snapshot>,
-    /// The Action and Command bytes the scheduler holds for it.
-    pub payload_bytes: usize,
+    /// Its handles have been given its final response.
+    pub done: bool,
 }
 
 /// A connected worker: where its messages go, and its name for log lines.
@@ -69,11 +77,17 @@ pub struct WorkerLink {
 }
 
 /// The execution state shared by the services.
+///
+/// Lock order: `sched`, `ops`, `handles`; `workers` is taken alone or
+/// last (under `sched`).
 pub struct Exec {
-    /// The scheduler keeps no results: the watch channels hold them.
+    /// Who may see and cancel other clients' operations.
+    pub access: Arc<crate::access::Access>,
+    /// The scheduler keeps no results: the handles' watch channels hold them.
     pub sched: Mutex<Scheduler<Arc<Assignment>, ()>>,
     pub ops: Mutex<HashMap<OpId, OpInfo>>,
-    pub names: Mutex<HashMap<String, OpId>>,
+    /// Every client's operation handles, and what they keep.
+    pub handles: handles::Handles,
     pub workers: Mutex<HashMap<WorkerId, WorkerLink>>,
     /// Results not yet (or only just) in the action cache.
     pub recent: Arc<RecentResults>,
@@ -82,10 +96,6 @@ pub struct Exec {
     pub settings: arc_swap::ArcSwap<ExecSettings>,
     /// Set when a stop began: no new work is taken or assigned.
     draining: std::sync::atomic::AtomicBool,
-    /// What completed operations keep, bounded by
-    /// `execution.max_retained_bytes`. Lock order: sched, ops, names,
-    /// retained.
-    pub retained: Mutex<retained::Retained>,
 }
 
 fn sched_config(settings: &ExecSettings) -> SchedConfig {
@@ -193,20 +203,24 @@ pub fn operation(
 
 impl Exec {
     /// A new execution state.
-    pub fn new(upstream: Upstream, settings: ExecSettings) -> Arc<Self> {
+    pub fn new(
+        upstream: Upstream,
+        settings: ExecSettings,
+        access: Arc<crate::access::Access>,
+    ) -> Arc<Self> {
         Arc::new(Exec {
+            access,
             sched: Mutex::new(Scheduler::new(
                 sched_config(&settings),
                 Arc::new(SystemClock::default()),
             )),
             ops: Mutex::new(HashMap::new()),
-            names: Mutex::new(HashMap::new()),
+            handles: handles::Handles::default(),
             workers: Mutex::new(HashMap::new()),
             recent: Arc::new(RecentResults::start(upstream.clone())),
             upstream,
             settings: arc_swap::ArcSwap::from_pointee(settings),
             draining: std::sync::atomic::AtomicBool::new(false),
-            retained: Mutex::new(retained::Retained::default()),
         })
     }
 
@@ -217,86 +231,73 @@ impl Exec {
         self.settings.store(Arc::new(settings));
     }
 
-    /// Makes an operation visible to the Operations service and WaitExecution.
-    fn register(&self, id: OpId, info: OpInfo) {
-        // Lock order: sched, ops, names.
-        let mut ops = self.ops.lock();
-        self.names.lock().insert(info.name.clone(), id);
-        ops.insert(id, info);
-    }
-
-    /// Records an action-cache hit as a completed operation (so GetOperation
-    /// and WaitExecution find it until it expires) and returns its name.
+    /// Records an action-cache hit as a completed execution with one
+    /// handle, owned by `origin.owner` (so GetOperation and WaitExecution
+    /// find it until it expires), and returns the handle's name.
     pub fn record_hit(
         &self,
         key: ActionKey,
-        action_digest: reapi::Digest,
-        digest_function: i32,
+        origin: handles::Origin,
         invocation_id: &str,
         response: ExecuteResponse,
     ) -> String {
         let name = new_operation_name(&key.instance);
-        let instance = key.instance.clone();
-        let id = self
-            .sched
-            .lock()
-            .record_completed(key, Arc::new(Assignment::default()));
-        let mut kept = response;
-        retained::strip_inlined(&mut kept);
-        let cost = retained::cost(&name, &kept, 0);
-        let (tx, _) = watch::channel(Snapshot {
-            stage: execution_stage::Value::Completed as i32,
-            response: Some(kept),
-        });
-        self.register(
-            id,
-            OpInfo {
-                name: name.clone(),
-                action_digest,
-                digest_function,
-                instance,
-                do_not_cache: false,
-                invocation_id: invocation_id.to_string(),
-                watch: tx,
-                payload_bytes: 0,
-            },
-        );
-        self.retained.lock().add(id, cost);
+        {
+            let mut sched = self.sched.lock();
+            let id = sched.record_completed(key, Arc::new(Assignment::default()));
+            self.ops.lock().insert(
+                id,
+                OpInfo {
+                    name: name.clone(),
+                    action_digest: origin.action_digest.clone(),
+                    digest_function: origin.digest_function,
+                    instance: origin.instance.clone(),
+                    do_not_cache: false,
+                    invocation_id: invocation_id.to_string(),
+                    done: true,
+                },
+            );
+            self.handles.open_done(name.clone(), id, origin, response);
+        }
         self.enforce_retention();
         name
     }
 
-    /// Forgets the oldest completed operations while they keep more than
-    /// `execution.max_retained_bytes`; they look expired from then on.
-    fn enforce_retention(&self) {
+    /// Forgets the oldest handles nobody streams while they keep more than
+    /// `execution.max_retained_bytes` (they look expired from then on),
+    /// and the completed executions left without a handle. Called with no
+    /// lock held.
+    pub fn enforce_retention(&self) {
         let max = self.settings.load().max_retained_bytes;
-        let evict = self
-            .retained
-            .lock()
-            .over(usize::try_from(max).unwrap_or(usize::MAX));
-        if evict.is_empty() {
+        let orphans = self
+            .handles
+            .evict_over(usize::try_from(max).unwrap_or(usize::MAX));
+        if orphans.is_empty() {
             return;
         }
-        let mut sched = self.sched.lock();
-        let mut ops = self.ops.lock();
-        let mut names = self.names.lock();
-        for id in &evict {
-            sched.forget(*id);
-            if let Some(o) = ops.remove(id) {
-                names.remove(&o.name);
-            }
-        }
+        self.forget(&orphans);
         tracing::debug!(
-            forgotten = evict.len(),
+            forgotten = orphans.len(),
             max_retained_bytes = max,
             "completed operations forgotten early: retained bytes over the limit"
         );
     }
 
-    /// Completed operations retained now, and the bytes they keep.
+    /// Forgets executions that have no handle left, once completed (a
+    /// running one has waiters, so handles).
+    pub fn forget(&self, execs: &[OpId]) {
+        let mut sched = self.sched.lock();
+        let mut ops = self.ops.lock();
+        for id in execs {
+            if sched.forget(*id) {
+                ops.remove(id);
+            }
+        }
+    }
+
+    /// Handles retained now, and the bytes they keep.
     pub fn retained(&self) -> (usize, usize) {
-        let r = self.retained.lock();
-        (r.len(), r.bytes())
+        self.handles.retained()
     }
 
     /// Whether a stop has begun (see [`Exec::begin_drain`]).
@@ -372,47 +373,29 @@ impl Exec {
             .unwrap_or_default()
     }
 
-    /// Shows `stage` to the operation's waiters (back to QUEUED too, when
-    /// its worker was lost), unless it is done.
+    /// Shows `stage` to the execution's handles (back to QUEUED too, when
+    /// its worker was lost), unless they are done.
     pub fn set_stage(&self, id: OpId, stage: execution_stage::Value) {
-        if let Some(o) = self.ops.lock().get(&id) {
-            o.watch.send_modify(|s| {
-                if s.response.is_none() {
-                    s.stage = stage as i32;
-                }
-            });
-        }
+        self.handles.set_stage(id, stage);
     }
 
-    /// Marks an operation done with `response`.
+    /// Marks an execution done with `response`, for every handle still
+    /// following it.
     ///
     /// The streams waiting now get the whole response; what stays for
     /// later readers is a copy without inlined payloads, counted against
     /// `execution.max_retained_bytes`.
     pub fn complete(&self, id: OpId, response: ExecuteResponse) {
-        let mut kept = response.clone();
-        retained::strip_inlined(&mut kept);
         {
             let mut ops = self.ops.lock();
             let Some(o) = ops.get_mut(&id) else { return };
-            if o.watch.borrow().response.is_some() {
+            if o.done {
                 return;
             }
-            o.watch.send_modify(|s| {
-                s.stage = execution_stage::Value::Completed as i32;
-                s.response = Some(response);
-            });
-            // Receivers of the old channel still read the full response
-            // from it (a closed watch keeps its last value); it is freed
-            // when the last of them has sent it on.
-            let cost = retained::cost(&o.name, &kept, o.payload_bytes);
-            o.watch = watch::channel(Snapshot {
-                stage: execution_stage::Value::Completed as i32,
-                response: Some(kept),
-            })
-            .0;
-            self.retained.lock().add(id, cost);
+            o.done = true;
         }
+        // No handle joins a completed execution, so none can miss this.
+        self.handles.complete(id, &response);
         self.enforce_retention();
     }
 
@@ -538,7 +521,7 @@ impl Exec {
             let sched = self.sched.lock();
             let ops = self.ops.lock();
             ops.iter()
-                .filter(|(_, o)| o.watch.borrow().response.is_none())
+                .filter(|(_, o)| !o.done)
                 .filter_map(|(id, _)| match sched.get(*id).and_then(|v| v.outcome) {
                     Some(Outcome::Failed(m)) => Some((*id, m.clone())),
                     _ => None,
@@ -562,11 +545,7 @@ impl Exec {
         self.workers.lock().clear();
         let ops: Vec<OpId> = self.ops.lock().keys().copied().collect();
         for id in ops {
-            let open = self
-                .ops
-                .lock()
-                .get(&id)
-                .is_some_and(|o| o.watch.borrow().response.is_none());
+            let open = self.ops.lock().get(&id).is_some_and(|o| !o.done);
             if open {
                 self.complete(id, unavailable("the server is shutting down; retry"));
             }
@@ -590,34 +569,10 @@ impl Exec {
             );
         }
         let live: std::collections::HashSet<OpId> = self.sched.lock().ids().into_iter().collect();
-        let mut ops = self.ops.lock();
-        let gone: Vec<OpId> = ops
-            .keys()
-            .filter(|id| !live.contains(id))
-            .copied()
-            .collect();
-        let mut names = self.names.lock();
-        let mut retained = self.retained.lock();
-        for id in gone {
-            if let Some(o) = ops.remove(&id) {
-                names.remove(&o.name);
-            }
-            retained.remove(id);
-        }
-        drop((retained, names, ops));
+        self.ops.lock().retain(|id, _| live.contains(id));
+        // Handles go with their execution.
+        self.handles.retain_execs(|id| live.contains(&id));
         self.recent.expire();
-    }
-
-    /// Looks an operation up by name; it must be of the instance the name
-    /// carries.
-    pub fn lookup(&self, name: &str) -> Option<OpId> {
-        let id = *self.names.lock().get(name)?;
-        let instance = instance_of_name(name)?;
-        self.ops
-            .lock()
-            .get(&id)
-            .filter(|o| o.instance == instance)
-            .map(|_| id)
     }
 }
 

@@ -1,9 +1,15 @@
-//! google.longrunning.Operations over execution operations.
+//! google.longrunning.Operations over operation handles (one per Execute;
+//! see [`super::handles`]).
 //!
 //! Every call sees only the operations of one instance: the one its
 //! operation name carries (`{instance}/operations/{uuid}`), or for
 //! ListOperations the one `name` gives (`{instance}/operations` or
-//! `{instance}`).
+//! `{instance}`). A client sees and cancels its own operations; another
+//! client's need `operations-read` (Get, Wait, List) or
+//! `operations-cancel` (Cancel, Delete) on the instance, else
+//! PERMISSION_DENIED; ListOperations without `operations-read` lists the
+//! caller's own. CancelOperation withdraws one handle: the action runs on
+//! while another handle waits for it.
 //!
 //! ListOperations pages hold at most `page_size` operations (100 when
 //! unset, never more than 1,000) and at most 4 MiB (half the message limit
@@ -14,17 +20,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
+use rbe_auth::{Identity, Permission};
 use rbe_proto::longrunning::{
     operations_server::Operations, CancelOperationRequest, DeleteOperationRequest,
     GetOperationRequest, ListOperationsRequest, ListOperationsResponse, Operation,
     WaitOperationRequest,
 };
 use rbe_proto::wkt::Empty;
-use rbe_sched::OpId;
+use rbe_sched::CancelEffect;
 use tonic::{Request, Response, Status};
 
-use super::{operation, Exec};
+use super::handles::{Caller, HandleId};
+use super::{instance_of_name, Exec};
+use crate::access;
 
 /// Operations per ListOperations page when the client names no size.
 const DEFAULT_PAGE: usize = 100;
@@ -41,24 +49,16 @@ fn page_bytes(max_message: usize) -> usize {
 /// The Operations service.
 pub struct OperationsService(pub Arc<Exec>);
 
-fn unknown(name: &str) -> Status {
-    Status::not_found(format!("operation {name:?} is unknown or has expired"))
-}
-
 impl OperationsService {
-    fn current(&self, name: &str) -> Result<Operation, Status> {
-        let id = self.0.lookup(name).ok_or_else(|| unknown(name))?;
-        let ops = self.0.ops.lock();
-        let o = ops
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("operation {name:?} has expired")))?;
-        let snap = o.watch.borrow().clone();
-        Ok(operation(
-            &o.name,
-            &o.action_digest,
-            o.digest_function,
-            &snap,
-        ))
+    /// Runs `f` as `who` acting on the operation `name`: permissions are
+    /// asked about on the instance the name carries.
+    fn as_caller<R>(&self, who: &Identity, name: &str, f: impl FnOnce(&Caller<'_>) -> R) -> R {
+        let instance = instance_of_name(name).unwrap_or_default();
+        let granted = |p| self.0.access.may(who, instance, p);
+        f(&Caller {
+            who,
+            granted: &granted,
+        })
     }
 }
 
@@ -68,10 +68,11 @@ impl Operations for OperationsService {
         &self,
         req: Request<ListOperationsRequest>,
     ) -> Result<Response<ListOperationsResponse>, Status> {
+        let who = access::identity(&req);
         let req = req.into_inner();
-        // The token is the last id of the previous page: operations that
-        // expire or are added meanwhile shift nothing.
-        let after: Option<OpId> = if req.page_token.is_empty() {
+        // The token is the last handle listed on the previous page:
+        // operations that expire or are added meanwhile shift nothing.
+        let after: Option<HandleId> = if req.page_token.is_empty() {
             None
         } else {
             Some(req.page_token.parse().map_err(|_| {
@@ -90,44 +91,18 @@ impl Operations for OperationsService {
         };
         rbe_proto::resource::validate_instance(instance)
             .map_err(|r| Status::invalid_argument(format!("instance name {instance:?}: {r}")))?;
-        let all = self.0.sched.lock().ids();
-        let ops = self.0.ops.lock();
-        let mut listed = all
-            .into_iter()
-            .filter(|id| after.is_none_or(|a| *id > a))
-            .filter_map(|id| ops.get(&id).map(|o| (id, o)))
-            .filter(|(_, o)| o.instance == instance)
-            .peekable();
-        let mut operations = Vec::new();
-        let (mut bytes, mut last) = (0usize, None);
-        while let Some((id, o)) = listed.peek() {
-            if operations.len() == page {
-                break;
-            }
-            let op = operation(
-                &o.name,
-                &o.action_digest,
-                o.digest_function,
-                &o.watch.borrow(),
-            );
-            // Field tag and length prefix included.
-            let n = op.encoded_len() + 8;
-            // One operation is always listed, so paging moves on.
-            if !operations.is_empty() && bytes + n > max_bytes {
-                break;
-            }
-            bytes += n;
-            last = Some(*id);
-            operations.push(op);
-            listed.next();
-        }
-        let more = listed.peek().is_some();
+        // Everyone's with operations-read, else the caller's own.
+        let all = self
+            .0
+            .access
+            .may(&who, instance, Permission::OperationsRead);
+        let (operations, next) =
+            self.0
+                .handles
+                .list(instance, (!all).then_some(&who), after, page, max_bytes);
         Ok(Response::new(ListOperationsResponse {
             operations,
-            next_page_token: match (more, last) {
-                (true, Some(id)) => id.to_string(),
-                _ => String::new(),
-            },
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
             unreachable: vec![],
         }))
     }
@@ -136,23 +111,23 @@ impl Operations for OperationsService {
         &self,
         req: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
-        self.current(&req.into_inner().name).map(Response::new)
+        let who = access::identity(&req);
+        let name = req.into_inner().name;
+        let op = self.as_caller(&who, &name, |c| self.0.handles.get(&name, c))?;
+        Ok(Response::new(op))
     }
 
     async fn delete_operation(
         &self,
         req: Request<DeleteOperationRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let who = access::identity(&req);
         let name = req.into_inner().name;
-        let op = self.current(&name)?;
-        if !op.done {
-            return Err(Status::failed_precondition(format!(
-                "operation {name:?} is still running; cancel it first"
-            )));
+        // The handle goes; its execution too once no handle is left.
+        let orphan = self.as_caller(&who, &name, |c| self.0.handles.delete(&name, c))?;
+        if let Some(exec) = orphan {
+            self.0.forget(&[exec]);
         }
-        // Forgetting the name is enough: the scheduler drops the completed
-        // operation at its retention time.
-        self.0.names.lock().remove(&name);
         Ok(Response::new(Empty {}))
     }
 
@@ -160,16 +135,30 @@ impl Operations for OperationsService {
         &self,
         req: Request<CancelOperationRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let who = access::identity(&req);
         let name = req.into_inner().name;
-        let id = self.0.lookup(&name).ok_or_else(|| unknown(&name))?;
-        let effect = self
-            .0
-            .sched
-            .lock()
-            .cancel(id)
-            .map_err(|e| Status::not_found(e.to_string()))?;
-        self.0.apply_cancel(id, effect);
-        self.0.dispatch();
+        // Under the scheduler lock, so a stream of this handle ending now
+        // cannot also take its waiter off.
+        let cancelled = {
+            let mut sched = self.0.sched.lock();
+            let withdrawn = self.as_caller(&who, &name, |c| self.0.handles.withdraw(&name, c))?;
+            withdrawn.map(|w| {
+                let mut effect = CancelEffect::None;
+                for _ in 0..w.waiters {
+                    match sched.remove_waiter(w.exec) {
+                        CancelEffect::None => {}
+                        e => effect = e,
+                    }
+                }
+                (w.exec, effect)
+            })
+        };
+        if let Some((exec, effect)) = cancelled {
+            tracing::info!(operation = %name, client = %who, last = effect != CancelEffect::None, "operation cancelled by its client");
+            self.0.apply_cancel(exec, effect);
+            self.0.dispatch();
+            self.0.enforce_retention();
+        }
         Ok(Response::new(Empty {}))
     }
 
@@ -177,21 +166,16 @@ impl Operations for OperationsService {
         &self,
         req: Request<WaitOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        let who = access::identity(&req);
         let req = req.into_inner();
-        let id = self.0.lookup(&req.name).ok_or_else(|| unknown(&req.name))?;
-        let mut rx = {
-            let ops = self.0.ops.lock();
-            ops.get(&id)
-                .ok_or_else(|| Status::not_found("operation has expired"))?
-                .watch
-                .subscribe()
-        };
+        let mut rx = self.as_caller(&who, &req.name, |c| self.0.handles.subscribe(&req.name, c))?;
         let limit = req
             .timeout
             .map(|t| Duration::from_secs(t.seconds.max(0) as u64))
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_secs(600));
         let _ = tokio::time::timeout(limit, rx.wait_for(|s| s.response.is_some())).await;
-        self.current(&req.name).map(Response::new)
+        let op = self.as_caller(&who, &req.name, |c| self.0.handles.get(&req.name, c))?;
+        Ok(Response::new(op))
     }
 }
