@@ -490,6 +490,9 @@ impl<P: Clone, R> Scheduler<P, R> {
     pub fn next_assignments(&mut self) -> Vec<Assignment<P>> {
         let mut out = Vec::new();
         let has_room = |w: &Worker| (w.busy.len() as u32) < w.slots;
+        if !self.workers.values().any(has_room) {
+            return out;
+        }
         // The platforms some free slot can serve; one drops out when its
         // last matching slot is taken.
         let mut runnable: BTreeSet<ClassId> = self

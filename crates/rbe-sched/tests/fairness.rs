@@ -310,3 +310,66 @@ fn requeued_work_keeps_its_place_and_its_account() {
     s.cancel(first).expect("cancel");
     assert_eq!(s.client_counts("alice"), (2, 0));
 }
+
+/// Not a test: a figure. 10,000 operations queued by 100 clients, 300
+/// workers of 4 slots and 10 GPU workers of 1, about 3,000 of the oldest
+/// operations waiting for the busy GPU workers; prints the cost of one
+/// freed CPU slot (complete, assign, submit, assign). Run with
+/// `cargo test --release -p rbe-sched --test fairness -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn cost_per_freed_slot_with_10000_queued() {
+    let mut s: Sched = Scheduler::new(
+        SchedConfig {
+            max_queued: 1_000_000,
+            max_queued_per_client: 1_000_000,
+            ..Default::default()
+        },
+        Arc::new(rbe_sched::SystemClock::default()),
+    );
+    let gpu = Platform::from_pairs([("gpu", "1")]);
+    let cpu_workers: Vec<WorkerId> = (0..300)
+        .map(|_| s.worker_connect(4, Platform::default()))
+        .collect();
+    for _ in 0..10 {
+        s.worker_connect(1, gpu.clone());
+    }
+    let mut running: VecDeque<(OpId, WorkerId)> = VecDeque::new();
+    let mut n = 0;
+    let mut submit = |s: &mut Sched, i: u32, p: Platform, running: &mut VecDeque<_>| {
+        n += 1;
+        let tenant = t(&format!("c{}", i % 100), "inv");
+        s.submit(key(n), p, 0, tenant, n).expect("submit");
+        for a in s.next_assignments() {
+            running.push_back((a.op, a.worker));
+        }
+    };
+    for i in 0..11_210 {
+        let p = if i < 6_210 && i % 2 == 0 {
+            gpu.clone()
+        } else {
+            Platform::default()
+        };
+        submit(&mut s, i, p, &mut running);
+    }
+    assert_eq!(s.counts().queued, 10_000);
+    let cycles = 5_000;
+    let t0 = std::time::Instant::now();
+    for c in 0..cycles {
+        let pos = running
+            .iter()
+            .position(|(_, w)| cpu_workers.contains(w))
+            .expect("a CPU operation runs");
+        let (op, w) = running.remove(pos).expect("op");
+        assert!(s.complete(op, w, "ok"));
+        for a in s.next_assignments() {
+            running.push_back((a.op, a.worker));
+        }
+        submit(&mut s, c, Platform::default(), &mut running);
+    }
+    eprintln!(
+        "per freed slot with {} queued: {:?}",
+        s.counts().queued,
+        t0.elapsed() / cycles
+    );
+}
