@@ -391,7 +391,7 @@ impl FairQueue {
         let (priority, _, client) = best?;
         // Its best invocation, over the runnable platforms where it has
         // work at that priority (none has anything more urgent).
-        let mut pick: Option<(Key, &Arc<str>, ClassId)> = None;
+        let mut pick: Option<(Key, &Arc<str>, u64, ClassId)> = None;
         for &class in runnable {
             let Some(lc) = self
                 .lanes
@@ -403,11 +403,13 @@ impl FairQueue {
             let Some((key, inv)) = lc.order.first() else {
                 continue;
             };
-            if pick.is_none_or(|(k, i, _)| (*key, inv) < (k, i)) {
-                pick = Some((*key, inv, class));
+            // Equal keys in two lanes: the older head goes first.
+            let oldest = lc.invocations.get(inv).and_then(|i| i.oldest)?;
+            if pick.is_none_or(|(k, i, o, _)| (*key, inv, oldest) < (k, i, o)) {
+                pick = Some((*key, inv, oldest, class));
             }
         }
-        let (_, inv, class) = pick?;
+        let (_, inv, _, class) = pick?;
         let &(_, id) = self
             .lanes
             .get(&(class, priority))?
@@ -418,5 +420,115 @@ impl FairQueue {
             .ops
             .first()?;
         Some((id, class))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queue's choice recomputed from scratch, from the entries and
+    /// the accounts alone: catches keys left stale by the incremental
+    /// bookkeeping.
+    fn reference(q: &FairQueue) -> Option<OpId> {
+        let acct = |a: Option<&Account>| a.map_or((0, 0), |a| (a.executing, a.last_start));
+        let top = |class: ClassId| {
+            q.entries
+                .values()
+                .filter(|e| e.class == class)
+                .map(|e| e.priority)
+                .min()
+        };
+        // Every op in its class's most urgent lane, with its keys.
+        let mut best: Option<((i32, Key, Arc<str>), (Key, Arc<str>), u64, OpId)> = None;
+        for (&id, e) in &q.entries {
+            if top(e.class) != Some(e.priority) {
+                continue;
+            }
+            // Oldest over the runnable lanes at this priority (those that
+            // are their platform's most urgent).
+            let lane = |f: &dyn Fn(&Entry) -> bool| {
+                q.entries
+                    .values()
+                    .filter(|x| x.priority == e.priority && top(x.class) == Some(e.priority))
+                    .filter(|x| f(x))
+                    .map(|x| x.seq)
+                    .min()
+                    .unwrap_or(0)
+            };
+            let (ce, cl) = acct(q.clients.get(&e.tenant.client));
+            let (ie, il) = acct(q.invocations.get(&inv_id(&e.tenant)));
+            let c_oldest = lane(&|x| x.tenant.client == e.tenant.client);
+            let i_oldest = lane(&|x| x.tenant == e.tenant);
+            let client = (e.priority, (ce, c_oldest.max(cl)), e.tenant.client.clone());
+            let inv = ((ie, i_oldest.max(il)), e.tenant.invocation.clone());
+            let cand = (client, inv, e.seq, id);
+            if best.as_ref().is_none_or(|b| cand < *b) {
+                best = Some(cand);
+            }
+        }
+        best.map(|b| b.3)
+    }
+
+    #[test]
+    fn incremental_choice_matches_the_definition() {
+        let mut q = FairQueue::default();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let platforms = [
+            Platform::default(),
+            Platform::from_pairs([("gpu", "1")]),
+            Platform::from_pairs([("os", "mac")]),
+        ];
+        let mut running: Vec<Tenant> = Vec::new();
+        let mut next = 1u64;
+        // Pushes and starts balance, so the queue stays small enough for
+        // the quadratic reference.
+        for step in 0..4_000 {
+            match rnd(10) {
+                0..=3 => {
+                    let t = Tenant::new(format!("c{}", rnd(4)), format!("i{}", rnd(3)));
+                    let p = &platforms[rnd(3) as usize];
+                    q.push(next, next, rnd(3) as i32 - 1, &t, p);
+                    next += 1;
+                }
+                5 if !q.entries.is_empty() => {
+                    // A cancellation: any queued operation.
+                    let ids: Vec<OpId> = q.entries.keys().copied().collect();
+                    q.remove(ids[rnd(ids.len() as u64) as usize]);
+                }
+                4 | 6 | 7 => {
+                    let runnable: BTreeSet<ClassId> = q.classes.keys().copied().collect();
+                    let chosen = q.choose(&runnable).map(|(id, _)| id);
+                    assert_eq!(chosen, reference(&q), "step {step}");
+                    if let Some(id) = chosen {
+                        let t = q.remove(id).expect("queued");
+                        q.started(&t, next);
+                        next += 1;
+                        running.push(t);
+                    }
+                }
+                _ if !running.is_empty() => {
+                    let t = running.swap_remove(rnd(running.len() as u64) as usize);
+                    q.stopped(&t);
+                }
+                _ => {}
+            }
+        }
+        // Drained, nothing is left behind.
+        for t in running.drain(..) {
+            q.stopped(&t);
+        }
+        let ids: Vec<OpId> = q.entries.keys().copied().collect();
+        for id in ids {
+            q.remove(id);
+        }
+        assert!(q.lanes.is_empty() && q.classes.is_empty() && q.class_ids.is_empty());
+        assert!(q.clients.is_empty() && q.invocations.is_empty());
     }
 }
