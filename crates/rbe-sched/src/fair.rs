@@ -440,7 +440,8 @@ mod tests {
                 .min()
         };
         // Every op in its class's most urgent lane, with its keys.
-        let mut best: Option<((i32, Key, Arc<str>), (Key, Arc<str>), u64, OpId)> = None;
+        type Candidate = ((i32, Key, Arc<str>), (Key, Arc<str>), u64, OpId);
+        let mut best: Option<Candidate> = None;
         for (&id, e) in &q.entries {
             if top(e.class) != Some(e.priority) {
                 continue;
