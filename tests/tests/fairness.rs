@@ -307,3 +307,48 @@ async fn a_client_over_its_queue_limit_is_resource_exhausted_with_retry_info() {
     }
     assert!(s.alive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_client_limit_applies_on_reload() {
+    let mut s = Stack::start_configured("", "", "[worker]\nslots = 1\n").await;
+    let c = Client::new(&s, "reloaded");
+    let blocker = actions(&c.ch, &["/bin/sh", "-c", "exec sleep 600"], &salts("b", 1)).await;
+    let mut bs = c.execute(&blocker[0]).await.expect("Execute");
+    let blocker_name = until_stage(&mut bs, S::Executing).await;
+    let work = actions(&c.ch, &["/bin/true"], &salts("w", 3)).await;
+    let mut queued = Vec::new();
+    for a in &work[..2] {
+        queued.push(c.queue(a).await.0);
+    }
+
+    let config_dir = &s.casd.layout.config_dir;
+    std::fs::write(
+        config_dir.join("frontend.toml.d").join("60-reload.toml"),
+        "[execution]\nmax_queued_per_client = 2\n",
+    )
+    .expect("drop-in");
+    let pid = s.frontend_pid().expect("frontend runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let log = s.tmp.path().join("frontend.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("configuration reloaded")
+    {
+        assert!(std::time::Instant::now() < deadline, "no reload logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = c.execute(&work[2]).await.expect_err("over the new limit");
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("max_queued_per_client"), "{st:?}");
+
+    c.cancel(&blocker_name).await;
+    for stream in queued {
+        started_at(stream).await;
+    }
+    assert!(s.alive());
+}
