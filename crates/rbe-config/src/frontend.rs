@@ -110,6 +110,9 @@ pub struct Execution {
     pub max_timeout_secs: u64,
     /// Queued actions beyond this are refused with RESOURCE_EXHAUSTED.
     pub max_queued: u64,
+    /// Queued actions of one client beyond this are refused with
+    /// RESOURCE_EXHAUSTED, so that no client fills the queue alone.
+    pub max_queued_per_client: u64,
     /// How long completed operations stay visible to WaitExecution and
     /// GetOperation, in seconds.
     pub operation_retention_secs: u64,
@@ -132,6 +135,7 @@ impl Default for Execution {
             default_timeout_secs: 900,
             max_timeout_secs: 3600,
             max_queued: 10_000,
+            max_queued_per_client: 5_000,
             operation_retention_secs: 600,
             unmatchable_grace_secs: 30,
             drain_timeout_secs: 20,
@@ -146,6 +150,7 @@ struct ExecutionFragment {
     default_timeout_secs: Option<u64>,
     max_timeout_secs: Option<u64>,
     max_queued: Option<u64>,
+    max_queued_per_client: Option<u64>,
     operation_retention_secs: Option<u64>,
     unmatchable_grace_secs: Option<u64>,
     drain_timeout_secs: Option<u64>,
@@ -285,6 +290,7 @@ impl FrontendFragment {
             default_timeout_secs: e.default_timeout_secs.unwrap_or(de.default_timeout_secs),
             max_timeout_secs: e.max_timeout_secs.unwrap_or(de.max_timeout_secs),
             max_queued: e.max_queued.unwrap_or(de.max_queued),
+            max_queued_per_client: e.max_queued_per_client.unwrap_or(de.max_queued_per_client),
             operation_retention_secs: e
                 .operation_retention_secs
                 .unwrap_or(de.operation_retention_secs),
@@ -315,6 +321,10 @@ impl FrontendFragment {
             ),
             ("execution.max_timeout_secs", execution.max_timeout_secs),
             ("execution.max_queued", execution.max_queued),
+            (
+                "execution.max_queued_per_client",
+                execution.max_queued_per_client,
+            ),
         ] {
             if v == 0 {
                 return Err(prov.error(key, "must be greater than 0"));

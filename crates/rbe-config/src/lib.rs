@@ -98,6 +98,7 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "execution.default_timeout_secs",
             "execution.max_timeout_secs",
             "execution.max_queued",
+            "execution.max_queued_per_client",
             "execution.operation_retention_secs",
             "execution.unmatchable_grace_secs",
             "execution.drain_timeout_secs",

@@ -272,6 +272,24 @@ fn range_checks() {
 }
 
 #[test]
+fn max_queued_per_client_is_read_and_not_zero() {
+    let t = Tree::new();
+    t.write(
+        "etc/frontend.toml",
+        "[execution]\nmax_queued_per_client = 7\n",
+    );
+    let s = load_frontend(&t.dirs()).unwrap();
+    assert_eq!(s.execution.max_queued_per_client, 7);
+    assert_eq!(s.execution.max_queued, 10_000);
+    t.write(
+        "etc/frontend.toml",
+        "[execution]\nmax_queued_per_client = 0\n",
+    );
+    let e = load_frontend(&t.dirs()).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("execution.max_queued_per_client"));
+}
+
+#[test]
 fn dropin_overrides_main_file() {
     let t = Tree::new();
     let main = t.write(

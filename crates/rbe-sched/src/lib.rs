@@ -5,17 +5,21 @@
 //! send, kills to request, waiters to wake).
 //!
 //! - [`platform`]: platform properties and matching.
-//! - [`scheduler`]: the queue, in-flight deduplication, workers and slots.
+//! - [`fair`]: the order queued operations start in: priority, then fair
+//!   shares across clients and their invocations.
+//! - [`scheduler`]: operations, in-flight deduplication, workers and slots.
 //!
-//! To change a policy (say, fairness between instances), change
-//! `Scheduler::next_assignments`; every decision is made there.
+//! To change the order operations start in, change [`fair`]; which worker
+//! runs them is decided in `Scheduler::next_assignments`.
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod fair;
 pub mod platform;
 pub mod scheduler;
 
 pub use clock::{Clock, FakeClock, SystemClock};
+pub use fair::Tenant;
 pub use platform::Platform;
 pub use scheduler::{
     ActionKey, Assignment, CancelEffect, Counts, OpId, OpView, Outcome, SchedConfig, SchedError,

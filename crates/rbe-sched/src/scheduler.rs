@@ -1,16 +1,18 @@
 //! Operations, the queue and the workers.
 //!
 //! Life of an operation: `submit` (or join an identical one in flight) ->
-//! queued in (priority, arrival) order -> `next_assignments` gives it a slot
-//! on a worker whose platform satisfies it -> `complete`/`fail` -> kept for
-//! `retention`, then `expire` drops it. `cancel`, or the last waiter leaving,
-//! ends it early; a worker that disconnects has its operations re-queued.
+//! queued, accounted to its [`Tenant`] -> `next_assignments` gives it a slot
+//! on a worker whose platform satisfies it, in the fair order of
+//! [`crate::fair`] -> `complete`/`fail` -> kept for `retention`, then
+//! `expire` drops it. `cancel`, or the last waiter leaving, ends it early; a
+//! worker that disconnects has its operations re-queued.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::fair::{ClassId, FairQueue, Tenant};
 use crate::platform::Platform;
 
 /// How often an operation is re-queued after losing its worker.
@@ -59,6 +61,8 @@ pub enum Outcome<R> {
 pub struct SchedConfig {
     /// Queued operations beyond this are refused.
     pub max_queued: usize,
+    /// Queued operations of one client beyond this are refused.
+    pub max_queued_per_client: usize,
     /// How long a client should wait before retrying a refused submission.
     pub retry_after: Duration,
     /// How long completed operations stay visible.
@@ -73,6 +77,7 @@ impl Default for SchedConfig {
     fn default() -> Self {
         SchedConfig {
             max_queued: 10_000,
+            max_queued_per_client: 5_000,
             retry_after: Duration::from_secs(1),
             retention: Duration::from_secs(600),
             max_completed: 100_000,
@@ -82,13 +87,25 @@ impl Default for SchedConfig {
 }
 
 /// Refusals.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum SchedError {
     /// The queue is at `max_queued`.
     #[error("the queue is full ({queued} operations); retry in {retry_after:?}")]
     QueueFull {
         /// Operations queued.
         queued: usize,
+        /// Suggested wait.
+        retry_after: Duration,
+    },
+    /// The client has `max_queued_per_client` operations queued.
+    #[error("client {client:?} has {queued} operations queued, its limit is {limit}; retry in {retry_after:?}")]
+    ClientQueueFull {
+        /// The client's name.
+        client: String,
+        /// Its operations queued.
+        queued: usize,
+        /// The limit per client.
+        limit: usize,
         /// Suggested wait.
         retry_after: Duration,
     },
@@ -136,6 +153,7 @@ struct Op<P, R> {
     platform: Platform,
     priority: i32,
     seq: u64,
+    tenant: Tenant,
     stage: Stage,
     waiters: u32,
     worker: Option<WorkerId>,
@@ -184,7 +202,7 @@ pub struct Scheduler<P, R> {
     clock: Arc<dyn Clock>,
     ops: HashMap<OpId, Op<P, R>>,
     in_flight: HashMap<ActionKey, OpId>,
-    queue: BTreeSet<(i32, u64, OpId)>,
+    queue: FairQueue,
     completed: VecDeque<OpId>,
     workers: HashMap<WorkerId, Worker>,
     next_id: u64,
@@ -204,7 +222,7 @@ impl<P: Clone, R> Scheduler<P, R> {
             clock,
             ops: HashMap::new(),
             in_flight: HashMap::new(),
-            queue: BTreeSet::new(),
+            queue: FairQueue::default(),
             completed: VecDeque::new(),
             workers: HashMap::new(),
             next_id: 1,
@@ -238,7 +256,8 @@ impl<P: Clone, R> Scheduler<P, R> {
         })
     }
 
-    /// Submits an action, or joins the identical one already in flight.
+    /// Submits an action for `tenant`, or joins the identical one already
+    /// in flight (which stays accounted to whoever submitted it first).
     /// Returns the operation and whether it is new. With no worker
     /// connected at all the action waits (a worker may be restarting).
     pub fn submit(
@@ -246,6 +265,7 @@ impl<P: Clone, R> Scheduler<P, R> {
         key: ActionKey,
         platform: Platform,
         priority: i32,
+        tenant: Tenant,
         payload: P,
     ) -> Result<(OpId, bool), SchedError> {
         if let Some(&id) = self.in_flight.get(&key) {
@@ -263,9 +283,18 @@ impl<P: Clone, R> Scheduler<P, R> {
                 retry_after: self.cfg.retry_after,
             });
         }
+        let queued = self.queue.queued_of(&tenant.client);
+        if queued >= self.cfg.max_queued_per_client {
+            return Err(SchedError::ClientQueueFull {
+                client: tenant.client.to_string(),
+                queued,
+                limit: self.cfg.max_queued_per_client,
+                retry_after: self.cfg.retry_after,
+            });
+        }
         let id = self.fresh_id();
         let seq = self.fresh_id();
-        self.queue.insert((priority, seq, id));
+        self.queue.push(id, seq, priority, &tenant, &platform);
         self.in_flight.insert(key.clone(), id);
         let now = self.clock.now();
         self.ops.insert(
@@ -275,6 +304,7 @@ impl<P: Clone, R> Scheduler<P, R> {
                 platform,
                 priority,
                 seq,
+                tenant,
                 stage: Stage::Queued,
                 waiters: 1,
                 worker: None,
@@ -310,6 +340,7 @@ impl<P: Clone, R> Scheduler<P, R> {
                 platform: Platform::default(),
                 priority: 0,
                 seq,
+                tenant: Tenant::default(),
                 stage: Stage::Completed,
                 waiters: 0,
                 worker: None,
@@ -367,8 +398,12 @@ impl<P: Clone, R> Scheduler<P, R> {
     fn finish(&mut self, id: OpId, outcome: Outcome<R>) {
         let now = self.clock.now();
         if let Some(op) = self.ops.get_mut(&id) {
-            if op.stage == Stage::Queued {
-                self.queue.remove(&(op.priority, op.seq, id));
+            match op.stage {
+                Stage::Queued => {
+                    self.queue.remove(id);
+                }
+                Stage::Executing => self.queue.stopped(&op.tenant),
+                Stage::Completed => {}
             }
             op.stage = Stage::Completed;
             op.outcome = Some(outcome);
@@ -428,7 +463,9 @@ impl<P: Clone, R> Scheduler<P, R> {
                     }
                     op.stage = Stage::Queued;
                     op.worker = None;
-                    self.queue.insert((op.priority, op.seq, id));
+                    self.queue.stopped(&op.tenant);
+                    self.queue
+                        .push(id, op.seq, op.priority, &op.tenant, &op.platform);
                     requeued.push(id);
                 }
             }
@@ -446,43 +483,52 @@ impl<P: Clone, R> Scheduler<P, R> {
         requeued
     }
 
-    /// Assigns queued operations to free, matching slots, in priority then
-    /// arrival order. A worker with more free slots is preferred, which
-    /// spreads load when several match.
+    /// Assigns queued operations to free, matching slots, in the fair
+    /// order of [`crate::fair`] (priority first). An operation no free
+    /// worker can run waits without holding up the others. A worker with
+    /// more free slots is preferred, which spreads load when several match.
     pub fn next_assignments(&mut self) -> Vec<Assignment<P>> {
         let mut out = Vec::new();
-        let mut free: usize = self
-            .workers
-            .values()
-            .map(|w| w.slots as usize - w.busy.len().min(w.slots as usize))
-            .sum();
-        if free == 0 {
+        let has_room = |w: &Worker| (w.busy.len() as u32) < w.slots;
+        if !self.workers.values().any(has_room) {
             return out;
         }
+        // The platforms some free slot can serve; one drops out when its
+        // last matching slot is taken.
+        let mut runnable: BTreeSet<ClassId> = self
+            .queue
+            .classes()
+            .filter(|(_, p)| {
+                self.workers
+                    .values()
+                    .any(|w| has_room(w) && w.platform.satisfies(p))
+            })
+            .map(|(c, _)| c)
+            .collect();
         let now = self.clock.now();
-        let queued: Vec<(i32, u64, OpId)> = self.queue.iter().copied().collect();
-        for entry in queued {
-            if free == 0 {
-                break;
-            }
-            let id = entry.2;
-            let Some(op) = self.ops.get(&id) else {
+        while let Some((id, class)) = self.queue.choose(&runnable) {
+            let Some(need) = self.queue.platform(class) else {
+                runnable.remove(&class);
                 continue;
             };
             let best = self
                 .workers
                 .iter()
-                .filter(|(_, w)| {
-                    (w.busy.len() as u32) < w.slots && w.platform.satisfies(&op.platform)
-                })
+                .filter(|(_, w)| has_room(w) && w.platform.satisfies(need))
                 .max_by_key(|(wid, w)| (w.slots as usize - w.busy.len(), std::cmp::Reverse(**wid)))
                 .map(|(wid, _)| *wid);
-            let Some(wid) = best else { continue };
-            self.queue.remove(&entry);
+            let Some(wid) = best else {
+                runnable.remove(&class);
+                continue;
+            };
+            let Some(tenant) = self.queue.remove(id) else {
+                break;
+            };
+            let stamp = self.fresh_id();
+            self.queue.started(&tenant, stamp);
             if let Some(w) = self.workers.get_mut(&wid) {
                 w.busy.insert(id);
             }
-            free -= 1;
             if let Some(op) = self.ops.get_mut(&id) {
                 op.stage = Stage::Executing;
                 op.worker = Some(wid);
@@ -552,17 +598,22 @@ impl<P: Clone, R> Scheduler<P, R> {
         let now = self.clock.now();
         let mut failed = Vec::new();
         if !self.workers.is_empty() {
-            let stale: Vec<(OpId, SchedError)> = self
-                .queue
-                .iter()
-                .filter_map(|&(_, _, id)| {
-                    let op = self.ops.get(&id)?;
-                    if now.saturating_sub(op.queued_at) < self.cfg.unmatchable_grace {
-                        return None;
+            let mut stale: Vec<(OpId, SchedError)> = Vec::new();
+            for (class, platform) in self.queue.classes() {
+                let Some(e) = self.unmatchable(platform) else {
+                    continue;
+                };
+                for id in self.queue.class_ops(class) {
+                    let waited = self
+                        .ops
+                        .get(&id)
+                        .map_or(Duration::ZERO, |op| now.saturating_sub(op.queued_at));
+                    if waited >= self.cfg.unmatchable_grace {
+                        stale.push((id, e.clone()));
                     }
-                    self.unmatchable(&op.platform).map(|e| (id, e))
-                })
-                .collect();
+                }
+            }
+            stale.sort_unstable_by_key(|(id, _)| *id);
             for (id, e) in stale {
                 self.finish(id, Outcome::Failed(e.to_string()));
                 failed.push(id);
@@ -581,6 +632,14 @@ impl<P: Clone, R> Scheduler<P, R> {
             self.ops.remove(&id);
         }
         failed
+    }
+
+    /// Operations `client` has queued and executing.
+    pub fn client_counts(&self, client: &str) -> (usize, u32) {
+        (
+            self.queue.queued_of(client),
+            self.queue.executing_of(client),
+        )
     }
 
     /// Live figures.

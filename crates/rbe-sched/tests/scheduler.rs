@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rbe_sched::{
     ActionKey, CancelEffect, FakeClock, Outcome, Platform, SchedConfig, SchedError, Scheduler,
-    Stage,
+    Stage, Tenant,
 };
 
 fn key(n: u32) -> ActionKey {
@@ -20,6 +20,11 @@ fn sched(cfg: SchedConfig) -> (Scheduler<u32, &'static str>, Arc<FakeClock>) {
     (Scheduler::new(cfg, clock.clone()), clock)
 }
 
+/// The tenant of tests that are not about fairness.
+fn anon() -> Tenant {
+    Tenant::new("anonymous", "")
+}
+
 fn linux() -> Platform {
     Platform::from_pairs([("OSFamily", "linux")])
 }
@@ -28,19 +33,22 @@ fn linux() -> Platform {
 fn identical_actions_run_once_and_everyone_gets_the_result() {
     let (mut s, _) = sched(SchedConfig::default());
     let w = s.worker_connect(2, linux());
-    let (a, new_a) = s.submit(key(1), linux(), 0, 1).expect("submit");
-    let (b, new_b) = s.submit(key(1), linux(), 0, 1).expect("submit");
+    let (a, new_a) = s.submit(key(1), linux(), 0, anon(), 1).expect("submit");
+    let (b, new_b) = s.submit(key(1), linux(), 0, anon(), 1).expect("submit");
     assert!(new_a && !new_b);
     assert_eq!(a, b);
     assert_eq!(s.get(a).expect("op").waiters, 2);
     let asg = s.next_assignments();
     assert_eq!(asg.len(), 1);
     // A third identical request while it runs joins too.
-    assert_eq!(s.submit(key(1), linux(), 0, 1).expect("submit").0, a);
+    assert_eq!(
+        s.submit(key(1), linux(), 0, anon(), 1).expect("submit").0,
+        a
+    );
     assert!(s.complete(a, w, "ok"));
     assert_eq!(s.get(a).expect("op").outcome, Some(&Outcome::Done("ok")));
     // Once completed, the same action runs again as a new operation.
-    let (c, new_c) = s.submit(key(1), linux(), 0, 1).expect("submit");
+    let (c, new_c) = s.submit(key(1), linux(), 0, anon(), 1).expect("submit");
     assert!(new_c && c != a);
 }
 
@@ -48,10 +56,14 @@ fn identical_actions_run_once_and_everyone_gets_the_result() {
 fn priority_then_arrival_order_and_slots() {
     let (mut s, _) = sched(SchedConfig::default());
     let (low, _) = s
-        .submit(key(1), Platform::default(), 10, 1)
+        .submit(key(1), Platform::default(), 10, anon(), 1)
         .expect("submit");
-    let (first, _) = s.submit(key(2), Platform::default(), 0, 2).expect("submit");
-    let (second, _) = s.submit(key(3), Platform::default(), 0, 3).expect("submit");
+    let (first, _) = s
+        .submit(key(2), Platform::default(), 0, anon(), 2)
+        .expect("submit");
+    let (second, _) = s
+        .submit(key(3), Platform::default(), 0, anon(), 3)
+        .expect("submit");
     assert!(
         s.next_assignments().is_empty(),
         "no worker yet: everything waits"
@@ -74,6 +86,7 @@ fn platform_mismatch_fails_fast_with_a_clear_message() {
             key(1),
             Platform::from_pairs([("OSFamily", "windows")]),
             0,
+            anon(),
             1,
         )
         .expect_err("unmatchable");
@@ -96,7 +109,7 @@ fn unmatchable_queued_work_fails_after_grace_when_workers_change() {
         ..Default::default()
     });
     let (op, _) = s
-        .submit(key(1), Platform::from_pairs([("gpu", "1")]), 0, 1)
+        .submit(key(1), Platform::from_pairs([("gpu", "1")]), 0, anon(), 1)
         .expect("queued with no workers");
     s.worker_connect(1, linux());
     assert!(s.tick().is_empty());
@@ -114,10 +127,12 @@ fn bounded_queue_refuses_with_retry_hint() {
         retry_after: Duration::from_secs(3),
         ..Default::default()
     });
-    s.submit(key(1), Platform::default(), 0, 1).expect("1");
-    s.submit(key(2), Platform::default(), 0, 2).expect("2");
+    s.submit(key(1), Platform::default(), 0, anon(), 1)
+        .expect("1");
+    s.submit(key(2), Platform::default(), 0, anon(), 2)
+        .expect("2");
     assert_eq!(
-        s.submit(key(3), Platform::default(), 0, 3)
+        s.submit(key(3), Platform::default(), 0, anon(), 3)
             .expect_err("full"),
         SchedError::QueueFull {
             queued: 2,
@@ -125,15 +140,19 @@ fn bounded_queue_refuses_with_retry_hint() {
         }
     );
     // Joining an identical in-flight action is not new work: allowed.
-    assert!(s.submit(key(1), Platform::default(), 0, 1).is_ok());
+    assert!(s.submit(key(1), Platform::default(), 0, anon(), 1).is_ok());
 }
 
 #[test]
 fn cancellation_and_last_waiter_leaving() {
     let (mut s, _) = sched(SchedConfig::default());
     let w = s.worker_connect(1, Platform::default());
-    let (queued, _) = s.submit(key(1), Platform::default(), 5, 1).expect("submit");
-    let (running, _) = s.submit(key(2), Platform::default(), 0, 2).expect("submit");
+    let (queued, _) = s
+        .submit(key(1), Platform::default(), 5, anon(), 1)
+        .expect("submit");
+    let (running, _) = s
+        .submit(key(2), Platform::default(), 0, anon(), 2)
+        .expect("submit");
     assert_eq!(s.next_assignments()[0].op, running);
     assert_eq!(s.cancel(queued), Ok(CancelEffect::Dequeued));
     assert_eq!(s.counts().queued, 0);
@@ -159,8 +178,12 @@ fn cancellation_and_last_waiter_leaving() {
 fn worker_loss_requeues_in_place() {
     let (mut s, _) = sched(SchedConfig::default());
     let w1 = s.worker_connect(1, Platform::default());
-    let (a, _) = s.submit(key(1), Platform::default(), 0, 1).expect("a");
-    let (b, _) = s.submit(key(2), Platform::default(), 0, 2).expect("b");
+    let (a, _) = s
+        .submit(key(1), Platform::default(), 0, anon(), 1)
+        .expect("a");
+    let (b, _) = s
+        .submit(key(2), Platform::default(), 0, anon(), 2)
+        .expect("b");
     assert_eq!(s.next_assignments()[0].op, a);
     assert_eq!(s.worker_disconnect(w1), vec![a]);
     let w2 = s.worker_connect(1, Platform::default());
@@ -185,7 +208,9 @@ fn completed_operations_expire_after_retention() {
         ..Default::default()
     });
     let w = s.worker_connect(1, Platform::default());
-    let (a, _) = s.submit(key(1), Platform::default(), 0, 1).expect("a");
+    let (a, _) = s
+        .submit(key(1), Platform::default(), 0, anon(), 1)
+        .expect("a");
     s.next_assignments();
     s.complete(a, w, "ok");
     clock.advance(Duration::from_secs(59));
@@ -203,7 +228,8 @@ fn load_spreads_to_the_worker_with_most_free_slots() {
     let small = s.worker_connect(1, Platform::default());
     let big = s.worker_connect(4, Platform::default());
     for n in 0..3 {
-        s.submit(key(n), Platform::default(), 0, n).expect("submit");
+        s.submit(key(n), Platform::default(), 0, anon(), n)
+            .expect("submit");
     }
     let workers: Vec<_> = s.next_assignments().iter().map(|a| a.worker).collect();
     assert_eq!(workers, vec![big, big, big]);
@@ -213,7 +239,9 @@ fn load_spreads_to_the_worker_with_most_free_slots() {
 #[test]
 fn an_action_that_keeps_losing_its_worker_is_given_up() {
     let (mut s, _) = sched(SchedConfig::default());
-    let (a, _) = s.submit(key(1), Platform::default(), 0, 1).expect("a");
+    let (a, _) = s
+        .submit(key(1), Platform::default(), 0, anon(), 1)
+        .expect("a");
     for round in 0..=rbe_sched::scheduler::MAX_REQUEUES {
         let w = s.worker_connect(1, Platform::default());
         assert_eq!(s.next_assignments()[0].op, a, "round {round}");
@@ -234,7 +262,7 @@ fn join_finds_only_actions_in_flight() {
     let (mut s, _) = sched(SchedConfig::default());
     let w = s.worker_connect(1, linux());
     assert_eq!(s.join(&key(1)), None, "nothing in flight yet");
-    let (a, _) = s.submit(key(1), linux(), 0, 1).expect("submit");
+    let (a, _) = s.submit(key(1), linux(), 0, anon(), 1).expect("submit");
     assert_eq!(s.join(&key(1)), Some(a));
     assert_eq!(s.get(a).expect("op").waiters, 2);
     assert_eq!(s.join(&key(2)), None);
@@ -247,7 +275,9 @@ fn join_finds_only_actions_in_flight() {
 #[test]
 fn forget_drops_only_completed_operations() {
     let (mut s, _) = sched(SchedConfig::default());
-    let (queued, _) = s.submit(key(1), Platform::default(), 0, 1).expect("submit");
+    let (queued, _) = s
+        .submit(key(1), Platform::default(), 0, anon(), 1)
+        .expect("submit");
     assert!(!s.forget(queued), "a queued operation is not forgotten");
     let hit = s.record_completed(key(2), 2);
     assert!(s.forget(hit));

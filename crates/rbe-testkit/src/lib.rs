@@ -114,7 +114,32 @@ pub fn disk_tmp() -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// `RBE_TEST_PORTS=<first>-<last>` confines it to a range, for machines
+/// where several test suites run side by side, each in its own range.
 pub fn free_port() -> u16 {
+    if let Some((lo, hi)) = std::env::var("RBE_TEST_PORTS").ok().and_then(|r| {
+        let (lo, hi) = r.split_once('-')?;
+        Some((
+            lo.trim().parse::<u16>().ok()?,
+            hi.trim().parse::<u16>().ok()?,
+        ))
+    }) {
+        // Round robin from a per-process start, so that a port just handed
+        // out is not handed out again before its daemon has bound it.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let span = u32::from(hi.saturating_sub(lo)) + 1;
+        for _ in 0..span {
+            let n = NEXT
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_add(std::process::id())
+                % span;
+            let port = lo + n as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        panic!("no free port in RBE_TEST_PORTS={lo}-{hi}");
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }

@@ -20,7 +20,7 @@ use rbe_proto::reapi::{
 };
 use rbe_proto::worker::Assignment;
 use rbe_proto::{Digest, DigestFunction};
-use rbe_sched::{ActionKey, OpId, Platform, SchedError, Scheduler, Stage};
+use rbe_sched::{ActionKey, OpId, Platform, SchedError, Scheduler, Stage, Tenant};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
@@ -42,6 +42,17 @@ fn invocation_id<T>(req: &Request<T>) -> String {
         .and_then(|b| reapi::RequestMetadata::decode(b.as_ref()).ok())
         .map(|m| m.tool_invocation_id)
         .unwrap_or_default()
+}
+
+/// Whom the scheduler accounts the request's work to, for fair sharing:
+/// the caller's identity (from the auth layer; `anonymous` without one)
+/// and its Bazel invocation.
+fn tenant_of<T>(req: &Request<T>, invocation: &str) -> Tenant {
+    let client = req
+        .extensions()
+        .get::<rbe_auth::Identity>()
+        .map_or("anonymous", rbe_auth::Identity::name);
+    Tenant::new(client, invocation)
 }
 
 /// Reads a small blob (an Action or a Command) from casd.
@@ -309,6 +320,10 @@ fn sched_status(e: SchedError) -> Status {
         SchedError::QueueFull { retry_after, .. } => {
             rbe_proto::status::exhausted_retry(e.to_string(), retry_after)
         }
+        SchedError::ClientQueueFull { retry_after, .. } => rbe_proto::status::exhausted_retry(
+            format!("{e} (execution.max_queued_per_client)"),
+            retry_after,
+        ),
         SchedError::NoMatchingWorker { .. } => Status::failed_precondition(e.to_string()),
         SchedError::UnknownOperation(_) => Status::internal(e.to_string()),
     }
@@ -340,6 +355,7 @@ impl Execution for ExecutionService {
         )?;
         let invocation = invocation_id(&req);
         let owner = access::identity(&req);
+        let tenant = tenant_of(&req, &invocation);
         let req = req.into_inner();
         rbe_proto::resource::validate_instance(&req.instance_name).map_err(|r| {
             Status::invalid_argument(format!("instance name {:?}: {r}", req.instance_name))
@@ -453,7 +469,7 @@ impl Execution for ExecutionService {
                 Some(r) => Err(r),
                 None => {
                     let (id, new) = sched
-                        .submit(key, platform, priority, assignment)
+                        .submit(key, platform, priority, tenant, assignment)
                         .map_err(sched_status)?;
                     if new {
                         exec.ops.lock().insert(

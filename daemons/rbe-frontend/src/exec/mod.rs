@@ -101,6 +101,7 @@ pub struct Exec {
 fn sched_config(settings: &ExecSettings) -> SchedConfig {
     SchedConfig {
         max_queued: settings.max_queued as usize,
+        max_queued_per_client: settings.max_queued_per_client as usize,
         retry_after: Duration::from_secs(1),
         retention: Duration::from_secs(settings.operation_retention_secs),
         max_completed: 100_000,

@@ -99,6 +99,7 @@ async fn serve(exec: &Arc<Exec>) -> Served {
     tokio::spawn(rbe_net::serve(
         router,
         rbe_net::Listener::Unix(listener),
+        None,
         std::future::pending(),
     ));
     let ch = rbe_net::unix_channel(&sock).await.expect("channel");
@@ -122,7 +123,14 @@ async fn another_identitys_operations_are_denied_and_not_listed() {
     let upstream = Upstream::connect(
         &dir.path().join("no-casd.sock"),
         4 << 20,
-        StreamLimits::new(4, Duration::from_secs(60)),
+        StreamLimits::new(
+            4,
+            Duration::from_secs(60),
+            crate::quota::QuotaLimits {
+                streams: 4,
+                upload_bytes: 1 << 20,
+            },
+        ),
     )
     .await
     .expect("channels");
