@@ -34,6 +34,7 @@ use execution_stage::Value as S;
 struct Client {
     invocation: String,
     ch: Channel,
+    token: Option<String>,
 }
 
 impl Client {
@@ -41,6 +42,15 @@ impl Client {
         Client {
             invocation: invocation.into(),
             ch: stack.channel(),
+            token: None,
+        }
+    }
+
+    /// A client identified by a bearer token.
+    fn with_token(stack: &Stack, invocation: &str, token: String) -> Client {
+        Client {
+            token: Some(token),
+            ..Client::new(stack, invocation)
         }
     }
 
@@ -55,6 +65,10 @@ impl Client {
             "build.bazel.remote.execution.v2.requestmetadata-bin",
             tonic::metadata::MetadataValue::from_bytes(&md.encode_to_vec()),
         );
+        if let Some(t) = &self.token {
+            let v = format!("Bearer {t}").parse().expect("header value");
+            req.metadata_mut().insert("authorization", v);
+        }
         req
     }
 
@@ -217,9 +231,43 @@ fn shares(starts: &mut [(i128, usize)]) -> (usize, [usize; 2]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_queueing_500_each_share_two_slots_half_and_half() {
-    const EACH: usize = 500;
-    let mut s = Stack::start_configured("", "", TWO_SLOTS).await;
+    let s = Stack::start_configured("", "", TWO_SLOTS).await;
     let clients = [Client::new(&s, "client-a"), Client::new(&s, "client-b")];
+    share_two_slots(s, clients).await;
+}
+
+/// The same with two identities (bearer tokens) in one Bazel invocation:
+/// the identity is what is shared fairly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_identities_queueing_500_each_share_two_slots_half_and_half() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tokens");
+    let issue = |name: &str| {
+        let (secret, _) = rbe_auth::tokens::create(
+            &file,
+            name,
+            None,
+            std::time::SystemTime::now(),
+            rbe_auth::tokens::NewFileOwner { gid: None },
+        )
+        .expect("token");
+        secret.expose().to_owned()
+    };
+    let (alice, bob) = (issue("alice"), issue("bob"));
+    let auth = format!("[auth]\ntokens = {file:?}\n");
+    let s = Stack::start_configured("", &auth, TWO_SLOTS).await;
+    let clients = [
+        Client::with_token(&s, "one-build", alice),
+        Client::with_token(&s, "one-build", bob),
+    ];
+    share_two_slots(s, clients).await;
+}
+
+/// Both slots are held while the first client queues 500 actions, then the
+/// second 500; once the slots free, each gets 40-60 % of the starts while
+/// both still have work queued.
+async fn share_two_slots(mut s: Stack, clients: [Client; 2]) {
+    const EACH: usize = 500;
     let blockers = block_slots(&clients[0]).await;
 
     // The first client queues all its work before the second queues any:
