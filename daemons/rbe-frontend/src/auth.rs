@@ -16,7 +16,11 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Identity {
         .unwrap_or_else(Identity::anonymous)
 }
 
-/// Whether `who` holds `p` on `instance`.
+/// Whether `who` holds `p` on `instance`. Asked for another client's
+/// operation only, sometimes under the scheduler's lock: it must answer
+/// from memory and take none of `Exec`'s locks. Not every `false` is a
+/// refusal (ListOperations then lists the caller's own operations): the
+/// refusals are the PERMISSION_DENIED statuses the services return.
 pub fn may(exec: &Exec, who: &Identity, instance: &str, p: Permission) -> bool {
     // lead: replace with Policy::check
     let _ = (exec, who, instance);
