@@ -60,6 +60,8 @@ pub struct Caller<'a> {
     /// The caller.
     pub who: &'a Identity,
     /// Whether the caller holds a permission on the handle's instance.
+    /// Asked under the scheduler's and the handles' locks: it must answer
+    /// from memory, without blocking or touching `Exec`'s locks.
     pub granted: &'a dyn Fn(Permission) -> bool,
 }
 
