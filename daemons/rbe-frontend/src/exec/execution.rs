@@ -481,6 +481,7 @@ impl Execution for ExecutionService {
                                 instance: instance.clone(),
                                 do_not_cache: action.do_not_cache,
                                 invocation_id: invocation.clone(),
+                                client: origin.owner.clone(),
                                 done: false,
                             },
                         );

@@ -96,10 +96,21 @@ impl From<HandleError> for tonic::Status {
                 who,
                 permission,
                 instance,
-            } => tonic::Status::permission_denied(format!(
+            } => {
+                // The audit line of a refusal (RBE_CLIENT=...), like the
+                // other services' in `access`.
+                tracing::warn!(
+                    client = %who,
+                    instance_name = %instance,
+                    permission = permission.as_str(),
+                    operation = %name,
+                    "refused: permission denied"
+                );
+                tonic::Status::permission_denied(format!(
                 "operation {name:?} belongs to another client; {who} lacks the \
                  {permission} permission on instance {instance:?}"
-            )),
+                ))
+            }
             HandleError::Running(name) => tonic::Status::failed_precondition(format!(
                 "operation {name:?} is still running; cancel it first"
             )),

@@ -66,6 +66,9 @@ pub struct OpInfo {
     pub instance: String,
     pub do_not_cache: bool,
     pub invocation_id: String,
+    /// Who submitted it: the action-cache write of its result is theirs in
+    /// the audit trail.
+    pub client: rbe_auth::Identity,
     /// Its handles have been given its final response.
     pub done: bool,
 }
@@ -255,6 +258,7 @@ impl Exec {
                     instance: origin.instance.clone(),
                     do_not_cache: false,
                     invocation_id: invocation_id.to_string(),
+                    client: origin.owner.clone(),
                     done: true,
                 },
             );
@@ -452,6 +456,15 @@ impl Exec {
             if let (true, false, Some(key), Some(ar)) =
                 (cacheable, o.do_not_cache, key, result.as_ref())
             {
+                tracing::info!(
+                    client = %o.client,
+                    client_via = o.client.via().as_str(),
+                    instance_name = %o.instance,
+                    digest = %format!("{}/{}", o.action_digest.hash, o.action_digest.size_bytes),
+                    operation = %o.name,
+                    invocation_id = %o.invocation_id,
+                    "action cache written with an executed action's result"
+                );
                 self.recent.put(
                     key,
                     o.name.clone(),
