@@ -710,6 +710,100 @@ fn deb_enable_workerd_runs_a_bazel_build() {
     assert!(out.status.success(), "sysbox down: {}", text(&out));
 }
 
+/// The packaged defaults on a network: a client in another network
+/// namespace (a veth pair inside the instance, 10.77.0.2 -> 10.77.0.1:8980)
+/// without credentials can neither write the action cache nor execute;
+/// with a token from `rbectl token create` (after `systemctl reload`) it
+/// executes. Loopback callers keep working as before.
+#[test]
+fn deb_install_refuses_unauthenticated_callers_from_the_network() {
+    if let Some(why) = cannot_run() {
+        return skip(&why);
+    }
+    let inst = instance("n");
+    apt_install(&inst, PKG);
+    enable_workerd(&inst);
+    inst.sh("set -e
+         ip netns add client
+         ip link add rbe-h type veth peer name rbe-c netns client
+         ip addr add 10.77.0.1/24 dev rbe-h && ip link set rbe-h up
+         ip -n client addr add 10.77.0.2/24 dev rbe-c
+         ip -n client link set rbe-c up && ip -n client link set lo up");
+    let token = inst.sh("rbectl token create net-client | head -n1");
+    assert!(
+        token.starts_with("rbe_"),
+        "rbectl token create printed {token:?}"
+    );
+    inst.sh("systemctl reload rbe-frontend");
+    inst.wait_prop("rbe-frontend.service", "ActiveState", 30, |v| v == "active");
+    let netns = inst.root().join("run/netns/client");
+    let outcome = std::thread::spawn(move || from_netns(&netns, &token))
+        .join()
+        .expect("client thread");
+    assert_eq!(
+        outcome.ac_write,
+        Some(tonic::Code::Unauthenticated),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.execute,
+        Some(tonic::Code::Unauthenticated),
+        "{outcome:?}"
+    );
+    assert!(
+        outcome.message.contains("credentials required"),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.with_token_exit, Some(0), "{outcome:?}");
+    let journal = inst.journal("rbe-frontend.service");
+    assert!(journal.contains("refused: not authenticated"), "{journal}");
+    let out = inst.down();
+    assert!(out.status.success(), "sysbox down: {}", text(&out));
+}
+
+#[derive(Debug, Default)]
+struct NetOutcome {
+    ac_write: Option<tonic::Code>,
+    execute: Option<tonic::Code>,
+    message: String,
+    with_token_exit: Option<i32>,
+}
+
+/// Calls the instance's frontend from the network namespace at `netns`:
+/// this thread enters it, so every socket its runtime opens is there.
+fn from_netns(netns: &Path, token: &str) -> NetOutcome {
+    let ns = std::fs::File::open(netns).expect("open the client netns");
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        use rbe_proto::reapi::{action_cache_client::ActionCacheClient, ActionResult};
+        let ch = tonic::transport::Channel::from_static("http://10.77.0.1:8980").connect_lazy();
+        let mut out = NetOutcome::default();
+        let ad = Digest::of(DigestFunction::Sha256, b"an action from the network");
+        let write = ActionCacheClient::new(ch.clone())
+            .update_action_result(rbe_proto::reapi::UpdateActionResultRequest {
+                action_digest: Some(ad.to_reapi()),
+                action_result: Some(ActionResult::default()),
+                digest_function: DigestFunction::Sha256.to_reapi(),
+                ..Default::default()
+            })
+            .await;
+        if let Err(e) = write {
+            out.ac_write = Some(e.code());
+            out.message = e.message().to_owned();
+        }
+        let run = rbe_testkit::exec::run_command(&ch, &["true"], &[], 60, None).await;
+        out.execute = run.err().map(|e| e.code());
+        let authed = rbe_testkit::grpc::WithToken::bearer(ch, token);
+        let run = rbe_testkit::exec::run_command(&authed, &["true"], &[], 60, None).await;
+        out.with_token_exit = run.ok().and_then(|r| r.result).map(|r| r.exit_code);
+        out
+    })
+}
+
 /// Bad input: port 8980 already taken when the packages are installed.
 #[test]
 fn deb_install_with_port_8980_taken_fails_only_the_socket() {

@@ -107,7 +107,7 @@ impl From<HandleError> for tonic::Status {
                     "refused: permission denied"
                 );
                 tonic::Status::permission_denied(format!(
-                "operation {name:?} belongs to another client; {who} lacks the \
+                    "operation {name:?} belongs to another client; {who} lacks the \
                  {permission} permission on instance {instance:?}"
                 ))
             }
