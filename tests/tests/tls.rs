@@ -194,3 +194,93 @@ async fn tls_files_that_do_not_load_are_a_config_error() {
         "{shown}"
     );
 }
+
+/// `rbectl tls init` and `rbectl tls client` make files the frontend and a
+/// TLS client accept as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbectl_made_certificates_work_with_the_frontend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = dir.path().join("tls");
+    let rbectl = |args: &[&str]| {
+        std::process::Command::new(bin("rbectl"))
+            .arg("tls")
+            .args(args)
+            .arg("--dir")
+            .arg(&tls)
+            .output()
+            .expect("run rbectl")
+    };
+    let out = rbectl(&["init", "--name", "localhost", "--name", "127.0.0.1"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("[tls]") && said.contains("client_ca"),
+        "{said}"
+    );
+    let out = rbectl(&["client", "ci"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("--tls_client_certificate="), "{said}");
+    // Keys are private, PKCS#8; existing files are not replaced.
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "ci.key"] {
+        let p = tls.join(key);
+        let mode = std::fs::metadata(&p).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+        let pem = std::fs::read_to_string(&p).expect("read");
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+    }
+    let out = rbectl(&["client", "ci"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert!(rbectl(&["client", "ci", "--force"]).status.success());
+    assert!(!rbectl(&["client", "../evil"]).status.success());
+    // --renew replaces the server pair and keeps the CA.
+    let before = |f: &str| std::fs::read(tls.join(f)).expect("read");
+    let (ca, server) = (before("ca.crt"), before("server.crt"));
+    let out = rbectl(&["init", "--renew", "--name", "localhost"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(before("ca.crt"), ca);
+    assert_ne!(before("server.crt"), server);
+
+    let stack = Stack::start_configured(
+        "",
+        &format!(
+            "[tls]\ncertificate = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
+             client_certificates = \"required\"\n",
+            tls.join("server.crt"),
+            tls.join("server.key"),
+            tls.join("ca.crt")
+        ),
+        "",
+    )
+    .await;
+    let connect = |client: bool| {
+        let ca = std::fs::read(tls.join("ca.crt")).expect("ca");
+        let mut c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("localhost");
+        if client {
+            c = c.identity(tonic::transport::Identity::from_pem(
+                std::fs::read(tls.join("ci.crt")).expect("crt"),
+                std::fs::read(tls.join("ci.key")).expect("key"),
+            ));
+        }
+        tonic::transport::Endpoint::from_shared(format!("https://{}", stack.addr))
+            .expect("uri")
+            .tls_config(c)
+            .expect("tls config")
+            .connect_lazy()
+    };
+    let blob = pseudo_random(1000, 2);
+    let d = Digest::of(DigestFunction::Sha256, &blob);
+    assert!(client::find_missing(&connect(false), "", &[d])
+        .await
+        .is_err());
+    assert_eq!(
+        client::find_missing(&connect(true), "", &[d])
+            .await
+            .expect("mTLS with rbectl's certificates"),
+        vec![d]
+    );
+}

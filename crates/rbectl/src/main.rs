@@ -2,6 +2,7 @@
 
 mod config_check;
 mod local;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// A private CA and certificates for the frontend's TLS.
+    Tls {
+        #[command(subcommand)]
+        cmd: tls::TlsCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -38,6 +44,7 @@ fn main() -> ExitCode {
         Cmd::Config {
             cmd: ConfigCmd::Check(a),
         } => config_check::run(a),
+        Cmd::Tls { cmd } => tls::run(cmd),
     };
     match r {
         Ok(code) => code,
