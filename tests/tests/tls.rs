@@ -176,6 +176,18 @@ async fn tls_files_that_do_not_load_are_a_config_error() {
             "{err}"
         );
     }
+    // rbectl config check loads them too.
+    let out = std::process::Command::new(bin("rbectl"))
+        .args(["config", "check", "--daemon", "frontend", "--config-dir"])
+        .arg(&conf)
+        .output()
+        .expect("rbectl");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(78), "{said}");
+    assert!(
+        said.contains("tls.key") && said.contains("nope.key"),
+        "{said}"
+    );
 
     // Relative paths are systemd credentials.
     let relative = "[tls]\ncertificate = \"server.crt\"\nkey = \"server.key\"\n";
