@@ -285,10 +285,11 @@ async fn plaintext_http2_on_the_tls_port_is_told_to_use_tls() {
     let _g = log.install();
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let s = start(Some(Arc::new(
-        ServerTls::load(&files(&pki, false, false)).unwrap(),
-    )))
-    .await;
+    // A handshake timeout shorter than the wait for the client's first
+    // request must not cut the explanation off.
+    let mut f = files(&pki, false, false);
+    f.handshake_timeout = Duration::from_secs(1);
+    let s = start(Some(Arc::new(ServerTls::load(&f).unwrap()))).await;
 
     // A tonic client speaking grpc:// gets the GOAWAY's reason, whether
     // its request waits for the connection (lazy) or not.
