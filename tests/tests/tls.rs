@@ -61,6 +61,7 @@ async fn frontend_serves_mtls_refuses_others_and_renews_on_sighup() {
     )
     .await;
     let log = stack.tmp.path().join("frontend.log");
+    wait_log(&log, "server certificate valid", 1).await;
     let text = wait_log(&log, "TLS on the public listeners", 1).await;
     assert!(text.contains("client_certificates=\"required\""), "{text}");
     let (cert, key) = pki.client("ci");

@@ -131,6 +131,15 @@ async fn tls_serves_grpc_and_tells_the_handler() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
     let tls = Arc::new(ServerTls::load(&files(&pki, false, false)).unwrap());
+    // TestPki's server certificate is valid for 30 more days.
+    let left = tls
+        .current()
+        .not_after()
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(left > Duration::from_secs(29 * 86_400), "{left:?}");
+    assert!(left <= Duration::from_secs(30 * 86_400), "{left:?}");
     let s = start(Some(tls)).await;
     let ch = pki.channel(&s.addr, None).await.unwrap();
     assert_eq!(check(ch).await.unwrap(), ServingStatus::Serving);
