@@ -95,41 +95,47 @@ async fn accept_loop(
         let config = tls.as_ref().map(|t| t.current());
         let tx = tx.clone();
         tokio::spawn(async move {
-            let timeout = config
-                .as_ref()
-                .map_or(PLAINTEXT_FIRST_BYTES_TIMEOUT, |c| c.handshake_timeout);
-            match tokio::time::timeout(timeout, establish(stream, peer, config)).await {
-                Ok(Some(conn)) => {
-                    drop(permit);
-                    // Fails only when the server is shutting down.
-                    let _ = tx.send(Ok(conn)).await;
-                }
-                Ok(None) => {}
-                Err(_) => tracing::warn!(
-                    peer = %peer,
-                    timeout_secs = timeout.as_secs_f64(),
-                    "handshake not finished in time; connection closed"
-                ),
+            if let Some(conn) = establish(stream, peer, config).await {
+                drop(permit);
+                // Fails only when the server is shutting down.
+                let _ = tx.send(Ok(conn)).await;
             }
         });
     }
 }
 
 /// Sniffs the first byte and hands back a connection ready for HTTP/2, or
-/// `None` (logged) when the connection was refused.
+/// `None` (logged) when the connection was refused or timed out. The
+/// first bytes and the handshake share one deadline; a refusal (which
+/// waits a little for the client, see [`refuse_plaintext`]) has its own
+/// bound, [`REFUSAL_TIME`], so a short handshake timeout cannot cut the
+/// explanation off.
 async fn establish(
     mut stream: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<TlsConfig>>,
 ) -> Option<Conn> {
+    let timeout = tls
+        .as_ref()
+        .map_or(PLAINTEXT_FIRST_BYTES_TIMEOUT, |c| c.handshake_timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || {
+        tracing::warn!(
+            peer = %peer,
+            timeout_secs = timeout.as_secs_f64(),
+            "handshake not finished in time; connection closed"
+        );
+        None
+    };
     let mut first = [0u8; 1];
-    match stream.peek(&mut first).await {
-        Ok(0) => {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Err(_) => return timed_out(),
+        Ok(Ok(0)) => {
             tracing::debug!(peer = %peer, "connection closed before sending anything");
             return None;
         }
-        Ok(_) => {}
-        Err(e) => {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
             tracing::debug!(peer = %peer, error = %e, "connection failed before its first bytes");
             return None;
         }
@@ -141,17 +147,25 @@ async fn establish(
                 "TLS client on a plaintext port; sent a TLS alert and closed \
                  (the client should use grpc://, or the server needs [tls])"
             );
-            refuse_tls(stream).await;
+            let _ = tokio::time::timeout(REFUSAL_TIME, refuse_tls(stream)).await;
             None
         }
         None => Some(Conn::tcp(stream, peer)),
         Some(_) if first[0] != TLS_HANDSHAKE => {
-            refuse_plaintext(&mut stream, peer).await;
+            let _ = tokio::time::timeout(REFUSAL_TIME, refuse_plaintext(&mut stream, peer)).await;
             None
         }
-        Some(config) => handshake(stream, peer, &config).await,
+        Some(config) => {
+            match tokio::time::timeout_at(deadline, handshake(stream, peer, &config)).await {
+                Ok(conn) => conn,
+                Err(_) => timed_out(),
+            }
+        }
     }
 }
+
+/// The most a refused connection is kept to tell its client why.
+const REFUSAL_TIME: Duration = Duration::from_secs(6);
 
 async fn handshake(stream: TcpStream, peer: SocketAddr, config: &TlsConfig) -> Option<Conn> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config.server));
@@ -184,15 +198,18 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, config: &TlsConfig) -> O
 async fn refuse_plaintext(stream: &mut TcpStream, peer: SocketAddr) {
     let mut head = [0u8; H2_PREFACE.len()];
     let mut n = 0;
-    while n < head.len() {
-        match stream.read(&mut head[n..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(k) => n += k,
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while n < head.len() {
+            match stream.read(&mut head[n..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+            if !H2_PREFACE.starts_with(&head[..n]) {
+                break;
+            }
         }
-        if !H2_PREFACE.starts_with(&head[..n]) {
-            break;
-        }
-    }
+    })
+    .await;
     let head = &head[..n];
     if H2_PREFACE.starts_with(head) {
         tracing::warn!(

@@ -94,6 +94,7 @@ pub struct TlsConfig {
     pub(crate) handshake_timeout: Duration,
     client_auth: ClientAuth,
     files: TlsFiles,
+    not_after: Option<std::time::SystemTime>,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -110,6 +111,11 @@ impl TlsConfig {
     /// the chain's first certificate) and the client CA bundle.
     pub fn load(files: &TlsFiles) -> Result<TlsConfig, TlsError> {
         let chain = read_certs("certificate", &files.certificate)?;
+        let not_after = chain.first().and_then(|c| {
+            let (_, cert) = x509_parser::parse_x509_certificate(c).ok()?;
+            let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+        });
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::File {
             key: "key",
             path: files.key.clone(),
@@ -168,7 +174,37 @@ impl TlsConfig {
             handshake_timeout: files.handshake_timeout,
             client_auth,
             files: files.clone(),
+            not_after,
         })
+    }
+
+    /// When the server certificate expires (`None` if it cannot be read).
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        self.not_after
+    }
+
+    /// Logs the certificate's expiry: a warning when it is past or less
+    /// than 14 days away, since clients then refuse every connection.
+    pub fn log_expiry(&self) {
+        let Some(at) = self.not_after else { return };
+        let now = std::time::SystemTime::now();
+        let cert = self.files.certificate.display();
+        match at.duration_since(now) {
+            Err(_) => tracing::warn!(
+                certificate = %cert,
+                "the server certificate has expired: TLS clients will refuse it; renew it and reload"
+            ),
+            Ok(left) if left < Duration::from_secs(14 * 86_400) => tracing::warn!(
+                certificate = %cert,
+                days_left = left.as_secs() / 86_400,
+                "the server certificate expires soon; renew it and reload"
+            ),
+            Ok(left) => tracing::info!(
+                certificate = %cert,
+                days_left = left.as_secs() / 86_400,
+                "server certificate valid"
+            ),
+        }
     }
 
     /// Whether clients are asked for certificates.

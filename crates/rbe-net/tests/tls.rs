@@ -131,6 +131,15 @@ async fn tls_serves_grpc_and_tells_the_handler() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
     let tls = Arc::new(ServerTls::load(&files(&pki, false, false)).unwrap());
+    // TestPki's server certificate is valid for 30 more days.
+    let left = tls
+        .current()
+        .not_after()
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(left > Duration::from_secs(29 * 86_400), "{left:?}");
+    assert!(left <= Duration::from_secs(30 * 86_400), "{left:?}");
     let s = start(Some(tls)).await;
     let ch = pki.channel(&s.addr, None).await.unwrap();
     assert_eq!(check(ch).await.unwrap(), ServingStatus::Serving);
@@ -285,10 +294,11 @@ async fn plaintext_http2_on_the_tls_port_is_told_to_use_tls() {
     let _g = log.install();
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path());
-    let s = start(Some(Arc::new(
-        ServerTls::load(&files(&pki, false, false)).unwrap(),
-    )))
-    .await;
+    // A handshake timeout shorter than the wait for the client's first
+    // request must not cut the explanation off.
+    let mut f = files(&pki, false, false);
+    f.handshake_timeout = Duration::from_secs(1);
+    let s = start(Some(Arc::new(ServerTls::load(&f).unwrap()))).await;
 
     // A tonic client speaking grpc:// gets the GOAWAY's reason, whether
     // its request waits for the connection (lazy) or not.

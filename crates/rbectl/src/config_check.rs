@@ -27,7 +27,7 @@ pub fn run(a: CheckArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("unknown daemon {d:?}; expected casd, frontend or workerd");
         }
     }
-    let mut report = |name: &str, r: Result<(), rbe_config::ConfigError>| match r {
+    let mut report = |name: &str, r: Result<(), String>| match r {
         Ok(()) => println!("{name}: ok"),
         Err(e) => {
             println!("{name}: {e}");
@@ -35,20 +35,49 @@ pub fn run(a: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if want("casd") {
-        report("casd", rbe_config::load_casd(&dirs).map(|_| ()));
+        report(
+            "casd",
+            rbe_config::load_casd(&dirs)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        );
     }
     if want("frontend") {
-        // The tokens file is part of the frontend's configuration: the
-        // frontend reads it at start and on reload like its .toml files.
-        let r = rbe_config::load_frontend(&dirs).and_then(|s| s.auth.load().map(|_| ()));
-        report("frontend", r);
+        report("frontend", check_frontend(&dirs));
     }
     if want("workerd") {
-        report("workerd", rbe_config::load_workerd(&dirs).map(|_| ()));
+        report(
+            "workerd",
+            rbe_config::load_workerd(&dirs)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        );
     }
     Ok(if failed {
         ExitCode::from(78)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// frontend.toml, and the TLS files it names, loaded as rbe-frontend
+/// loads them at start.
+fn check_frontend(dirs: &[PathBuf]) -> Result<(), String> {
+    let s = rbe_config::load_frontend(dirs).map_err(|e| e.to_string())?;
+    // The tokens file is part of the frontend's configuration: the
+    // frontend reads it at start and on reload like its .toml files.
+    s.auth.load().map_err(|e| e.to_string())?;
+    let t = &s.tls;
+    if let (Some(certificate), Some(key)) = (&t.certificate, &t.key) {
+        let files = rbe_net::tls::TlsFiles {
+            certificate: certificate.clone(),
+            key: key.clone(),
+            client_ca: t.client_ca.clone(),
+            require_client_certificate: t.client_certificates
+                == rbe_config::ClientCertificates::Required,
+            handshake_timeout: std::time::Duration::from_secs(t.handshake_timeout_secs),
+        };
+        rbe_net::tls::TlsConfig::load(&files).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod config_check;
 mod local;
+mod tls;
 mod token;
 
 use std::process::ExitCode;
@@ -29,6 +30,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: token::TokenCmd,
     },
+    /// A private CA and certificates for the frontend's TLS.
+    Tls {
+        #[command(subcommand)]
+        cmd: tls::TlsCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -45,6 +51,7 @@ fn main() -> ExitCode {
             cmd: ConfigCmd::Check(a),
         } => config_check::run(a),
         Cmd::Token { cmd } => token::run(cmd),
+        Cmd::Tls { cmd } => tls::run(cmd),
     };
     match r {
         Ok(code) => code,

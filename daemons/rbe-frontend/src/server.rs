@@ -99,6 +99,7 @@ pub async fn run(
     match &tls {
         Some(t) => {
             let c = t.current();
+            c.log_expiry();
             tracing::info!(
                 certificate = %c.files().certificate.display(),
                 client_certificates = c.client_auth().as_str(),
@@ -340,6 +341,7 @@ fn reload_on_sighup(
                         client_certificates = config.client_auth().as_str(),
                         "new TLS configuration for new connections"
                     );
+                    config.log_expiry();
                     server.replace(config);
                 }
                 (None, None) => {}
