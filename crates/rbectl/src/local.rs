@@ -218,8 +218,9 @@ pub fn run(a: LocalArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let r = rt.block_on(async {
-        let ch =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", a.listen))?.connect_lazy();
+        // On its local socket: the public port may speak TLS (a `[tls]`
+        // drop-in in the state directory's config).
+        let ch = rbe_net::unix_channel(&layout.frontend_socket()).await?;
         wait_healthy(
             ch,
             "rbe-frontend",
