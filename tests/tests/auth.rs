@@ -370,3 +370,60 @@ async fn a_revoked_token_stops_on_reload_and_no_stream_is_dropped() {
     }
     assert!(net.stack.alive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_stream() {
+    let limits = "[limits]\nmax_streams_per_client = 1\n";
+    let Some(mut net) = start(limits, &["alice", "bob"]).await else {
+        return;
+    };
+    let (alice, bob) = (net.as_(&net.token("alice")), net.as_(&net.token("bob")));
+    let blob = rbe_testkit::pseudo_random(4 << 20, 7);
+    let d = Digest::of(DigestFunction::Sha256, &blob);
+    client::write(&alice, "", &d, &blob, 1 << 20)
+        .await
+        .expect("upload");
+    let read = |ch: &WithToken| {
+        let name =
+            rbe_proto::resource::read_name("", &d, rbe_proto::resource::Compressor::Identity);
+        let mut c = rbe_proto::bytestream::byte_stream_client::ByteStreamClient::new(ch.clone());
+        async move {
+            c.read(rbe_proto::bytestream::ReadRequest {
+                resource_name: name,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    // alice's first Read, left unread, holds her one stream.
+    let mut held = read(&alice).await.expect("first read").into_inner();
+    held.message().await.expect("a first piece");
+    let e = read(&alice).await.expect_err("a second stream");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_streams_per_client"), "{e:?}");
+    assert!(
+        rbe_proto::status::decode_details(&e).is_some(),
+        "no RetryInfo: {e:?}"
+    );
+    // bob is not affected.
+    let mut s = read(&bob).await.expect("bob reads").into_inner();
+    let mut got = 0;
+    while let Some(m) = s.message().await.expect("bob's data") {
+        got += m.data.len();
+    }
+    assert_eq!(got, blob.len());
+    // Once alice lets go, she may read again.
+    drop(held);
+    let t = std::time::Instant::now();
+    loop {
+        match read(&alice).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(t.elapsed() < Duration::from_secs(30), "never released");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(net.stack.alive());
+}
