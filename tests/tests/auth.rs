@@ -427,3 +427,75 @@ async fn one_client_cannot_hold_every_stream() {
     }
     assert!(net.stack.alive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_identity_cannot_see_or_cancel_the_firsts_operations() {
+    use rbe_proto::longrunning::{
+        operations_client::OperationsClient, CancelOperationRequest, GetOperationRequest,
+        ListOperationsRequest,
+    };
+    let Some(mut net) = start("", &["alice", "bob"]).await else {
+        return;
+    };
+    let (alice, bob) = (net.as_(&net.token("alice")), net.as_(&net.token("bob")));
+    // alice runs something slow and learns its operation's name.
+    let a = alice.clone();
+    let run = tokio::spawn(async move {
+        exec::run_command(&a, &["sleep", "3"], &[], 60, Some("alice-build")).await
+    });
+    let t = std::time::Instant::now();
+    let name = loop {
+        let page = OperationsClient::new(alice.clone())
+            .list_operations(ListOperationsRequest {
+                name: "operations".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("alice lists")
+            .into_inner();
+        if let Some(op) = page.operations.first() {
+            break op.name.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "alice's operation never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // bob lists nothing of hers, and may neither read nor cancel it.
+    let page = OperationsClient::new(bob.clone())
+        .list_operations(ListOperationsRequest {
+            name: "operations".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("bob lists")
+        .into_inner();
+    assert!(page.operations.iter().all(|o| o.name != name), "{page:?}");
+    let get = OperationsClient::new(bob.clone())
+        .get_operation(GetOperationRequest { name: name.clone() })
+        .await;
+    assert_code(
+        get.map(|_| ()),
+        Code::PermissionDenied,
+        &["operations-read"],
+    );
+    let cancel = OperationsClient::new(bob.clone())
+        .cancel_operation(CancelOperationRequest { name: name.clone() })
+        .await;
+    assert_code(
+        cancel.map(|_| ()),
+        Code::PermissionDenied,
+        &["operations-cancel"],
+    );
+    // alice's action ran to the end.
+    let r = run.await.expect("join").expect("alice's result");
+    assert_eq!(r.result.map(|r| r.exit_code), Some(0));
+    let log = net.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused: permission denied") && l.contains("client=bob")),
+        "{log}"
+    );
+    assert!(net.stack.alive());
+}
