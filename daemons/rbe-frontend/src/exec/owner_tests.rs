@@ -6,7 +6,6 @@
 //! the Execute path does, so no casd or worker is needed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rbe_auth::{Identity, Via};
 use rbe_proto::longrunning::{
@@ -123,14 +122,7 @@ async fn another_identitys_operations_are_denied_and_not_listed() {
     let upstream = Upstream::connect(
         &dir.path().join("no-casd.sock"),
         4 << 20,
-        StreamLimits::new(
-            4,
-            Duration::from_secs(60),
-            crate::quota::QuotaLimits {
-                streams: 4,
-                upload_bytes: 1 << 20,
-            },
-        ),
+        StreamLimits::for_tests(),
     )
     .await
     .expect("channels");

@@ -282,14 +282,7 @@ mod tests {
         let up = Upstream::connect(
             &path,
             4 << 20,
-            crate::proxy::relay::StreamLimits::new(
-                4,
-                Duration::from_secs(60),
-                crate::quota::QuotaLimits {
-                    streams: 4,
-                    upload_bytes: 1 << 20,
-                },
-            ),
+            crate::proxy::relay::StreamLimits::for_tests(),
         )
         .await
         .expect("channels");

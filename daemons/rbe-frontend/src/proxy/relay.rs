@@ -53,6 +53,19 @@ impl StreamLimits {
         }
     }
 
+    /// Small limits for unit tests that need an `Upstream`.
+    #[cfg(test)]
+    pub fn for_tests() -> StreamLimits {
+        StreamLimits::new(
+            4,
+            Duration::from_secs(60),
+            QuotaLimits {
+                streams: 4,
+                upload_bytes: 1 << 20,
+            },
+        )
+    }
+
     /// A slot for one stream of `who` to casd: refused at once with
     /// RESOURCE_EXHAUSTED when `who` holds its share; when all slots are
     /// taken this waits up to twice the idle timeout (a stalled holder is
