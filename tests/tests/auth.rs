@@ -222,6 +222,28 @@ async fn network_callers_need_credentials_and_each_rpc_its_permission() {
     let r = client::find_missing(&WithToken::raw(net.network_channel(), &huge), "", &[d]).await;
     assert!(r.is_err(), "an 8 KiB authorization header was accepted");
 
+    // Two authorization values: which one counts would be a guess.
+    let mut twice = tonic::Request::new(rbe_proto::reapi::FindMissingBlobsRequest {
+        blob_digests: vec![d.to_reapi()],
+        ..Default::default()
+    });
+    for v in [format!("Bearer {alice}"), format!("Bearer {ci}")] {
+        twice
+            .metadata_mut()
+            .append("authorization", v.parse().expect("value"));
+    }
+    let r =
+        rbe_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient::new(
+            net.network_channel(),
+        )
+        .find_missing_blobs(twice)
+        .await;
+    assert_code(
+        r.map(|_| ()),
+        Code::Unauthenticated,
+        &["several authorization"],
+    );
+
     // alice (developer by default): CAS and execute, read the AC, not write it.
     let alice_ch = net.as_(&alice);
     assert_eq!(offered(&alice_ch).await, (false, true));
