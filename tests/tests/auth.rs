@@ -521,3 +521,80 @@ async fn a_second_identity_cannot_see_or_cancel_the_firsts_operations() {
     );
     assert!(net.stack.alive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_upload_byte() {
+    let limits = "[limits]\nmax_upload_bytes_per_client = \"1MiB\"\n";
+    let Some(mut net) = start(limits, &["alice", "bob"]).await else {
+        return;
+    };
+    let (alice, bob) = (net.as_(&net.token("alice")), net.as_(&net.token("bob")));
+    // alice starts a 2 MiB upload and keeps it open: more than the limit
+    // alone, which is allowed while she has nothing else in flight.
+    let big = rbe_testkit::pseudo_random(2 << 20, 9);
+    let bd = Digest::of(DigestFunction::Sha256, &big);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let name = rbe_proto::resource::write_name(
+        "",
+        "7b4c1f5e-0000-4000-8000-000000000001",
+        &bd,
+        rbe_proto::resource::Compressor::Identity,
+    );
+    tx.send(rbe_proto::bytestream::WriteRequest {
+        resource_name: name,
+        write_offset: 0,
+        finish_write: false,
+        data: big[..64 << 10].to_vec(),
+    })
+    .await
+    .expect("first piece");
+    let mut c = rbe_proto::bytestream::byte_stream_client::ByteStreamClient::new(alice.clone());
+    let upload = tokio::spawn(async move {
+        c.write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let small = b"a small blob".to_vec();
+    let sd = Digest::of(DigestFunction::Sha256, &small);
+    let t = std::time::Instant::now();
+    let e = loop {
+        match client::batch_update(&alice, "", &[(sd, small.clone())]).await {
+            Err(e) => break e,
+            // Until the frontend has seen the upload's first message.
+            Ok(_) => {
+                assert!(t.elapsed() < Duration::from_secs(30), "never refused");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_upload_bytes_per_client"), "{e:?}");
+    assert!(
+        rbe_proto::status::decode_details(&e).is_some(),
+        "no RetryInfo: {e:?}"
+    );
+    // bob is not affected.
+    assert_eq!(
+        client::batch_update(&bob, "", &[(sd, small.clone())])
+            .await
+            .expect("bob"),
+        vec![0]
+    );
+    // alice finishes; then she may upload again.
+    tx.send(rbe_proto::bytestream::WriteRequest {
+        resource_name: String::new(),
+        write_offset: 64 << 10,
+        finish_write: true,
+        data: big[64 << 10..].to_vec(),
+    })
+    .await
+    .expect("rest");
+    drop(tx);
+    upload.await.expect("join").expect("alice's upload");
+    assert_eq!(
+        client::batch_update(&alice, "", &[(sd, small)])
+            .await
+            .expect("alice again"),
+        vec![0]
+    );
+    assert!(net.stack.alive());
+}
