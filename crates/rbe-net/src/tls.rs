@@ -38,6 +38,21 @@ pub struct TlsFiles {
     pub handshake_timeout: Duration,
 }
 
+impl TlsFiles {
+    /// The files frontend.toml's `[tls]` names, when TLS is on (both
+    /// certificate and key set).
+    pub fn from_settings(tls: &rbe_config::FrontendTls) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            certificate: tls.certificate.clone()?,
+            key: tls.key.clone()?,
+            client_ca: tls.client_ca.clone(),
+            require_client_certificate: tls.client_certificates
+                == rbe_config::ClientCertificates::Required,
+            handshake_timeout: Duration::from_secs(tls.handshake_timeout_secs),
+        })
+    }
+}
+
 /// Whether and how clients are asked for certificates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {

@@ -67,16 +67,7 @@ fn check_frontend(dirs: &[PathBuf]) -> Result<(), String> {
     // The tokens file is part of the frontend's configuration: the
     // frontend reads it at start and on reload like its .toml files.
     s.auth.load().map_err(|e| e.to_string())?;
-    let t = &s.tls;
-    if let (Some(certificate), Some(key)) = (&t.certificate, &t.key) {
-        let files = rbe_net::tls::TlsFiles {
-            certificate: certificate.clone(),
-            key: key.clone(),
-            client_ca: t.client_ca.clone(),
-            require_client_certificate: t.client_certificates
-                == rbe_config::ClientCertificates::Required,
-            handshake_timeout: std::time::Duration::from_secs(t.handshake_timeout_secs),
-        };
+    if let Some(files) = rbe_net::tls::TlsFiles::from_settings(&s.tls) {
         rbe_net::tls::TlsConfig::load(&files).map_err(|e| e.to_string())?;
     }
     Ok(())

@@ -173,6 +173,11 @@ pub fn check<T>(
     Ok(c)
 }
 
+/// `hash/size` of a digest as a client sent it, for journal lines.
+pub fn digest_label(d: &rbe_proto::reapi::Digest) -> String {
+    format!("{}/{}", d.hash, d.size_bytes)
+}
+
 /// The caller's identity (the anonymous network caller without one).
 pub fn identity<T>(req: &tonic::Request<T>) -> Identity {
     req.extensions()

@@ -23,18 +23,6 @@ use crate::proxy::{bytestream::ByteStreamProxy, cas, relay::StreamLimits, Upstre
 /// another connection long before (100 streams per connection).
 const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 
-/// The TLS files `[tls]` names, when TLS is on.
-fn tls_files(tls: &rbe_config::FrontendTls) -> Option<rbe_net::tls::TlsFiles> {
-    Some(rbe_net::tls::TlsFiles {
-        certificate: tls.certificate.clone()?,
-        key: tls.key.clone()?,
-        client_ca: tls.client_ca.clone(),
-        require_client_certificate: tls.client_certificates
-            == rbe_config::ClientCertificates::Required,
-        handshake_timeout: Duration::from_secs(tls.handshake_timeout_secs),
-    })
-}
-
 /// Loads frontend.toml and the files it names (TLS certificate and key,
 /// the tokens file): one that does not load is a configuration error like
 /// a bad key (`--check-config` and startup report it, exit status 78).
@@ -53,7 +41,7 @@ struct Loaded {
 
 fn load_all(dirs: &[std::path::PathBuf]) -> Result<Loaded, Box<dyn std::error::Error>> {
     let settings = rbe_config::load_frontend(dirs)?;
-    let tls = match tls_files(&settings.tls) {
+    let tls = match rbe_net::tls::TlsFiles::from_settings(&settings.tls) {
         Some(files) => Some(rbe_net::tls::TlsConfig::load(&files)?),
         None => None,
     };
@@ -80,7 +68,7 @@ pub async fn run(
     config_dirs: Vec<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     // main checked these files already; this loads them for serving.
-    let tls = match tls_files(&settings.tls) {
+    let tls = match rbe_net::tls::TlsFiles::from_settings(&settings.tls) {
         Some(files) => Some(Arc::new(
             rbe_net::tls::ServerTls::load(&files).context("loading the TLS files")?,
         )),

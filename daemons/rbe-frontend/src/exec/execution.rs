@@ -44,17 +44,6 @@ fn invocation_id<T>(req: &Request<T>) -> String {
         .unwrap_or_default()
 }
 
-/// Whom the scheduler accounts the request's work to, for fair sharing:
-/// the caller's identity (from the auth layer; `anonymous` without one)
-/// and its Bazel invocation.
-fn tenant_of<T>(req: &Request<T>, invocation: &str) -> Tenant {
-    let client = req
-        .extensions()
-        .get::<rbe_auth::Identity>()
-        .map_or("anonymous", rbe_auth::Identity::name);
-    Tenant::new(client, invocation)
-}
-
 /// Reads a small blob (an Action or a Command) from casd.
 async fn fetch(exec: &Exec, instance: &str, d: &Digest, what: &str) -> Result<Vec<u8>, Status> {
     if d.size > 64 << 20 {
@@ -344,7 +333,7 @@ impl Execution for ExecutionService {
             .get_ref()
             .action_digest
             .as_ref()
-            .map(|d| format!("{}/{}", d.hash, d.size_bytes));
+            .map(access::digest_label);
         let shown = digest.as_ref().map(|d| d as &dyn std::fmt::Display);
         crate::access::check(
             &req,
@@ -355,7 +344,8 @@ impl Execution for ExecutionService {
         )?;
         let invocation = invocation_id(&req);
         let owner = access::identity(&req);
-        let tenant = tenant_of(&req, &invocation);
+        // Fair sharing is per identity, then per Bazel invocation.
+        let tenant = Tenant::new(owner.name(), invocation.as_str());
         let req = req.into_inner();
         rbe_proto::resource::validate_instance(&req.instance_name).map_err(|r| {
             Status::invalid_argument(format!("instance name {:?}: {r}", req.instance_name))

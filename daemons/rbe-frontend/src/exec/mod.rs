@@ -460,7 +460,7 @@ impl Exec {
                     client = %o.client,
                     client_via = o.client.via().as_str(),
                     instance_name = %o.instance,
-                    digest = %format!("{}/{}", o.action_digest.hash, o.action_digest.size_bytes),
+                    digest = %crate::access::digest_label(&o.action_digest),
                     operation = %o.name,
                     invocation_id = %o.invocation_id,
                     "action cache written with an executed action's result"

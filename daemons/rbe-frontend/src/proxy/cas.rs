@@ -187,7 +187,11 @@ impl ActionCache for AcProxy {
         req: Request<reapi::GetActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
         let instance = &req.get_ref().instance_name;
-        let digest = req.get_ref().action_digest.as_ref().map(short_digest);
+        let digest = req
+            .get_ref()
+            .action_digest
+            .as_ref()
+            .map(access::digest_label);
         let shown = digest.as_ref().map(|d| d as &dyn std::fmt::Display);
         access::check(&req, "GetActionResult", instance, Permission::AcRead, shown)?;
         let req = req.into_inner();
@@ -210,7 +214,11 @@ impl ActionCache for AcProxy {
     ) -> Result<Response<reapi::ActionResult>, Status> {
         const RPC: &str = "UpdateActionResult";
         let instance = req.get_ref().instance_name.clone();
-        let digest = req.get_ref().action_digest.as_ref().map(short_digest);
+        let digest = req
+            .get_ref()
+            .action_digest
+            .as_ref()
+            .map(access::digest_label);
         let shown = digest.as_ref().map(|d| d as &dyn std::fmt::Display);
         let caller = access::check(&req, RPC, &instance, Permission::AcWrite, shown)?;
         let exit_code = req
@@ -247,9 +255,4 @@ impl ActionCache for AcProxy {
         }
         r
     }
-}
-
-/// `hash/size` of a digest for log lines (whatever the client sent).
-fn short_digest(d: &reapi::Digest) -> String {
-    format!("{}/{}", d.hash, d.size_bytes)
 }
