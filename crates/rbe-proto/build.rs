@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("rbe/casd/v1/casd.proto"),
         root.join("rbe/worker/v1/worker.proto"),
+        root.join("rbe/cluster/v1/cluster.proto"),
         root.join("google/rpc/error_details.proto"),
     ];
     for f in &files {

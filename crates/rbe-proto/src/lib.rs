@@ -4,6 +4,8 @@
 //!   from the `bazel-remote-apis` crate, re-exported under short names.
 //! - [`casd`]: rbe-casd's local API (`proto/rbe/casd/v1/casd.proto`).
 //! - [`worker`]: the worker stream (`proto/rbe/worker/v1/worker.proto`).
+//! - [`cluster`]: load reports and the peer service between hosts
+//!   (`proto/rbe/cluster/v1/cluster.proto`).
 //! - [`rpc`]: the `google.rpc` error details rbe attaches to statuses.
 //! - [`digest`] and [`resource`]: validated digests and ByteStream resource
 //!   names, so that nothing past the service edge handles raw strings.
@@ -54,6 +56,13 @@ pub mod rpc {
 #[allow(missing_docs, clippy::all)]
 pub mod casd {
     tonic::include_proto!("rbe.casd.v1");
+}
+
+/// Between the hosts of a cluster: the gossiped load report and the peer
+/// service (`proto/rbe/cluster/v1/cluster.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod cluster {
+    tonic::include_proto!("rbe.cluster.v1");
 }
 
 /// The worker stream between rbe-workerd and rbe-frontend.
