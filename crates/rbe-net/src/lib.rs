@@ -25,6 +25,7 @@
 mod accept;
 mod channel;
 mod listener;
+mod mtls;
 mod peer;
 mod serve;
 pub mod tls;
@@ -32,6 +33,7 @@ pub mod tls;
 pub use accept::{MAX_HANDSHAKES, PLAINTEXT_FIRST_BYTES_TIMEOUT};
 pub use channel::{tune_endpoint, unix_channel, unix_channel_with};
 pub use listener::{from_activation_or_bind, take_all_activated, Bind, Listener};
+pub use mtls::{peer_channel, PeerClientTls};
 pub use peer::PeerInfo;
 pub use serve::{serve, tune_server};
 

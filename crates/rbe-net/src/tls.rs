@@ -36,6 +36,35 @@ pub struct TlsFiles {
     pub require_client_certificate: bool,
     /// How long a connection may take from accept to a finished handshake.
     pub handshake_timeout: Duration,
+    /// The config keys these files were named by, for errors.
+    pub keys: TlsKeys,
+}
+
+/// The config keys naming a [`TlsFiles`]' certificate, key and CA, so an
+/// error points at the line to fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsKeys {
+    /// The certificate chain's key.
+    pub certificate: &'static str,
+    /// The private key's key.
+    pub key: &'static str,
+    /// The CA bundle's key.
+    pub client_ca: &'static str,
+}
+
+impl TlsKeys {
+    /// frontend.toml's `[tls]`.
+    pub const PUBLIC: TlsKeys = TlsKeys {
+        certificate: "tls.certificate",
+        key: "tls.key",
+        client_ca: "tls.client_ca",
+    };
+    /// frontend.toml's `[cluster]` TLS files (the peer channel).
+    pub const CLUSTER: TlsKeys = TlsKeys {
+        certificate: "cluster.tls_cert",
+        key: "cluster.tls_key",
+        client_ca: "cluster.tls_ca",
+    };
 }
 
 impl TlsFiles {
@@ -49,6 +78,7 @@ impl TlsFiles {
             require_client_certificate: tls.client_certificates
                 == rbe_config::ClientCertificates::Required,
             handshake_timeout: Duration::from_secs(tls.handshake_timeout_secs),
+            keys: TlsKeys::PUBLIC,
         })
     }
 }
@@ -80,9 +110,9 @@ impl ClientAuth {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read or holds nothing usable.
-    #[error("key tls.{key}: {}: {reason}", .path.display())]
+    #[error("key {key}: {}: {reason}", .path.display())]
     File {
-        /// `certificate`, `key` or `client_ca`.
+        /// The config key naming the file, e.g. `tls.certificate`.
         key: &'static str,
         /// The file.
         path: PathBuf,
@@ -91,7 +121,7 @@ pub enum TlsError {
     },
     /// The files load but do not make a usable configuration (the key does
     /// not belong to the certificate, an unsupported key type...).
-    #[error("key tls.{key}: {}: {source}", .path.display())]
+    #[error("key {key}: {}: {source}", .path.display())]
     Rustls {
         /// The key the problem is blamed on.
         key: &'static str,
@@ -125,14 +155,14 @@ impl TlsConfig {
     /// Reads and checks the certificate chain, the key (it must belong to
     /// the chain's first certificate) and the client CA bundle.
     pub fn load(files: &TlsFiles) -> Result<TlsConfig, TlsError> {
-        let chain = read_certs("certificate", &files.certificate)?;
+        let chain = read_certs(files.keys.certificate, &files.certificate)?;
         let not_after = chain.first().and_then(|c| {
             let (_, cert) = x509_parser::parse_x509_certificate(c).ok()?;
             let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
             Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
         });
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::File {
-            key: "key",
+            key: files.keys.key,
             path: files.key.clone(),
             reason: pem_reason(
                 e,
@@ -143,7 +173,7 @@ impl TlsConfig {
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|source| TlsError::Rustls {
-                key: "certificate",
+                key: files.keys.certificate,
                 path: files.certificate.clone(),
                 source,
             })?;
@@ -151,9 +181,12 @@ impl TlsConfig {
             None => (builder.with_no_client_auth(), ClientAuth::Off),
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
-                for (i, c) in read_certs("client_ca", ca)?.into_iter().enumerate() {
+                for (i, c) in read_certs(files.keys.client_ca, ca)?
+                    .into_iter()
+                    .enumerate()
+                {
                     roots.add(c).map_err(|e| TlsError::File {
-                        key: "client_ca",
+                        key: files.keys.client_ca,
                         path: ca.clone(),
                         reason: format!("certificate {} is not a usable CA: {e}", i + 1),
                     })?;
@@ -166,7 +199,7 @@ impl TlsConfig {
                     ClientAuth::Optional
                 };
                 let verifier = v.build().map_err(|e| TlsError::File {
-                    key: "client_ca",
+                    key: files.keys.client_ca,
                     path: ca.clone(),
                     reason: e.to_string(),
                 })?;
@@ -177,7 +210,7 @@ impl TlsConfig {
             builder
                 .with_single_cert(chain, key)
                 .map_err(|source| TlsError::Rustls {
-                    key: "key",
+                    key: files.keys.key,
                     path: files.key.clone(),
                     source,
                 })?;
@@ -270,7 +303,10 @@ impl ServerTls {
     }
 }
 
-fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::File {
         key,
         path: path.to_owned(),

@@ -86,6 +86,21 @@ impl TestPki {
         self.client_with(name, name, Validity::Now)
     }
 
+    /// A cluster host's certificate: CN and DNS SAN `name`, for both ends
+    /// of the peer channel (server and client auth): (`name.crt`,
+    /// `name.key`).
+    pub fn host(&self, name: &str) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        set_common(&mut params, name, Validity::Now);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        self.write_pair(name, &cert.pem(), &key)
+    }
+
     /// A client certificate whose validity ended yesterday.
     pub fn expired_client(&self, name: &str) -> (PathBuf, PathBuf) {
         self.client_with(&format!("{name}-expired"), name, Validity::Expired)
