@@ -114,7 +114,7 @@ fn ts_secs(t: &Option<Timestamp>) -> Option<f64> {
         .map(|t| t.seconds as f64 + f64::from(t.nanos) * 1e-9)
 }
 
-fn span_ms(start: &Option<Timestamp>, end: &Option<Timestamp>) -> Option<f64> {
+pub(crate) fn span_ms(start: &Option<Timestamp>, end: &Option<Timestamp>) -> Option<f64> {
     Some((ts_secs(end)? - ts_secs(start)?) * 1e3)
 }
 
@@ -156,7 +156,7 @@ fn sample_of(sent: SystemTime, latency: Duration, r: &ExecuteResponse) -> Sample
 }
 
 /// The done Operation's ExecuteResponse, checked for success.
-fn response_of(op: &Operation) -> anyhow::Result<ExecuteResponse> {
+pub(crate) fn response_of(op: &Operation) -> anyhow::Result<ExecuteResponse> {
     let r = match op.result.as_ref() {
         Some(operation::Result::Response(any)) => {
             ExecuteResponse::decode(any.value.as_slice()).context("decoding ExecuteResponse")?
@@ -348,6 +348,66 @@ async fn run_phase(
     }
 }
 
+/// Uploads `n` actions running `argv` with an empty input root, each with a
+/// distinct `RBE_BENCH_SALT` when `salted` (so each is a cache miss and
+/// none is merged with another), and returns their digests. Nothing here
+/// is timed.
+pub async fn upload_actions(
+    ch: &Channel,
+    target: &Target,
+    n: usize,
+    argv: &[String],
+    salted: bool,
+    do_not_cache: bool,
+) -> anyhow::Result<Vec<rbe_proto::reapi::Digest>> {
+    let f = DigestFunction::Sha256;
+    let max = max_batch_bytes(ch.clone(), &target.instance).await?;
+    let root = Directory::default().encode_to_vec();
+    let root_digest = Digest::of(f, &root);
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::with_capacity(2 * n + 1);
+    let mut actions = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut env = vec![EnvironmentVariable {
+            name: "PATH".to_string(),
+            value: "/usr/bin:/bin".to_string(),
+        }];
+        if salted {
+            env.push(EnvironmentVariable {
+                name: "RBE_BENCH_SALT".to_string(),
+                value: format!("{run_id}-{i}"),
+            });
+        }
+        let cmd = Command {
+            arguments: argv.to_vec(),
+            environment_variables: env,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let cmd_digest = Digest::of(f, &cmd);
+        let action = Action {
+            command_digest: Some(cmd_digest.to_reapi()),
+            input_root_digest: Some(root_digest.to_reapi()),
+            do_not_cache,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let action_digest = Digest::of(f, &action);
+        actions.push(action_digest.to_reapi());
+        blobs.push((cmd_digest, cmd));
+        blobs.push((action_digest, action));
+    }
+    let cas = cas_client(ch.clone());
+    upload(&cas, pack(&target.instance, &blobs, max), 2).await?;
+    // The empty Directory is the empty blob; servers treat it as always
+    // present, and some refuse to store it, so its upload is best effort.
+    if !root_digest.is_empty_blob() {
+        bail!("an empty Directory should encode to the empty blob");
+    }
+    let _ = upload(&cas, pack(&target.instance, &[(root_digest, root)], max), 1).await;
+    Ok(actions)
+}
+
 /// Runs the benchmark and prints its result lines.
 pub async fn run(a: Args) -> anyhow::Result<()> {
     if a.sequential == 0 && a.concurrent == 0 {
@@ -359,7 +419,6 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         channels.push(connect(&a.target.endpoint).await?);
     }
     let ch = channels[0].clone();
-    let max = max_batch_bytes(ch.clone(), &a.target.instance).await?;
 
     // The action blobs: one empty input root, then per request a Command
     // and an Action (or one of each in skip-cache mode).
@@ -368,66 +427,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Mode::Salt => total,
         Mode::SkipCache => 1,
     };
-    let root = Directory::default().encode_to_vec();
-    let root_digest = Digest::of(f, &root);
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::with_capacity(2 * n_actions + 1);
-    let mut actions = Vec::with_capacity(n_actions);
-    for i in 0..n_actions {
-        let mut env = vec![EnvironmentVariable {
-            name: "PATH".to_string(),
-            value: "/usr/bin:/bin".to_string(),
-        }];
-        if a.mode == Mode::Salt {
-            env.push(EnvironmentVariable {
-                name: "RBE_BENCH_SALT".to_string(),
-                value: format!("{run_id}-{i}"),
-            });
-        }
-        let cmd = Command {
-            arguments: vec![a.program.clone()],
-            environment_variables: env,
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let cmd_digest = Digest::of(f, &cmd);
-        let action = Action {
-            command_digest: Some(cmd_digest.to_reapi()),
-            input_root_digest: Some(root_digest.to_reapi()),
-            do_not_cache: a.do_not_cache,
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let action_digest = Digest::of(f, &action);
-        actions.push(action_digest.to_reapi());
-        blobs.push((cmd_digest, cmd));
-        blobs.push((action_digest, action));
-    }
-    let t = Instant::now();
-    let cas = cas_client(ch.clone());
-    let (_, _) = upload(&cas, pack(&a.target.instance, &blobs, max), 2).await?;
-    // The empty Directory is the empty blob; servers treat it as always
-    // present, and some refuse to store it, so its upload is best effort.
-    if !root_digest.is_empty_blob() {
-        bail!("an empty Directory should encode to the empty blob");
-    }
-    let _ = upload(
-        &cas,
-        pack(&a.target.instance, &[(root_digest, root)], max),
-        1,
-    )
-    .await;
+    let argv = vec![a.program.clone()];
+    let salted = a.mode == Mode::Salt;
+    let actions = upload_actions(&ch, &a.target, n_actions, &argv, salted, a.do_not_cache).await?;
     println!(
-        "exec {}: uploaded {} actions ({} blobs) in {:.2} s; mode {:?}, program {}, do_not_cache {}",
-        a.target.label,
-        n_actions,
-        blobs.len(),
-        t.elapsed().as_secs_f64(),
-        a.mode,
-        a.program,
-        a.do_not_cache
+        "exec {}: uploaded {} actions; mode {:?}, program {}, do_not_cache {}",
+        a.target.label, n_actions, a.mode, a.program, a.do_not_cache
     );
-    drop(blobs);
 
     let skip = a.mode == Mode::SkipCache;
     let mut reqs = (0..total).map(|i| ExecuteRequest {

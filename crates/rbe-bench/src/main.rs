@@ -12,6 +12,7 @@
 mod batch;
 mod bytestream;
 mod exec;
+mod fanout;
 mod fmb;
 mod local;
 mod report;
@@ -43,6 +44,9 @@ enum Cmd {
     /// Remote-execution overhead: no-op Executes (forced cache misses),
     /// sequential then concurrent, with the per-stage split.
     Exec(exec::Args),
+    /// A burst of distinct actions at once: makespan against the ideal,
+    /// and which host and worker ran each (the cluster's offload).
+    Fanout(fanout::Args),
     /// Write N tiny blobs straight into an rbe store directory (casd stopped).
     Populate(local::PopulateArgs),
     /// Query rbe-casd's local Stats API, optionally waiting for the index.
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
             Cmd::Batch(a) => batch::run(a).await,
             Cmd::Fmb(a) => fmb::run(a).await,
             Cmd::Exec(a) => exec::run(a).await,
+            Cmd::Fanout(a) => fanout::run(a).await,
             Cmd::Populate(a) => local::populate(a),
             Cmd::CasdStats(a) => local::stats(a).await,
         }
