@@ -1,5 +1,6 @@
 //! rbectl: the rbe admin CLI.
 
+mod cluster_status;
 mod config_check;
 mod local;
 mod tls;
@@ -30,11 +31,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: token::TokenCmd,
     },
+    /// The hosts of an rbe cluster.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
     /// A private CA and certificates for the frontend's TLS.
     Tls {
         #[command(subcommand)]
         cmd: tls::TlsCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Members, their state and load, and the offload counters, as this
+    /// host's frontend sees them.
+    Status(cluster_status::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -52,6 +65,9 @@ fn main() -> ExitCode {
         } => config_check::run(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Tls { cmd } => tls::run(cmd),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Status(a),
+        } => cluster_status::run(a),
     };
     match r {
         Ok(code) => code,
