@@ -188,7 +188,7 @@ pub async fn run(
         .add_service(
             ActionCacheServer::new(cas::AcProxy {
                 upstream: upstream.clone(),
-                recent: Arc::clone(&exec.recent),
+                recent: Arc::clone(exec.recent()),
             })
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message),
@@ -283,7 +283,7 @@ pub async fn run(
     watchdog.abort();
     // Results already reported to clients are written to the action cache
     // in the background; give the last ones a moment to land.
-    exec.recent.drain(Duration::from_secs(5)).await;
+    exec.recent().drain(Duration::from_secs(5)).await;
     tracing::info!("rbe-frontend stopped");
     Ok(())
 }
@@ -361,7 +361,7 @@ fn quota_limits(l: &rbe_config::FrontendLimits) -> crate::quota::QuotaLimits {
 async fn heartbeat(shutdown: CancellationToken, exec: Arc<crate::exec::Exec>) {
     rbe_systemd::heartbeat(shutdown.cancelled_owned(), || {
         exec.tick();
-        let c = exec.sched.lock().counts();
+        let c = exec.counts();
         let (retained_ops, retained_bytes) = exec.retained();
         rbe_systemd::notify_status(&format!(
             "{} queued, {} running, {} workers, {} free slots, {} results being cached, \
@@ -370,7 +370,7 @@ async fn heartbeat(shutdown: CancellationToken, exec: Arc<crate::exec::Exec>) {
             c.executing,
             c.workers,
             c.free_slots,
-            exec.recent.pending(),
+            exec.recent().pending(),
             exec.upstream.limits.in_use(),
             retained_ops,
             retained_bytes >> 10,

@@ -13,7 +13,7 @@ use rbe_proto::reapi::{
     Action, ActionResult, Command, ExecutedActionMetadata, OutputDirectory, OutputFile,
     OutputSymlink,
 };
-use rbe_proto::worker::{Assignment, Finished};
+use rbe_proto::worker::{Assignment, Finished, Outcome};
 use rbe_proto::{Digest, DigestFunction};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -38,20 +38,19 @@ fn wkt(t: SystemTime) -> Option<rbe_proto::wkt::Timestamp> {
 }
 
 /// `otherwise`, unless the error is the worker's disk running full: that
-/// is RESOURCE_EXHAUSTED, the host's fault and worth a retry, never the
-/// action's.
-fn exec_error_code(e: &rbe_exec::ExecError, otherwise: Code) -> Code {
+/// is NO_SPACE, the host's fault and worth a retry, never the action's.
+fn exec_error_outcome(e: &rbe_exec::ExecError, otherwise: Outcome) -> Outcome {
     if e.is_no_space() {
-        Code::ResourceExhausted
+        Outcome::NoSpace
     } else {
         otherwise
     }
 }
 
-fn fail(id: u64, code: Code, message: impl Into<String>) -> Finished {
+fn fail(id: u64, outcome: Outcome, message: impl Into<String>) -> Finished {
     Finished {
         id,
-        code: code as i32,
+        outcome: outcome as i32,
         message: message.into(),
         ..Default::default()
     }
@@ -59,7 +58,7 @@ fn fail(id: u64, code: Code, message: impl Into<String>) -> Finished {
 
 /// The report for an assignment this worker will not run.
 pub fn refuse(id: u64, why: &str) -> Finished {
-    fail(id, Code::Unavailable, why)
+    fail(id, Outcome::Unavailable, why)
 }
 
 /// Time allowed beyond the action's own timeout for fetching inputs and
@@ -77,8 +76,8 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
     let limit = Duration::from_secs(u64::from(a.timeout_seconds.max(1))) + OVERHEAD_ALLOWANCE;
     let r = tokio::select! {
         r = run(w, &a, &dir, &action_id, slot, cancel.clone()) => r,
-        _ = cancel.cancelled() => Ok(fail(id, Code::Cancelled, "cancelled")),
-        _ = tokio::time::sleep(limit) => Ok(fail(id, Code::Unavailable, format!(
+        _ = cancel.cancelled() => Ok(fail(id, Outcome::Cancelled, "cancelled")),
+        _ = tokio::time::sleep(limit) => Ok(fail(id, Outcome::Unavailable, format!(
             "worker {} could not finish the action within {} s (inputs or outputs stalled)", w.name, limit.as_secs()
         ))),
     };
@@ -101,12 +100,12 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
                     || c.downcast_ref::<rbe_exec::ExecError>()
                         .is_some_and(rbe_exec::ExecError::is_no_space)
             });
-            let code = if full {
-                Code::ResourceExhausted
+            let outcome = if full {
+                Outcome::NoSpace
             } else {
-                Code::Internal
+                Outcome::WorkerFault
             };
-            fail(id, code, format!("worker {}: {e:#}", w.name))
+            fail(id, outcome, format!("worker {}: {e:#}", w.name))
         }
     }
 }
@@ -130,7 +129,7 @@ async fn run(
     let Some(root_digest) = action.input_root_digest.as_ref() else {
         return Ok(fail(
             a.id,
-            Code::InvalidArgument,
+            Outcome::InvalidAction,
             "action has no input_root_digest",
         ));
     };
@@ -164,30 +163,30 @@ async fn run(
     let m = match m {
         Ok(m) => m.into_inner(),
         Err(s) if s.code() == Code::InvalidArgument => {
-            return Ok(fail(a.id, Code::InvalidArgument, s.message()))
+            return Ok(fail(a.id, Outcome::InvalidAction, s.message()))
         }
         // casd reports blobs that vanish while it builds the tree in
         // `missing` below; NOT_FOUND is left only for an older casd.
         Err(s) if s.code() == Code::NotFound => {
-            return Ok(fail(a.id, Code::FailedPrecondition, s.message()))
+            return Ok(fail(a.id, Outcome::InputsMissing, s.message()))
         }
         Err(s) if s.code() == Code::Unavailable => {
             return Ok(fail(
                 a.id,
-                Code::Unavailable,
+                Outcome::Unavailable,
                 format!("casd is unavailable: {}", s.message()),
             ))
         }
         // A full disk is the host's fault: Bazel may retry or fall back.
         Err(s) if s.code() == Code::ResourceExhausted => {
-            return Ok(fail(a.id, Code::ResourceExhausted, s.message()))
+            return Ok(fail(a.id, Outcome::NoSpace, s.message()))
         }
         Err(s) => anyhow::bail!("materializing inputs: {s}"),
     };
     if !m.missing.is_empty() {
         let mut f = fail(
             a.id,
-            Code::FailedPrecondition,
+            Outcome::InputsMissing,
             format!("{} input blob(s) are missing from the CAS", m.missing.len()),
         );
         f.missing = m
@@ -208,13 +207,13 @@ async fn run(
     }
     for p in &declared {
         if let Err(e) = rbe_exec::validate_relative_path(p) {
-            return Ok(fail(a.id, Code::InvalidArgument, e.to_string()));
+            return Ok(fail(a.id, Outcome::InvalidAction, e.to_string()));
         }
     }
     if let Err(e) = rbe_exec::prepare_output_dirs(&root, &command.working_directory, &declared) {
         return Ok(fail(
             a.id,
-            exec_error_code(&e, Code::InvalidArgument),
+            exec_error_outcome(&e, Outcome::InvalidAction),
             e.to_string(),
         ));
     }
@@ -228,7 +227,7 @@ async fn run(
         .collect();
     let limits = match confine::limits_for(&cfg.limits, &properties) {
         Ok(l) => l,
-        Err(e) => return Ok(fail(a.id, Code::InvalidArgument, e)),
+        Err(e) => return Ok(fail(a.id, Outcome::InvalidAction, e)),
     };
     let sandbox = Sandbox {
         uid: w.privileged.then_some(cfg.sandbox.uid),
@@ -276,7 +275,7 @@ async fn run(
             tracing::error!(operation = %a.operation, unit = %scope.unit, reason = %why, "could not create the action's scope");
             return Ok(fail(
                 a.id,
-                Code::Unavailable,
+                Outcome::Unavailable,
                 format!(
                     "worker {}: could not create the action's scope: {why}",
                     w.name
@@ -286,17 +285,17 @@ async fn run(
         Err(e) => {
             // A program that does not exist, a bad working directory: the
             // action's fault, reported as such.
-            let code = match e {
+            let outcome = match e {
                 rbe_exec::ExecError::Setup { .. }
                 | rbe_exec::ExecError::Io { .. }
-                | rbe_exec::ExecError::Internal(_) => exec_error_code(&e, Code::Internal),
-                _ => Code::InvalidArgument,
+                | rbe_exec::ExecError::Internal(_) => exec_error_outcome(&e, Outcome::WorkerFault),
+                _ => Outcome::InvalidAction,
             };
-            return Ok(fail(a.id, code, e.to_string()));
+            return Ok(fail(a.id, outcome, e.to_string()));
         }
     };
     if outcome.cancelled {
-        return Ok(fail(a.id, Code::Cancelled, "cancelled"));
+        return Ok(fail(a.id, Outcome::Cancelled, "cancelled"));
     }
 
     // Outputs.
@@ -345,18 +344,18 @@ async fn run(
             // what it printed, and Bazel does not retry it.
             Err(e) if e.downcast_ref::<rbe_exec::ExecError>().is_some() => {
                 up.flush().await?;
-                let (code, message) = match e.downcast_ref::<rbe_exec::ExecError>() {
+                let (outcome, message) = match e.downcast_ref::<rbe_exec::ExecError>() {
                     Some(limit @ rbe_exec::ExecError::OutputLimit { .. }) => {
-                        (Code::InvalidArgument, limit.to_string())
+                        (Outcome::InvalidAction, limit.to_string())
                     }
                     Some(x) => (
-                        exec_error_code(x, Code::InvalidArgument),
+                        exec_error_outcome(x, Outcome::InvalidAction),
                         format!("output {p:?}: {e:#}"),
                     ),
-                    None => (Code::InvalidArgument, format!("output {p:?}: {e:#}")),
+                    None => (Outcome::InvalidAction, format!("output {p:?}: {e:#}")),
                 };
                 tracing::info!(operation = %a.operation, invocation_id = %a.invocation_id, reason = %message, "action outputs refused");
-                let mut f = fail(a.id, code, message);
+                let mut f = fail(a.id, outcome, message);
                 f.action_result = result.encode_to_vec();
                 return Ok(f);
             }
@@ -432,6 +431,7 @@ async fn run(
     );
     let mut fin = Finished {
         id: a.id,
+        outcome: Outcome::Ran as i32,
         action_result: result.encode_to_vec(),
         ..Default::default()
     };
@@ -449,7 +449,7 @@ async fn run(
         );
     }
     if outcome.timed_out {
-        fin.code = Code::DeadlineExceeded as i32;
+        fin.outcome = Outcome::TimedOut as i32;
         fin.message = format!("action timed out after {} s", a.timeout_seconds);
     }
     Ok(fin)

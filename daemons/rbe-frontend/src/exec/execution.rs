@@ -20,12 +20,12 @@ use rbe_proto::reapi::{
 };
 use rbe_proto::worker::Assignment;
 use rbe_proto::{Digest, DigestFunction};
-use rbe_sched::{ActionKey, OpId, Platform, SchedError, Scheduler, Stage, Tenant};
+use rbe_sched::{ActionKey, Platform, SchedError, Tenant};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
 use super::handles::{Attached, Caller, Origin};
-use super::{new_operation_name, operation, Exec, OpInfo, Snapshot};
+use super::{new_operation_name, operation, Exec, Snapshot, Submission, Submitted};
 use crate::access;
 
 type OpStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
@@ -94,15 +94,6 @@ fn platform_of(action: &Action, command: &Command) -> Platform {
     )
 }
 
-/// The REAPI stage of an execution in flight.
-fn stage_value(s: Stage) -> execution_stage::Value {
-    match s {
-        Stage::Queued => execution_stage::Value::Queued,
-        Stage::Executing => execution_stage::Value::Executing,
-        Stage::Completed => execution_stage::Value::Completed,
-    }
-}
-
 impl ExecutionService {
     /// A stream of snapshots of the handle `a` follows, ending after the
     /// completed one. When it ends it no longer waits (the last waiter
@@ -147,16 +138,7 @@ impl ExecutionService {
             // Done, or the client went away or stopped taking updates: this
             // stream no longer waits (the last waiter leaving cancels the
             // execution).
-            let effect = {
-                let mut sched = exec.sched.lock();
-                if exec.handles.detach(handle) {
-                    sched.remove_waiter(id)
-                } else {
-                    rbe_sched::CancelEffect::None
-                }
-            };
-            exec.apply_cancel(id, effect);
-            exec.enforce_retention();
+            exec.stream_ended(handle, id);
             if sent == Sent::Stalled {
                 tracing::info!(operation = %name, idle_secs = idle.as_secs(), "a client took no operation update; its stream was ended");
                 let status = exec
@@ -169,22 +151,6 @@ impl ExecutionService {
             }
         });
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
-    }
-
-    /// Opens a handle on the execution `id`, in flight, that this request
-    /// joined (it is one more waiter already). Called under the scheduler
-    /// lock, so the execution cannot complete before the handle exists.
-    fn open_joined(
-        &self,
-        sched: &Scheduler<Arc<Assignment>, ()>,
-        id: OpId,
-        origin: Origin,
-    ) -> Attached {
-        let stage = sched
-            .get(id)
-            .map_or(execution_stage::Value::Queued, |v| stage_value(v.stage));
-        let name = new_operation_name(&origin.instance);
-        self.0.handles.open(name, id, origin, stage, 0)
     }
 
     /// Streams a handle this request opened on a shared execution.
@@ -229,14 +195,6 @@ impl ExecutionService {
         let name = self.0.record_hit(key, origin, invocation, resp.clone());
         Self::done_stream(name, digest, function, resp)
     }
-}
-
-/// What a submission under the scheduler lock came to.
-enum Submitted {
-    /// A new execution, with the submitter's handle.
-    New(Attached),
-    /// The identical action was in flight after all.
-    Joined(Attached),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -367,17 +325,11 @@ impl Execution for ExecutionService {
 
         // The identical action in flight, or just finished: nothing to read.
         // (A do_not_cache action is never found: its key is unique.)
-        let in_flight = {
-            let mut sched = exec.sched.lock();
-            sched
-                .join(&shared_key)
-                .map(|id| self.open_joined(&sched, id, origin.clone()))
-        };
-        if let Some(j) = in_flight {
+        if let Some(j) = exec.join(&shared_key, &origin) {
             return Ok(Response::new(self.joined(j)));
         }
         if use_cache {
-            if let Some(r) = exec.recent.get(&shared_key) {
+            if let Some(r) = exec.recent().get(&shared_key) {
                 return Ok(Response::new(self.hit(shared_key, origin, &invocation, r)));
             }
         }
@@ -444,60 +396,32 @@ impl Execution for ExecutionService {
         } else {
             shared_key.clone()
         };
-        // Submitting and registering under one lock, so a concurrent
-        // identical request finds the operation's watch. The recent results
-        // are checked under it too: the action may have completed while this
-        // request was reading, before its action-cache write landed.
-        let submitted = {
-            let mut sched = exec.sched.lock();
-            let recent = if use_cache && !action.do_not_cache {
-                exec.recent.get(&shared_key)
-            } else {
-                None
-            };
-            match recent {
-                Some(r) => Err(r),
-                None => {
-                    let (id, new) = sched
-                        .submit(key, platform, priority, tenant, assignment)
-                        .map_err(sched_status)?;
-                    if new {
-                        exec.ops.lock().insert(
-                            id,
-                            OpInfo {
-                                name: name.clone(),
-                                action_digest: ad.to_reapi(),
-                                digest_function: f.to_reapi(),
-                                instance: instance.clone(),
-                                do_not_cache: action.do_not_cache,
-                                invocation_id: invocation.clone(),
-                                client: origin.owner.clone(),
-                                done: false,
-                            },
-                        );
-                        Ok(Submitted::New(exec.handles.open(
-                            name.clone(),
-                            id,
-                            origin.clone(),
-                            execution_stage::Value::Queued,
-                            payload_bytes,
-                        )))
-                    } else {
-                        Ok(Submitted::Joined(self.open_joined(
-                            &sched,
-                            id,
-                            origin.clone(),
-                        )))
-                    }
-                }
-            }
-        };
+        // Submitting and registering in one step of the owner, so a
+        // concurrent identical request finds the operation's handles. The
+        // recent results are checked in it too: the action may have
+        // completed while this request was reading, before its action-cache
+        // write landed.
+        let submitted = exec
+            .submit(Submission {
+                key,
+                shared_key: shared_key.clone(),
+                use_recent: use_cache && !action.do_not_cache,
+                platform,
+                priority,
+                tenant,
+                assignment,
+                origin: origin.clone(),
+                name: name.clone(),
+                do_not_cache: action.do_not_cache,
+                invocation_id: invocation.clone(),
+                payload_bytes,
+            })
+            .map_err(sched_status)?;
         let stream = match submitted {
-            Err(r) => self.hit(shared_key, origin, &invocation, r),
-            Ok(Submitted::Joined(a)) => self.joined(a),
-            Ok(Submitted::New(a)) => {
+            Submitted::Recent(r) => self.hit(shared_key, origin, &invocation, *r),
+            Submitted::Joined(a) => self.joined(a),
+            Submitted::New(a) => {
                 tracing::debug!(action_digest = %ad, operation = %name, invocation_id = %invocation, "action queued");
-                exec.dispatch();
                 self.stream(a, use_cache)
             }
         };
@@ -519,16 +443,7 @@ impl Execution for ExecutionService {
             who: &who,
             granted: &granted,
         };
-        let a = {
-            let mut sched = exec.sched.lock();
-            let a = exec.handles.attach(&name, &caller)?;
-            if a.waits {
-                // A completed execution may have left the scheduler; its
-                // handle answers from what it kept.
-                let _ = sched.add_waiter(a.exec);
-            }
-            a
-        };
+        let a = exec.attach(&name, &caller)?;
         Ok(Response::new(self.stream(a, false)))
     }
 }

@@ -20,12 +20,15 @@
 //! scheduler's retention), is forgotten for bytes, or is deleted; an
 //! execution goes when its last handle has.
 //!
-//! Everything here is behind one mutex, taken after the scheduler's and
-//! `Exec::ops` (see `Exec`), never while calling out.
+//! [`Handles`] has no lock of its own: it is part of the owner's state
+//! (see the module documentation of [`super`]). Making a handle done
+//! replaces its watch channel at once, and returns a [`Wake`] that gives
+//! the streams reading the old channel the whole response after the lock
+//! is released.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-use parking_lot::Mutex;
 use prost::Message;
 use rbe_auth::{Identity, Permission};
 use rbe_proto::longrunning::Operation;
@@ -60,8 +63,8 @@ pub struct Caller<'a> {
     /// The caller.
     pub who: &'a Identity,
     /// Whether the caller holds a permission on the handle's instance.
-    /// Asked under the scheduler's and the handles' locks: it must answer
-    /// from memory, without blocking or touching `Exec`'s locks.
+    /// Asked under the owner's lock: it must answer from memory, without
+    /// blocking or calling into [`super::Exec`].
     pub granted: &'a dyn Fn(Permission) -> bool,
 }
 
@@ -161,23 +164,44 @@ impl Handle {
         )
     }
 
-    /// Makes the handle done with `response`: streams following it now get
-    /// all of it, what stays is `kept`.
-    fn finish(&mut self, response: &ExecuteResponse, kept: &ExecuteResponse) {
+    /// Makes the handle done with `response`: what stays is `kept`, in a
+    /// fresh channel; the streams following it get all of `response` on
+    /// the old one when the returned [`Wake`] is sent.
+    fn finish(&mut self, response: &Arc<ExecuteResponse>, kept: &ExecuteResponse) -> Option<Wake> {
         let completed = execution_stage::Value::Completed as i32;
-        if self.watch.receiver_count() > 0 {
-            self.watch.send_modify(|s| {
-                s.stage = completed;
-                s.response = Some(response.clone());
-            });
-        }
-        // Receivers of the old channel still read the full response from
-        // it (a closed watch keeps its last value).
-        self.watch = watch::channel(Snapshot {
-            stage: completed,
-            response: Some(kept.clone()),
+        let old = std::mem::replace(
+            &mut self.watch,
+            watch::channel(Snapshot {
+                stage: completed,
+                response: Some(kept.clone()),
+            })
+            .0,
+        );
+        (old.receiver_count() > 0).then(|| Wake {
+            tx: old,
+            response: Arc::clone(response),
         })
-        .0;
+    }
+}
+
+/// The final snapshot for the streams of a handle just made done, sent
+/// after the owner's lock is released (cloning a large response for every
+/// stream is the costly part). Receivers of the old channel read it there
+/// (a closed watch keeps its last value); nothing else is sent on it.
+#[must_use]
+pub struct Wake {
+    tx: watch::Sender<Snapshot>,
+    response: Arc<ExecuteResponse>,
+}
+
+impl Wake {
+    /// Gives the streams the whole response.
+    pub fn send(self) {
+        let completed = execution_stage::Value::Completed as i32;
+        self.tx.send_modify(|s| {
+            s.stage = completed;
+            s.response = Some((*self.response).clone());
+        });
     }
 }
 
@@ -208,8 +232,9 @@ pub struct Withdrawn {
     pub waiters: u32,
 }
 
+/// Every operation handle; see the module documentation.
 #[derive(Default)]
-struct Inner {
+pub struct Handles {
     handles: BTreeMap<HandleId, Handle>,
     by_name: HashMap<String, HandleId>,
     by_exec: HashMap<OpId, BTreeSet<HandleId>>,
@@ -217,13 +242,7 @@ struct Inner {
     next: HandleId,
 }
 
-/// Every operation handle; see the module documentation.
-#[derive(Default)]
-pub struct Handles {
-    inner: Mutex<Inner>,
-}
-
-impl Inner {
+impl Handles {
     /// The handle `name`, if `caller` may act on it with `p`.
     fn find(
         &self,
@@ -289,13 +308,11 @@ impl Inner {
         }
         None
     }
-}
 
-impl Handles {
     /// A new handle followed by one stream, the Execute's (already one
     /// of the execution's waiters).
     pub fn open(
-        &self,
+        &mut self,
         name: String,
         exec: OpId,
         origin: Origin,
@@ -315,15 +332,20 @@ impl Handles {
             withdrawn: false,
             payload_bytes,
         };
-        let mut inner = self.inner.lock();
-        let id = inner.fresh_id();
+        let id = self.fresh_id();
         let attached = h.attach(id);
-        inner.insert(id, h);
+        self.insert(id, h);
         attached
     }
 
     /// A new handle, done on arrival with `response` (an action-cache hit).
-    pub fn open_done(&self, name: String, exec: OpId, origin: Origin, response: ExecuteResponse) {
+    pub fn open_done(
+        &mut self,
+        name: String,
+        exec: OpId,
+        origin: Origin,
+        response: ExecuteResponse,
+    ) {
         let mut kept = response;
         retained::strip_inlined(&mut kept);
         let (tx, _) = watch::channel(Snapshot {
@@ -339,43 +361,38 @@ impl Handles {
             withdrawn: false,
             payload_bytes: 0,
         };
-        let mut inner = self.inner.lock();
-        let id = inner.fresh_id();
-        inner.insert(id, h);
+        let id = self.fresh_id();
+        self.insert(id, h);
     }
 
     /// One more stream follows the handle `name` (WaitExecution).
-    pub fn attach(&self, name: &str, caller: &Caller<'_>) -> Result<Attached, HandleError> {
-        let mut inner = self.inner.lock();
-        let id = inner.find(name, caller, Permission::OperationsRead)?;
-        let Some(h) = inner.handles.get_mut(&id) else {
+    pub fn attach(&mut self, name: &str, caller: &Caller<'_>) -> Result<Attached, HandleError> {
+        let id = self.find(name, caller, Permission::OperationsRead)?;
+        let Some(h) = self.handles.get_mut(&id) else {
             return Err(HandleError::Unknown(name.to_string()));
         };
         let attached = h.attach(id);
-        inner.recount(id);
+        self.recount(id);
         Ok(attached)
     }
 
     /// A stream following `id` ended. Returns whether it was one of the
     /// execution's waiters (the handle was not withdrawn meanwhile).
-    pub fn detach(&self, id: HandleId) -> bool {
-        let mut inner = self.inner.lock();
-        let Some(h) = inner.handles.get_mut(&id) else {
+    pub fn detach(&mut self, id: HandleId) -> bool {
+        let Some(h) = self.handles.get_mut(&id) else {
             // Forgotten: it was done, or detached, so nobody waited through it.
             return false;
         };
         h.streams = h.streams.saturating_sub(1);
         let waited = !h.withdrawn;
-        inner.recount(id);
+        self.recount(id);
         waited
     }
 
     /// The current Operation of the handle `name`.
     pub fn get(&self, name: &str, caller: &Caller<'_>) -> Result<Operation, HandleError> {
-        let inner = self.inner.lock();
-        let id = inner.find(name, caller, Permission::OperationsRead)?;
-        inner
-            .handles
+        let id = self.find(name, caller, Permission::OperationsRead)?;
+        self.handles
             .get(&id)
             .map(Handle::operation)
             .ok_or_else(|| HandleError::Unknown(name.to_string()))
@@ -388,10 +405,8 @@ impl Handles {
         name: &str,
         caller: &Caller<'_>,
     ) -> Result<watch::Receiver<Snapshot>, HandleError> {
-        let inner = self.inner.lock();
-        let id = inner.find(name, caller, Permission::OperationsRead)?;
-        inner
-            .handles
+        let id = self.find(name, caller, Permission::OperationsRead)?;
+        self.handles
             .get(&id)
             .map(|h| h.watch.subscribe())
             .ok_or_else(|| HandleError::Unknown(name.to_string()))
@@ -401,13 +416,13 @@ impl Handles {
     /// streams stop waiting for the execution. `None` when it was done
     /// already (cancelling it again changes nothing).
     pub fn withdraw(
-        &self,
+        &mut self,
         name: &str,
         caller: &Caller<'_>,
+        wakes: &mut Vec<Wake>,
     ) -> Result<Option<Withdrawn>, HandleError> {
-        let mut inner = self.inner.lock();
-        let id = inner.find(name, caller, Permission::OperationsCancel)?;
-        let Some(h) = inner.handles.get_mut(&id) else {
+        let id = self.find(name, caller, Permission::OperationsCancel)?;
+        let Some(h) = self.handles.get_mut(&id) else {
             return Err(HandleError::Unknown(name.to_string()));
         };
         if h.done() {
@@ -417,32 +432,32 @@ impl Handles {
             status: Some(rpc_status(tonic::Code::Cancelled, "operation cancelled")),
             ..Default::default()
         };
-        h.finish(&cancelled, &cancelled);
+        wakes.extend(h.finish(&Arc::new(cancelled.clone()), &cancelled));
         h.withdrawn = true;
         let w = Withdrawn {
             exec: h.exec,
             waiters: h.streams,
         };
-        inner.recount(id);
+        self.recount(id);
         Ok(Some(w))
     }
 
     /// DeleteOperation: forgets the handle `name`, which must be done.
     /// Returns its execution if that has no handle left.
-    pub fn delete(&self, name: &str, caller: &Caller<'_>) -> Result<Option<OpId>, HandleError> {
-        let mut inner = self.inner.lock();
-        let id = inner.find(name, caller, Permission::OperationsCancel)?;
-        if inner.handles.get(&id).is_some_and(|h| !h.done()) {
+    pub fn delete(&mut self, name: &str, caller: &Caller<'_>) -> Result<Option<OpId>, HandleError> {
+        let id = self.find(name, caller, Permission::OperationsCancel)?;
+        if self.handles.get(&id).is_some_and(|h| !h.done()) {
             return Err(HandleError::Running(name.to_string()));
         }
-        Ok(inner.remove(id))
+        Ok(self.remove(id))
     }
 
-    /// Shows `stage` on the handles following `exec`.
+    /// Shows `stage` on the handles following `exec`. A watch send that
+    /// never clones a response, so it is made under the owner's lock,
+    /// where it cannot overtake the execution's completion.
     pub fn set_stage(&self, exec: OpId, stage: execution_stage::Value) {
-        let inner = self.inner.lock();
-        for id in inner.by_exec.get(&exec).into_iter().flatten() {
-            if let Some(h) = inner.handles.get(id) {
+        for id in self.by_exec.get(&exec).into_iter().flatten() {
+            if let Some(h) = self.handles.get(id) {
                 h.watch.send_if_modified(|s| {
                     let change = s.response.is_none() && s.stage != stage as i32;
                     if change {
@@ -455,56 +470,49 @@ impl Handles {
     }
 
     /// `exec` completed with `response`: every handle following it is done
-    /// with it (the streams now get all of it; what stays is stripped of
-    /// inlined payloads).
-    pub fn complete(&self, exec: OpId, response: &ExecuteResponse) {
-        let mut kept = response.clone();
+    /// with it (its streams get all of it through `wakes`; what stays is
+    /// stripped of inlined payloads).
+    pub fn complete(&mut self, exec: OpId, response: &Arc<ExecuteResponse>, wakes: &mut Vec<Wake>) {
+        let mut kept = (**response).clone();
         retained::strip_inlined(&mut kept);
-        let mut inner = self.inner.lock();
-        let ids: Vec<HandleId> = inner
+        let ids: Vec<HandleId> = self
             .by_exec
             .get(&exec)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
         for id in ids {
-            if let Some(h) = inner.handles.get_mut(&id) {
+            if let Some(h) = self.handles.get_mut(&id) {
                 if !h.done() {
-                    h.finish(response, &kept);
+                    wakes.extend(h.finish(response, &kept));
                 }
             }
-            inner.recount(id);
+            self.recount(id);
         }
     }
 
     /// Forgets the oldest counted handles while they keep more than `max`
     /// bytes; returns the executions left without a handle.
-    pub fn evict_over(&self, max: usize) -> Vec<OpId> {
-        let mut inner = self.inner.lock();
-        let evict = inner.retained.over(max);
-        evict
-            .into_iter()
-            .filter_map(|id| inner.remove(id))
-            .collect()
+    pub fn evict_over(&mut self, max: usize) -> Vec<OpId> {
+        let evict = self.retained.over(max);
+        evict.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
     /// Forgets the handles of executions `live` says are gone (expired).
-    pub fn retain_execs(&self, live: impl Fn(OpId) -> bool) {
-        let mut inner = self.inner.lock();
-        let gone: Vec<HandleId> = inner
+    pub fn retain_execs(&mut self, live: impl Fn(OpId) -> bool) {
+        let gone: Vec<HandleId> = self
             .by_exec
             .iter()
             .filter(|(exec, _)| !live(**exec))
             .flat_map(|(_, ids)| ids.iter().copied())
             .collect();
         for id in gone {
-            inner.remove(id);
+            self.remove(id);
         }
     }
 
     /// Handles counted against the retention bound now, and their bytes.
     pub fn retained(&self) -> (usize, usize) {
-        let inner = self.inner.lock();
-        (inner.retained.len(), inner.retained.bytes())
+        (self.retained.len(), self.retained.bytes())
     }
 
     /// One ListOperations page of `instance`'s handles after `after`:
@@ -518,9 +526,8 @@ impl Handles {
         page: usize,
         max_bytes: usize,
     ) -> (Vec<Operation>, Option<HandleId>) {
-        let inner = self.inner.lock();
         let from = after.map_or(0, |a| a.saturating_add(1));
-        let mut listed = inner
+        let mut listed = self
             .handles
             .range(from..)
             .filter(|(_, h)| h.origin.instance == instance)
@@ -594,7 +601,7 @@ mod tests {
     fn another_clients_handle_needs_the_permission() {
         let alice = Identity::new("alice", Via::Token);
         let bob = Identity::new("bob", Via::Token);
-        let h = Handles::default();
+        let mut h = Handles::default();
         let _a = h.open(
             "ci/operations/a".into(),
             7,
@@ -630,7 +637,7 @@ mod tests {
             Some(denied(Permission::OperationsRead))
         );
         assert_eq!(
-            h.withdraw("ci/operations/a", &bob_c).err(),
+            h.withdraw("ci/operations/a", &bob_c, &mut vec![]).err(),
             Some(denied(Permission::OperationsCancel))
         );
         assert_eq!(
@@ -650,7 +657,7 @@ mod tests {
         let bob_r = caller(&bob, &reader);
         assert!(h.get("ci/operations/a", &bob_r).is_ok());
         assert!(matches!(
-            h.withdraw("ci/operations/a", &bob_r),
+            h.withdraw("ci/operations/a", &bob_r, &mut vec![]),
             Err(HandleError::Denied { .. })
         ));
         // A name under another instance finds nothing.
@@ -664,7 +671,7 @@ mod tests {
     fn list_shows_own_handles_unless_granted() {
         let alice = Identity::new("alice", Via::Token);
         let bob = Identity::new("bob", Via::Certificate);
-        let h = Handles::default();
+        let mut h = Handles::default();
         for (n, who) in [("a1", &alice), ("b1", &bob), ("a2", &alice)] {
             h.open_done(format!("ci/operations/{n}"), 1, origin(who), ok());
         }
@@ -689,7 +696,7 @@ mod tests {
     #[test]
     fn a_withdrawn_handle_stays_cancelled_and_the_others_complete() {
         let anyone = Identity::anonymous();
-        let h = Handles::default();
+        let mut h = Handles::default();
         let Attached {
             id: a, rx: mut ra, ..
         } = h.open(
@@ -712,18 +719,28 @@ mod tests {
             execution_stage::Value::Executing as i32
         );
         let c = caller(&anyone, &none);
+        let mut wakes = vec![];
         let w = h
-            .withdraw("ci/operations/a", &c)
+            .withdraw("ci/operations/a", &c, &mut wakes)
             .expect("mine")
             .expect("not done");
         assert_eq!((w.exec, w.waiters), (3, 1));
         assert!(
-            h.withdraw("ci/operations/a", &c).expect("mine").is_none(),
+            h.withdraw("ci/operations/a", &c, &mut wakes)
+                .expect("mine")
+                .is_none(),
             "once"
         );
+        assert!(
+            ra.borrow().response.is_none(),
+            "the stream hears of it once the wake is sent"
+        );
+        assert_eq!(wakes.len(), 1);
+        wakes.drain(..).for_each(Wake::send);
         assert!(ra.borrow_and_update().response.is_some());
         assert!(!h.detach(a), "a withdrawn handle's stream no longer waits");
-        h.complete(3, &ok());
+        h.complete(3, &Arc::new(ok()), &mut wakes);
+        wakes.drain(..).for_each(Wake::send);
         let cancelled = tonic::Code::Cancelled as i32;
         assert_eq!(
             code(&h.get("ci/operations/a", &c).expect("a")),
@@ -741,7 +758,7 @@ mod tests {
     #[test]
     fn handles_nobody_streams_are_bounded_in_bytes() {
         let anyone = Identity::anonymous();
-        let h = Handles::default();
+        let mut h = Handles::default();
         let mut names = Vec::new();
         for i in 0..1000 {
             let name = format!("ci/operations/{i}");

@@ -1,4 +1,6 @@
-//! The worker hub: rbe-workerd attaches here over the local socket.
+//! The worker hub: rbe-workerd attaches here over the local socket. Each
+//! attached worker is a [`HubLink`] to the owner; its reports and its
+//! going away are handed to [`Exec`] as they come.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use rbe_sched::Platform;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Exec;
+use super::{Exec, HubLink};
 
 /// The WorkerHub service.
 pub struct HubService(pub Arc<Exec>);
@@ -44,26 +46,18 @@ impl WorkerHub for HubService {
         );
         let exec = Arc::clone(&self.0);
         let (tx, rx) = mpsc::unbounded_channel();
-        let w = {
-            let mut sched = exec.sched.lock();
-            let w = sched.worker_connect(hello.slots, platform.clone());
-            exec.workers.lock().insert(
-                w,
-                super::WorkerLink {
-                    tx,
-                    name: hello.worker_name.clone(),
-                },
-            );
-            w
+        let link = HubLink {
+            tx,
+            name: hello.worker_name.clone(),
         };
+        let w = exec.worker_attach(Box::new(link), hello.slots, platform.clone());
         tracing::info!(worker = w, name = %hello.worker_name, slots = hello.slots, platform = %platform, "worker attached");
-        exec.dispatch();
         tokio::spawn(async move {
             while let Some(m) = incoming.next().await {
                 match m {
                     Ok(WorkerMessage {
                         kind: Some(worker_message::Kind::Finished(f)),
-                    }) => exec.finished(w, f),
+                    }) => exec.worker_finished(w, f),
                     Ok(_) => tracing::warn!(worker = w, "unexpected message from worker ignored"),
                     Err(e) => {
                         tracing::info!(worker = w, error = %e, "worker stream ended");
@@ -71,17 +65,8 @@ impl WorkerHub for HubService {
                     }
                 }
             }
-            let requeued = {
-                let mut sched = exec.sched.lock();
-                exec.workers.lock().remove(&w);
-                sched.worker_disconnect(w)
-            };
-            tracing::info!(worker = w, requeued = requeued.len(), "worker detached");
-            for id in requeued {
-                exec.set_stage(id, rbe_proto::reapi::execution_stage::Value::Queued);
-            }
-            exec.complete_given_up();
-            exec.dispatch();
+            let requeued = exec.worker_detach(w);
+            tracing::info!(worker = w, requeued, "worker detached");
         });
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(out)))

@@ -27,7 +27,6 @@ use rbe_proto::longrunning::{
     WaitOperationRequest,
 };
 use rbe_proto::wkt::Empty;
-use rbe_sched::CancelEffect;
 use tonic::{Request, Response, Status};
 
 use super::handles::{Caller, HandleId};
@@ -98,7 +97,6 @@ impl Operations for OperationsService {
             .may(&who, instance, Permission::OperationsRead);
         let (operations, next) =
             self.0
-                .handles
                 .list(instance, (!all).then_some(&who), after, page, max_bytes);
         Ok(Response::new(ListOperationsResponse {
             operations,
@@ -113,7 +111,7 @@ impl Operations for OperationsService {
     ) -> Result<Response<Operation>, Status> {
         let who = access::identity(&req);
         let name = req.into_inner().name;
-        let op = self.as_caller(&who, &name, |c| self.0.handles.get(&name, c))?;
+        let op = self.as_caller(&who, &name, |c| self.0.get(&name, c))?;
         Ok(Response::new(op))
     }
 
@@ -124,10 +122,7 @@ impl Operations for OperationsService {
         let who = access::identity(&req);
         let name = req.into_inner().name;
         // The handle goes; its execution too once no handle is left.
-        let orphan = self.as_caller(&who, &name, |c| self.0.handles.delete(&name, c))?;
-        if let Some(exec) = orphan {
-            self.0.forget(&[exec]);
-        }
+        self.as_caller(&who, &name, |c| self.0.delete(&name, c))?;
         Ok(Response::new(Empty {}))
     }
 
@@ -137,27 +132,11 @@ impl Operations for OperationsService {
     ) -> Result<Response<Empty>, Status> {
         let who = access::identity(&req);
         let name = req.into_inner().name;
-        // Under the scheduler lock, so a stream of this handle ending now
+        // One step of the owner, so a stream of this handle ending now
         // cannot also take its waiter off.
-        let cancelled = {
-            let mut sched = self.0.sched.lock();
-            let withdrawn = self.as_caller(&who, &name, |c| self.0.handles.withdraw(&name, c))?;
-            withdrawn.map(|w| {
-                let mut effect = CancelEffect::None;
-                for _ in 0..w.waiters {
-                    match sched.remove_waiter(w.exec) {
-                        CancelEffect::None => {}
-                        e => effect = e,
-                    }
-                }
-                (w.exec, effect)
-            })
-        };
-        if let Some((exec, effect)) = cancelled {
-            tracing::info!(operation = %name, client = %who, last = effect != CancelEffect::None, "operation cancelled by its client");
-            self.0.apply_cancel(exec, effect);
-            self.0.dispatch();
-            self.0.enforce_retention();
+        let cancelled = self.as_caller(&who, &name, |c| self.0.cancel(&name, c))?;
+        if let Some(last) = cancelled {
+            tracing::info!(operation = %name, client = %who, last, "operation cancelled by its client");
         }
         Ok(Response::new(Empty {}))
     }
@@ -168,14 +147,14 @@ impl Operations for OperationsService {
     ) -> Result<Response<Operation>, Status> {
         let who = access::identity(&req);
         let req = req.into_inner();
-        let mut rx = self.as_caller(&who, &req.name, |c| self.0.handles.subscribe(&req.name, c))?;
+        let mut rx = self.as_caller(&who, &req.name, |c| self.0.subscribe(&req.name, c))?;
         let limit = req
             .timeout
             .map(|t| Duration::from_secs(t.seconds.max(0) as u64))
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_secs(600));
         let _ = tokio::time::timeout(limit, rx.wait_for(|s| s.response.is_some())).await;
-        let op = self.as_caller(&who, &req.name, |c| self.0.handles.get(&req.name, c))?;
+        let op = self.as_caller(&who, &req.name, |c| self.0.get(&req.name, c))?;
         Ok(Response::new(op))
     }
 }
