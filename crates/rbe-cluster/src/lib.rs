@@ -10,5 +10,6 @@
 pub mod codec;
 pub mod identity;
 pub mod report;
+pub mod wire;
 
 pub use identity::{Member, NodeName, NodeNameError};
