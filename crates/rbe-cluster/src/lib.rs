@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod identity;
+pub mod names;
 pub mod report;
 pub mod wire;
 
