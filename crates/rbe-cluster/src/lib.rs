@@ -8,6 +8,7 @@
 //! arguments, so the simulator runs exactly the code the frontend runs.
 
 pub mod codec;
+pub mod driver;
 pub mod identity;
 pub mod names;
 pub mod report;
