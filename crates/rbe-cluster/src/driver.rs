@@ -77,7 +77,9 @@ pub struct DriverConfig {
     /// The cluster's name: the HKDF salt, so two clusters sharing a key
     /// still cannot talk.
     pub cluster_name: String,
-    /// This host. A `gossip_addr` port of 0 is replaced by the socket's.
+    /// This host. A `gossip_addr` port of 0 is replaced by the socket's, and
+    /// an unspecified IP by the socket's (an error if that is unspecified
+    /// too: peers need an address they can send to).
     pub identity: Member,
     /// `host:port` entries, DNS names or addresses.
     pub seeds: Vec<String>,
@@ -216,10 +218,12 @@ fn bump(a: &AtomicU64, n: u64) {
 pub enum DriverError {
     #[error("gossip socket: {0}")]
     Socket(#[from] std::io::Error),
+    #[error("the socket is bound to {0}, and the member's gossip address names no host peers can reach; set the address to advertise")]
+    Unadvertisable(SocketAddr),
 }
 
 enum Command {
-    Reload(Keyring),
+    Reload(Keyring, oneshot::Sender<()>),
     Leave(oneshot::Sender<()>),
 }
 
@@ -255,9 +259,17 @@ impl ClusterHandle {
         self.reports.send_replace(Some(report));
     }
 
-    /// Applies a new keyring (SIGHUP).
+    /// Applies a new keyring (SIGHUP); returns once the driver uses it.
     pub async fn reload_keys(&self, keyring: Keyring) {
-        let _ = self.commands.send(Command::Reload(keyring)).await;
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Reload(keyring, tx))
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
     }
 
     /// Tells the cluster this host is leaving, then stops the driver.
@@ -290,6 +302,14 @@ pub fn start(
     let local_addr = socket.local_addr()?;
     if config.identity.gossip_addr.port() == 0 {
         config.identity.gossip_addr.set_port(local_addr.port());
+    }
+    // Peers send to the address we advertise: 0.0.0.0 would make each of
+    // them talk to itself.
+    if config.identity.gossip_addr.ip().is_unspecified() {
+        if local_addr.ip().is_unspecified() {
+            return Err(DriverError::Unadvertisable(local_addr));
+        }
+        config.identity.gossip_addr.set_ip(local_addr.ip());
     }
     let me = config.identity.clone();
     let (handler, inbox) = ReportHandler::queued(me.node.clone());
@@ -355,8 +375,9 @@ async fn resolve_seeds(
     let mut first = true;
     loop {
         // Members other than us, plus us, against the seed entries (which
-        // usually list this host too).
-        if first || live.load(Ordering::Relaxed) + 1 < seeds.len() {
+        // usually list this host too); alone, always try again.
+        let others = live.load(Ordering::Relaxed);
+        if first || others == 0 || others + 1 < seeds.len() {
             first = false;
             let mut addrs = Vec::new();
             let mut failed = Vec::new();

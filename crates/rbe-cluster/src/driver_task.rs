@@ -30,7 +30,11 @@ impl Task {
                     Ok((n, from)) => self.on_datagram(&mut buf[..n], from),
                     // ICMP errors of earlier sends surface here on some
                     // systems; nothing to do about them.
-                    Err(e) => tracing::debug!(error = %e, "gossip receive error"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "gossip receive error");
+                        // A persistent error must not become a busy loop.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 },
                 _ = tokio::time::sleep_until(next_timer.unwrap_or_else(never)), if next_timer.is_some() => {
                     self.fire_timers();
@@ -62,9 +66,10 @@ impl Task {
                     None => seeds_open = false,
                 },
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Reload(keyring)) => {
+                    Some(Command::Reload(keyring, done)) => {
                         self.wire.reload(keyring);
                         tracing::info!("cluster keys reloaded");
+                        let _ = done.send(());
                     }
                     Some(Command::Leave(done)) => {
                         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {

@@ -266,3 +266,56 @@ async fn a_flood_of_bad_datagrams_changes_nothing_but_counters() {
     .await;
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_through_reload_without_losing_the_cluster() {
+    let [a, b, c] = three().await;
+    let old = ClusterKey::from_bytes([1; 32]);
+    let new = (2u8..=255)
+        .map(|x| ClusterKey::from_bytes([x; 32]))
+        .find(|k| k.id() != old.id())
+        .expect("a key of another id");
+    // Step 1: everyone accepts the new key.
+    for h in [&a, &b, &c] {
+        h.reload_keys(Keyring::new(old.clone()).with_old([new.clone()]))
+            .await;
+    }
+    // Step 2: everyone sends with it.
+    for h in [&a, &b, &c] {
+        h.reload_keys(Keyring::new(new.clone()).with_old([old.clone()]))
+            .await;
+    }
+    // Step 3: the old key is dropped.
+    for h in [&a, &b, &c] {
+        h.reload_keys(Keyring::new(new.clone())).await;
+    }
+    a.publish_report(report(3));
+    for h in [&b, &c] {
+        wait_for(h, "a's report under the new key", |v| {
+            v.live().count() == 2 && up_with_report(v, "a", 1, 3)
+        })
+        .await;
+    }
+    // A host still on the old key alone is now an outsider.
+    let stale = start(config("z", 1, vec![seed(&a)], Keyring::new(old))).await;
+    let deadline = Instant::now() + BOUND;
+    while a.counters().auth_failures == 0 {
+        assert!(Instant::now() < deadline, "old-key datagrams never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.view().borrow().get("z").is_none());
+    assert!(stale.view().borrow().members.is_empty());
+}
+
+#[tokio::test]
+async fn a_wildcard_address_with_nothing_to_advertise_is_refused() {
+    let mut c = config("w", 1, vec![], key(1));
+    c.identity.gossip_addr = "0.0.0.0:0".parse().expect("addr");
+    let r = driver::bind(c, "0.0.0.0:0".parse().expect("addr")).await;
+    assert!(matches!(r, Err(driver::DriverError::Unadvertisable(_))));
+    // Bound to a specific address, that address is advertised.
+    let mut c = config("w", 1, vec![], key(1));
+    c.identity.gossip_addr = "0.0.0.0:0".parse().expect("addr");
+    let h = start(c).await;
+    assert_eq!(h.view().borrow().me.gossip_addr, h.local_addr());
+}
