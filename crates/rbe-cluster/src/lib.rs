@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod driver;
+pub mod generation;
 pub mod identity;
 pub mod names;
 pub mod report;
