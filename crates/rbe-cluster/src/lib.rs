@@ -7,6 +7,12 @@
 //! (identity, wire format, policy, names) take clock and randomness as
 //! arguments, so the simulator runs exactly the code the frontend runs.
 
+pub mod codec;
+pub mod driver;
+pub mod generation;
 pub mod identity;
+pub mod names;
+pub mod report;
+pub mod wire;
 
 pub use identity::{Member, NodeName, NodeNameError};
