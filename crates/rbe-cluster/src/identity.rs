@@ -103,7 +103,10 @@ mod tests {
         assert!(NodeName::new("b3").is_ok());
         assert!(NodeName::new("rack-1-host-02").is_ok());
         assert_eq!(NodeName::new(""), Err(NodeNameError::Empty));
-        assert_eq!(NodeName::new(&"a".repeat(33)), Err(NodeNameError::TooLong(33)));
+        assert_eq!(
+            NodeName::new(&"a".repeat(33)),
+            Err(NodeNameError::TooLong(33))
+        );
         for bad in ["A", "a.b", "-a", "a-", "a b", "a/b", "ä"] {
             assert!(NodeName::new(bad).is_err(), "{bad}");
         }

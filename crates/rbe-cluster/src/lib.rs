@@ -8,5 +8,6 @@
 //! arguments, so the simulator runs exactly the code the frontend runs.
 
 pub mod identity;
+pub mod policy;
 
 pub use identity::{Member, NodeName, NodeNameError};
