@@ -45,7 +45,23 @@ impl NodeName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The stand-in name of a seed whose node name is not known yet (only
+    /// its address is). `new` never yields it; the codec carries it only
+    /// as the destination of an Announce, where the receiver reads it as
+    /// "whoever listens here".
+    pub(crate) fn seed_placeholder() -> Self {
+        Self(SEED_PLACEHOLDER.to_owned())
+    }
+
+    /// Whether this is [`Member::seed`]'s stand-in name.
+    pub fn is_seed_placeholder(&self) -> bool {
+        self.0 == SEED_PLACEHOLDER
+    }
 }
+
+/// Not a valid node name, so no real member can ever be mistaken for it.
+const SEED_PLACEHOLDER: &str = "*";
 
 impl fmt::Display for NodeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,6 +86,27 @@ pub struct Member {
     pub gossip_addr: SocketAddr,
     /// Where its Peer service listens (mTLS).
     pub peer_addr: SocketAddr,
+}
+
+impl Member {
+    /// A seed known only by its gossip address: what the driver announces
+    /// to before it has heard the seed's real identity. foca accepts an
+    /// Announce only when its destination names the receiver, so the codec
+    /// rewrites this stand-in to the receiver's own name on arrival (see
+    /// `codec`). It never becomes a member: the reply carries the real one.
+    pub fn seed(gossip_addr: SocketAddr) -> Self {
+        Self {
+            node: NodeName::seed_placeholder(),
+            generation: 0,
+            gossip_addr,
+            peer_addr: gossip_addr,
+        }
+    }
+
+    /// Whether this is a [`Member::seed`] stand-in.
+    pub fn is_seed(&self) -> bool {
+        self.node.is_seed_placeholder()
+    }
 }
 
 impl foca::Identity for Member {

@@ -7,7 +7,9 @@
 //! (identity, wire format, policy, names) take clock and randomness as
 //! arguments, so the simulator runs exactly the code the frontend runs.
 
+pub mod codec;
 pub mod identity;
 pub mod policy;
+pub mod report;
 
 pub use identity::{Member, NodeName, NodeNameError};
