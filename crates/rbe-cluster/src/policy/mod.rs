@@ -15,7 +15,9 @@
 //!    cannot show yet (optimistic accounting: without it every origin sends
 //!    its whole surplus to the same apparently idle peer);
 //! 4. offer to the best only if that improves on waiting here by at least
-//!    `hysteresis` rounds.
+//!    `hysteresis` rounds, and if the peer would admit it by the figures
+//!    known (it would start within `accept_max_rounds`): an offer a peer
+//!    is sure to reject only costs a round trip.
 //!
 //! The executor side ([`OffloadPolicy::admit`]) accepts only what it can
 //! start within `accept_max_rounds`, so an origin's optimism costs at most
@@ -105,6 +107,10 @@ pub enum KeepReason {
     PeerCap,
     /// No sampled peer would start it sooner by `hysteresis` rounds.
     NoImprovement,
+    /// Every sampled peer would, by its report and our pending offers,
+    /// reject it as busy (it could not start within `accept_max_rounds`):
+    /// offering anyway only buys a reject.
+    PeersFull,
 }
 
 /// The origin's decision for one action.
@@ -286,9 +292,13 @@ impl OffloadPolicy {
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
         let limit = local - self.cfg.hysteresis;
+        if sample.first().is_some_and(|s| s.rounds > limit) {
+            return Decision::Keep(KeepReason::NoImprovement);
+        }
+        let limit = limit.min(self.cfg.accept_max_rounds);
         let mut good = sample.into_iter().filter(|s| s.rounds <= limit);
         let Some(best) = good.next() else {
-            return Decision::Keep(KeepReason::NoImprovement);
+            return Decision::Keep(KeepReason::PeersFull);
         };
         Decision::Offer {
             to: best.node.clone(),

@@ -85,7 +85,11 @@ fn below_the_threshold_nothing_moves() {
 
 #[test]
 fn a_move_must_improve_by_the_hysteresis() {
-    let p = OffloadPolicy::new(OffloadConfig::default());
+    // Admission out of the way: this is about hysteresis alone.
+    let p = OffloadPolicy::new(OffloadConfig {
+        accept_max_rounds: 10.0,
+        ..OffloadConfig::default()
+    });
     // b: 4 slots all busy, 3 queued: an action would wait (4+3+1-4)/4 = 1 round.
     let t = table(&[("b", pool(4, 4, 3))]);
     assert_eq!(
@@ -93,6 +97,18 @@ fn a_move_must_improve_by_the_hysteresis() {
         Decision::Keep(KeepReason::NoImprovement)
     );
     assert_eq!(target(&pick(&p, &t, Duration::ZERO, 1.5)), Some("b"));
+}
+
+#[test]
+fn peers_that_would_reject_get_no_offer() {
+    let p = OffloadPolicy::new(OffloadConfig::default());
+    // However long the local queue, a peer with a round of work waiting
+    // would say busy.
+    let t = table(&[("b", pool(4, 4, 4))]);
+    assert_eq!(
+        pick(&p, &t, Duration::ZERO, 100.0),
+        Decision::Keep(KeepReason::PeersFull)
+    );
 }
 
 #[test]
@@ -172,28 +188,40 @@ fn own_reports_and_bad_names_are_ignored() {
 fn optimistic_accounting_spreads_a_burst_and_the_cap_stops_it() {
     // One origin, 64 queued, three idle 4-slot peers with reports that
     // will not change during the burst.
-    let p = OffloadPolicy::new(OffloadConfig::default());
-    let mut t = table(&[
-        ("b", pool(4, 0, 0)),
-        ("c", pool(4, 0, 0)),
-        ("d", pool(4, 0, 0)),
-    ]);
-    let mut got: BTreeMap<String, u32> = BTreeMap::new();
-    let mut r = rng();
-    loop {
-        match p.pick(Duration::ZERO, &mut r, &t, 64.0, &linux()) {
-            Decision::Offer { to, .. } => {
-                t.offer_sent(&to);
-                *got.entry(to.to_string()).or_default() += 1;
-            }
-            Decision::Keep(why) => {
-                assert_eq!(why, KeepReason::PeerCap);
-                break;
+    let spread = |cfg: OffloadConfig| {
+        let p = OffloadPolicy::new(cfg);
+        let mut t = table(&[
+            ("b", pool(4, 0, 0)),
+            ("c", pool(4, 0, 0)),
+            ("d", pool(4, 0, 0)),
+        ]);
+        let mut got: BTreeMap<String, u32> = BTreeMap::new();
+        let mut r = rng();
+        loop {
+            match p.pick(Duration::ZERO, &mut r, &t, 64.0, &linux()) {
+                Decision::Offer { to, .. } => {
+                    t.offer_sent(&to);
+                    *got.entry(to.to_string()).or_default() += 1;
+                }
+                Decision::Keep(why) => return (got.values().copied().collect::<Vec<_>>(), why),
             }
         }
-    }
-    // Each peer got exactly its cap, never more.
-    assert_eq!(got.values().copied().collect::<Vec<_>>(), vec![8, 8, 8]);
+    };
+    // Each peer gets what it would admit: 4 slots and 2 waiting
+    // ((4+1+1-4)/4 = 0.5 rounds), never more.
+    assert_eq!(
+        spread(OffloadConfig::default()),
+        (vec![6, 6, 6], KeepReason::PeersFull)
+    );
+    // And never more than the cap.
+    assert_eq!(
+        spread(OffloadConfig {
+            max_offers_per_peer: 3,
+            ..OffloadConfig::default()
+        }),
+        (vec![3, 3, 3], KeepReason::PeerCap)
+    );
+    let mut r = rng();
 
     // Without optimism every offer lands on whichever looks best: the
     // first pick wins every time until the cap.
@@ -219,7 +247,10 @@ fn optimistic_accounting_spreads_a_burst_and_the_cap_stops_it() {
 
 #[test]
 fn optimism_raises_the_score_until_a_reply_or_report_shows_the_truth() {
-    let p = OffloadPolicy::new(OffloadConfig::default());
+    let p = OffloadPolicy::new(OffloadConfig {
+        accept_max_rounds: 10.0,
+        ..OffloadConfig::default()
+    });
     let mut t = table(&[("b", pool(2, 2, 0))]);
     let b = node("b");
     // Full but with no queue: waits (2+0+1-2)/2 = 0.5 rounds.
@@ -259,7 +290,7 @@ fn optimism_raises_the_score_until_a_reply_or_report_shows_the_truth() {
 fn best_of_two_samples_two_and_takes_the_better() {
     // Ten peers, one much better than the rest: best-of-2 finds it about
     // 2/10 of the time, "all" always, 1 about 1/10.
-    let mut peers: Vec<(String, Pool)> = (0..9).map(|i| (format!("p{i}"), pool(4, 4, 2))).collect();
+    let mut peers: Vec<(String, Pool)> = (0..9).map(|i| (format!("p{i}"), pool(4, 4, 1))).collect();
     peers.push(("best".into(), pool(4, 0, 0)));
     let refs: Vec<(&str, Pool)> = peers.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
     let t = table(&refs);
@@ -288,15 +319,17 @@ fn best_of_two_samples_two_and_takes_the_better() {
 }
 
 #[test]
-fn the_runner_up_is_offered_as_fallback_only_if_it_improves() {
+fn the_runner_up_is_offered_as_fallback_only_if_it_would_take_it() {
     let p = OffloadPolicy::new(OffloadConfig::default());
-    let t = table(&[("b", pool(4, 0, 0)), ("c", pool(4, 4, 8))]);
-    match pick(&p, &t, Duration::ZERO, 2.0) {
+    // c would wait (4+2+1-4)/4 = 0.75 rounds: more than it admits.
+    let t = table(&[("b", pool(4, 0, 0)), ("c", pool(4, 4, 2))]);
+    match pick(&p, &t, Duration::ZERO, 10.0) {
         Decision::Offer { to, fallback, .. } => {
             assert_eq!((to.as_str(), fallback), ("b", None));
         }
         d => panic!("{d:?}"),
     }
+    let t = table(&[("b", pool(4, 0, 0)), ("c", pool(4, 4, 1))]);
     match pick(&p, &t, Duration::ZERO, 10.0) {
         Decision::Offer { to, fallback, .. } => {
             assert_eq!(

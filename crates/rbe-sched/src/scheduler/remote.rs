@@ -113,6 +113,11 @@ impl<P: Clone, R> Scheduler<P, R> {
         Some(id)
     }
 
+    /// What an operation's worker (or peer) is sent.
+    pub fn payload(&self, id: OpId) -> Option<&P> {
+        self.ops.get(&id).map(|o| &o.payload)
+    }
+
     /// Whether `w` is a remote lease.
     pub fn is_remote(&self, w: WorkerId) -> bool {
         self.workers.get(&w).is_some_and(|w| w.remote)
