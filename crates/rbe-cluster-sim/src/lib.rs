@@ -43,6 +43,9 @@ pub struct SimConfig {
     pub policy: OffloadConfig,
     /// How often each host publishes its load report.
     pub report_interval: Duration,
+    /// Whether a finished offloaded action carries the executor's load
+    /// back to its origin (as accepts and rejects do).
+    pub load_on_finish: bool,
     /// Membership settles this long before the first burst.
     pub warmup: Duration,
     /// Simulated time after the warm-up at most.
@@ -64,6 +67,7 @@ impl SimConfig {
             offload: true,
             policy: OffloadConfig::default(),
             report_interval: Duration::from_millis(500),
+            load_on_finish: true,
             warmup: Duration::from_secs(5),
             max_time: Duration::from_secs(900),
             net: NetConfig::default(),

@@ -3,6 +3,7 @@
 //! ```text
 //! rbe-cluster-sim three [SEED]      the 3-host 1/4/8 benchmark, offload on and off
 //! rbe-cluster-sim sweep [SEED]      d, optimism, report interval, N, loss, crash
+//! rbe-cluster-sim w1|w2 [SEED] [N]  one workload preset
 //! ```
 
 use std::time::Duration;
@@ -46,6 +47,18 @@ fn main() -> anyhow::Result<()> {
             line("three-off", off, &[])?;
         }
         "sweep" => sweep(seed)?,
+        "w1" | "w2" => {
+            let n: usize = match args.get(2) {
+                Some(s) => s.parse().context("N is a number")?,
+                None => 100,
+            };
+            let cfg = if what == "w1" {
+                preset_w1(seed, n)
+            } else {
+                preset_w2(seed, n)
+            };
+            line(what, cfg, &[("n", n.to_string())])?;
+        }
         other => anyhow::bail!("unknown command {other:?}; try `three` or `sweep`"),
     }
     Ok(())

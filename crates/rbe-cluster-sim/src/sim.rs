@@ -49,10 +49,26 @@ pub(crate) struct Job {
 #[derive(Debug)]
 enum Msg {
     Gossip(Vec<u8>),
-    Offer { lease: WorkerId, op: OpId, job: Job },
-    Accepted { lease: WorkerId, load: LoadReport },
-    Rejected { lease: WorkerId, load: LoadReport },
-    Finished { lease: WorkerId, op: OpId },
+    Offer {
+        lease: WorkerId,
+        op: OpId,
+        job: Job,
+    },
+    Accepted {
+        lease: WorkerId,
+        load: LoadReport,
+    },
+    Rejected {
+        lease: WorkerId,
+        load: LoadReport,
+    },
+    /// With the executor's load after it started what was queued next,
+    /// so the origin learns of a free slot without waiting for gossip.
+    Finished {
+        lease: WorkerId,
+        op: OpId,
+        load: LoadReport,
+    },
 }
 
 enum Ev {
@@ -495,8 +511,21 @@ impl Sim {
                 Some(first) => {
                     let mut to = vec![first];
                     to.extend(self.hosts[host].joined.remove(&op).unwrap_or_default());
+                    // What was queued here starts first, so the load sent
+                    // shows only the slots really free.
+                    self.dispatch(host);
+                    let load = self.own_report(host);
                     for (origin, lease, oop) in to {
-                        self.peer_send(host, origin, Msg::Finished { lease, op: oop });
+                        let load = load.clone();
+                        self.peer_send(
+                            host,
+                            origin,
+                            Msg::Finished {
+                                lease,
+                                op: oop,
+                                load,
+                            },
+                        );
                     }
                 }
             }
@@ -578,14 +607,18 @@ impl Sim {
                 self.dispatch(to);
                 self.rebalance(to);
             }
-            Msg::Finished { lease, op } => {
+            Msg::Finished { lease, op, load } => {
                 self.hosts[to].leases.remove(&lease);
+                if self.cfg.load_on_finish {
+                    self.hosts[to].peers.on_direct(now, &load);
+                }
                 let action = self.op_job(to, op).map(|j| j.action);
                 if self.hosts[to].sched.complete(op, lease, ()) {
                     if let Some(a) = action {
                         self.m.completed(a, now);
                     }
                 }
+                self.rebalance(to);
             }
         }
     }

@@ -170,6 +170,13 @@ impl PeerTable {
         }
     }
 
+    /// Load a peer sent on the peer stream with something else (a
+    /// finished action): taken if at least as new as the report held, since
+    /// it was read after that report was published.
+    pub fn on_direct(&mut self, now: Duration, r: &LoadReport) -> ReportUse {
+        self.take(now, r, true)
+    }
+
     /// An offer was sent to `node`.
     pub fn offer_sent(&mut self, node: &NodeName) {
         if let Some(p) = self.peers.get_mut(node) {
