@@ -12,6 +12,7 @@ pub mod driver;
 pub mod generation;
 pub mod identity;
 pub mod names;
+pub mod policy;
 pub mod report;
 pub mod wire;
 

@@ -22,6 +22,6 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use fair::Tenant;
 pub use platform::Platform;
 pub use scheduler::{
-    ActionKey, Assignment, CancelEffect, Counts, OpId, OpView, Outcome, SchedConfig, SchedError,
-    Scheduler, Stage, WorkerId,
+    ActionKey, Assignment, CancelEffect, Counts, OpId, OpView, Outcome, PoolLoad, QueuedOp,
+    SchedConfig, SchedError, Scheduler, Stage, WorkerId,
 };

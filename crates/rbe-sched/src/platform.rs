@@ -59,6 +59,13 @@ impl Platform {
         out
     }
 
+    /// Every (name, value) pair, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.0
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_str())))
+    }
+
     /// Whether no property is named.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -15,6 +15,10 @@ use crate::clock::Clock;
 use crate::fair::{ClassId, FairQueue, Tenant};
 use crate::platform::Platform;
 
+mod remote;
+
+pub use remote::{PoolLoad, QueuedOp};
+
 /// How often an operation is re-queued after losing its worker.
 pub const MAX_REQUEUES: u32 = 3;
 
@@ -160,6 +164,8 @@ struct Op<P, R> {
     requeues: u32,
     payload: P,
     queued_at: Duration,
+    /// When a local worker was given it (for the mean execution time).
+    started_at: Option<Duration>,
     completed_at: Option<Duration>,
     outcome: Option<Outcome<R>>,
 }
@@ -168,6 +174,8 @@ struct Worker {
     slots: u32,
     busy: HashSet<OpId>,
     platform: Platform,
+    /// A remote lease (see `remote`): one op placed on another host.
+    remote: bool,
 }
 
 /// A read-only view of an operation.
@@ -194,6 +202,9 @@ pub struct Counts {
     pub workers: usize,
     /// Free slots over all workers.
     pub free_slots: usize,
+    /// Of `executing`, the operations placed on another host (remote
+    /// leases); `workers` and `free_slots` count local workers only.
+    pub offloaded: usize,
 }
 
 /// The scheduler. `P` is what a worker is sent; `R` is what it returns.
@@ -206,6 +217,8 @@ pub struct Scheduler<P, R> {
     completed: VecDeque<OpId>,
     workers: HashMap<WorkerId, Worker>,
     next_id: u64,
+    /// Mean execution time per local worker platform (an EWMA).
+    exec_mean: HashMap<Platform, Duration>,
 }
 
 impl<P: Clone, R> Scheduler<P, R> {
@@ -226,6 +239,7 @@ impl<P: Clone, R> Scheduler<P, R> {
             completed: VecDeque::new(),
             workers: HashMap::new(),
             next_id: 1,
+            exec_mean: HashMap::new(),
         }
     }
 
@@ -236,12 +250,14 @@ impl<P: Clone, R> Scheduler<P, R> {
     }
 
     fn unmatchable(&self, need: &Platform) -> Option<SchedError> {
-        if self.workers.is_empty() || self.workers.values().any(|w| w.platform.satisfies(need)) {
+        let mut local = self.workers.values().filter(|w| !w.remote).peekable();
+        if local.peek().is_none() || local.any(|w| w.platform.satisfies(need)) {
             return None;
         }
         let closest = self
             .workers
             .values()
+            .filter(|w| !w.remote)
             .map(|w| w.platform.missing(need))
             .min_by_key(Vec::len)
             .unwrap_or_default();
@@ -251,7 +267,7 @@ impl<P: Clone, R> Scheduler<P, R> {
             .unwrap_or_default();
         Some(SchedError::NoMatchingWorker {
             need: need.to_string(),
-            workers: self.workers.len(),
+            workers: self.workers.values().filter(|w| !w.remote).count(),
             missing,
         })
     }
@@ -311,6 +327,7 @@ impl<P: Clone, R> Scheduler<P, R> {
                 requeues: 0,
                 payload,
                 queued_at: now,
+                started_at: None,
                 completed_at: None,
                 outcome: None,
             },
@@ -347,6 +364,7 @@ impl<P: Clone, R> Scheduler<P, R> {
                 requeues: 0,
                 payload,
                 queued_at: now,
+                started_at: None,
                 completed_at: Some(now),
                 outcome: Some(Outcome::Cached),
             },
@@ -438,6 +456,7 @@ impl<P: Clone, R> Scheduler<P, R> {
                 slots,
                 busy: HashSet::new(),
                 platform,
+                remote: false,
             },
         );
         id
@@ -489,7 +508,7 @@ impl<P: Clone, R> Scheduler<P, R> {
     /// more free slots is preferred, which spreads load when several match.
     pub fn next_assignments(&mut self) -> Vec<Assignment<P>> {
         let mut out = Vec::new();
-        let has_room = |w: &Worker| (w.busy.len() as u32) < w.slots;
+        let has_room = |w: &Worker| !w.remote && (w.busy.len() as u32) < w.slots;
         if !self.workers.values().any(has_room) {
             return out;
         }
@@ -532,6 +551,7 @@ impl<P: Clone, R> Scheduler<P, R> {
             if let Some(op) = self.ops.get_mut(&id) {
                 op.stage = Stage::Executing;
                 op.worker = Some(wid);
+                op.started_at = Some(now);
                 out.push(Assignment {
                     op: id,
                     worker: wid,
@@ -544,9 +564,15 @@ impl<P: Clone, R> Scheduler<P, R> {
     }
 
     fn free_slot(&mut self, id: OpId, w: WorkerId) -> bool {
-        self.workers
-            .get_mut(&w)
-            .is_some_and(|worker| worker.busy.remove(&id))
+        let Some(worker) = self.workers.get_mut(&w) else {
+            return false;
+        };
+        let freed = worker.busy.remove(&id);
+        // A remote lease ends with its one operation.
+        if worker.remote && worker.busy.is_empty() {
+            self.workers.remove(&w);
+        }
+        freed
     }
 
     /// A worker reports a result. Returns false if the report is stale
@@ -556,6 +582,7 @@ impl<P: Clone, R> Scheduler<P, R> {
         let freed = self.free_slot(id, w);
         match self.ops.get(&id) {
             Some(op) if freed && op.stage == Stage::Executing && op.worker == Some(w) => {
+                self.learn_exec_time(id, w);
                 self.finish(id, Outcome::Done(result));
                 true
             }
@@ -597,7 +624,7 @@ impl<P: Clone, R> Scheduler<P, R> {
     pub fn tick(&mut self) -> Vec<OpId> {
         let now = self.clock.now();
         let mut failed = Vec::new();
-        if !self.workers.is_empty() {
+        if self.workers.values().any(|w| !w.remote) {
             let mut stale: Vec<(OpId, SchedError)> = Vec::new();
             for (class, platform) in self.queue.classes() {
                 let Some(e) = self.unmatchable(platform) else {
@@ -651,11 +678,18 @@ impl<P: Clone, R> Scheduler<P, R> {
                 .values()
                 .filter(|o| o.stage == Stage::Executing)
                 .count(),
-            workers: self.workers.len(),
+            workers: self.workers.values().filter(|w| !w.remote).count(),
             free_slots: self
                 .workers
                 .values()
+                .filter(|w| !w.remote)
                 .map(|w| (w.slots as usize).saturating_sub(w.busy.len()))
+                .sum(),
+            offloaded: self
+                .workers
+                .values()
+                .filter(|w| w.remote)
+                .map(|w| w.busy.len())
                 .sum(),
         }
     }

@@ -1,0 +1,110 @@
+//! `rbe-cluster-sim`: runs presets and sweeps, one JSON line per run.
+//!
+//! ```text
+//! rbe-cluster-sim three [SEED]      the 3-host 1/4/8 benchmark, offload on and off
+//! rbe-cluster-sim sweep [SEED]      d, optimism, report interval, N, loss, crash
+//! rbe-cluster-sim w1|w2 [SEED] [N]  one workload preset
+//! ```
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rbe_cluster::policy::Choices;
+use rbe_cluster_sim::{preset_three_hosts, preset_w1, preset_w2, run, SimConfig};
+
+fn line(name: &str, cfg: SimConfig, extra: &[(&str, String)]) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let seed = cfg.seed;
+    let s = run(cfg).with_context(|| format!("run {name}"))?;
+    let mut ex = vec![
+        ("seed", seed.to_string()),
+        ("cpu_s", format!("{:.2}", started.elapsed().as_secs_f64())),
+    ];
+    ex.extend(extra.iter().cloned());
+    println!("{}", s.to_json(name, &ex));
+    Ok(())
+}
+
+fn choices(c: Choices) -> String {
+    match c {
+        Choices::Sample(d) => d.to_string(),
+        Choices::All => "\"all\"".into(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let what = args.first().map_or("three", String::as_str);
+    let seed: u64 = match args.get(1) {
+        Some(s) => s.parse().context("SEED is a number")?,
+        None => 1,
+    };
+    match what {
+        "three" => {
+            line("three", preset_three_hosts(seed), &[])?;
+            let mut off = preset_three_hosts(seed);
+            off.offload = false;
+            line("three-off", off, &[])?;
+        }
+        "sweep" => sweep(seed)?,
+        "w1" | "w2" => {
+            let n: usize = match args.get(2) {
+                Some(s) => s.parse().context("N is a number")?,
+                None => 100,
+            };
+            let cfg = if what == "w1" {
+                preset_w1(seed, n)
+            } else {
+                preset_w2(seed, n)
+            };
+            line(what, cfg, &[("n", n.to_string())])?;
+        }
+        other => anyhow::bail!("unknown command {other:?}; try `three` or `sweep`"),
+    }
+    Ok(())
+}
+
+fn sweep(seed: u64) -> anyhow::Result<()> {
+    line("three", preset_three_hosts(seed), &[])?;
+    // d and optimism, W2 at N = 100 (several origins: where herding shows).
+    for c in [Choices::Sample(1), Choices::Sample(2), Choices::All] {
+        for optimistic in [true, false] {
+            let mut cfg = preset_w2(seed, 100);
+            cfg.policy.choices = c;
+            cfg.policy.optimistic = optimistic;
+            line(
+                "w2-d",
+                cfg,
+                &[("d", choices(c)), ("optimistic", optimistic.to_string())],
+            )?;
+        }
+    }
+    // Report interval, W2 at N = 100.
+    for ms in [100u64, 250, 500, 1000, 2000] {
+        let mut cfg = preset_w2(seed, 100);
+        cfg.report_interval = Duration::from_millis(ms);
+        line("w2-report", cfg, &[("report_ms", ms.to_string())])?;
+    }
+    // N, W1 and W2.
+    for n in [3usize, 10, 100, 1000] {
+        let mut w1 = preset_w1(seed, n);
+        let mut w2 = preset_w2(seed, n);
+        if n >= 1000 {
+            // Shorter simulated time for the largest cluster.
+            w1.max_time = Duration::from_secs(120);
+            w2.max_time = Duration::from_secs(120);
+        }
+        line("w1-n", w1, &[("n", n.to_string())])?;
+        line("w2-n", w2, &[("n", n.to_string())])?;
+    }
+    // Loss and a crashed executor, N = 100.
+    for loss in [0.01, 0.05] {
+        let mut cfg = preset_w2(seed, 100);
+        cfg.net.loss = loss;
+        line("w2-loss", cfg, &[("loss", loss.to_string())])?;
+    }
+    let mut cfg = preset_w1(seed, 100);
+    cfg.crashes = vec![(4, Duration::from_secs(3))];
+    line("w1-crash", cfg, &[])?;
+    Ok(())
+}
