@@ -1,7 +1,9 @@
 //! rbectl: the rbe admin CLI.
 
+mod cluster;
 mod config_check;
 mod local;
+mod pki;
 mod tls;
 mod token;
 
@@ -30,6 +32,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: token::TokenCmd,
     },
+    /// The cluster key, the cluster CA and host certificates for the peer channel.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+    },
     /// A private CA and certificates for the frontend's TLS.
     Tls {
         #[command(subcommand)]
@@ -52,6 +59,7 @@ fn main() -> ExitCode {
         } => config_check::run(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Tls { cmd } => tls::run(cmd),
+        Cmd::Cluster { cmd } => cluster::run(cmd),
     };
     match r {
         Ok(code) => code,
