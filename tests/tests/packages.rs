@@ -39,6 +39,8 @@ const SOCKETS: [&str; 3] = [
     "rbe-frontend.socket",
     "rbe-frontend-local.socket",
 ];
+/// Shipped but disabled: only a host that joins a cluster enables them.
+const OPTIONAL_SOCKETS: [&str; 2] = ["rbe-frontend-gossip.socket", "rbe-frontend-peer.socket"];
 /// Where an instance sees `target/packages`.
 const PKG: &str = "/opt/rbe-packages";
 
@@ -451,6 +453,15 @@ async fn deb_install_upgrade_remove_purge() {
     }
     let out = inst.exec(&["systemctl", "is-enabled", "rbe-workerd.service"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "disabled");
+    for s in OPTIONAL_SOCKETS {
+        let out = inst.exec(&["systemctl", "is-enabled", s]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "disabled",
+            "{s}"
+        );
+        assert_eq!(active(&inst, s), "inactive", "{s}");
+    }
     for s in SERVICES {
         assert_eq!(active(&inst, s), "inactive", "{s} started on install");
     }
@@ -881,6 +892,15 @@ async fn rpm_install_enable_workerd_and_erase() {
     }
     let out = inst.exec(&["systemctl", "is-enabled", "rbe-workerd.service"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "disabled");
+    for s in OPTIONAL_SOCKETS {
+        let out = inst.exec(&["systemctl", "is-enabled", s]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "disabled",
+            "{s}"
+        );
+        assert_eq!(active(&inst, s), "inactive", "{s}");
+    }
     for u in SERVICES.iter().chain(SOCKETS.iter()) {
         assert_eq!(
             active(&inst, u),

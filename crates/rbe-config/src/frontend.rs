@@ -26,6 +26,10 @@ pub struct FrontendSettings {
     pub log: Log,
     /// `[auth]`
     pub auth: AuthSettings,
+    /// `[cluster]`
+    pub cluster: crate::cluster::ClusterSettings,
+    /// `[offload]`
+    pub offload: crate::cluster::OffloadSettings,
 }
 
 /// `[listen]`: where clients connect, used when not socket-activated.
@@ -167,6 +171,8 @@ pub(crate) struct FrontendFragment {
     tls: Option<crate::tls::TlsFragment>,
     log: Option<LogFragment>,
     auth: Option<AuthFragment>,
+    cluster: Option<crate::cluster::ClusterFragment>,
+    offload: Option<crate::cluster::OffloadFragment>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,6 +349,8 @@ impl FrontendFragment {
         let tls = crate::tls::TlsFragment::build(self.tls, prov)?;
         let log = LogFragment::build(self.log, prov)?;
         let auth = AuthFragment::build(self.auth, prov)?;
+        let cluster = crate::cluster::ClusterFragment::build(self.cluster, prov)?;
+        let offload = crate::cluster::OffloadFragment::build(self.offload, prov)?;
         Ok(FrontendSettings {
             listen,
             casd,
@@ -351,6 +359,8 @@ impl FrontendFragment {
             tls,
             log,
             auth,
+            cluster,
+            offload,
         })
     }
 }

@@ -12,6 +12,7 @@
 mod auth;
 mod casd;
 pub mod cli;
+mod cluster;
 mod common;
 mod error;
 mod frontend;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 
 pub use auth::{AuthSettings, GrantSettings, RoleSettings};
 pub use casd::{CasdListen, CasdSettings, Instances, Limits, Storage};
+pub use cluster::{ClusterSettings, OffloadSettings, OrphanPolicy, CLUSTER_KEY_CREDENTIAL};
 pub use common::Log;
 pub use error::{ConfigError, Origin};
 pub use frontend::{
@@ -115,6 +117,33 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "auth.network_role",
             "auth.roles",
             "auth.grants",
+            "cluster.enabled",
+            "cluster.name",
+            "cluster.node",
+            "cluster.gossip_listen",
+            "cluster.peer_listen",
+            "cluster.advertise_gossip",
+            "cluster.advertise_peer",
+            "cluster.seeds",
+            "cluster.expected_size",
+            "cluster.key_file",
+            "cluster.old_key_files",
+            "cluster.tls_ca",
+            "cluster.tls_cert",
+            "cluster.tls_key",
+            "cluster.report_interval_ms",
+            "cluster.report_max_age_ms",
+            "offload.enabled",
+            "offload.threshold",
+            "offload.hysteresis",
+            "offload.choices",
+            "offload.accept_max_rounds",
+            "offload.max_offers_per_peer",
+            "offload.lease_secs",
+            "offload.orphan_policy",
+            "offload.orphan_grace_secs",
+            "offload.max_transfer_bytes",
+            "offload.do_not_cache",
         ],
         "workerd" => vec![
             "frontend.socket",

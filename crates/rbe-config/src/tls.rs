@@ -152,7 +152,7 @@ impl TlsFragment {
 
 /// An absolute path as is; a relative one names a credential that
 /// systemd's `LoadCredential=` put under `$CREDENTIALS_DIRECTORY`.
-fn resolve(p: &Path, creds: Option<&Path>) -> Result<PathBuf, String> {
+pub(crate) fn resolve(p: &Path, creds: Option<&Path>) -> Result<PathBuf, String> {
     if p.is_absolute() {
         return Ok(p.to_owned());
     }

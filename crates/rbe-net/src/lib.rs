@@ -2,7 +2,8 @@
 //!
 //! - [`from_activation_or_bind`] turns a socket-activated descriptor (from
 //!   [`rbe_systemd::take_listen_fds`]) or, failing that, a freshly bound
-//!   address into a [`Listener`].
+//!   address into a [`Listener`]; [`udp_from_activation_or_bind`] does the
+//!   same for a datagram socket (cluster gossip).
 //! - [`serve`] runs a tonic router on a [`Listener`] until shutdown, over
 //!   TLS when given a [`tls::ServerTls`]; handlers find the caller's
 //!   [`PeerInfo`] in each request's extensions.
@@ -32,7 +33,9 @@ pub mod tls;
 
 pub use accept::{MAX_HANDSHAKES, PLAINTEXT_FIRST_BYTES_TIMEOUT};
 pub use channel::{tune_endpoint, unix_channel, unix_channel_with};
-pub use listener::{from_activation_or_bind, take_all_activated, Bind, Listener};
+pub use listener::{
+    from_activation_or_bind, take_all_activated, udp_from_activation_or_bind, Bind, Listener,
+};
 pub use mtls::{peer_channel, PeerClientTls};
 pub use peer::PeerInfo;
 pub use serve::{serve, tune_server};

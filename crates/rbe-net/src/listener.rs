@@ -99,6 +99,49 @@ pub fn take_all_activated(
         .collect()
 }
 
+/// Takes the activated datagram socket named `name` out of `activated`
+/// (cluster gossip: `FileDescriptorName=gossip` of
+/// rbe-frontend-gossip.socket), or binds `fallback` if there is none.
+///
+/// The socket is an IPv4 or IPv6 UDP socket in non-blocking mode, ready for
+/// `tokio::net::UdpSocket::from_std`; an activated socket of another kind
+/// is an error naming `name`. Needs no runtime.
+pub fn udp_from_activation_or_bind(
+    activated: &mut Vec<(String, OwnedFd)>,
+    name: &str,
+    fallback: std::net::SocketAddr,
+) -> Result<std::net::UdpSocket, NetError> {
+    let socket = if let Some(i) = activated.iter().position(|(n, _)| n == name) {
+        let (_, fd) = activated.remove(i);
+        let bad = |reason: String| NetError::Activation {
+            name: name.to_owned(),
+            reason,
+        };
+        let domain = sockopt::socket_domain(&fd).map_err(|e| bad(format!("not a socket: {e}")))?;
+        if domain != AddressFamily::INET && domain != AddressFamily::INET6 {
+            return Err(bad(format!(
+                "expected an IP socket, got address family {domain:?}"
+            )));
+        }
+        let ty = sockopt::socket_type(&fd).map_err(|e| bad(e.to_string()))?;
+        if ty != SocketType::DGRAM {
+            return Err(bad("not a datagram socket (use ListenDatagram=)".to_owned()));
+        }
+        let s = std::net::UdpSocket::from(fd);
+        s.set_nonblocking(true).map_err(|e| bad(e.to_string()))?;
+        s
+    } else {
+        let err = |source| NetError::Bind {
+            addr: fallback.to_string(),
+            source,
+        };
+        let s = std::net::UdpSocket::bind(fallback).map_err(err)?;
+        s.set_nonblocking(true).map_err(err)?;
+        s
+    };
+    Ok(socket)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
     Inet,
@@ -217,5 +260,54 @@ fn remove_stale_socket(path: &Path) -> Result<(), NetError> {
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(e)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod udp_tests {
+    use super::*;
+
+    fn loopback() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[test]
+    fn activated_datagram_socket_is_taken_by_name() {
+        let passed = std::net::UdpSocket::bind(loopback()).unwrap();
+        let addr = passed.local_addr().unwrap();
+        let other = std::net::UdpSocket::bind(loopback()).unwrap();
+        let mut fds = vec![
+            ("peer".to_owned(), OwnedFd::from(other)),
+            ("gossip".to_owned(), OwnedFd::from(passed)),
+        ];
+        let s = udp_from_activation_or_bind(&mut fds, "gossip", loopback()).unwrap();
+        assert_eq!(s.local_addr().unwrap(), addr);
+        assert_eq!(fds.len(), 1, "only the named socket is taken");
+        assert_eq!(fds[0].0, "peer");
+        // non-blocking, as tokio needs it
+        let mut buf = [0u8; 4];
+        let e = s.recv_from(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn binds_without_activation_and_refuses_a_stream_socket() {
+        let s = udp_from_activation_or_bind(&mut Vec::new(), "gossip", loopback()).unwrap();
+        assert!(s.local_addr().unwrap().port() > 0);
+        // the fallback address is in use: the error names it
+        let taken = s.local_addr().unwrap();
+        let e = udp_from_activation_or_bind(&mut Vec::new(), "gossip", taken).unwrap_err();
+        assert!(e.to_string().contains(&taken.to_string()), "{e}");
+
+        let tcp = std::net::TcpListener::bind(loopback()).unwrap();
+        let mut fds = vec![("gossip".to_owned(), OwnedFd::from(tcp))];
+        let e = udp_from_activation_or_bind(&mut fds, "gossip", loopback()).unwrap_err();
+        assert!(e.to_string().contains("ListenDatagram"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let unix = std::os::unix::net::UnixDatagram::bind(dir.path().join("s")).unwrap();
+        let mut fds = vec![("gossip".to_owned(), OwnedFd::from(unix))];
+        let e = udp_from_activation_or_bind(&mut fds, "gossip", loopback()).unwrap_err();
+        assert!(e.to_string().contains("\"gossip\""), "{e}");
     }
 }

@@ -1,8 +1,10 @@
 //! rbectl: the rbe admin CLI.
 
+mod cluster;
 mod cluster_status;
 mod config_check;
 mod local;
+mod pki;
 mod tls;
 mod token;
 
@@ -31,23 +33,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: token::TokenCmd,
     },
-    /// The hosts of an rbe cluster.
+    /// The cluster key, the cluster CA and host certificates for the peer channel.
     Cluster {
         #[command(subcommand)]
-        cmd: ClusterCmd,
+        cmd: cluster::ClusterCmd,
     },
     /// A private CA and certificates for the frontend's TLS.
     Tls {
         #[command(subcommand)]
         cmd: tls::TlsCmd,
     },
-}
-
-#[derive(Subcommand)]
-enum ClusterCmd {
-    /// Members, their state and load, and the offload counters, as this
-    /// host's frontend sees them.
-    Status(cluster_status::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -65,9 +60,7 @@ fn main() -> ExitCode {
         } => config_check::run(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Tls { cmd } => tls::run(cmd),
-        Cmd::Cluster {
-            cmd: ClusterCmd::Status(a),
-        } => cluster_status::run(a),
+        Cmd::Cluster { cmd } => cluster::run(cmd),
     };
     match r {
         Ok(code) => code,

@@ -1,27 +1,20 @@
 //! `rbectl tls init` and `rbectl tls client`: a small private CA for the
-//! frontend's TLS and client certificates, with rcgen (ring, no OpenSSL).
-//!
-//! Keys are ECDSA P-256 in PKCS#8 PEM, the one format every client reads
-//! (Bazel's netty reads no other). Files are created with their final mode,
-//! so a key is never readable by others, not even for a moment.
+//! frontend's TLS and client certificates (see `pki` for the shared parts).
+//! Files are created with their final mode, so a key is never readable by
+//! others, not even for a moment.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
-};
-use time::{Duration, OffsetDateTime};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
+
+use crate::pki::{common, load_ca, refuse_existing, share_with_rbe_group, write};
 
 /// Where `rbectl tls` keeps the CA and certificates by default.
 const DEFAULT_DIR: &str = "/etc/rbe/tls";
-/// How long the CA is valid: long, since renewing it means handing every
-/// client a new `ca.crt`.
-const CA_DAYS: i64 = 3650;
+/// What makes the CA `rbectl tls client` signs with.
+const MADE_BY: &str = "rbectl tls init";
 
 #[derive(clap::Subcommand)]
 pub enum TlsCmd {
@@ -87,21 +80,11 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let files = ["ca.crt", "ca.key", "server.crt", "server.key"].map(|f| a.dir.join(f));
     let host = names.first().cloned().unwrap_or_else(|| "rbe".to_owned());
     let (ca_cert, ca_key) = if a.renew {
-        load_ca(&a.dir)?
+        load_ca(&a.dir, MADE_BY)?
     } else {
         refuse_existing(&files, a.force)?;
         std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
-        let mut ca = CertificateParams::default();
-        common(&mut ca, &format!("rbe CA ({host})"), CA_DAYS)?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().context("generating the CA key")?;
-        let ca_cert = ca.self_signed(&ca_key).context("signing the CA")?;
-        (ca_cert, ca_key)
+        crate::pki::new_ca(&format!("rbe CA ({host})"))?
     };
 
     let mut server = CertificateParams::default();
@@ -126,7 +109,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     // The key before the certificate: a reload between the two renames
     // fails (they do not match) and keeps the running pair.
     write(server_key_path, &server_key.serialize_pem(), 0o600, replace)?;
-    let group_note = share_with_rbe_group(server_key_path);
+    let group_note = share_with_rbe_group(server_key_path).describe("the server key");
     write(server_crt, &server_cert.pem(), 0o644, replace)?;
     if a.renew {
         println!(
@@ -167,7 +150,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
 fn client(a: ClientArgs) -> anyhow::Result<ExitCode> {
     check_client_name(&a.name)?;
     let ca_crt = a.dir.join("ca.crt");
-    let (issuer, ca_key) = load_ca(&a.dir)?;
+    let (issuer, ca_key) = load_ca(&a.dir, MADE_BY)?;
 
     let files = [
         a.dir.join(format!("{}.crt", a.name)),
@@ -211,53 +194,6 @@ fn client(a: ClientArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The CA in `dir`, as rcgen needs an issuer: its name and its key.
-fn load_ca(dir: &Path) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
-    let ca_crt = dir.join("ca.crt");
-    let ca_key_path = dir.join("ca.key");
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).with_context(|| {
-            format!(
-                "reading {} (create the CA with `rbectl tls init --dir {}`)",
-                p.display(),
-                dir.display()
-            )
-        })
-    };
-    let ca_key = KeyPair::from_pem(&read(&ca_key_path)?)
-        .with_context(|| format!("{}: not a PEM private key", ca_key_path.display()))?;
-    let ca_params = CertificateParams::from_ca_cert_pem(&read(&ca_crt)?)
-        .with_context(|| format!("{}: not a PEM CA certificate", ca_crt.display()))?;
-    // Signing it anew only builds the issuer value; it is never written.
-    let issuer = ca_params
-        .self_signed(&ca_key)
-        .context("the CA key does not fit the CA certificate")?;
-    Ok((issuer, ca_key))
-}
-
-/// Subject CN, validity from an hour ago (clocks differ a little) for
-/// `days`, and a random positive serial.
-fn common(p: &mut CertificateParams, cn: &str, days: i64) -> anyhow::Result<()> {
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    let now = OffsetDateTime::now_utc();
-    p.not_before = now - Duration::hours(1);
-    p.not_after = now + Duration::days(days);
-    let mut serial = [0u8; 16];
-    getrandom(&mut serial)?;
-    serial[0] &= 0x7f;
-    serial[0] |= 0x01;
-    p.serial_number = Some(SerialNumber::from_slice(&serial));
-    Ok(())
-}
-
-fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .context("reading /dev/urandom")
-}
-
 fn san(name: &str) -> anyhow::Result<SanType> {
     if let Ok(ip) = name.parse::<std::net::IpAddr>() {
         return Ok(SanType::IpAddress(ip));
@@ -294,75 +230,6 @@ fn check_client_name(name: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn refuse_existing(files: &[PathBuf], force: bool) -> anyhow::Result<()> {
-    if force {
-        return Ok(());
-    }
-    let existing: Vec<String> = files
-        .iter()
-        .filter(|f| f.exists())
-        .map(|f| f.display().to_string())
-        .collect();
-    if !existing.is_empty() {
-        bail!(
-            "{} already exist{}; use --force to replace",
-            existing.join(", "),
-            if existing.len() == 1 { "s" } else { "" }
-        );
-    }
-    Ok(())
-}
-
-/// Writes `text` to `path` created with `mode`: a new file (never an
-/// existing one) unless `force`, where a temporary file is renamed over it.
-fn write(path: &Path, text: &str, mode: u32, force: bool) -> anyhow::Result<()> {
-    let target = if force {
-        let mut t = path.as_os_str().to_owned();
-        t.push(".tmp-rbectl");
-        PathBuf::from(t)
-    } else {
-        path.to_owned()
-    };
-    if force {
-        let _ = std::fs::remove_file(&target);
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&target)
-        .with_context(|| format!("creating {}", target.display()))?;
-    // The umask may have taken bits away from a certificate's 0644.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .and_then(|()| f.write_all(text.as_bytes()))
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", target.display()))?;
-    if force {
-        std::fs::rename(&target, path).with_context(|| format!("replacing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Lets the frontend (user rbe, group rbe) read the server key: group rbe
-/// and mode 0640, when that group exists and we may hand the file to it.
-fn share_with_rbe_group(key: &Path) -> String {
-    let Ok(Some(group)) = nix::unistd::Group::from_name("rbe") else {
-        return "the server key (mode 0600; no group rbe here: make it readable by the \
-                frontend's user, or pass it with LoadCredential=)"
-            .to_owned();
-    };
-    let shared = nix::unistd::chown(key, None, Some(group.gid))
-        .map_err(std::io::Error::from)
-        .and_then(|()| std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o640)));
-    match shared {
-        Ok(()) => "the server key (mode 0640, group rbe: readable by rbe-frontend)".to_owned(),
-        Err(e) => format!(
-            "the server key (mode 0600: could not give it to group rbe: {e}; run as root, \
-             or pass it with LoadCredential=)"
-        ),
-    }
 }
 
 #[cfg(test)]

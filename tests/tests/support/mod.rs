@@ -96,6 +96,30 @@ impl Instance {
         }
     }
 
+    /// Boots `name` on `lab` (`sysbox up NAME --net lab=LAB`): its own
+    /// netns, `eth0` on the lab's bridge with the next free address, and the
+    /// lab's hosts file as `/etc/hosts`, so members reach each other by name.
+    pub fn up_lab(name: &str, lab: &Lab, args: &[String]) -> Instance {
+        let mut all = vec!["--net".to_owned(), format!("lab={}", lab.name)];
+        all.extend_from_slice(args);
+        Instance::up(name, &all)
+    }
+
+    /// This instance's address on its lab (`sysbox ip NAME`).
+    pub fn lab_ip(&self) -> String {
+        let out = Command::new(harness())
+            .args(["ip", &self.name])
+            .output()
+            .expect("run sysbox ip");
+        assert!(
+            out.status.success(),
+            "sysbox ip {}: {}",
+            self.name,
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// The instance's root, as seen from the host.
     pub fn root(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/root", self.pid))
@@ -197,6 +221,94 @@ impl Drop for Instance {
             }
         }
     }
+}
+
+/// A lab network of `tests/harness/sysbox` (`--net lab=NAME`): a bridge in
+/// its own netns, created by the first [`Instance::up_lab`] on it and
+/// removed when its last member goes down. Name it with [`name`] so that
+/// parallel suites get different labs.
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    pub fn new(name: &str) -> Lab {
+        Lab {
+            name: name.to_owned(),
+        }
+    }
+
+    /// The netns holding the lab's bridge, as `ip netns list` shows it.
+    pub fn netns(&self) -> String {
+        format!("sysbox-lab-{}", self.name)
+    }
+
+    /// `sysbox lab --lab NAME ARGS...`, whatever its status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(harness())
+            .args(["lab", "--lab", &self.name])
+            .args(args)
+            .output()
+            .expect("run sysbox lab")
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let out = self.run(args);
+        assert!(out.status.success(), "sysbox lab {args:?}: {}", text(&out));
+    }
+
+    /// Unplugs `i`'s cable: nothing reaches it or leaves it, silently.
+    pub fn cut(&self, i: &Instance) {
+        self.ok(&["cut", &i.name]);
+    }
+
+    /// Plugs `i`'s cable back in.
+    pub fn join(&self, i: &Instance) {
+        self.ok(&["join", &i.name]);
+    }
+
+    /// Drops all traffic between `a` and `b` (both ways, silently).
+    pub fn block(&self, a: &Instance, b: &Instance) {
+        self.ok(&["block", &a.name, &b.name]);
+    }
+
+    pub fn unblock(&self, a: &Instance, b: &Instance) {
+        self.ok(&["unblock", &a.name, &b.name]);
+    }
+
+    /// Undoes every cut and block of the lab.
+    pub fn heal(&self) {
+        self.ok(&["heal"]);
+    }
+
+    /// Runs `args` on the host side inside the lab's netns (it has
+    /// `10.88.0.254` on the bridge), so a test driver reaches instances by
+    /// [`Instance::lab_ip`].
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut all = vec!["exec"];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    /// The lab's hosts file (every member's `/etc/hosts`).
+    pub fn hosts(&self) -> String {
+        let out = self.run(&["hosts"]);
+        assert!(out.status.success(), "sysbox lab hosts: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Names in `ip netns list` on the host.
+pub fn netns_list() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("run ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The value of `key` among [`Instance::show`]'s pairs, `""` if absent.
