@@ -79,8 +79,11 @@ fn referenced(
     f: DigestFunction,
     ar: &ActionResult,
 ) -> Result<Refs, CasError> {
-    let too_many =
-        || Refs::TooLarge(format!("it references more than {MAX_CHECK_DIGESTS} distinct blobs"));
+    let too_many = || {
+        Refs::TooLarge(format!(
+            "it references more than {MAX_CHECK_DIGESTS} distinct blobs"
+        ))
+    };
     let mut out: HashSet<Digest> = HashSet::new();
     for o in &ar.output_files {
         if let Some(d) = o.digest.as_ref() {

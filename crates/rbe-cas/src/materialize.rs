@@ -125,6 +125,8 @@ fn digest_of(
 struct Tree {
     dirs: HashMap<Digest, Arc<Directory>>,
     missing: Vec<Digest>,
+    /// How many of `missing`, at its start, are directories.
+    missing_dirs: usize,
     entries: u64,
 }
 
@@ -167,9 +169,8 @@ fn load_tree(
             }
             Err(e) => return Err(e),
         };
-        entries = entries.saturating_add(
-            (dir.files.len() + dir.directories.len() + dir.symlinks.len()) as u64,
-        );
+        entries = entries
+            .saturating_add((dir.files.len() + dir.directories.len() + dir.symlinks.len()) as u64);
         if entries > max_entries {
             return Err(TreeError::Invalid(format!(
                 "input tree has more than {max_entries} entries in its distinct directories"
@@ -212,6 +213,7 @@ fn load_tree(
     }
     // A blob can be both a directory and a file of the tree: name it once.
     let missing_dirs: HashSet<Digest> = missing.iter().copied().collect();
+    let n_dirs = missing.len();
     missing.extend(
         store
             .find_missing(&files)
@@ -221,6 +223,7 @@ fn load_tree(
     Ok(Tree {
         dirs,
         missing,
+        missing_dirs: n_dirs,
         entries,
     })
 }
@@ -228,9 +231,12 @@ fn load_tree(
 /// What [`missing_tree`] found.
 #[derive(Debug, Default)]
 pub struct Closure {
-    /// Blobs of the closure absent from the store, each once: files, and
-    /// directories (whose contents are then unknown).
-    pub missing: Vec<Digest>,
+    /// Directories of the closure absent from the store, each once; their
+    /// contents are unknown.
+    pub missing_directories: Vec<Digest>,
+    /// Files of the closure absent from the store, each once, and none
+    /// that is also listed as a missing directory.
+    pub missing_files: Vec<Digest>,
     /// Distinct directories read.
     pub directories: u64,
     /// Entries of those directories.
@@ -250,9 +256,11 @@ pub fn missing_tree(
     roots: &[Digest],
     max_entries: u64,
 ) -> Result<Closure, TreeError> {
-    let t = load_tree(store, cache, f, roots, max_entries)?;
+    let mut t = load_tree(store, cache, f, roots, max_entries)?;
+    let missing_files = t.missing.split_off(t.missing_dirs);
     Ok(Closure {
-        missing: t.missing,
+        missing_directories: t.missing,
+        missing_files,
         directories: t.dirs.len() as u64,
         entries: t.entries,
     })

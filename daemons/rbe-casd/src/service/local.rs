@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rbe_cas::materialize::{self, TreeError};
 use prost::Message;
+use rbe_cas::materialize::{self, TreeError};
 use rbe_proto::casd::{
     casd_server, MaterializeRequest, MaterializeResponse, MissingForResultRequest,
     MissingForResultResponse, MissingTreeRequest, MissingTreeResponse, PinRequest, PinResponse,
@@ -33,10 +33,10 @@ fn tree_status(e: TreeError) -> Status {
     }
 }
 
-/// Caps an answer at [`MAX_MISSING_PER_ANSWER`]; true when it was cut.
-fn cap(mut missing: Vec<Digest>) -> (Vec<rbe_proto::casd::Digest>, bool) {
-    let truncated = missing.len() > MAX_MISSING_PER_ANSWER;
-    missing.truncate(MAX_MISSING_PER_ANSWER);
+/// Caps an answer at `room` digests; true when it was cut.
+fn cap(mut missing: Vec<Digest>, room: usize) -> (Vec<rbe_proto::casd::Digest>, bool) {
+    let truncated = missing.len() > room;
+    missing.truncate(room);
     (missing.iter().map(to_proto).collect(), truncated)
 }
 
@@ -151,10 +151,14 @@ impl casd_server::Casd for LocalService {
         })
         .await?
         .map_err(tree_status)?;
-        let (missing, truncated) = cap(closure.missing);
+        let (missing_directories, dirs_cut) =
+            cap(closure.missing_directories, MAX_MISSING_PER_ANSWER);
+        let room = MAX_MISSING_PER_ANSWER - missing_directories.len();
+        let (missing_files, files_cut) = cap(closure.missing_files, room);
         Ok(Response::new(MissingTreeResponse {
-            missing,
-            truncated,
+            missing_directories,
+            missing_files,
+            truncated: dirs_cut || files_cut,
             directories: closure.directories,
             entries: closure.entries,
         }))
@@ -175,7 +179,10 @@ impl casd_server::Casd for LocalService {
         let missing = blocking(move || casd.ac.missing_for_result(f, &ar))
             .await?
             .map_err(cas_status)?;
-        let (missing, truncated) = cap(missing);
-        Ok(Response::new(MissingForResultResponse { missing, truncated }))
+        let (missing, truncated) = cap(missing, MAX_MISSING_PER_ANSWER);
+        Ok(Response::new(MissingForResultResponse {
+            missing,
+            truncated,
+        }))
     }
 }
