@@ -140,7 +140,10 @@ impl Source {
                     Ok(Err(s))
                         if matches!(
                             s.code(),
-                            Code::Unavailable | Code::DeadlineExceeded | Code::Unauthenticated
+                            Code::Unavailable
+                                | Code::DeadlineExceeded
+                                | Code::Cancelled
+                                | Code::Unauthenticated
                         ) =>
                     {
                         Err(TransferError::from_source(&self.address, None, s))
