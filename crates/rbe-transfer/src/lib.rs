@@ -144,8 +144,9 @@ pub async fn fetch_input_closure(
         stats.blobs += c.blobs;
         stats.bytes += c.bytes;
         roots = if answer.truncated {
-            // What was left out lies under the same roots.
-            roots.into_iter().chain(dirs).collect()
+            // What was left out lies under the same roots, and so do the
+            // directories just copied: walking them again finds both.
+            roots
         } else if dirs.is_empty() {
             vec![root]
         } else {

@@ -175,16 +175,7 @@ async fn a_blob_missing_at_the_source_is_not_found_naming_it_and_the_source() {
 
 #[tokio::test]
 async fn a_10000_level_tree_is_copied() {
-    // tmpfs, where there is one: each round stores one directory, and ten
-    // thousand fsyncs on a disk would only measure the disk.
-    let base = std::path::Path::new("/dev/shm");
-    let td = || {
-        tempfile::Builder::new()
-            .prefix("rbe-transfer-test-")
-            .tempdir_in(base)
-            .unwrap_or_else(|_| tempdir())
-    };
-    let (t1, t2) = (td(), td());
+    let (t1, t2) = (shm_tempdir(), shm_tempdir());
     let (src, dst) = (casd(t1.path()).await, casd(t2.path()).await);
     let mut blobs = Blobs::default();
     let bottom = blobs.add(b"bottom".to_vec());
@@ -201,6 +192,45 @@ async fn a_10000_level_tree_is_copied() {
     assert_eq!(stats.blobs, 10_001);
     assert!(stats.rounds <= 10_002, "{stats:?}");
     assert!(missing_tree(&dst.channel().await, level).await.is_empty());
+}
+
+/// A temp dir on tmpfs where there is one: tests that store thousands of
+/// blobs one round at a time would otherwise measure the disk's fsyncs.
+fn shm_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("rbe-transfer-test-")
+        .tempdir_in("/dev/shm")
+        .unwrap_or_else(|_| tempdir())
+}
+
+#[tokio::test]
+async fn more_missing_blobs_than_one_answer_lists_are_copied_over_rounds() {
+    let (t1, t2) = (shm_tempdir(), shm_tempdir());
+    let (src, dst) = (casd(t1.path()).await, casd(t2.path()).await);
+    let mut blobs = Blobs::default();
+    // casd lists at most 50,000 digests per answer.
+    let mut halves = Vec::new();
+    for half in 0..2u32 {
+        let names: Vec<String> = (0..30_000).map(|i| format!("f{i:05}")).collect();
+        let files: Vec<(&str, Digest)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let d = blobs.add(format!("blob {half} {i}").into_bytes());
+                (n.as_str(), d)
+            })
+            .collect();
+        halves.push(blobs.dir(&files, &[]));
+    }
+    let root = blobs.dir(&[], &[("a", halves[0]), ("b", halves[1])]);
+    upload(&src.channel().await, &blobs.0).await;
+    let (source, local) = (source_of(&src).await, local_of(&dst).await);
+
+    let stats = fetch_input_closure(&source, &local, F, root).await.unwrap();
+    assert_eq!(stats.blobs, blobs.0.len() as u64);
+    assert_eq!(stats.bytes, blobs.bytes());
+    assert!(stats.rounds >= 4, "{stats:?}");
+    assert!(missing_tree(&dst.channel().await, root).await.is_empty());
 }
 
 async fn expect_unavailable(source: &Source) {
