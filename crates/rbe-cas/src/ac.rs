@@ -50,40 +50,56 @@ pub struct ActionCache {
 
 /// What a completeness check must look up.
 enum Refs {
-    /// Every distinct blob the result references.
-    Digests(Vec<Digest>),
+    /// Every distinct blob the result references, Trees included, and
+    /// the Trees among them that could not be read (absent or corrupt):
+    /// the files those list are unknown.
+    Digests {
+        blobs: Vec<Digest>,
+        missing_trees: Vec<Digest>,
+    },
     /// More than the check's bounds allow; the reason, for the log.
     TooLarge(String),
 }
 
+fn parse(
+    f: DigestFunction,
+    d: &rbe_proto::reapi::Digest,
+    what: impl FnOnce() -> String,
+) -> Result<Digest, CasError> {
+    Digest::from_reapi(f, d).map_err(|e| CasError::Invalid(format!("{}: {e}", what())))
+}
+
 /// Every CAS digest an action result references, each once, for
-/// completeness checks; each distinct Tree is read once.
+/// completeness checks and for copying a result between hosts; each
+/// distinct Tree is read once. The walk is flat (a Tree holds its
+/// directories inline), so no depth can exhaust the stack.
 fn referenced(
     store: &Arc<Store>,
     trees_read: &AtomicU64,
     f: DigestFunction,
     ar: &ActionResult,
 ) -> Result<Refs, CasError> {
-    let mut out: HashSet<Digest> = HashSet::new();
-    let mut push = |d: Option<&rbe_proto::reapi::Digest>| -> Result<(), CasError> {
-        if let Some(d) = d {
-            let d = Digest::from_reapi(f, d)
-                .map_err(|_| CasError::BadActionResult(Digest::empty(f)))?;
-            out.insert(d);
-        }
-        Ok(())
+    let too_many = || {
+        Refs::TooLarge(format!(
+            "it references more than {MAX_CHECK_DIGESTS} distinct blobs"
+        ))
     };
+    let mut out: HashSet<Digest> = HashSet::new();
     for o in &ar.output_files {
-        push(o.digest.as_ref())?;
+        if let Some(d) = o.digest.as_ref() {
+            out.insert(parse(f, d, || format!("output file {:?}", o.path))?);
+        }
     }
-    push(ar.stdout_digest.as_ref())?;
-    push(ar.stderr_digest.as_ref())?;
+    if let Some(d) = ar.stdout_digest.as_ref() {
+        out.insert(parse(f, d, || "stdout_digest".into())?);
+    }
+    if let Some(d) = ar.stderr_digest.as_ref() {
+        out.insert(parse(f, d, || "stderr_digest".into())?);
+    }
     let mut trees = HashSet::new();
     for o in &ar.output_directories {
         if let Some(t) = o.tree_digest.as_ref() {
-            let t = Digest::from_reapi(f, t)
-                .map_err(|_| CasError::BadActionResult(Digest::empty(f)))?;
-            trees.insert(t);
+            trees.insert(parse(f, t, || format!("output directory {:?}", o.path))?);
         }
     }
     let tree_bytes = trees.iter().map(|t| t.size).fold(0u64, u64::saturating_add);
@@ -93,31 +109,38 @@ fn referenced(
             trees.len()
         )));
     }
+    let mut missing_trees = Vec::new();
     for t in trees {
         out.insert(t);
-        // A missing or unreadable tree makes the whole result incomplete.
         trees_read.fetch_add(1, Ordering::Relaxed);
-        let bytes = store.read_all(t)?;
-        let tree = Tree::decode(bytes.as_slice()).map_err(|_| CasError::BadActionResult(t))?;
+        let bytes = match store.read_all(t) {
+            Ok(b) => b,
+            Err(CasError::NotFound(_)) | Err(CasError::Corrupt(_)) => {
+                missing_trees.push(t);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let tree = Tree::decode(bytes.as_slice())
+            .map_err(|e| CasError::Invalid(format!("blob {t} is not a Tree: {e}")))?;
         for dir in tree.root.iter().chain(tree.children.iter()) {
             for file in &dir.files {
                 if let Some(d) = file.digest.as_ref() {
-                    out.insert(Digest::from_reapi(f, d).map_err(|_| CasError::BadActionResult(t))?);
+                    out.insert(parse(f, d, || format!("tree {t}: file {:?}", file.name))?);
                 }
             }
         }
         if out.len() > MAX_CHECK_DIGESTS {
-            return Ok(Refs::TooLarge(format!(
-                "it references more than {MAX_CHECK_DIGESTS} distinct blobs"
-            )));
+            return Ok(too_many());
         }
     }
     if out.len() > MAX_CHECK_DIGESTS {
-        return Ok(Refs::TooLarge(format!(
-            "it references more than {MAX_CHECK_DIGESTS} distinct blobs"
-        )));
+        return Ok(too_many());
     }
-    Ok(Refs::Digests(out.into_iter().collect()))
+    Ok(Refs::Digests {
+        blobs: out.into_iter().collect(),
+        missing_trees,
+    })
 }
 
 impl ActionCache {
@@ -159,13 +182,23 @@ impl ActionCache {
             return Err(CasError::BadActionResult(*action));
         };
         let refs = match referenced(&self.store, &self.trees_read, action.function, &ar) {
-            Ok(Refs::Digests(r)) => r,
+            Ok(Refs::Digests {
+                blobs,
+                missing_trees,
+            }) => {
+                if let Some(t) = missing_trees.first() {
+                    tracing::info!(action_digest = %action, digest = %t, "action result incomplete: tree missing");
+                    return Ok(None);
+                }
+                blobs
+            }
             Ok(Refs::TooLarge(why)) => {
                 tracing::warn!(action_digest = %action, reason = %why, "action result too large to check; answered as a cache miss");
                 return Ok(None);
             }
-            Err(CasError::NotFound(missing)) | Err(CasError::Corrupt(missing)) => {
-                tracing::info!(action_digest = %action, digest = %missing, "action result incomplete: tree missing");
+            // The client runs the action and its new result replaces this one.
+            Err(CasError::Invalid(why)) => {
+                tracing::warn!(action_digest = %action, reason = %why, "action result names a malformed blob; answered as a cache miss");
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -176,6 +209,26 @@ impl ActionCache {
             return Ok(None);
         }
         Ok(Some(ar))
+    }
+
+    /// The blobs `ar` references that the store lacks (output files,
+    /// output directory Trees and the files they list, stdout, stderr),
+    /// each once: what a host must fetch before it may serve `ar`. A
+    /// missing Tree is listed itself; the files it lists are known only
+    /// once it is present, so a caller that fetches what is listed asks
+    /// again. A malformed digest or Tree is [`CasError::Invalid`], a
+    /// result beyond the check's bounds [`CasError::OverLimit`].
+    pub fn missing_for_result(
+        &self,
+        f: DigestFunction,
+        ar: &ActionResult,
+    ) -> Result<Vec<Digest>, CasError> {
+        match referenced(&self.store, &self.trees_read, f, ar)? {
+            Refs::Digests { blobs, .. } => Ok(self.store.find_missing(&blobs)),
+            Refs::TooLarge(why) => Err(CasError::OverLimit(format!(
+                "the action result cannot be walked: {why}"
+            ))),
+        }
     }
 
     /// Stores a result, replacing any earlier one atomically.

@@ -51,6 +51,13 @@ pub enum CasError {
     /// A stored action result could not be decoded.
     #[error("action result for {0} is unreadable and has been removed")]
     BadActionResult(Digest),
+    /// A message the caller named is malformed: a digest that does not
+    /// parse, or a blob that does not decode as the message it should be.
+    #[error("{0}")]
+    Invalid(String),
+    /// The work a request asks for is beyond a walk's bounds.
+    #[error("{0}")]
+    OverLimit(String),
 }
 
 impl CasError {

@@ -121,24 +121,39 @@ fn digest_of(
     Digest::from_reapi(f, d).map_err(|e| TreeError::Invalid(format!("{what}: {e}")))
 }
 
-/// Loads and validates the whole tree.
 /// A loaded tree: its directories by digest, and the blobs it lacks.
 struct Tree {
     dirs: HashMap<Digest, Arc<Directory>>,
     missing: Vec<Digest>,
+    /// How many of `missing`, at its start, are directories.
+    missing_dirs: usize,
+    entries: u64,
 }
 
+/// Loads and validates the closure of `roots`, breadth first (a queue, so
+/// no depth can exhaust the stack), each directory once. A directory that
+/// is absent is listed as missing and nothing below it is known. Each blob
+/// is listed once. At most `max_entries` entries of distinct directories
+/// are read.
 fn load_tree(
     store: &Arc<Store>,
     cache: &DirCache,
     f: DigestFunction,
-    root: Digest,
+    roots: &[Digest],
+    max_entries: u64,
 ) -> Result<Tree, TreeError> {
     let mut dirs = HashMap::new();
     let mut missing = Vec::new();
     let mut files = Vec::new();
-    let mut queue = VecDeque::from([root]);
-    let mut seen = HashSet::from([root]);
+    let mut seen_files = HashSet::new();
+    let mut entries = 0u64;
+    let mut queue: VecDeque<Digest> = VecDeque::new();
+    let mut seen = HashSet::new();
+    for r in roots {
+        if seen.insert(*r) {
+            queue.push_back(*r);
+        }
+    }
     while let Some(d) = queue.pop_front() {
         if dirs.len() >= MAX_DIRECTORIES {
             return Err(TreeError::Invalid(format!(
@@ -154,6 +169,17 @@ fn load_tree(
             }
             Err(e) => return Err(e),
         };
+        entries = entries
+            .saturating_add((dir.files.len() + dir.directories.len() + dir.symlinks.len()) as u64);
+        if entries > max_entries {
+            return Err(TreeError::Invalid(format!(
+                "input tree has more than {max_entries} entries in its distinct directories"
+            )));
+        }
+        let in_dir = |e: TreeError| match e {
+            TreeError::Invalid(m) => TreeError::Invalid(format!("directory {d}: {m}")),
+            e => e,
+        };
         let mut names = HashSet::new();
         for n in dir
             .files
@@ -162,7 +188,7 @@ fn load_tree(
             .chain(dir.directories.iter().map(|x| &x.name))
             .chain(dir.symlinks.iter().map(|x| &x.name))
         {
-            check_name(n)?;
+            check_name(n).map_err(in_dir)?;
             if !names.insert(n.as_str()) {
                 return Err(TreeError::Invalid(format!(
                     "name {n:?} appears twice in directory {d}"
@@ -170,22 +196,74 @@ fn load_tree(
             }
         }
         for file in &dir.files {
-            files.push(digest_of(
-                f,
-                file.digest.as_ref(),
-                &format!("file {:?}", file.name),
-            )?);
+            let fd = digest_of(f, file.digest.as_ref(), &format!("file {:?}", file.name))
+                .map_err(in_dir)?;
+            if seen_files.insert(fd) {
+                files.push(fd);
+            }
         }
         for sub in &dir.directories {
-            let sd = digest_of(f, sub.digest.as_ref(), &format!("directory {:?}", sub.name))?;
+            let sd = digest_of(f, sub.digest.as_ref(), &format!("directory {:?}", sub.name))
+                .map_err(in_dir)?;
             if seen.insert(sd) {
                 queue.push_back(sd);
             }
         }
         dirs.insert(d, dir);
     }
-    missing.extend(store.find_missing(&files));
-    Ok(Tree { dirs, missing })
+    // A blob can be both a directory and a file of the tree: name it once.
+    let missing_dirs: HashSet<Digest> = missing.iter().copied().collect();
+    let n_dirs = missing.len();
+    missing.extend(
+        store
+            .find_missing(&files)
+            .into_iter()
+            .filter(|d| !missing_dirs.contains(d)),
+    );
+    Ok(Tree {
+        dirs,
+        missing,
+        missing_dirs: n_dirs,
+        entries,
+    })
+}
+
+/// What [`missing_tree`] found.
+#[derive(Debug, Default)]
+pub struct Closure {
+    /// Directories of the closure absent from the store, each once; their
+    /// contents are unknown.
+    pub missing_directories: Vec<Digest>,
+    /// Files of the closure absent from the store, each once, and none
+    /// that is also listed as a missing directory.
+    pub missing_files: Vec<Digest>,
+    /// Distinct directories read.
+    pub directories: u64,
+    /// Entries of those directories.
+    pub entries: u64,
+}
+
+/// The blobs of the input closure of `roots` (input roots, or subtrees of
+/// one already partly copied) that the store lacks. The walk stops below a
+/// missing directory: a caller copying a tree fetches what is listed and
+/// asks again, for at most as many rounds as the tree is deep. Malformed
+/// directories and digests are [`TreeError::Invalid`], naming the
+/// directory; so is a closure of more than `max_entries` entries.
+pub fn missing_tree(
+    store: &Arc<Store>,
+    cache: &DirCache,
+    f: DigestFunction,
+    roots: &[Digest],
+    max_entries: u64,
+) -> Result<Closure, TreeError> {
+    let mut t = load_tree(store, cache, f, roots, max_entries)?;
+    let missing_files = t.missing.split_off(t.missing_dirs);
+    Ok(Closure {
+        missing_directories: t.missing,
+        missing_files,
+        directories: t.dirs.len() as u64,
+        entries: t.entries,
+    })
 }
 
 fn io(op: &'static str, path: &str, e: rustix::io::Errno) -> TreeError {
@@ -242,7 +320,7 @@ pub fn materialize(
     target: &OwnedFd,
     copy: bool,
 ) -> Result<Materialized, TreeError> {
-    let Tree { dirs, missing } = load_tree(store, cache, f, root)?;
+    let Tree { dirs, missing, .. } = load_tree(store, cache, f, &[root], MAX_ENTRIES)?;
     if !missing.is_empty() {
         return Ok(Materialized {
             missing,

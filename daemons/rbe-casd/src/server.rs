@@ -108,7 +108,10 @@ pub async fn run(
             ByteStreamServer::new(bytestream::ByteStreamService(Arc::clone(&casd)))
                 .max_decoding_message_size(limit),
         )
-        .add_service(CasdServer::new(local::LocalService(Arc::clone(&casd))));
+        .add_service(
+            CasdServer::new(local::LocalService(Arc::clone(&casd)))
+                .max_decoding_message_size(limit),
+        );
 
     rbe_systemd::notify_status(&status_line(&casd));
     rbe_systemd::notify_ready();

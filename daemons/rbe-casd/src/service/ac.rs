@@ -16,7 +16,7 @@ use super::{blocking, cas_status, digest_status, Casd};
 pub struct ActionCacheService(pub Arc<Casd>);
 
 /// Checks that every digest in a result is well formed before storing it.
-fn validate(f: DigestFunction, ar: &ActionResult) -> Result<(), Status> {
+pub(crate) fn validate(f: DigestFunction, ar: &ActionResult) -> Result<(), Status> {
     let check = |d: Option<&rbe_proto::reapi::Digest>, what: &str| -> Result<(), Status> {
         match d {
             Some(d) => Digest::from_reapi(f, d)

@@ -3,15 +3,42 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use rbe_cas::materialize::{self, TreeError};
 use rbe_proto::casd::{
-    casd_server, MaterializeRequest, MaterializeResponse, PinRequest, PinResponse, StatsRequest,
-    StatsResponse, UnpinRequest, UnpinResponse,
+    casd_server, MaterializeRequest, MaterializeResponse, MissingForResultRequest,
+    MissingForResultResponse, MissingTreeRequest, MissingTreeResponse, PinRequest, PinResponse,
+    StatsRequest, StatsResponse, UnpinRequest, UnpinResponse,
 };
+use rbe_proto::reapi::ActionResult;
 use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
 use super::{blocking, cas_status, digest_status, Casd};
+
+/// Most digests one MissingTree or MissingForResult answer lists, so the
+/// answer stays a few MiB; the caller fetches them and asks again.
+pub const MAX_MISSING_PER_ANSWER: usize = 50_000;
+
+/// Most entries of distinct directories one MissingTree call reads: the
+/// bound Materialize applies to the expanded tree, which the distinct
+/// entries never exceed, so no tree Materialize would build is refused.
+pub const MAX_WALK_ENTRIES: u64 = materialize::MAX_ENTRIES;
+
+fn tree_status(e: TreeError) -> Status {
+    match e {
+        TreeError::Invalid(m) => Status::invalid_argument(m),
+        e @ TreeError::NoSpace(_) => Status::resource_exhausted(e.to_string()),
+        TreeError::Cas(e) => cas_status(e),
+    }
+}
+
+/// Caps an answer at `room` digests; true when it was cut.
+fn cap(mut missing: Vec<Digest>, room: usize) -> (Vec<rbe_proto::casd::Digest>, bool) {
+    let truncated = missing.len() > room;
+    missing.truncate(room);
+    (missing.iter().map(to_proto).collect(), truncated)
+}
 
 /// The local API service.
 pub struct LocalService(pub Arc<Casd>);
@@ -92,17 +119,70 @@ impl casd_server::Casd for LocalService {
             materialize::materialize(&casd.store, &casd.dirs, f, root, &target, req.copy)
         })
         .await?;
-        let m = r.map_err(|e| match e {
-            TreeError::Invalid(m) => Status::invalid_argument(m),
-            e @ TreeError::NoSpace(_) => Status::resource_exhausted(e.to_string()),
-            TreeError::Cas(e) => cas_status(e),
-        })?;
+        let m = r.map_err(tree_status)?;
         tracing::debug!(digest = %root, files = m.files, directories = m.directories, missing = m.missing.len(), elapsed_us = started.elapsed().as_micros() as u64, "materialized input tree");
         Ok(Response::new(MaterializeResponse {
             missing: m.missing.iter().map(to_proto).collect(),
             files: m.files,
             directories: m.directories,
             bytes: m.bytes,
+        }))
+    }
+
+    async fn missing_tree(
+        &self,
+        req: Request<MissingTreeRequest>,
+    ) -> Result<Response<MissingTreeResponse>, Status> {
+        let req = req.into_inner();
+        self.0.partition(&req.instance_name)?;
+        let f = DigestFunction::from_reapi(req.digest_function).map_err(digest_status)?;
+        if req.roots.is_empty() {
+            return Err(Status::invalid_argument("roots is empty"));
+        }
+        let roots = req
+            .roots
+            .iter()
+            .map(|d| Digest::parse(f, &d.hash, d.size_bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("roots: {e}")))?;
+        let casd = Arc::clone(&self.0);
+        let closure = blocking(move || {
+            materialize::missing_tree(&casd.store, &casd.dirs, f, &roots, MAX_WALK_ENTRIES)
+        })
+        .await?
+        .map_err(tree_status)?;
+        let (missing_directories, dirs_cut) =
+            cap(closure.missing_directories, MAX_MISSING_PER_ANSWER);
+        let room = MAX_MISSING_PER_ANSWER - missing_directories.len();
+        let (missing_files, files_cut) = cap(closure.missing_files, room);
+        Ok(Response::new(MissingTreeResponse {
+            missing_directories,
+            missing_files,
+            truncated: dirs_cut || files_cut,
+            directories: closure.directories,
+            entries: closure.entries,
+        }))
+    }
+
+    async fn missing_for_result(
+        &self,
+        req: Request<MissingForResultRequest>,
+    ) -> Result<Response<MissingForResultResponse>, Status> {
+        let req = req.into_inner();
+        self.0.partition(&req.instance_name)?;
+        let f = DigestFunction::from_reapi(req.digest_function).map_err(digest_status)?;
+        let ar = ActionResult::decode(req.action_result.as_slice()).map_err(|e| {
+            Status::invalid_argument(format!("action_result is not an ActionResult: {e}"))
+        })?;
+        super::ac::validate(f, &ar)?;
+        let casd = Arc::clone(&self.0);
+        let missing = blocking(move || casd.ac.missing_for_result(f, &ar))
+            .await?
+            .map_err(cas_status)?;
+        let (missing, truncated) = cap(missing, MAX_MISSING_PER_ANSWER);
+        Ok(Response::new(MissingForResultResponse {
+            missing,
+            truncated,
         }))
     }
 }

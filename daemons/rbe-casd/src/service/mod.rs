@@ -60,10 +60,12 @@ pub fn cas_status(e: CasError) -> Status {
         CasError::NotFound(_) | CasError::Corrupt(_) | CasError::BadActionResult(_) => {
             Status::not_found(e.to_string())
         }
-        CasError::DigestMismatch { .. } | CasError::TooLarge { .. } => {
+        CasError::DigestMismatch { .. } | CasError::TooLarge { .. } | CasError::Invalid(_) => {
             Status::invalid_argument(e.to_string())
         }
-        CasError::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
+        CasError::NoSpace { .. } | CasError::OverLimit(_) => {
+            Status::resource_exhausted(e.to_string())
+        }
         CasError::Io { .. } => {
             tracing::error!(error = %e, "storage I/O error");
             Status::internal(e.to_string())
