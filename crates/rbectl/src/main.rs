@@ -32,16 +32,28 @@ enum Cmd {
         #[command(subcommand)]
         cmd: token::TokenCmd,
     },
-    /// The cluster key, the cluster CA and host certificates for the peer channel.
+    /// The hosts of an rbe cluster.
     Cluster {
         #[command(subcommand)]
-        cmd: cluster::ClusterCmd,
+        cmd: ClusterCmd,
     },
     /// A private CA and certificates for the frontend's TLS.
     Tls {
         #[command(subcommand)]
         cmd: tls::TlsCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Create the cluster key (DIR/cluster.key) and the cluster CA
+    /// (DIR/cluster/ca.crt, DIR/cluster/ca.key). Once per cluster: copy
+    /// cluster.key and ca.crt to every host.
+    Init(cluster::InitArgs),
+    /// Issue the peer certificate of host NODE (DNS name and CN = NODE,
+    /// server and client use) signed by the cluster CA:
+    /// DIR/cluster/NODE.crt and NODE.key.
+    Issue(cluster::IssueArgs),
 }
 
 #[derive(Subcommand)]
@@ -59,7 +71,12 @@ fn main() -> ExitCode {
         } => config_check::run(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Tls { cmd } => tls::run(cmd),
-        Cmd::Cluster { cmd } => cluster::run(cmd),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Init(a),
+        } => cluster::init(a),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Issue(a),
+        } => cluster::issue(a),
     };
     match r {
         Ok(code) => code,
