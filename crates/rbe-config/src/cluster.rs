@@ -307,7 +307,12 @@ impl ClusterFragment {
         for s in &seeds {
             check_host_port(s).map_err(|r| prov.error("cluster.seeds", r))?;
         }
-        let mut key_file = path("cluster.key_file", f.key_file.unwrap_or(d.key_file))?;
+        // "" is unset: an error only when the cluster is enabled and no
+        // credential stands in for it (below).
+        let mut key_file = match f.key_file.unwrap_or(d.key_file) {
+            p if p.as_os_str().is_empty() => p,
+            p => path("cluster.key_file", p)?,
+        };
         let old_key_files = f
             .old_key_files
             .unwrap_or(d.old_key_files)

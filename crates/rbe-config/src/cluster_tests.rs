@@ -101,10 +101,24 @@ fn enabled_reads_everything() {
 fn enabled_without_key_or_tls_files_is_an_error() {
     let f = Files::new();
     let h = host(None, "a");
-    assert_key_error(
-        cluster(&f.enabled("key_file = \"\""), &h),
-        "cluster.key_file",
+    let e = cluster(&f.enabled("key_file = \"\""), &h).unwrap_err();
+    assert!(
+        e.contains("key cluster.key_file: the cluster is enabled but no key file"),
+        "{e}"
     );
+    assert!(
+        cluster("key_file = \"\"", &h).is_ok(),
+        "disabled, no key is fine"
+    );
+    // a credential stands in for an unset key_file
+    let creds = tempfile::tempdir().unwrap();
+    fs::write(creds.path().join("cluster-key"), "k").unwrap();
+    let c = cluster(
+        &f.enabled("key_file = \"\""),
+        &host(Some(creds.path()), "a"),
+    )
+    .unwrap();
+    assert_eq!(c.key_file, creds.path().join("cluster-key"));
     for k in ["tls_ca", "tls_cert", "tls_key"] {
         assert_key_error(
             cluster(&f.enabled(&format!("{k} = \"\"")), &h),

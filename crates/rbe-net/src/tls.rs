@@ -83,6 +83,23 @@ impl TlsFiles {
     }
 }
 
+impl TlsFiles {
+    /// The peer listener's files from frontend.toml's `[cluster]`: this
+    /// host's certificate and key, and the cluster CA every peer's
+    /// certificate must chain to (required). `None` unless all three are
+    /// set.
+    pub fn cluster(c: &rbe_config::ClusterSettings) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            certificate: c.tls_cert.clone()?,
+            key: c.tls_key.clone()?,
+            client_ca: Some(c.tls_ca.clone()?),
+            require_client_certificate: true,
+            handshake_timeout: Duration::from_secs(10),
+            keys: TlsKeys::CLUSTER,
+        })
+    }
+}
+
 /// Whether and how clients are asked for certificates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {

@@ -23,21 +23,6 @@ const DEFAULT_DIR: &str = "/etc/rbe";
 /// What makes the CA `rbectl cluster issue` signs with.
 const MADE_BY: &str = "rbectl cluster init";
 
-#[derive(clap::Subcommand)]
-pub enum ClusterCmd {
-    /// Create the cluster key (DIR/cluster.key) and the cluster CA
-    /// (DIR/cluster/ca.crt, DIR/cluster/ca.key). Once per cluster: copy
-    /// cluster.key and ca.crt to every host.
-    Init(InitArgs),
-    /// Issue the peer certificate of host NODE (DNS name and CN = NODE,
-    /// server and client use) signed by the cluster CA:
-    /// DIR/cluster/NODE.crt and NODE.key.
-    Issue(IssueArgs),
-    /// Members, their state and load, and the offload counters, as this
-    /// host's frontend sees them.
-    Status(crate::cluster_status::StatusArgs),
-}
-
 #[derive(clap::Args)]
 pub struct InitArgs {
     /// Configuration directory: cluster.key goes here, the CA in cluster/.
@@ -69,15 +54,8 @@ pub struct IssueArgs {
     force: bool,
 }
 
-pub fn run(cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
-    match cmd {
-        ClusterCmd::Init(a) => init(a),
-        ClusterCmd::Issue(a) => issue(a),
-        ClusterCmd::Status(a) => crate::cluster_status::run(a),
-    }
-}
-
-fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
+/// `rbectl cluster init`.
+pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let ca_dir = a.dir.join("cluster");
     let key_path = a.dir.join("cluster.key");
     let (ca_crt, ca_key_path) = (ca_dir.join("ca.crt"), ca_dir.join("ca.key"));
@@ -122,7 +100,8 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn issue(a: IssueArgs) -> anyhow::Result<ExitCode> {
+/// `rbectl cluster issue NODE`.
+pub fn issue(a: IssueArgs) -> anyhow::Result<ExitCode> {
     let node =
         rbe_cluster::NodeName::new(&a.node).with_context(|| format!("node name {:?}", a.node))?;
     let ca_dir = a.dir.join("cluster");

@@ -80,34 +80,12 @@ fn check_frontend(dirs: &[PathBuf]) -> Result<(), String> {
 /// reads them: a key is 32 bytes of base64, the certificate and key load
 /// with the CA as required client CA, and the certificate names the node.
 fn check_cluster(c: &rbe_config::ClusterSettings) -> Result<(), String> {
-    use base64::Engine as _;
-    for (key, path) in std::iter::once(("cluster.key_file", &c.key_file))
-        .chain(c.old_key_files.iter().map(|p| ("cluster.old_key_files", p)))
-    {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("{key}: {}: {e}", path.display()))?;
-        match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
-            Ok(k) if k.len() == 32 => {}
-            Ok(k) => {
-                return Err(format!(
-                "{key}: {}: {} bytes, a cluster key has 32 (make one with `rbectl cluster init`)",
-                path.display(),
-                k.len()
-            ))
-            }
-            Err(e) => return Err(format!("{key}: {}: not base64: {e}", path.display())),
-        }
+    for path in std::iter::once(&c.key_file).chain(&c.old_key_files) {
+        rbe_cluster::wire::ClusterKey::load(path).map_err(|e| e.to_string())?;
     }
     // The loader made sure all three are set when the cluster is enabled.
-    let (Some(ca), Some(cert), Some(key)) = (&c.tls_ca, &c.tls_cert, &c.tls_key) else {
+    let (Some(files), Some(cert)) = (rbe_net::tls::TlsFiles::cluster(c), &c.tls_cert) else {
         return Err("cluster: tls_ca, tls_cert and tls_key must be set".to_owned());
-    };
-    let files = rbe_net::tls::TlsFiles {
-        certificate: cert.clone(),
-        key: key.clone(),
-        client_ca: Some(ca.clone()),
-        require_client_certificate: true,
-        handshake_timeout: std::time::Duration::from_secs(10),
     };
     rbe_net::tls::TlsConfig::load(&files).map_err(|e| format!("cluster: {e}"))?;
     let pem = std::fs::read_to_string(cert)

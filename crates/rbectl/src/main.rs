@@ -33,16 +33,31 @@ enum Cmd {
         #[command(subcommand)]
         cmd: token::TokenCmd,
     },
-    /// The cluster key, the cluster CA and host certificates for the peer channel.
+    /// The hosts of an rbe cluster.
     Cluster {
         #[command(subcommand)]
-        cmd: cluster::ClusterCmd,
+        cmd: ClusterCmd,
     },
     /// A private CA and certificates for the frontend's TLS.
     Tls {
         #[command(subcommand)]
         cmd: tls::TlsCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Create the cluster key (DIR/cluster.key) and the cluster CA
+    /// (DIR/cluster/ca.crt, DIR/cluster/ca.key). Once per cluster: copy
+    /// cluster.key and ca.crt to every host.
+    Init(cluster::InitArgs),
+    /// Issue the peer certificate of host NODE (DNS name and CN = NODE,
+    /// server and client use) signed by the cluster CA:
+    /// DIR/cluster/NODE.crt and NODE.key.
+    Issue(cluster::IssueArgs),
+    /// Members, their state and load, and the offload counters, as this
+    /// host's frontend sees them.
+    Status(cluster_status::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -60,7 +75,15 @@ fn main() -> ExitCode {
         } => config_check::run(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Tls { cmd } => tls::run(cmd),
-        Cmd::Cluster { cmd } => cluster::run(cmd),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Init(a),
+        } => cluster::init(a),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Issue(a),
+        } => cluster::issue(a),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Status(a),
+        } => cluster_status::run(a),
     };
     match r {
         Ok(code) => code,

@@ -103,6 +103,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use rbe_auth::PeerAddr;
 

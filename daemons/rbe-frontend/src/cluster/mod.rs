@@ -5,4 +5,5 @@
 mod layer;
 pub mod peer_cas;
 
+#[allow(unused_imports)] // until the peer listener is wired
 pub use layer::{PeerLayer, PeerNode};
