@@ -94,6 +94,9 @@ pub struct DriverConfig {
 }
 
 impl DriverConfig {
+    /// foca's LAN settings for a cluster of about `expected_size` hosts
+    /// (it scales retransmissions and the suspicion timeout), a report
+    /// every 500 ms.
     pub fn new(
         cluster_name: impl Into<String>,
         identity: Member,
@@ -297,6 +300,11 @@ pub fn start(
     // tokio's interval panics on zero; a tiny interval is a config error
     // the rate limit below absorbs.
     config.report_interval = config.report_interval.max(Duration::from_millis(10));
+    // foca must never produce more than the envelope can carry.
+    if config.foca.max_packet_size.get() > MAX_PAYLOAD {
+        config.foca.max_packet_size =
+            std::num::NonZeroUsize::new(MAX_PAYLOAD).unwrap_or(std::num::NonZeroUsize::MIN);
+    }
     socket.set_nonblocking(true)?;
     let socket = UdpSocket::from_std(socket)?;
     let local_addr = socket.local_addr()?;

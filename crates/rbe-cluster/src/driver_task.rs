@@ -253,7 +253,10 @@ impl Task {
         let now = Instant::now();
         while let Some((after, timer)) = self.rt.to_schedule() {
             self.timer_seq += 1;
-            self.timers.insert((now + after, self.timer_seq), timer);
+            // A duration too large for the clock (a config mistake) means
+            // "not in the lifetime of this process".
+            let at = now.checked_add(after).unwrap_or_else(never);
+            self.timers.insert((at, self.timer_seq), timer);
         }
         let mut resend = false;
         while let Some(n) = self.rt.to_notify() {

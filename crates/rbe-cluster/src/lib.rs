@@ -11,9 +11,11 @@ pub mod codec;
 pub mod driver;
 pub mod generation;
 pub mod identity;
-pub mod names;
 pub mod policy;
 pub mod report;
 pub mod wire;
+
+/// Not gossip: how operation names carry the host that holds them.
+pub mod names;
 
 pub use identity::{Member, NodeName, NodeNameError};

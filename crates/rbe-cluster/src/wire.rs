@@ -176,6 +176,16 @@ impl Keyring {
         }
     }
 
+    /// Reads the primary key file and the old ones (`key_file`,
+    /// `old_key_files`); the first bad file is the error, named.
+    pub fn load(primary: &Path, old: &[PathBuf]) -> Result<Self, KeyError> {
+        let mut ring = Self::new(ClusterKey::load(primary)?);
+        for p in old {
+            ring.old.push(ClusterKey::load(p)?);
+        }
+        Ok(ring)
+    }
+
     pub fn with_old(mut self, old: impl IntoIterator<Item = ClusterKey>) -> Self {
         self.old.extend(old);
         self

@@ -238,3 +238,20 @@ fn key_text_formats_and_errors_name_the_file() {
     // Debug never shows the key.
     assert!(!format!("{:?}", ClusterKey::from_bytes(raw)).contains("7, 7"));
 }
+
+#[test]
+fn a_keyring_loads_from_files_and_names_the_bad_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let primary = write("cluster.key", &hex::encode([3u8; 32]));
+    let old = write("old.key", &hex::encode([4u8; 32]));
+    let bad = write("broken.key", "nope");
+    let ring = Keyring::load(&primary, std::slice::from_ref(&old)).expect("load");
+    assert_eq!(ring, Keyring::new(key(3)).with_old([key(4)]));
+    let e = Keyring::load(&primary, &[old, bad]).expect_err("bad");
+    assert!(e.to_string().contains("broken.key"), "{e}");
+}
