@@ -7,10 +7,10 @@
 //! operation handle ([`handles`]): the name the client sees, its owner, and
 //! a `watch` channel with its latest snapshot, which the Execute and
 //! WaitExecution streams and WaitOperation read. Assignments go to workers
-//! through a [`workers::WorkerLink`], cancellations become Cancel messages, results
-//! become ExecuteResponses for every handle ([`outcome`]) and (exit 0,
-//! cacheable) action-cache entries, written in the background by
-//! [`results`].
+//! through a [`workers::WorkerLink`], cancellations become Cancel
+//! messages, results become ExecuteResponses for every handle
+//! ([`outcome`]) and (exit 0, cacheable) action-cache entries, written in
+//! the background by [`results`].
 //!
 //! Operation names carry their instance, `{instance}/operations/{uuid}`
 //! (`operations/{uuid}` for the empty instance), so a name only ever finds
@@ -26,26 +26,29 @@
 //! done:
 //!
 //! - scheduler calls and map updates;
-//! - [`workers::WorkerLink`] sends (Assign, Cancel), which must not block: they are
-//!   made under the lock so that a Cancel decided later can never overtake
-//!   its Assign;
+//! - [`workers::WorkerLink`] sends (Assign, Cancel), which must not
+//!   block: they are made under the lock so that a Cancel decided later
+//!   can never overtake its Assign;
 //! - stage changes on the handles' watch channels (no response cloned);
 //! - [`results::RecentResults::put`] (a leaf mutex and a channel push): a
 //!   result must be findable there before its action leaves the in-flight
 //!   map, or an identical request could run it again;
 //! - `Caller::granted`, which answers from memory.
 //!
-//! The rest is collected while the lock is held and carried out after it,
-//! in one place (`Effects::apply`): the final responses to the streams of
-//! handles just made done (a clone of the response per stream), and log
-//! lines. Nothing under the lock awaits, and nothing called under it calls
-//! back into `Exec`.
+//! - short log lines (an assignment, a cancellation).
+//!
+//! The final responses to the streams of handles just made done (a clone
+//! of the response per stream) are collected while the lock is held and
+//! sent after it, in one place (`Effects::apply`); a worker's report is
+//! decoded, logged and turned into its ExecuteResponse outside the lock.
+//! Nothing under the lock awaits, and nothing called under it calls back
+//! into `Exec`.
 //!
 //! # Extending
 //!
 //! A new kind of executor (the cluster's remote leases) is one more
-//! [`workers::WorkerLink`] implementation registered under the `WorkerId` the
-//! scheduler gave it; its results come back through
+//! [`workers::WorkerLink`] implementation registered under the `WorkerId`
+//! the scheduler gave it; its results come back through
 //! [`Exec::worker_finished`] and its loss through [`Exec::worker_detach`],
 //! exactly like a local worker's, and a report from a link the scheduler no
 //! longer knows is ignored.
