@@ -4,12 +4,14 @@
 //! rbe-cluster-sim three [SEED]      the 3-host 1/4/8 benchmark, offload on and off
 //! rbe-cluster-sim sweep [SEED]      d, optimism, report interval, N, loss, crash
 //! rbe-cluster-sim w1|w2 [SEED] [N]  one workload preset
+//! rbe-cluster-sim accept [SEED]     accept_max_rounds against N
 //! ```
 
 use std::time::Duration;
 
 use anyhow::Context;
 use rbe_cluster::policy::Choices;
+use rbe_cluster_sim::workload::{one_origin, Service};
 use rbe_cluster_sim::{preset_three_hosts, preset_w1, preset_w2, run, SimConfig};
 
 fn line(name: &str, cfg: SimConfig, extra: &[(&str, String)]) -> anyhow::Result<()> {
@@ -47,6 +49,7 @@ fn main() -> anyhow::Result<()> {
             line("three-off", off, &[])?;
         }
         "sweep" => sweep(seed)?,
+        "accept" => accept(seed)?,
         "w1" | "w2" => {
             let n: usize = match args.get(2) {
                 Some(s) => s.parse().context("N is a number")?,
@@ -60,6 +63,28 @@ fn main() -> anyhow::Result<()> {
             line(what, cfg, &[("n", n.to_string())])?;
         }
         other => anyhow::bail!("unknown command {other:?}; try `three` or `sweep`"),
+    }
+    Ok(())
+}
+
+/// accept_max_rounds against N, on W1 (3 rounds of fixed 2 s actions:
+/// the harshest case, every late offer costs a whole round) and W2.
+fn accept(seed: u64) -> anyhow::Result<()> {
+    for rounds in [0.5, 1.0, 1.5] {
+        for n in [3usize, 10, 100] {
+            let mut w1 = preset_w1(seed, n);
+            let total: u32 = w1.slots.iter().sum();
+            w1.bursts = one_origin(0, 3 * total, Service::Fixed(Duration::from_secs(2)));
+            w1.policy.accept_max_rounds = rounds;
+            let mut w2 = preset_w2(seed, n);
+            w2.policy.accept_max_rounds = rounds;
+            let ex = [
+                ("accept_max_rounds", rounds.to_string()),
+                ("n", n.to_string()),
+            ];
+            line("w1-fixed-accept", w1, &ex)?;
+            line("w2-accept", w2, &ex)?;
+        }
     }
     Ok(())
 }
@@ -85,18 +110,17 @@ fn sweep(seed: u64) -> anyhow::Result<()> {
         cfg.report_interval = Duration::from_millis(ms);
         line("w2-report", cfg, &[("report_ms", ms.to_string())])?;
     }
-    // N, W1 and W2.
-    for n in [3usize, 10, 100, 1000] {
-        let mut w1 = preset_w1(seed, n);
-        let mut w2 = preset_w2(seed, n);
-        if n >= 1000 {
-            // Shorter simulated time for the largest cluster.
-            w1.max_time = Duration::from_secs(120);
-            w2.max_time = Duration::from_secs(120);
-        }
-        line("w1-n", w1, &[("n", n.to_string())])?;
-        line("w2-n", w2, &[("n", n.to_string())])?;
+    // N, W1 and W2; the largest cluster W1 only, one round, shorter.
+    for n in [3usize, 10, 100] {
+        line("w1-n", preset_w1(seed, n), &[("n", n.to_string())])?;
+        line("w2-n", preset_w2(seed, n), &[("n", n.to_string())])?;
     }
+    let mut w1 = preset_w1(seed, 1000);
+    let total: u32 = w1.slots.iter().sum();
+    w1.warmup = Duration::from_secs(10);
+    w1.max_time = Duration::from_secs(30);
+    w1.bursts = one_origin(0, total, Service::Fixed(Duration::from_secs(2)));
+    line("w1-n", w1, &[("n", "1000".into())])?;
     // Loss and a crashed executor, N = 100.
     for loss in [0.01, 0.05] {
         let mut cfg = preset_w2(seed, 100);

@@ -48,7 +48,9 @@ fn a_hundred_hosts_one_origin() {
     cfg.bursts = one_origin(0, 3 * 620, Service::Fixed(Duration::from_secs(2)));
     let s = run(cfg).expect("runs");
     assert_eq!((s.lost, s.duplicates), (0, 0), "{s:?}");
-    assert!(s.ratio <= 1.3, "{s:?}");
+    // Fixed 2 s actions in lock step: one idle gap anywhere costs a whole
+    // round at the end, so this is 4 rounds for 3 (BENCHMARKS.md).
+    assert!(s.ratio <= 1.34, "{s:?}");
     assert!(s.reject_rate <= 0.2, "{s:?}");
 }
 

@@ -57,6 +57,14 @@ fn table(peers: &[(&str, Pool)]) -> PeerTable {
     t
 }
 
+/// The tests' figures assume admission within half a round.
+fn cfg() -> OffloadConfig {
+    OffloadConfig {
+        accept_max_rounds: 0.5,
+        ..OffloadConfig::default()
+    }
+}
+
 fn rng() -> StdRng {
     StdRng::seed_from_u64(7)
 }
@@ -74,7 +82,7 @@ fn target(d: &Decision) -> Option<&str> {
 
 #[test]
 fn below_the_threshold_nothing_moves() {
-    let p = OffloadPolicy::new(OffloadConfig::default());
+    let p = OffloadPolicy::new(cfg());
     let t = table(&[("b", pool(8, 0, 0))]);
     assert_eq!(
         pick(&p, &t, Duration::ZERO, 0.99),
@@ -88,7 +96,7 @@ fn a_move_must_improve_by_the_hysteresis() {
     // Admission out of the way: this is about hysteresis alone.
     let p = OffloadPolicy::new(OffloadConfig {
         accept_max_rounds: 10.0,
-        ..OffloadConfig::default()
+        ..cfg()
     });
     // b: 4 slots all busy, 3 queued: an action would wait (4+3+1-4)/4 = 1 round.
     let t = table(&[("b", pool(4, 4, 3))]);
@@ -101,7 +109,7 @@ fn a_move_must_improve_by_the_hysteresis() {
 
 #[test]
 fn peers_that_would_reject_get_no_offer() {
-    let p = OffloadPolicy::new(OffloadConfig::default());
+    let p = OffloadPolicy::new(cfg());
     // However long the local queue, a peer with a round of work waiting
     // would say busy.
     let t = table(&[("b", pool(4, 4, 4))]);
@@ -113,7 +121,7 @@ fn peers_that_would_reject_get_no_offer() {
 
 #[test]
 fn stale_reports_are_no_candidates() {
-    let p = OffloadPolicy::new(OffloadConfig::default());
+    let p = OffloadPolicy::new(cfg());
     let mut t = table(&[("b", pool(8, 0, 0))]);
     let max = p.config().report_max_age;
     assert_eq!(target(&pick(&p, &t, max, 5.0)), Some("b"));
@@ -143,7 +151,7 @@ fn stale_reports_are_no_candidates() {
 
 #[test]
 fn platform_must_match_and_draining_or_other_protocol_peers_are_skipped() {
-    let p = OffloadPolicy::new(OffloadConfig::default());
+    let p = OffloadPolicy::new(cfg());
     let mut t = table(&[("b", pool(8, 0, 0))]);
     let gpu = Platform::from_pairs([("OSFamily", "linux"), ("gpu", "1")]);
     assert_eq!(
@@ -209,15 +217,12 @@ fn optimistic_accounting_spreads_a_burst_and_the_cap_stops_it() {
     };
     // Each peer gets what it would admit: 4 slots and 2 waiting
     // ((4+1+1-4)/4 = 0.5 rounds), never more.
-    assert_eq!(
-        spread(OffloadConfig::default()),
-        (vec![6, 6, 6], KeepReason::PeersFull)
-    );
+    assert_eq!(spread(cfg()), (vec![6, 6, 6], KeepReason::PeersFull));
     // And never more than the cap.
     assert_eq!(
         spread(OffloadConfig {
             max_offers_per_peer: 3,
-            ..OffloadConfig::default()
+            ..cfg()
         }),
         (vec![3, 3, 3], KeepReason::PeerCap)
     );
@@ -229,7 +234,7 @@ fn optimistic_accounting_spreads_a_burst_and_the_cap_stops_it() {
         optimistic: false,
         choices: Choices::All,
         max_offers_per_peer: u32::MAX,
-        ..OffloadConfig::default()
+        ..cfg()
     });
     let mut t = table(&[
         ("b", pool(4, 0, 0)),
@@ -249,7 +254,7 @@ fn optimistic_accounting_spreads_a_burst_and_the_cap_stops_it() {
 fn optimism_raises_the_score_until_a_reply_or_report_shows_the_truth() {
     let p = OffloadPolicy::new(OffloadConfig {
         accept_max_rounds: 10.0,
-        ..OffloadConfig::default()
+        ..cfg()
     });
     let mut t = table(&[("b", pool(2, 2, 0))]);
     let b = node("b");
@@ -295,10 +300,7 @@ fn best_of_two_samples_two_and_takes_the_better() {
     let refs: Vec<(&str, Pool)> = peers.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
     let t = table(&refs);
     let share = |choices: Choices| {
-        let p = OffloadPolicy::new(OffloadConfig {
-            choices,
-            ..OffloadConfig::default()
-        });
+        let p = OffloadPolicy::new(OffloadConfig { choices, ..cfg() });
         let mut r = rng();
         let n = 2000;
         let mut best = 0;
@@ -320,7 +322,7 @@ fn best_of_two_samples_two_and_takes_the_better() {
 
 #[test]
 fn the_runner_up_is_offered_as_fallback_only_if_it_would_take_it() {
-    let p = OffloadPolicy::new(OffloadConfig::default());
+    let p = OffloadPolicy::new(cfg());
     // c would wait (4+2+1-4)/4 = 0.75 rounds: more than it admits.
     let t = table(&[("b", pool(4, 0, 0)), ("c", pool(4, 4, 2))]);
     match pick(&p, &t, Duration::ZERO, 10.0) {
@@ -353,7 +355,7 @@ fn own(slots: u32, running: u32, queued: u32) -> Vec<PoolLoad> {
 
 #[test]
 fn admission() {
-    let mut p = OffloadPolicy::new(OffloadConfig::default());
+    let mut p = OffloadPolicy::new(cfg());
     let a = node("a");
     let l = linux();
     let offer = OfferInfo {
@@ -429,7 +431,7 @@ fn one_origin_cannot_flood_an_executor() {
     let mut p = OffloadPolicy::new(OffloadConfig {
         admit_per_origin_per_sec: 10.0,
         admit_per_origin_burst: 5.0,
-        ..OffloadConfig::default()
+        ..cfg()
     });
     let (a, b) = (node("a"), node("b"));
     let l = linux();
