@@ -51,7 +51,8 @@ pub struct TransferStats {
     pub blobs: u64,
     /// Bytes copied.
     pub bytes: u64,
-    /// Questions asked of casd (each followed by a copy, but the last).
+    /// Questions asked of casd (`MissingTree` or `MissingForResult`),
+    /// the confirming ones included.
     pub rounds: u32,
     /// Wall time, from the first question to the last answer.
     pub duration: Duration,
