@@ -8,6 +8,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod client;
+pub mod cluster;
 pub mod exec;
 pub mod grpc;
 pub mod tls;

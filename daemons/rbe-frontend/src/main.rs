@@ -3,8 +3,6 @@
 //! Operations with the scheduler that hands actions to attached workers.
 
 mod access;
-// Wired to the peer listener with the cluster driver (issue 12, in progress).
-#[allow(dead_code)]
 mod cluster;
 mod exec;
 mod proxy;

@@ -158,8 +158,20 @@ pub async fn run(
         settings.execution.clone(),
         Arc::clone(&access),
     );
+    let shutdown = CancellationToken::new();
+    let mut servers = tokio::task::JoinSet::new();
+    let cluster = crate::cluster::start(
+        &settings,
+        &mut fds,
+        &exec,
+        &upstream,
+        shutdown.clone(),
+        &mut servers,
+    )
+    .await?;
     tokio::spawn(reload_on_sighup(
         Arc::clone(&exec),
+        cluster.clone(),
         tls.clone(),
         Arc::clone(&access),
         settings.clone(),
@@ -199,14 +211,22 @@ pub async fn run(
                 .max_encoding_message_size(max_message),
         );
 
-    let local_router = router.clone().add_service(
-        WorkerHubServer::new(crate::exec::hub::HubService(Arc::clone(&exec)))
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20),
-    );
+    let local_router = router
+        .clone()
+        .add_service(
+            WorkerHubServer::new(crate::exec::hub::HubService(Arc::clone(&exec)))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(
+            rbe_proto::cluster::cluster_admin_server::ClusterAdminServer::new(
+                crate::cluster::admin::Admin {
+                    cluster: cluster.clone(),
+                    exec: Arc::clone(&exec),
+                },
+            ),
+        );
 
-    let shutdown = CancellationToken::new();
-    let mut servers = tokio::task::JoinSet::new();
     tracing::info!(listen = %local.local_addr_string(), "rbe-frontend listening (local)");
     servers.spawn(rbe_net::serve(
         local_router,
@@ -227,6 +247,7 @@ pub async fn run(
     rbe_systemd::notify_ready();
     let stop = shutdown.clone();
     let exec_stop = Arc::clone(&exec);
+    let cluster_stop = cluster.clone();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         rbe_systemd::wait_for_shutdown_signal().await;
@@ -240,6 +261,9 @@ pub async fn run(
         // No new connections; streams in flight (clients' Execute, the
         // workers' hub streams) go on.
         exec_stop.begin_drain();
+        if let Some(c) = &cluster_stop {
+            c.leave().await;
+        }
         stop.cancel();
         let left = rbe_systemd::drain(drain, || exec_stop.executing()).await;
         if left > 0 {
@@ -251,7 +275,11 @@ pub async fn run(
         exec_stop.shutdown();
         let _ = drained_tx.send(());
     });
-    let watchdog = tokio::spawn(heartbeat(shutdown.clone(), Arc::clone(&exec)));
+    let watchdog = tokio::spawn(heartbeat(
+        shutdown.clone(),
+        Arc::clone(&exec),
+        cluster.clone(),
+    ));
     // Once the drain is over, connections get a few more seconds to
     // deliver the last results, then they are closed.
     let drain = async move {
@@ -295,6 +323,7 @@ pub async fn run(
 /// and keep the running certificate.
 fn reload_on_sighup(
     exec: Arc<crate::exec::Exec>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     tls: Option<Arc<rbe_net::tls::ServerTls>>,
     access: Arc<crate::access::Access>,
     running: FrontendSettings,
@@ -319,9 +348,18 @@ fn reload_on_sighup(
             let mut restart_only = running.limits.clone();
             restart_only.max_streams_per_client = new.limits.max_streams_per_client;
             restart_only.max_upload_bytes_per_client = new.limits.max_upload_bytes_per_client;
+            let cluster_kept = running.cluster.reloadable_from(&new.cluster);
             r.keep("listen", &running.listen, &mut new.listen)
                 .keep("casd", &running.casd, &mut new.casd)
-                .keep("limits", &restart_only, &mut new.limits);
+                .keep("limits", &restart_only, &mut new.limits)
+                .keep("cluster", &cluster_kept, &mut new.cluster);
+            if let Some(c) = &cluster {
+                // Old keys, report timing and [offload]; the rest of
+                // [cluster] (node, listeners, seeds) waits for a restart.
+                let (c, settings, offload) =
+                    (Arc::clone(c), new.cluster.clone(), new.offload.clone());
+                tokio::spawn(async move { c.reload(&settings, &offload).await });
+            }
             match (&tls, new_tls) {
                 (Some(server), Some(config)) => {
                     tracing::info!(
@@ -358,14 +396,22 @@ fn quota_limits(l: &rbe_config::FrontendLimits) -> crate::quota::QuotaLimits {
 }
 
 /// Watchdog pings and STATUS= from the main runtime.
-async fn heartbeat(shutdown: CancellationToken, exec: Arc<crate::exec::Exec>) {
+async fn heartbeat(
+    shutdown: CancellationToken,
+    exec: Arc<crate::exec::Exec>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+) {
     rbe_systemd::heartbeat(shutdown.cancelled_owned(), || {
         exec.tick();
         let c = exec.counts();
         let (retained_ops, retained_bytes) = exec.retained();
+        let cluster = cluster
+            .as_ref()
+            .map(|c| format!(", {}", c.status_line()))
+            .unwrap_or_default();
         rbe_systemd::notify_status(&format!(
             "{} queued, {} running, {} workers, {} free slots, {} results being cached, \
-             {} streams to casd, {} operations retained ({} KiB)",
+             {} streams to casd, {} operations retained ({} KiB){cluster}",
             c.queued,
             c.executing,
             c.workers,

@@ -495,6 +495,12 @@ impl Exec {
         self.state.lock().sched.counts()
     }
 
+    /// The load of each local worker pool (remote leases excluded), for
+    /// this host's gossiped load report.
+    pub fn pool_loads(&self) -> Vec<rbe_sched::PoolLoad> {
+        self.state.lock().sched.pool_loads()
+    }
+
     /// Operations running on a worker now.
     pub fn executing(&self) -> usize {
         self.counts().executing

@@ -1,0 +1,82 @@
+//! The Peer service on the peer listener: what other hosts of the cluster
+//! ask this one.
+
+use std::sync::Arc;
+
+use rbe_proto::cluster::peer_server::Peer;
+use rbe_proto::cluster::{
+    CancelResponse, DescribeRequest, DescribeResponse, HostMessage, OperationRequest,
+    OperationUpdate, OriginMessage,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Cluster, PeerNode};
+use crate::exec::Exec;
+use crate::proxy::relay::BoxStream;
+
+pub struct PeerService {
+    pub cluster: Arc<Cluster>,
+    pub exec: Arc<Exec>,
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn describe(
+        &self,
+        req: Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
+        let caller = PeerNode::of(&req)?.0.clone();
+        let r = req.into_inner();
+        // The certificate names the caller; it may not speak for another.
+        if r.node != caller.as_str() {
+            return Err(Status::permission_denied(format!(
+                "the certificate names {caller}, the request {:?}",
+                r.node
+            )));
+        }
+        if r.cluster != self.cluster.name {
+            return Err(Status::failed_precondition(format!(
+                "this host is in cluster {:?}, not {:?}",
+                self.cluster.name, r.cluster
+            )));
+        }
+        Ok(Response::new(DescribeResponse {
+            node: self.cluster.node.to_string(),
+            generation: self.cluster.generation(),
+            cluster: self.cluster.name.clone(),
+            load: Some(self.cluster.own_report(&self.exec)),
+        }))
+    }
+
+    type RunStream = BoxStream<HostMessage>;
+
+    async fn run(
+        &self,
+        _: Request<Streaming<OriginMessage>>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        Err(Status::unimplemented("offload is not wired yet"))
+    }
+
+    type WaitOperationStream = BoxStream<OperationUpdate>;
+
+    async fn wait_operation(
+        &self,
+        _: Request<OperationRequest>,
+    ) -> Result<Response<Self::WaitOperationStream>, Status> {
+        Err(Status::unimplemented("forwarding is not wired yet"))
+    }
+
+    async fn get_operation(
+        &self,
+        _: Request<OperationRequest>,
+    ) -> Result<Response<OperationUpdate>, Status> {
+        Err(Status::unimplemented("forwarding is not wired yet"))
+    }
+
+    async fn cancel_operation(
+        &self,
+        _: Request<OperationRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        Err(Status::unimplemented("forwarding is not wired yet"))
+    }
+}
