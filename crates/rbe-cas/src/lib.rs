@@ -3,10 +3,12 @@
 //! - [`store::Store`]: blobs, verified on the way in (and on the way out when
 //!   configured), durable before they are indexed, LRU-bounded by size.
 //! - [`index::Index`]: the compact in-memory index behind FindMissingBlobs.
-//! - [`ac::ActionCache`]: action results, served only when complete.
+//! - [`ac::ActionCache`]: action results, served only when complete; the
+//!   same walk lists what a result lacks (`missing_for_result`).
 //! - [`uploads::Uploads`]: resumable ByteStream writes.
 //! - [`pins::Leases`]: protection from eviction for work in flight.
-//! - [`materialize`]: input trees for actions, by hard links.
+//! - [`materialize`]: input trees for actions, by hard links; the same
+//!   loader lists what an input closure lacks (`missing_tree`).
 //!
 //! The crate is synchronous; callers on an async runtime run its I/O on
 //! blocking threads. Nothing here knows about gRPC.

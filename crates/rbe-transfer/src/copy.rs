@@ -87,9 +87,10 @@ pub(crate) async fn copy_blobs(
         .await
 }
 
-fn no_answer(source: &Source) -> TransferError {
+fn no_answer(source: &Source, digest: Option<Digest>) -> TransferError {
     TransferError::Unavailable {
         address: source.address().to_string(),
+        digest,
         message: format!("no answer within {:?}", source.idle()),
     }
 }
@@ -112,7 +113,7 @@ async fn copy_batch(
     let single = (ds.len() == 1).then(|| ds[0]);
     let answer = tokio::time::timeout(source.idle(), source.cas().batch_read_blobs(req))
         .await
-        .map_err(|_| no_answer(source))?
+        .map_err(|_| no_answer(source, single))?
         .map_err(|s| TransferError::from_source(addr, single, s))?
         .into_inner();
     let mut wanted: HashMap<Digest, Option<Vec<u8>>> = ds.iter().map(|d| (*d, None)).collect();
@@ -213,7 +214,7 @@ async fn copy_stream(source: &Source, local: &Local, d: Digest) -> Result<Copied
     };
     let mut inbound = tokio::time::timeout(idle, source.bytestream().read(req))
         .await
-        .map_err(|_| no_answer(source))?
+        .map_err(|_| no_answer(source, Some(d)))?
         .map_err(|s| TransferError::from_source(addr, Some(d), s))?
         .into_inner();
     let (tx, rx) = mpsc::channel::<WriteRequest>(2);
@@ -247,6 +248,7 @@ async fn copy_stream(source: &Source, local: &Local, d: Digest) -> Result<Copied
                 .await
                 .map_err(|_| TransferError::Unavailable {
                     address: addr.to_string(),
+                    digest: Some(d),
                     message: format!("the stream of {d} stalled for {idle:?}"),
                 })?
                 .map_err(|s| TransferError::from_source(addr, Some(d), s))?;

@@ -130,6 +130,7 @@ impl Source {
                 match answer {
                     Err(_) => Err(TransferError::Unavailable {
                         address: self.address.clone(),
+                        digest: None,
                         message: format!("no answer within {:?}", self.timeouts.idle),
                     }),
                     Ok(Ok(caps)) => Ok(advertised(

@@ -39,10 +39,12 @@ pub enum TransferError {
         received: u64,
     },
     /// The source cannot be reached, or stopped answering in time.
-    #[error("{address} is unavailable: {message}")]
+    #[error("{address} is unavailable{}: {message}", digest.map(|d| format!(" (reading {d})")).unwrap_or_default())]
     Unavailable {
         /// The source's address.
         address: String,
+        /// The blob being read, if one was.
+        digest: Option<Digest>,
         /// What happened.
         message: String,
     },
@@ -95,6 +97,7 @@ impl TransferError {
             (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled, _) => {
                 TransferError::Unavailable {
                     address,
+                    digest,
                     message: status.message().to_string(),
                 }
             }
@@ -138,5 +141,68 @@ impl From<TransferError> for Status {
             TransferError::Local { status, .. } => Status::new(status.code(), msg),
             TransferError::Lost { .. } => Status::resource_exhausted(msg),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbe_proto::DigestFunction;
+
+    #[test]
+    fn statuses_name_the_source_and_the_blob() {
+        let d = Digest::of(DigestFunction::Sha256, b"x");
+        let addr = "peer-b:8981".to_string();
+        let cases: Vec<(TransferError, Code)> = vec![
+            (
+                TransferError::NotFound {
+                    address: addr.clone(),
+                    digest: d,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                TransferError::DigestMismatch {
+                    address: addr.clone(),
+                    digest: d,
+                    actual_hash: "00".into(),
+                    actual_size: 1,
+                },
+                Code::Unavailable,
+            ),
+            (
+                TransferError::Truncated {
+                    address: addr.clone(),
+                    digest: d,
+                    received: 0,
+                },
+                Code::Unavailable,
+            ),
+            (
+                TransferError::from_source(&addr, Some(d), Status::deadline_exceeded("slow")),
+                Code::Unavailable,
+            ),
+            (
+                TransferError::from_source(&addr, Some(d), Status::invalid_argument("bad")),
+                Code::InvalidArgument,
+            ),
+            (
+                TransferError::from_source(&addr, Some(d), Status::permission_denied("no")),
+                Code::PermissionDenied,
+            ),
+        ];
+        for (e, code) in cases {
+            let s = Status::from(e);
+            assert_eq!(s.code(), code, "{s:?}");
+            assert!(s.message().contains(&addr), "{s:?}");
+            assert!(s.message().contains(&d.hex()), "{s:?}");
+        }
+        let s = Status::from(TransferError::from_source(
+            &addr,
+            Some(d),
+            Status::not_found("gone"),
+        ));
+        let pf = rbe_proto::status::precondition_failure(&s).expect("a MISSING violation");
+        assert_eq!(pf.violations[0].subject, format!("blobs/{}/1", d.hex()));
     }
 }
