@@ -14,13 +14,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::{client, pseudo_random, skip};
-use support::{name, on_path, repo, text, unsupported, Instance};
+use support::packages::{apt_install, cannot_run, enable_workerd, PKG};
+use support::{name, on_path, repo, text, Instance};
 
 const PACKAGES: [&str; 5] = [
     "rbe",
@@ -41,43 +41,6 @@ const SOCKETS: [&str; 3] = [
 ];
 /// Shipped but disabled: only a host that joins a cluster enables them.
 const OPTIONAL_SOCKETS: [&str; 2] = ["rbe-frontend-gossip.socket", "rbe-frontend-peer.socket"];
-/// Where an instance sees `target/packages`.
-const PKG: &str = "/opt/rbe-packages";
-
-/// `target/packages`, built (or found up to date) once per test binary;
-/// `Err` is why packages cannot be built here.
-fn packages() -> Result<PathBuf, String> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            for tool in ["dpkg-buildpackage", "dh", "rpmbuild", "apt-get", "rpm"] {
-                if !on_path(tool) {
-                    return Err(format!(
-                        "{tool} is not installed (apt-get install dpkg-dev debhelper rpm)"
-                    ));
-                }
-            }
-            // The debug build by default: the tests need working packages,
-            // not an optimized build of their own.
-            let profile = std::env::var("RBE_PACKAGE_PROFILE").unwrap_or_else(|_| "debug".into());
-            let out = Command::new(repo().join("packaging/build"))
-                .args(["--profile", &profile])
-                .output()
-                .expect("run packaging/build");
-            assert!(out.status.success(), "packaging/build: {}", text(&out));
-            Ok(repo().join(match profile.as_str() {
-                "release" => "target/packages",
-                _ => "target/packages-debug",
-            }))
-        })
-        .clone()
-}
-
-/// Why the package tests cannot run here, if they cannot.
-fn cannot_run() -> Option<String> {
-    unsupported().or_else(|| packages().err())
-}
-
 /// Where the instance sees this checkout (read-only). The host path may not
 /// be visible inside: a checkout under /tmp or /var/tmp (as in CI) is
 /// covered by the instance's own tmpfs there.
@@ -86,25 +49,9 @@ const SRC: &str = "/srv/rbe-src";
 /// Boots an instance that sees the packages at [`PKG`] and the checkout at
 /// [`SRC`].
 fn instance(suffix: &str) -> Instance {
-    let pk = packages().expect("packages");
-    Instance::up(
-        &name(suffix),
-        &[
-            "--ro-bind".into(),
-            format!("{}:{PKG}", pk.display()),
-            "--ro-bind".into(),
-            format!("{}:{SRC}", repo().display()),
-        ],
-    )
-}
-
-/// `apt-get install` of the .debs in `dir` (inside), dependencies resolved
-/// from what the root already has; nothing may need a download (the instance
-/// has no network).
-fn apt_install(inst: &Instance, dir: &str) -> String {
-    inst.sh(&format!(
-        "cd {dir} && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ./rbe_*_all.deb ./rbe-*_amd64.deb </dev/null 2>&1"
-    ))
+    let mut args = support::packages::bind_args();
+    args.extend(["--ro-bind".into(), format!("{}:{SRC}", repo().display())]);
+    Instance::up(&name(suffix), &args)
 }
 
 /// Makes `dir` (inside) hold the packages again with their version suffixed
@@ -128,26 +75,6 @@ fn active(inst: &Instance, unit: &str) -> String {
 
 fn main_pid(inst: &Instance, unit: &str) -> String {
     inst.prop(unit, "MainPID")
-}
-
-/// Starts the stack the way the manuals say, and waits until the worker
-/// has attached to the frontend (which the attach itself activates).
-fn enable_workerd(inst: &Instance) {
-    inst.sh("systemctl enable --now rbe-workerd");
-    inst.wait_prop("rbe-workerd.service", "ActiveState", 30, |v| v == "active");
-    inst.wait_prop("rbe-frontend.service", "SubState", 30, |v| v == "running");
-    let t = std::time::Instant::now();
-    while !inst
-        .journal("rbe-workerd.service")
-        .contains("attached to the frontend")
-    {
-        assert!(
-            t.elapsed().as_secs() < 30,
-            "the worker never attached:\n{}",
-            inst.journal("rbe-workerd.service")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// Writes `data` through the frontend's local socket (from the host,
@@ -587,7 +514,7 @@ async fn deb_install_upgrade_remove_purge() {
             "{p}: {st}"
         );
     }
-    inst.sh("test ! -e /etc/rbe && test ! -e /var/lib/rbe");
+    inst.sh("test ! -e /etc/rbe && test ! -e /var/lib/rbe && test ! -e /var/lib/rbe-frontend");
     assert_eq!(
         inst.sh("find /etc/systemd -name 'rbe*'"),
         "",
@@ -677,7 +604,7 @@ async fn deb_purge_of_one_package_leaves_the_others() {
 
     // One purge at a time, rbe-common installed and then removed.
     purge("rbe-frontend");
-    inst.sh("test ! -e /etc/rbe/frontend.toml && test ! -e /etc/rbe/frontend.toml.d");
+    inst.sh("test ! -e /etc/rbe/frontend.toml && test ! -e /etc/rbe/frontend.toml.d && test ! -e /var/lib/rbe-frontend");
     for daemon in ["casd", "workerd"] {
         config_kept(&inst, daemon, &edited, "purging rbe-frontend");
     }
