@@ -21,7 +21,10 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 [ -e /lib/x86_64-linux-gnu/libnss_systemd.so.2 ] || need+=(libnss-systemd)
-# packaging/build and the package tests (tests/tests/packages.rs).
+# Lab networks of the harness (tests/tests/lab.rs, cluster.rs).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# packaging/build and the package tests (tests/tests/packages.rs, and
+# cluster.rs, whose hosts install the .debs).
 command -v dpkg-buildpackage >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v dh >/dev/null 2>&1 || need+=(debhelper)
 command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
@@ -54,7 +57,8 @@ step "build binaries"
 cargo build --workspace --bins --quiet
 
 step "packages (packaging/build --profile debug, into target/packages-debug)"
-# The package tests install these; debug binaries spare CI an optimized
+# The package tests and the cluster tests (three booted hosts on a lab
+# network, tests/tests/cluster.rs) install these; debug binaries spare CI an optimized
 # build, and packaging/build returns at once when the tests call it again.
 export RBE_PACKAGE_PROFILE=debug
 if command -v dh >/dev/null 2>&1 && command -v rpmbuild >/dev/null 2>&1; then
