@@ -43,7 +43,7 @@ use tonic::transport::Channel;
 pub enum ClusterError {
     #[error("cluster.node: {0}")]
     Node(#[from] rbe_cluster::NodeNameError),
-    #[error("{0}")]
+    #[error("cluster.key_file / cluster.old_key_files: {0}")]
     Key(#[from] rbe_cluster::wire::KeyError),
     #[error("{0}")]
     Tls(#[from] rbe_net::tls::TlsError),
