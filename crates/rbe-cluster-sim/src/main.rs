@@ -5,13 +5,14 @@
 //! rbe-cluster-sim sweep [SEED]      d, optimism, report interval, N, loss, crash
 //! rbe-cluster-sim w1|w2 [SEED] [N]  one workload preset
 //! rbe-cluster-sim accept [SEED]     accept_max_rounds against N
+//! rbe-cluster-sim herd [SEED]       d and optimism, 20 origins bursting at once
 //! ```
 
 use std::time::Duration;
 
 use anyhow::Context;
 use rbe_cluster::policy::Choices;
-use rbe_cluster_sim::workload::{one_origin, Service};
+use rbe_cluster_sim::workload::{one_origin, Burst, Service};
 use rbe_cluster_sim::{preset_three_hosts, preset_w1, preset_w2, run, SimConfig};
 
 fn line(name: &str, cfg: SimConfig, extra: &[(&str, String)]) -> anyhow::Result<()> {
@@ -50,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         }
         "sweep" => sweep(seed)?,
         "accept" => accept(seed)?,
+        "herd" => herd(seed)?,
         "w1" | "w2" => {
             let n: usize = match args.get(2) {
                 Some(s) => s.parse().context("N is a number")?,
@@ -84,6 +86,34 @@ fn accept(seed: u64) -> anyhow::Result<()> {
             ];
             line("w1-fixed-accept", w1, &ex)?;
             line("w2-accept", w2, &ex)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where herding shows: 20 of 100 hosts get a burst at the same instant,
+/// two rounds of the cluster together, so every origin sees the same
+/// idle peers in reports of the same age.
+fn herd(seed: u64) -> anyhow::Result<()> {
+    for c in [Choices::Sample(1), Choices::Sample(2), Choices::All] {
+        for optimistic in [true, false] {
+            let mut cfg = preset_w2(seed, 100);
+            let total: u32 = cfg.slots.iter().sum();
+            cfg.bursts = (0..20)
+                .map(|o| Burst {
+                    origin: o * 5,
+                    at: Duration::ZERO,
+                    count: total / 10,
+                    service: Service::Fixed(Duration::from_secs(2)),
+                })
+                .collect();
+            cfg.policy.choices = c;
+            cfg.policy.optimistic = optimistic;
+            line(
+                "herd",
+                cfg,
+                &[("d", choices(c)), ("optimistic", optimistic.to_string())],
+            )?;
         }
     }
     Ok(())
