@@ -6,6 +6,7 @@
 //! rbe-cluster-sim w1|w2 [SEED] [N]  one workload preset
 //! rbe-cluster-sim accept [SEED]     accept_max_rounds against N
 //! rbe-cluster-sim herd [SEED]       d and optimism, 20 origins bursting at once
+//! rbe-cluster-sim faults [SEED]     datagram loss; an executor crashing mid-burst
 //! ```
 
 use std::time::Duration;
@@ -52,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         "sweep" => sweep(seed)?,
         "accept" => accept(seed)?,
         "herd" => herd(seed)?,
+        "faults" => faults(seed)?,
         "w1" | "w2" => {
             let n: usize = match args.get(2) {
                 Some(s) => s.parse().context("N is a number")?,
@@ -151,14 +153,21 @@ fn sweep(seed: u64) -> anyhow::Result<()> {
     w1.max_time = Duration::from_secs(30);
     w1.bursts = one_origin(0, total, Service::Fixed(Duration::from_secs(2)));
     line("w1-n", w1, &[("n", "1000".into())])?;
-    // Loss and a crashed executor, N = 100.
+    faults(seed)
+}
+
+/// Datagram loss, and a crashed executor mid-burst.
+fn faults(seed: u64) -> anyhow::Result<()> {
     for loss in [0.01, 0.05] {
         let mut cfg = preset_w2(seed, 100);
         cfg.net.loss = loss;
         line("w2-loss", cfg, &[("loss", loss.to_string())])?;
     }
-    let mut cfg = preset_w1(seed, 100);
-    cfg.crashes = vec![(4, Duration::from_secs(3))];
-    line("w1-crash", cfg, &[])?;
+    for n in [3usize, 10, 100] {
+        let mut cfg = preset_w1(seed, n);
+        // Host 2 has 4 slots in every preset; it dies 3 s into the burst.
+        cfg.crashes = vec![(2, Duration::from_secs(3))];
+        line("w1-crash", cfg, &[("n", n.to_string())])?;
+    }
     Ok(())
 }
