@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! rbe-cluster-sim three [SEED]      the 3-host 1/4/8 benchmark, offload on and off
-//! rbe-cluster-sim sweep [SEED]      d, optimism, report interval, N, loss, crash
+//! rbe-cluster-sim sweep [SEED]      all of the below
+//! rbe-cluster-sim core [SEED]       d, optimism, report interval, N up to 100
+//! rbe-cluster-sim thousand [SEED]   N = 1000, one round
 //! rbe-cluster-sim w1|w2 [SEED] [N]  one workload preset
 //! rbe-cluster-sim accept [SEED]     accept_max_rounds against N
 //! rbe-cluster-sim herd [SEED]       d and optimism, 20 origins bursting at once
@@ -54,6 +56,8 @@ fn main() -> anyhow::Result<()> {
         "accept" => accept(seed)?,
         "herd" => herd(seed)?,
         "faults" => faults(seed)?,
+        "core" => core(seed)?,
+        "thousand" => thousand(seed)?,
         "w1" | "w2" => {
             let n: usize = match args.get(2) {
                 Some(s) => s.parse().context("N is a number")?,
@@ -122,6 +126,15 @@ fn herd(seed: u64) -> anyhow::Result<()> {
 }
 
 fn sweep(seed: u64) -> anyhow::Result<()> {
+    core(seed)?;
+    herd(seed)?;
+    accept(seed)?;
+    faults(seed)?;
+    thousand(seed)
+}
+
+/// d and optimism, report interval, N up to 100.
+fn core(seed: u64) -> anyhow::Result<()> {
     line("three", preset_three_hosts(seed), &[])?;
     // d and optimism, W2 at N = 100 (several origins: where herding shows).
     for c in [Choices::Sample(1), Choices::Sample(2), Choices::All] {
@@ -147,18 +160,22 @@ fn sweep(seed: u64) -> anyhow::Result<()> {
         line("w1-n", preset_w1(seed, n), &[("n", n.to_string())])?;
         line("w2-n", preset_w2(seed, n), &[("n", n.to_string())])?;
     }
+    Ok(())
+}
+
+/// The largest cluster: W1 only, one round, a shorter run.
+fn thousand(seed: u64) -> anyhow::Result<()> {
     let mut w1 = preset_w1(seed, 1000);
     let total: u32 = w1.slots.iter().sum();
     w1.warmup = Duration::from_secs(10);
     w1.max_time = Duration::from_secs(30);
     w1.bursts = one_origin(0, total, Service::Fixed(Duration::from_secs(2)));
-    line("w1-n", w1, &[("n", "1000".into())])?;
-    faults(seed)
+    line("w1-n", w1, &[("n", "1000".into())])
 }
 
 /// Datagram loss, and a crashed executor mid-burst.
 fn faults(seed: u64) -> anyhow::Result<()> {
-    for loss in [0.01, 0.05] {
+    for loss in [0.0, 0.01, 0.05] {
         let mut cfg = preset_w2(seed, 100);
         cfg.net.loss = loss;
         line("w2-loss", cfg, &[("loss", loss.to_string())])?;
