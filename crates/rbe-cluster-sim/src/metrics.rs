@@ -55,7 +55,6 @@ impl Metrics {
     pub(crate) fn submitted(&mut self, at: Duration, service: Duration) {
         self.work.push((at, service));
     }
-    pub(crate) fn started(&mut self, _action: u64, _at: Duration) {}
     pub(crate) fn executed(&mut self, action: u64) {
         *self.executions.entry(action).or_default() += 1;
     }

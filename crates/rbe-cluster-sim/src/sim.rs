@@ -455,9 +455,7 @@ impl Sim {
     }
 
     fn dispatch(&mut self, host: usize) {
-        let now = self.now();
         for a in self.hosts[host].sched.next_assignments() {
-            self.m.started(a.payload.action, now);
             self.after(
                 a.payload.service,
                 Ev::Done {
