@@ -191,8 +191,8 @@ async fn wait_get_and_cancel_sent_to_another_host_reach_the_holder() {
     assert!(op.done, "{op:?}");
     drop(slow);
     for h in &c.hosts {
-        let log = std::fs::read_to_string(h.stack.tmp.path().join("frontend.log"))
-            .unwrap_or_default();
+        let log =
+            std::fs::read_to_string(h.stack.tmp.path().join("frontend.log")).unwrap_or_default();
         assert!(!log.contains("panicked"), "{log}");
     }
 }
@@ -209,7 +209,10 @@ async fn names_of_old_generations_unknown_nodes_and_garbage_are_never_forwarded(
     let never = format!("operations/a.{}.{UUID}", base36(gen_a));
     for (i, ch) in [&ca, &cb].into_iter().enumerate() {
         for name in [&old, &unknown, &never] {
-            assert_gone(wait_execution(ch, name).await, &format!("wait {name} on {i}"));
+            assert_gone(
+                wait_execution(ch, name).await,
+                &format!("wait {name} on {i}"),
+            );
             assert_gone(get(ch, name).await, &format!("get {name} on {i}"));
         }
     }
@@ -227,7 +230,11 @@ async fn names_of_old_generations_unknown_nodes_and_garbage_are_never_forwarded(
         "operations/\u{0}\u{7f}".to_owned(),
         "garbage".to_owned(),
         format!("operations/{}", "x".repeat(10 << 10)),
-        format!("{}/operations/b.{}.{UUID}", "i".repeat(10 << 10), base36(gen_b)),
+        format!(
+            "{}/operations/b.{}.{UUID}",
+            "i".repeat(10 << 10),
+            base36(gen_b)
+        ),
         format!("operations/b.{}.{UUID}/../x", base36(gen_b)),
         format!("operations/ä.{}.{UUID}", base36(gen_b)),
         format!("ïn\u{1b}stance/operations/b.{}.{UUID}", base36(gen_b)),

@@ -55,7 +55,10 @@ fn client(r: &Remote) -> PeerClient<tonic::transport::Channel> {
 
 /// The holder's status, its code unchanged, saying where it came from.
 fn from_holder(r: &Remote, s: Status) -> Status {
-    Status::new(s.code(), format!("{} (from holder {})", s.message(), r.node))
+    Status::new(
+        s.code(),
+        format!("{} (from holder {})", s.message(), r.node),
+    )
 }
 
 fn decode(r: &Remote, u: &OperationUpdate) -> Result<Operation, Status> {

@@ -183,7 +183,9 @@ impl Operations for OperationsService {
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_secs(600));
         if let Route::Forward(r) = route(&self.0, &req.name)? {
-            return Ok(Response::new(wait_remote(&r, &req.name, &who, limit).await?));
+            return Ok(Response::new(
+                wait_remote(&r, &req.name, &who, limit).await?,
+            ));
         }
         let mut rx = self.as_caller(&who, &req.name, |c| self.0.subscribe(&req.name, c))?;
         let _ = tokio::time::timeout(limit, rx.wait_for(|s| s.response.is_some())).await;

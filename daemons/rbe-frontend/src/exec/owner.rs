@@ -266,11 +266,7 @@ impl Exec {
     pub fn join(&self, key: &ActionKey, origin: &Origin) -> Option<Attached> {
         self.run(|st, _| {
             let id = st.sched.join(key)?;
-            Some(st.open_joined(
-                id,
-                origin.clone(),
-                self.operation_name(&origin.instance),
-            ))
+            Some(st.open_joined(id, origin.clone(), self.operation_name(&origin.instance)))
         })
     }
 

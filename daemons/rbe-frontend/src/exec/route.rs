@@ -82,9 +82,10 @@ pub fn route(exec: &Exec, name: &str) -> Result<Route, Status> {
     let view = cluster.view();
     // Gossip may know a node under several generations (an old one down,
     // the new one up): only the generation the name carries counts.
-    let member = view.members.iter().find(|m| {
-        m.member.node == holder.node && m.member.generation == holder.generation
-    });
+    let member = view
+        .members
+        .iter()
+        .find(|m| m.member.node == holder.node && m.member.generation == holder.generation);
     let Some(member) = member else {
         return Err(if view.get(holder.node.as_str()).is_some() {
             gone("has restarted since")
