@@ -21,6 +21,13 @@
 //! (`operations-cancel` to cancel). So any host with a valid cluster
 //! certificate can act for any client name: a cluster member is trusted
 //! like the frontend itself, and the cluster CA must sign hosts only.
+//!
+//! A caller without credentials keeps how it came: `local` (the forwarding
+//! host's loopback or local socket) stays local at the holder, so the
+//! holder's `local_role` applies to it and it owns what a local caller of
+//! the holder started. On separate machines such a caller can own nothing
+//! at the holder (it was not local there), and on one machine (the test
+//! clusters) it is the same caller. An unknown `client_via` is anonymous.
 
 use futures::StreamExt;
 use prost::Message;
@@ -85,7 +92,7 @@ pub async fn get(r: &Remote, name: &str, who: &Identity) -> Result<Operation, St
 pub async fn cancel(r: &Remote, name: &str, who: &Identity) -> Result<(), Status> {
     tracing::debug!(operation = %name, client = %who, node = %r.node, "CancelOperation forwarded to the holder");
     client(r)
-        .cancel_operation(request(name, who, true))
+        .cancel_operation(request(name, who, false))
         .await
         .map_err(|s| from_holder(r, s))?;
     Ok(())
