@@ -54,7 +54,10 @@ fn request(name: &str, who: &Identity, watch_only: bool) -> OperationRequest {
     }
 }
 
+/// A client of the holder's Peer service; each call is one forwarded
+/// request (`operations_forwarded`).
 fn client(r: &Remote) -> PeerClient<tonic::transport::Channel> {
+    super::Counters::bump(&r.cluster.counters.forwarded);
     PeerClient::new(r.channel.clone())
         .max_decoding_message_size(r.max_message)
         .max_encoding_message_size(r.max_message)
@@ -119,6 +122,7 @@ pub async fn wait(
         node: r.node.clone(),
         channel: r.channel.clone(),
         max_message: r.max_message,
+        cluster: std::sync::Arc::clone(&r.cluster),
     };
     // Dropping this stream drops the call to the holder, which ends its
     // side the way a client leaving ends a local stream.

@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use super::Exec;
-use crate::cluster::Counters;
+use crate::cluster::Cluster;
 
 /// Where a request about one operation goes.
 pub enum Route {
@@ -43,6 +43,8 @@ pub struct Remote {
     pub channel: Channel,
     /// Bounds the messages relayed from it, as the public listeners do.
     pub max_message: usize,
+    /// Counts what is forwarded.
+    pub cluster: std::sync::Arc<Cluster>,
 }
 
 /// Routes a request about the operation `name`. An error is the status to
@@ -98,11 +100,11 @@ pub fn route(exec: &Exec, name: &str) -> Result<Route, Status> {
     }
     match cluster.any_channel(&holder.node) {
         Some((channel, generation)) if generation == holder.generation => {
-            Counters::bump(&cluster.counters.forwarded);
             Ok(Route::Forward(Remote {
                 node: holder.node,
                 channel,
                 max_message: exec.upstream.max_message,
+                cluster: std::sync::Arc::clone(cluster),
             }))
         }
         // Gossip knows it but this host has no channel to that generation
