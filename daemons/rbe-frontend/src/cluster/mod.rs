@@ -8,7 +8,8 @@
 //!   public port): [`PeerLayer`] names the calling host by its
 //!   certificate; [`peer::PeerService`] answers Describe and carries
 //!   offloaded actions; [`peer_cas`] is the read-only CAS peers pull blobs
-//!   from.
+//!   from; [`forward`] answers and asks about operations held by one host
+//!   and named to another.
 //! - Eligibility: a member gets offers only after a Describe round trip
 //!   over mutual TLS showed that the host answering at its peer address
 //!   holds a certificate for its node name and agrees on cluster and
@@ -16,6 +17,7 @@
 //! - [`admin`]: `rbectl cluster status`, on the local socket.
 
 pub mod admin;
+pub mod forward;
 mod layer;
 mod members;
 pub mod peer;

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::handles::{Attached, Caller, HandleError, HandleId, Handles, Origin, Wake};
 use super::workers::WorkerLink;
-use super::{new_operation_name, rpc_status, Exec, Snapshot};
+use super::{rpc_status, Exec, Snapshot};
 
 /// Per-execution facts the scheduler does not keep.
 pub(super) struct OpInfo {
@@ -195,12 +195,11 @@ impl State {
 
     /// Opens a handle on the execution `id`, in flight, that this request
     /// joined (it is one more waiter already).
-    fn open_joined(&mut self, id: OpId, origin: Origin) -> Attached {
+    fn open_joined(&mut self, id: OpId, origin: Origin, name: String) -> Attached {
         let stage = self
             .sched
             .get(id)
             .map_or(execution_stage::Value::Queued, |v| stage_value(v.stage));
-        let name = new_operation_name(&origin.instance);
         self.handles.open(name, id, origin, stage, 0)
     }
 }
@@ -267,7 +266,7 @@ impl Exec {
     pub fn join(&self, key: &ActionKey, origin: &Origin) -> Option<Attached> {
         self.run(|st, _| {
             let id = st.sched.join(key)?;
-            Some(st.open_joined(id, origin.clone()))
+            Some(st.open_joined(id, origin.clone(), self.operation_name(&origin.instance)))
         })
     }
 
@@ -285,7 +284,8 @@ impl Exec {
                 st.sched
                     .submit(s.key, s.platform, s.priority, s.tenant, s.assignment)?;
             if !new {
-                return Ok(Submitted::Joined(st.open_joined(id, s.origin)));
+                let name = self.operation_name(&s.origin.instance);
+                return Ok(Submitted::Joined(st.open_joined(id, s.origin, name)));
             }
             st.ops.insert(
                 id,
@@ -316,7 +316,7 @@ impl Exec {
         invocation_id: &str,
         response: ExecuteResponse,
     ) -> String {
-        let name = new_operation_name(&key.instance);
+        let name = self.operation_name(&key.instance);
         self.run(|st, _| {
             let id = st
                 .sched
