@@ -16,8 +16,11 @@
 //! - [`admin`]: `rbectl cluster status`, on the local socket.
 
 pub mod admin;
+mod host;
 mod layer;
+mod lease;
 mod members;
+mod offload;
 pub mod peer;
 pub mod peer_cas;
 
@@ -473,6 +476,7 @@ pub async fn start(
         Duration::from_millis(c.report_interval_ms),
         shutdown.clone(),
     );
+    offload::spawn(Arc::clone(&cluster), Arc::clone(exec), shutdown.clone());
     let max_message = settings.limits.max_message_bytes as usize;
     let router = rbe_net::tune_server(tonic::transport::Server::builder())
         .layer(PeerLayer)

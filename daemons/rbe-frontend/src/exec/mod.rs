@@ -59,6 +59,7 @@ pub mod hub;
 pub mod operations;
 pub mod outcome;
 pub mod owner;
+pub mod remote;
 pub mod results;
 pub mod retained;
 pub mod workers;
@@ -111,6 +112,9 @@ pub struct Exec {
     state: Mutex<owner::State>,
     /// Results not yet (or only just) in the action cache.
     recent: Arc<RecentResults>,
+    /// Woken when work is queued or a worker frees a slot (the cluster's
+    /// rebalance waits on it between ticks).
+    pub queue_changed: tokio::sync::Notify,
 }
 
 fn sched_config(settings: &ExecSettings) -> SchedConfig {
@@ -138,6 +142,7 @@ impl Exec {
             recent: Arc::new(RecentResults::start(upstream.clone())),
             upstream,
             settings: arc_swap::ArcSwap::from_pointee(settings),
+            queue_changed: tokio::sync::Notify::new(),
         })
     }
 
