@@ -139,7 +139,7 @@ pub async fn run(
     let admitted = cluster.placement.lock().policy.admit(
         cluster.now(),
         &HostLoad {
-            accepting: !exec.draining(),
+            accepting: !exec.draining() && cluster.offload.load().enabled,
             pools: &pools,
             incoming: INCOMING.load(Ordering::Relaxed),
         },
