@@ -85,7 +85,7 @@ async fn upload(ch: &Channel, a: &Act) {
 }
 
 /// Executes `a` on `ch` and returns the final response.
-async fn execute(ch: Channel, a: &Digest) -> ExecuteResponse {
+async fn execute(ch: Channel, a: Digest) -> ExecuteResponse {
     let req = ExecuteRequest {
         action_digest: Some(a.to_reapi()),
         digest_function: F.to_reapi(),
@@ -155,7 +155,7 @@ async fn burst(c: &LocalCluster, acts: &[Act]) -> Vec<ExecuteResponse> {
     for a in acts {
         upload(&ch, a).await;
     }
-    let runs = acts.iter().map(|a| execute(ch.clone(), &a.action));
+    let runs = acts.iter().map(|a| execute(ch.clone(), a.action));
     tokio::time::timeout(LIMIT, futures::future::join_all(runs))
         .await
         .expect("the burst did not finish")
@@ -285,4 +285,45 @@ async fn offers_claiming_another_origin_or_a_second_hop_are_refused() {
     let s = c.status(1).await;
     assert!(counter(&s, "offers_refused") >= 2, "{s:?}");
     assert_eq!(counter(&s, "offers_admitted"), 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_dispatches_again_when_the_executing_frontend_is_killed() {
+    let c = LocalCluster::start(&[("a", 1), ("b", 4)], "").await;
+    formed(&c).await;
+    let acts: Vec<Act> = (0..6).map(|_| act(4)).collect();
+    let ch = c.hosts[0].stack.channel();
+    for a in &acts {
+        upload(&ch, a).await;
+    }
+    let runs: Vec<_> = acts
+        .iter()
+        .map(|a| tokio::spawn(execute(ch.clone(), a.action)))
+        .collect();
+    // Once b runs something of a's, b's frontend dies.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while counter(&c.status(0).await, "offers_accepted") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was offloaded to b: {:?}",
+            c.status(0).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = c.hosts[1].stack.frontend_pid().expect("b's frontend runs");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let responses = tokio::time::timeout(LIMIT, futures::future::join_all(runs))
+        .await
+        .expect("the Executes did not finish");
+    for r in responses {
+        let r = r.expect("task");
+        assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
+        assert_eq!(r.result.as_ref().map(|r| r.exit_code), Some(0), "{r:?}");
+    }
+    let s = c.status(0).await;
+    assert!(counter(&s, "leases_lost") >= 1, "{s:?}");
 }
