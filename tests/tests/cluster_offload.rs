@@ -327,3 +327,44 @@ async fn the_origin_dispatches_again_when_the_executing_frontend_is_killed() {
     let s = c.status(0).await;
     assert!(counter(&s, "leases_lost") >= 1, "{s:?}");
 }
+
+/// BENCHMARKS.md's fanout across three hosts (slots 1/4/8), offload on or
+/// off by `RBE_BENCH_OFFLOAD` (default on): `cargo build -p rbe-bench`,
+/// then run this ignored test with `--nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: minutes of sleeping actions"]
+async fn bench_fanout_across_three_hosts() {
+    let off = std::env::var("RBE_BENCH_OFFLOAD").is_ok_and(|v| v == "off");
+    let extra = if off {
+        "[offload]\nenabled = false\n"
+    } else {
+        ""
+    };
+    let c = LocalCluster::start(&[("a", 1), ("b", 4), ("c", 8)], extra).await;
+    formed(&c).await;
+    let out = std::process::Command::new(rbe_testkit::bin("rbe-bench"))
+        .args([
+            "fanout",
+            "--endpoint",
+            &format!("http://{}", c.hosts[0].stack.addr),
+            "--count",
+            "104",
+            "--argv",
+            "/bin/sleep",
+            "--argv",
+            "2",
+            "--ideal-secs",
+            "16",
+        ])
+        .output()
+        .expect("rbe-bench");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let s = c.status(0).await;
+    for k in &s.counters {
+        if k.name.starts_with("offers") || k.name.starts_with("leases") {
+            println!("a: {} = {}", k.name, k.value);
+        }
+    }
+    assert!(out.status.success());
+}
