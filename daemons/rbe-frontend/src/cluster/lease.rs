@@ -104,6 +104,9 @@ pub async fn run(
                 Counters::bump(&cluster.counters.stale_reports);
                 tracing::info!(peer = %to, lease, operation = %op, "offload: result of a lease no longer held ignored");
             }
+            // The pseudo-worker and its link go with the lease (a
+            // completed operation is not put back).
+            exec.release(lease);
         }
     }
     exec.queue_changed.notify_one();

@@ -436,7 +436,10 @@ async fn a_report_from_a_lost_lease_is_ignored_and_the_new_lease_completes() {
     let second = lease(&o.exec);
     assert_ne!(second.lease, first.lease);
     assert!(o.exec.worker_finished(second.lease, finished(second.op)));
+    o.exec.release(second.lease);
     assert_eq!(state(&o.exec, &a.name).unwrap(), done(Code::Ok));
+    // The lease goes with its result: no link is left behind.
+    assert_eq!(o.exec.state.lock().links.len(), 0);
 }
 
 #[tokio::test]
