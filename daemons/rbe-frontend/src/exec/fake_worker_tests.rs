@@ -424,20 +424,20 @@ async fn a_report_from_a_lost_lease_is_ignored_and_the_new_lease_completes() {
     let first = lease(&o.exec);
     assert_eq!(first.op, a.exec);
     o.exec.set_stage(first.lease, first.op, EXECUTING);
-    assert_eq!(state(&o.exec, &a.name).unwrap().0, EXECUTING);
+    assert_eq!(state(&o.exec, &a.name).expect("handle").0, EXECUTING);
     // The peer is lost: back to the queue, for the client too.
     assert_eq!(o.exec.worker_detach(first.lease), 1);
-    assert_eq!(state(&o.exec, &a.name).unwrap().0, QUEUED);
+    assert_eq!(state(&o.exec, &a.name).expect("handle").0, QUEUED);
     // Its late report, and a stage it sends, change nothing.
     assert!(!o.exec.worker_finished(first.lease, finished(first.op)));
     o.exec.set_stage(first.lease, first.op, EXECUTING);
-    assert_eq!(state(&o.exec, &a.name).unwrap().0, QUEUED);
+    assert_eq!(state(&o.exec, &a.name).expect("handle").0, QUEUED);
     // A second lease holds it now and its report completes it.
     let second = lease(&o.exec);
     assert_ne!(second.lease, first.lease);
     assert!(o.exec.worker_finished(second.lease, finished(second.op)));
     o.exec.release(second.lease);
-    assert_eq!(state(&o.exec, &a.name).unwrap(), done(Code::Ok));
+    assert_eq!(state(&o.exec, &a.name).expect("handle"), done(Code::Ok));
     // The lease goes with its result: no link is left behind.
     assert_eq!(o.exec.state.lock().links.len(), 0);
 }
@@ -449,7 +449,7 @@ async fn a_rejected_offer_goes_back_to_its_place_and_hosted_work_is_never_offere
     let _b = new(submit(&o.exec, 2));
     let l = lease(&o.exec);
     o.exec.release(l.lease);
-    assert_eq!(state(&o.exec, &a.name).unwrap().0, QUEUED);
+    assert_eq!(state(&o.exec, &a.name).expect("handle").0, QUEUED);
     // Still the head: a rejection is not a re-queue to the back.
     let head = o.exec.offloadable_head(&Platform::default(), false);
     assert_eq!(head.map(|h| h.op), Some(a.exec));
