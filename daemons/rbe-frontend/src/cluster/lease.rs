@@ -252,7 +252,7 @@ async fn drive(
                 };
                 deadline = Instant::now() + silence;
                 match msg.kind {
-                    Some(host_message::Kind::Stage(s)) => exec.set_stage(lease, lease_op(l), s.stage),
+                    Some(host_message::Kind::Stage(s)) => exec.set_stage(lease, l.op, s.stage),
                     Some(host_message::Kind::Heartbeat(_)) => {}
                     Some(host_message::Kind::Finished(bytes)) => {
                         return finished(cluster, exec, to, l, &bytes).await;
@@ -262,12 +262,6 @@ async fn drive(
             }
         }
     }
-}
-
-/// The operation a lease carries (the scheduler's id, in the assignment
-/// the owner gave it).
-fn lease_op(l: &Leased) -> OpId {
-    l.op
 }
 
 /// The peer's result: its outputs are pulled into this host's casd before
