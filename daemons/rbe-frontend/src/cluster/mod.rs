@@ -18,8 +18,11 @@
 
 pub mod admin;
 pub mod forward;
+mod host;
 mod layer;
+mod lease;
 mod members;
+mod offload;
 pub mod peer;
 pub mod peer_cas;
 
@@ -140,7 +143,6 @@ pub struct Cluster {
     /// Every generation this process has had (foca renews it when the
     /// cluster declared us down and we came back): names given out under
     /// any of them are still ours.
-    #[allow(dead_code)] // read by is_ours
     generations: Mutex<Vec<u64>>,
     peer_tls: rbe_net::PeerClientTls,
     pub(crate) peers: Mutex<HashMap<NodeName, PeerLink>>,
@@ -313,7 +315,6 @@ impl Cluster {
     }
 
     /// The policy's clock: monotonic time since start.
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn now(&self) -> Duration {
         self.epoch.elapsed()
     }
@@ -330,7 +331,6 @@ impl Cluster {
 
     /// Whether `generation` is one this process has had (a name holding
     /// it is ours).
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn is_ours(&self, generation: u64) -> bool {
         let current = self.generation();
         let mut g = self.generations.lock();
@@ -341,7 +341,6 @@ impl Cluster {
     }
 
     /// A fresh operation name held by this host.
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn operation_name(&self, instance: &str) -> String {
         rbe_cluster::names::operation_name(
             instance,
@@ -353,7 +352,6 @@ impl Cluster {
 
     /// The channel to an eligible member, with the generation it was
     /// checked for.
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn channel(&self, node: &NodeName) -> Option<(Channel, u64)> {
         let peers = self.peers.lock();
         let p = peers.get(node)?;
@@ -362,7 +360,6 @@ impl Cluster {
 
     /// The channel to a member whatever its eligibility (forwarding
     /// operation requests to their holder needs only mutual TLS).
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn any_channel(&self, node: &NodeName) -> Option<(Channel, u64)> {
         let peers = self.peers.lock();
         let p = peers.get(node)?;
@@ -475,6 +472,7 @@ pub async fn start(
         Duration::from_millis(c.report_interval_ms),
         shutdown.clone(),
     );
+    offload::spawn(Arc::clone(&cluster), Arc::clone(exec), shutdown.clone());
     let max_message = settings.limits.max_message_bytes as usize;
     let router = rbe_net::tune_server(tonic::transport::Server::builder())
         .layer(PeerLayer)

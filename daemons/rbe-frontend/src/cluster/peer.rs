@@ -52,9 +52,11 @@ impl Peer for PeerService {
 
     async fn run(
         &self,
-        _: Request<Streaming<OriginMessage>>,
+        req: Request<Streaming<OriginMessage>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        Err(Status::unimplemented("offload is not wired yet"))
+        super::host::run(&self.cluster, &self.exec, req)
+            .await
+            .map(Response::new)
     }
 
     type WaitOperationStream = BoxStream<OperationUpdate>;

@@ -62,6 +62,7 @@ pub mod hub;
 pub mod operations;
 pub mod outcome;
 pub mod owner;
+pub mod remote;
 pub mod results;
 pub mod retained;
 pub mod route;
@@ -117,6 +118,9 @@ pub struct Exec {
     recent: Arc<RecentResults>,
     /// Makes the names of new operations.
     names: NameMaker,
+    /// Woken when work is queued or a worker frees a slot (the cluster's
+    /// rebalance waits on it between ticks).
+    pub queue_changed: tokio::sync::Notify,
 }
 
 /// Makes operation names: plain ones on a host alone, names that carry
@@ -164,6 +168,7 @@ impl Exec {
             names: NameMaker::default(),
             upstream,
             settings: arc_swap::ArcSwap::from_pointee(settings),
+            queue_changed: tokio::sync::Notify::new(),
         })
     }
 

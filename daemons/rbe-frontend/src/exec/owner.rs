@@ -30,6 +30,9 @@ pub(super) struct OpInfo {
     pub(super) origin: Origin,
     pub(super) do_not_cache: bool,
     pub(super) invocation_id: String,
+    /// Run here for another host of the cluster, which writes the action
+    /// cache entry itself: never offloaded again, never cached here.
+    pub(super) hosted: bool,
     /// Its handles have been given its final response.
     pub(super) done: bool,
 }
@@ -43,7 +46,7 @@ pub struct State {
     /// Where each of the scheduler's workers is reached.
     pub(super) links: HashMap<WorkerId, Box<dyn WorkerLink>>,
     /// A stop began: nothing new is taken or assigned.
-    draining: bool,
+    pub(super) draining: bool,
 }
 
 /// What is carried out after the lock is released, in [`Effects::apply`].
@@ -274,7 +277,13 @@ impl Exec {
     /// from a result that just completed; all under one lock, so a
     /// concurrent identical request finds exactly one of them.
     pub fn submit(&self, s: Submission) -> Result<Submitted, SchedError> {
-        self.run(|st, _| {
+        self.submit_as(s, false)
+    }
+
+    /// [`Exec::submit`], for this host's own clients or (`hosted`) for
+    /// another host of the cluster.
+    pub(super) fn submit_as(&self, s: Submission, hosted: bool) -> Result<Submitted, SchedError> {
+        let r = self.run(|st, _| {
             if s.use_recent {
                 if let Some(r) = self.recent.get(&s.shared_key) {
                     return Ok(Submitted::Recent(Box::new(r)));
@@ -294,6 +303,7 @@ impl Exec {
                     origin: s.origin.clone(),
                     do_not_cache: s.do_not_cache,
                     invocation_id: s.invocation_id,
+                    hosted,
                     done: false,
                 },
             );
@@ -303,7 +313,10 @@ impl Exec {
                 .open(s.name, id, s.origin, queued, s.payload_bytes);
             st.dispatch();
             Ok(Submitted::New(a))
-        })
+        });
+        // The cluster's rebalance looks at the queue again.
+        self.queue_changed.notify_one();
+        r
     }
 
     /// Records an action-cache hit as a completed execution with one
@@ -328,6 +341,7 @@ impl Exec {
                     origin: origin.clone(),
                     do_not_cache: false,
                     invocation_id: invocation_id.to_string(),
+                    hosted: false,
                     done: true,
                 },
             );
