@@ -2,16 +2,20 @@
 //!
 //! ```text
 //! rbe-cluster-sim three [SEED]      the 3-host 1/4/8 benchmark, offload on and off
-//! rbe-cluster-sim sweep [SEED]      d, optimism, report interval, N, loss, crash
+//! rbe-cluster-sim sweep [SEED]      all of the below
+//! rbe-cluster-sim core [SEED]       d, optimism, report interval, N up to 100
+//! rbe-cluster-sim thousand [SEED]   N = 1000, one round
 //! rbe-cluster-sim w1|w2 [SEED] [N]  one workload preset
 //! rbe-cluster-sim accept [SEED]     accept_max_rounds against N
+//! rbe-cluster-sim herd [SEED]       d and optimism, 20 origins bursting at once
+//! rbe-cluster-sim faults [SEED]     datagram loss; an executor crashing mid-burst
 //! ```
 
 use std::time::Duration;
 
 use anyhow::Context;
 use rbe_cluster::policy::Choices;
-use rbe_cluster_sim::workload::{one_origin, Service};
+use rbe_cluster_sim::workload::{one_origin, Burst, Service};
 use rbe_cluster_sim::{preset_three_hosts, preset_w1, preset_w2, run, SimConfig};
 
 fn line(name: &str, cfg: SimConfig, extra: &[(&str, String)]) -> anyhow::Result<()> {
@@ -50,6 +54,10 @@ fn main() -> anyhow::Result<()> {
         }
         "sweep" => sweep(seed)?,
         "accept" => accept(seed)?,
+        "herd" => herd(seed)?,
+        "faults" => faults(seed)?,
+        "core" => core(seed)?,
+        "thousand" => thousand(seed)?,
         "w1" | "w2" => {
             let n: usize = match args.get(2) {
                 Some(s) => s.parse().context("N is a number")?,
@@ -89,7 +97,44 @@ fn accept(seed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where herding shows: 20 of 100 hosts get a burst at the same instant,
+/// two rounds of the cluster together, so every origin sees the same
+/// idle peers in reports of the same age.
+fn herd(seed: u64) -> anyhow::Result<()> {
+    for c in [Choices::Sample(1), Choices::Sample(2), Choices::All] {
+        for optimistic in [true, false] {
+            let mut cfg = preset_w2(seed, 100);
+            let total: u32 = cfg.slots.iter().sum();
+            cfg.bursts = (0..20)
+                .map(|o| Burst {
+                    origin: o * 5,
+                    at: Duration::ZERO,
+                    count: total / 10,
+                    service: Service::Fixed(Duration::from_secs(2)),
+                })
+                .collect();
+            cfg.policy.choices = c;
+            cfg.policy.optimistic = optimistic;
+            line(
+                "herd",
+                cfg,
+                &[("d", choices(c)), ("optimistic", optimistic.to_string())],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn sweep(seed: u64) -> anyhow::Result<()> {
+    core(seed)?;
+    herd(seed)?;
+    accept(seed)?;
+    faults(seed)?;
+    thousand(seed)
+}
+
+/// d and optimism, report interval, N up to 100.
+fn core(seed: u64) -> anyhow::Result<()> {
     line("three", preset_three_hosts(seed), &[])?;
     // d and optimism, W2 at N = 100 (several origins: where herding shows).
     for c in [Choices::Sample(1), Choices::Sample(2), Choices::All] {
@@ -115,20 +160,31 @@ fn sweep(seed: u64) -> anyhow::Result<()> {
         line("w1-n", preset_w1(seed, n), &[("n", n.to_string())])?;
         line("w2-n", preset_w2(seed, n), &[("n", n.to_string())])?;
     }
+    Ok(())
+}
+
+/// The largest cluster: W1 only, one round, a shorter run.
+fn thousand(seed: u64) -> anyhow::Result<()> {
     let mut w1 = preset_w1(seed, 1000);
     let total: u32 = w1.slots.iter().sum();
     w1.warmup = Duration::from_secs(10);
     w1.max_time = Duration::from_secs(30);
     w1.bursts = one_origin(0, total, Service::Fixed(Duration::from_secs(2)));
-    line("w1-n", w1, &[("n", "1000".into())])?;
-    // Loss and a crashed executor, N = 100.
-    for loss in [0.01, 0.05] {
+    line("w1-n", w1, &[("n", "1000".into())])
+}
+
+/// Datagram loss, and a crashed executor mid-burst.
+fn faults(seed: u64) -> anyhow::Result<()> {
+    for loss in [0.0, 0.01, 0.05] {
         let mut cfg = preset_w2(seed, 100);
         cfg.net.loss = loss;
         line("w2-loss", cfg, &[("loss", loss.to_string())])?;
     }
-    let mut cfg = preset_w1(seed, 100);
-    cfg.crashes = vec![(4, Duration::from_secs(3))];
-    line("w1-crash", cfg, &[])?;
+    for n in [3usize, 10, 100] {
+        let mut cfg = preset_w1(seed, n);
+        // Host 2 has 4 slots in every preset; it dies 3 s into the burst.
+        cfg.crashes = vec![(2, Duration::from_secs(3))];
+        line("w1-crash", cfg, &[("n", n.to_string())])?;
+    }
     Ok(())
 }

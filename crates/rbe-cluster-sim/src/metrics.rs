@@ -55,7 +55,6 @@ impl Metrics {
     pub(crate) fn submitted(&mut self, at: Duration, service: Duration) {
         self.work.push((at, service));
     }
-    pub(crate) fn started(&mut self, _action: u64, _at: Duration) {}
     pub(crate) fn executed(&mut self, action: u64) {
         *self.executions.entry(action).or_default() += 1;
     }
@@ -107,13 +106,15 @@ impl Metrics {
         let last = self.completed.values().copied().max().unwrap_or(start);
         let makespan = last.saturating_sub(start);
         // A lower bound no schedule beats: from each arrival time, the work
-        // arriving then or later spread over every slot; and the longest
-        // action.
+        // arriving then or later spread over every slot; and each action's
+        // arrival plus its run time.
         let mut by_time = self.work.clone();
         by_time.sort_unstable();
         let mut ideal = by_time.iter().map(|w| w.1).max().unwrap_or_default();
         let mut rest: Duration = by_time.iter().map(|w| w.1).sum();
         for (at, service) in &by_time {
+            // No action ends before its arrival plus its own run time.
+            ideal = ideal.max(at.saturating_sub(start) + *service);
             let bound = at.saturating_sub(start)
                 + rest / u32::try_from(total_slots.max(1)).unwrap_or(u32::MAX);
             ideal = ideal.max(bound);

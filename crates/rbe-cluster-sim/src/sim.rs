@@ -167,6 +167,9 @@ pub(crate) struct Sim {
     index: HashMap<NodeName, usize>,
     names: Vec<NodeName>,
     net_rng: StdRng,
+    /// Run times only, so that network randomness (loss) does not change
+    /// the workload between runs of one seed.
+    work_rng: StdRng,
     pub(crate) m: Metrics,
     /// Per action: its run time and origin.
     actions: Vec<(Duration, usize)>,
@@ -230,6 +233,7 @@ impl Sim {
         }
         let names = hosts.iter().map(|h| h.name.clone()).collect();
         let net_rng = StdRng::seed_from_u64(seeder.random());
+        let work_rng = StdRng::seed_from_u64(seeder.random());
         let m = Metrics::new(n, cfg.report_interval);
         Ok(Sim {
             cfg,
@@ -241,6 +245,7 @@ impl Sim {
             index,
             names,
             net_rng,
+            work_rng,
             m,
             actions: Vec::new(),
         })
@@ -284,7 +289,7 @@ impl Sim {
         }
         for b in self.cfg.bursts.clone() {
             for _ in 0..b.count {
-                let service = b.service.sample(&mut self.net_rng);
+                let service = b.service.sample(&mut self.work_rng);
                 let action = self.actions.len() as u64;
                 self.actions.push((service, b.origin));
                 self.m.submitted(warm + b.at, service);
@@ -450,9 +455,7 @@ impl Sim {
     }
 
     fn dispatch(&mut self, host: usize) {
-        let now = self.now();
         for a in self.hosts[host].sched.next_assignments() {
-            self.m.started(a.payload.action, now);
             self.after(
                 a.payload.service,
                 Ev::Done {

@@ -34,7 +34,7 @@ fn several_origins_on_ten_hosts() {
     for seed in 1..=3 {
         let s = run(preset_w2(seed, 10)).expect("runs");
         assert_eq!((s.lost, s.duplicates), (0, 0), "{s:?}");
-        assert!(s.ratio <= 1.6, "seed {seed}: {s:?}");
+        assert!(s.ratio <= 1.1, "seed {seed}: {s:?}");
         assert!(s.reject_rate <= 0.2, "seed {seed}: {s:?}");
     }
 }
@@ -72,5 +72,26 @@ fn lost_datagrams_lose_no_action() {
     cfg.net.loss = 0.05;
     let s = run(cfg).expect("runs");
     assert_eq!((s.lost, s.duplicates), (0, 0), "{s:?}");
-    assert!(s.ratio <= 1.6, "{s:?}");
+    assert!(s.ratio <= 1.2, "{s:?}");
+}
+
+#[test]
+fn a_partitioned_executor_loses_no_action() {
+    use rbe_cluster_sim::net::Partition;
+    let mut cfg = preset_w1(4, 10);
+    // Host 2 cannot reach the origin (host 0) for 12 s, while the origin
+    // still reaches it: its results cannot come back, so the origin must
+    // re-dispatch; what host 2 finishes anyway is at most a duplicate.
+    let start = cfg.warmup + Duration::from_secs(2);
+    cfg.net.partitions = vec![Partition {
+        from: 2,
+        to: 0,
+        start,
+        end: start + Duration::from_secs(12),
+    }];
+    let s = run(cfg).expect("runs");
+    assert_eq!(s.lost, 0, "{s:?}");
+    // Its 4 slots, a round queued, and the offers it accepted while its
+    // answers could not get through (11 with this seed).
+    assert!(s.duplicates <= 16, "{s:?}");
 }

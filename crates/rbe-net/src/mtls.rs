@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, ServerName};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -32,17 +32,7 @@ impl PeerClientTls {
             path: Default::default(),
             reason: "the cluster CA must be set".to_owned(),
         })?;
-        let mut roots = RootCertStore::empty();
-        for (i, c) in crate::tls::read_certs(files.keys.client_ca, ca)?
-            .into_iter()
-            .enumerate()
-        {
-            roots.add(c).map_err(|e| TlsError::File {
-                key: files.keys.client_ca,
-                path: ca.clone(),
-                reason: format!("certificate {} is not a usable CA: {e}", i + 1),
-            })?;
-        }
+        let roots = crate::tls::read_roots(files.keys.client_ca, ca)?;
         let chain = crate::tls::read_certs(files.keys.certificate, &files.certificate)?;
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::File {
             key: files.keys.key,

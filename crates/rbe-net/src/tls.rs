@@ -197,17 +197,7 @@ impl TlsConfig {
         let (builder, client_auth) = match &files.client_ca {
             None => (builder.with_no_client_auth(), ClientAuth::Off),
             Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for (i, c) in read_certs(files.keys.client_ca, ca)?
-                    .into_iter()
-                    .enumerate()
-                {
-                    roots.add(c).map_err(|e| TlsError::File {
-                        key: files.keys.client_ca,
-                        path: ca.clone(),
-                        reason: format!("certificate {} is not a usable CA: {e}", i + 1),
-                    })?;
-                }
+                let roots = read_roots(files.keys.client_ca, ca)?;
                 let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
                 let auth = if files.require_client_certificate {
                     ClientAuth::Required
@@ -318,6 +308,19 @@ impl ServerTls {
     pub fn current(&self) -> Arc<TlsConfig> {
         self.current.load_full()
     }
+}
+
+/// A CA bundle as a trust store; every certificate in it must be usable.
+pub(crate) fn read_roots(key: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for (i, c) in read_certs(key, path)?.into_iter().enumerate() {
+        roots.add(c).map_err(|e| TlsError::File {
+            key,
+            path: path.to_owned(),
+            reason: format!("certificate {} is not a usable CA: {e}", i + 1),
+        })?;
+    }
+    Ok(roots)
 }
 
 pub(crate) fn read_certs(

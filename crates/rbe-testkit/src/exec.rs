@@ -2,7 +2,7 @@
 //! command (an empty input root) and look at the ExecuteResponse.
 
 use prost::Message;
-use rbe_proto::longrunning::operation;
+use rbe_proto::longrunning::{operation, Operation};
 use rbe_proto::reapi::{
     execution_client::ExecutionClient, platform, Action, Command, Directory, ExecuteRequest,
     ExecuteResponse, Platform,
@@ -20,6 +20,28 @@ pub async fn run_command<C: crate::grpc::Grpc>(
     timeout_secs: i64,
     invocation: Option<&str>,
 ) -> Result<ExecuteResponse, tonic::Status> {
+    let mut stream = start_command(ch, argv, properties, timeout_secs, invocation).await?;
+    while let Some(op) = stream.message().await? {
+        if let Some(operation::Result::Response(any)) = op.result {
+            return ExecuteResponse::decode(any.value.as_slice())
+                .map_err(|e| tonic::Status::internal(e.to_string()));
+        }
+        if let Some(operation::Result::Error(st)) = op.result {
+            return Err(tonic::Status::new(st.code.into(), st.message));
+        }
+    }
+    Err(tonic::Status::unknown("the stream ended without a result"))
+}
+
+/// Like [`run_command`] (a `do_not_cache` action, never merged with
+/// another), but returns the Execute stream as soon as it is open.
+pub async fn start_command<C: crate::grpc::Grpc>(
+    ch: &C,
+    argv: &[&str],
+    properties: &[(&str, &str)],
+    timeout_secs: i64,
+    invocation: Option<&str>,
+) -> Result<tonic::Streaming<Operation>, tonic::Status> {
     let f = DigestFunction::Sha256;
     let platform = Some(Platform {
         properties: properties
@@ -72,21 +94,11 @@ pub async fn run_command<C: crate::grpc::Grpc>(
             tonic::metadata::MetadataValue::from_bytes(&md.encode_to_vec()),
         );
     }
-    let mut stream = ExecutionClient::new(ch.clone())
+    Ok(ExecutionClient::new(ch.clone())
         .max_decoding_message_size(64 << 20)
         .execute(req)
         .await?
-        .into_inner();
-    while let Some(op) = stream.message().await? {
-        if let Some(operation::Result::Response(any)) = op.result {
-            return ExecuteResponse::decode(any.value.as_slice())
-                .map_err(|e| tonic::Status::internal(e.to_string()));
-        }
-        if let Some(operation::Result::Error(st)) = op.result {
-            return Err(tonic::Status::new(st.code.into(), st.message));
-        }
-    }
-    Err(tonic::Status::unknown("the stream ended without a result"))
+        .into_inner())
 }
 
 /// The ResourceUsage in a response's auxiliary metadata, if any.

@@ -238,6 +238,25 @@ impl Drop for Casd {
     }
 }
 
+/// Starts rbe-frontend on `layout`'s configuration, logging to
+/// `dir/frontend.log`, and waits until it answers health checks.
+async fn spawn_frontend(dir: &Path, layout: &LocalLayout) -> Child {
+    let mut child = Command::new(bin("rbe-frontend"))
+        .arg("--config-dir")
+        .arg(&layout.config_dir)
+        .stdin(Stdio::null())
+        .stderr(log_file(dir, "frontend"))
+        .spawn()
+        .expect("spawn rbe-frontend");
+    // Through the local socket, which is plaintext whatever [tls] says
+    // about the TCP port.
+    let ch = rbe_net::unix_channel(&layout.frontend_socket())
+        .await
+        .expect("channel");
+    wait_healthy(ch, &mut child, "rbe-frontend").await;
+    child
+}
+
 /// casd plus rbe-frontend on a free port: what a Bazel client talks to.
 pub struct Stack {
     pub tmp: tempfile::TempDir,
@@ -301,19 +320,7 @@ impl Stack {
             std::fs::create_dir_all(&d).expect("mkdir");
             std::fs::write(d.join("50-test.toml"), dropin).expect("dropin");
         }
-        let mut child = Command::new(bin("rbe-frontend"))
-            .arg("--config-dir")
-            .arg(&casd.layout.config_dir)
-            .stdin(Stdio::null())
-            .stderr(log_file(tmp.path(), "frontend"))
-            .spawn()
-            .expect("spawn rbe-frontend");
-        // Through the local socket, which is plaintext whatever [tls] says
-        // about the TCP port.
-        let ch = rbe_net::unix_channel(&casd.layout.frontend_socket())
-            .await
-            .expect("channel");
-        wait_healthy(ch, &mut child, "rbe-frontend").await;
+        let child = spawn_frontend(tmp.path(), &casd.layout).await;
         let mut stack = Stack {
             tmp,
             casd,
@@ -323,6 +330,18 @@ impl Stack {
         };
         stack.start_workerd();
         stack
+    }
+
+    /// Kills rbe-frontend with SIGKILL (no drain, no goodbye to a cluster)
+    /// and starts it again on the same configuration, as systemd's
+    /// `Restart=on-failure` would; returns once it answers health checks.
+    /// casd and rbe-workerd keep running (the worker reconnects).
+    pub async fn restart_frontend(&mut self) {
+        if let Some(mut c) = self.frontend.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.frontend = Some(spawn_frontend(self.tmp.path(), &self.casd.layout).await);
     }
 
     /// Starts rbe-workerd (again, after [`Stack::kill_workerd`]).

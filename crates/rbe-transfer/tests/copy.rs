@@ -173,14 +173,17 @@ async fn a_blob_missing_at_the_source_is_not_found_naming_it_and_the_source() {
     check_stored(&ch, &blobs).await;
 }
 
+/// One round per level (a directory is found only once its parent is
+/// here); 2,000 levels show the loop ends and nothing recurses. The walk
+/// itself is tested at 60,000 levels in rbe-cas.
 #[tokio::test]
-async fn a_10000_level_tree_is_copied() {
+async fn a_2000_level_tree_is_copied() {
     let (t1, t2) = (shm_tempdir(), shm_tempdir());
     let (src, dst) = (casd(t1.path()).await, casd(t2.path()).await);
     let mut blobs = Blobs::default();
     let bottom = blobs.add(b"bottom".to_vec());
     let mut level = blobs.dir(&[("f", bottom)], &[]);
-    for _ in 1..10_000 {
+    for _ in 1..2_000 {
         level = blobs.dir(&[], &[("d", level)]);
     }
     upload(&src.channel().await, &blobs.0).await;
@@ -189,8 +192,8 @@ async fn a_10000_level_tree_is_copied() {
     let stats = fetch_input_closure(&source, &local, F, level)
         .await
         .unwrap();
-    assert_eq!(stats.blobs, 10_001);
-    assert!(stats.rounds <= 10_002, "{stats:?}");
+    assert_eq!(stats.blobs, 2_001);
+    assert!(stats.rounds <= 2_002, "{stats:?}");
     assert!(missing_tree(&dst.channel().await, level).await.is_empty());
 }
 

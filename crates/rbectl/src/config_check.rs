@@ -80,8 +80,10 @@ fn check_frontend(dirs: &[PathBuf]) -> Result<(), String> {
 /// reads them: a key is 32 bytes of base64, the certificate and key load
 /// with the CA as required client CA, and the certificate names the node.
 fn check_cluster(c: &rbe_config::ClusterSettings) -> Result<(), String> {
-    for path in std::iter::once(&c.key_file).chain(&c.old_key_files) {
-        rbe_cluster::wire::ClusterKey::load(path).map_err(|e| e.to_string())?;
+    for (key, path) in std::iter::once(("cluster.key_file", &c.key_file))
+        .chain(c.old_key_files.iter().map(|p| ("cluster.old_key_files", p)))
+    {
+        rbe_cluster::wire::ClusterKey::load(path).map_err(|e| format!("{key}: {e}"))?;
     }
     // The loader made sure all three are set when the cluster is enabled.
     let (Some(files), Some(cert)) = (rbe_net::tls::TlsFiles::cluster(c), &c.tls_cert) else {

@@ -169,6 +169,11 @@ pub async fn run(
         &mut servers,
     )
     .await?;
+    // Before the public listeners serve: every name from now on carries
+    // this host as its holder.
+    if let Some(c) = &cluster {
+        exec.join_cluster(Arc::clone(c));
+    }
     tokio::spawn(reload_on_sighup(
         Arc::clone(&exec),
         cluster.clone(),

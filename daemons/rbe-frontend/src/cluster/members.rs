@@ -34,7 +34,8 @@ impl Cluster {
             &self.node,
             self.generation(),
             0,
-            !exec.draining(),
+            // Offers are taken only with offload on, and not while stopping.
+            !exec.draining() && self.offload.load().enabled,
             0,
             &exec.pool_loads(),
             INCOMING.load(std::sync::atomic::Ordering::Relaxed),

@@ -8,7 +8,8 @@
 //!   public port): [`PeerLayer`] names the calling host by its
 //!   certificate; [`peer::PeerService`] answers Describe and carries
 //!   offloaded actions; [`peer_cas`] is the read-only CAS peers pull blobs
-//!   from.
+//!   from; [`forward`] answers and asks about operations held by one host
+//!   and named to another.
 //! - Eligibility: a member gets offers only after a Describe round trip
 //!   over mutual TLS showed that the host answering at its peer address
 //!   holds a certificate for its node name and agrees on cluster and
@@ -16,8 +17,12 @@
 //! - [`admin`]: `rbectl cluster status`, on the local socket.
 
 pub mod admin;
+pub mod forward;
+mod host;
 mod layer;
+mod lease;
 mod members;
+mod offload;
 pub mod peer;
 pub mod peer_cas;
 
@@ -43,7 +48,7 @@ use tonic::transport::Channel;
 pub enum ClusterError {
     #[error("cluster.node: {0}")]
     Node(#[from] rbe_cluster::NodeNameError),
-    #[error("{0}")]
+    #[error("cluster.key_file / cluster.old_key_files: {0}")]
     Key(#[from] rbe_cluster::wire::KeyError),
     #[error("{0}")]
     Tls(#[from] rbe_net::tls::TlsError),
@@ -138,7 +143,6 @@ pub struct Cluster {
     /// Every generation this process has had (foca renews it when the
     /// cluster declared us down and we came back): names given out under
     /// any of them are still ours.
-    #[allow(dead_code)] // read by is_ours
     generations: Mutex<Vec<u64>>,
     peer_tls: rbe_net::PeerClientTls,
     pub(crate) peers: Mutex<HashMap<NodeName, PeerLink>>,
@@ -311,7 +315,6 @@ impl Cluster {
     }
 
     /// The policy's clock: monotonic time since start.
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn now(&self) -> Duration {
         self.epoch.elapsed()
     }
@@ -328,7 +331,6 @@ impl Cluster {
 
     /// Whether `generation` is one this process has had (a name holding
     /// it is ours).
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn is_ours(&self, generation: u64) -> bool {
         let current = self.generation();
         let mut g = self.generations.lock();
@@ -339,7 +341,6 @@ impl Cluster {
     }
 
     /// A fresh operation name held by this host.
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn operation_name(&self, instance: &str) -> String {
         rbe_cluster::names::operation_name(
             instance,
@@ -351,7 +352,6 @@ impl Cluster {
 
     /// The channel to an eligible member, with the generation it was
     /// checked for.
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn channel(&self, node: &NodeName) -> Option<(Channel, u64)> {
         let peers = self.peers.lock();
         let p = peers.get(node)?;
@@ -360,7 +360,6 @@ impl Cluster {
 
     /// The channel to a member whatever its eligibility (forwarding
     /// operation requests to their holder needs only mutual TLS).
-    #[allow(dead_code)] // offload and operation routing use it
     pub fn any_channel(&self, node: &NodeName) -> Option<(Channel, u64)> {
         let peers = self.peers.lock();
         let p = peers.get(node)?;
@@ -473,6 +472,7 @@ pub async fn start(
         Duration::from_millis(c.report_interval_ms),
         shutdown.clone(),
     );
+    offload::spawn(Arc::clone(&cluster), Arc::clone(exec), shutdown.clone());
     let max_message = settings.limits.max_message_bytes as usize;
     let router = rbe_net::tune_server(tonic::transport::Server::builder())
         .layer(PeerLayer)

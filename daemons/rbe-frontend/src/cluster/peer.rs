@@ -52,31 +52,33 @@ impl Peer for PeerService {
 
     async fn run(
         &self,
-        _: Request<Streaming<OriginMessage>>,
+        req: Request<Streaming<OriginMessage>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        Err(Status::unimplemented("offload is not wired yet"))
+        super::host::run(&self.cluster, &self.exec, req)
+            .await
+            .map(Response::new)
     }
 
     type WaitOperationStream = BoxStream<OperationUpdate>;
 
     async fn wait_operation(
         &self,
-        _: Request<OperationRequest>,
+        req: Request<OperationRequest>,
     ) -> Result<Response<Self::WaitOperationStream>, Status> {
-        Err(Status::unimplemented("forwarding is not wired yet"))
+        super::forward::hold_wait(&self.cluster, &self.exec, req).await
     }
 
     async fn get_operation(
         &self,
-        _: Request<OperationRequest>,
+        req: Request<OperationRequest>,
     ) -> Result<Response<OperationUpdate>, Status> {
-        Err(Status::unimplemented("forwarding is not wired yet"))
+        super::forward::hold_get(&self.cluster, &self.exec, req).await
     }
 
     async fn cancel_operation(
         &self,
-        _: Request<OperationRequest>,
+        req: Request<OperationRequest>,
     ) -> Result<Response<CancelResponse>, Status> {
-        Err(Status::unimplemented("forwarding is not wired yet"))
+        super::forward::hold_cancel(&self.cluster, &self.exec, req).await
     }
 }

@@ -16,7 +16,7 @@ use rbe_proto::reapi::{self, content_addressable_storage_server::ContentAddressa
 use tonic::{Request, Response, Status, Streaming};
 
 use super::PeerNode;
-use crate::proxy::relay::{relay, split_read, whole, BoxStream};
+use crate::proxy::relay::BoxStream;
 use crate::proxy::Upstream;
 
 /// ContentAddressableStorage for peers: FindMissingBlobs, BatchReadBlobs
@@ -63,22 +63,10 @@ impl ContentAddressableStorage for PeerCas {
         &self,
         req: Request<reapi::GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
-        const RPC: &str = "GetTree";
         let who = PeerNode::of(&req)?.identity();
-        let slot = self.0.limits.slot(&who, RPC).await?;
-        let inner = self
-            .0
-            .cas_streams()
-            .get_tree(req.into_inner())
-            .await?
-            .into_inner();
-        Ok(Response::new(relay(
-            &self.0.limits,
-            RPC,
-            inner,
-            slot,
-            whole,
-        )))
+        Ok(Response::new(
+            self.0.relay_get_tree(&who, req.into_inner()).await?,
+        ))
     }
 
     async fn split_blob(
@@ -117,22 +105,10 @@ impl ByteStream for PeerByteStream {
     type ReadStream = BoxStream<ReadResponse>;
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
-        const RPC: &str = "ByteStream Read";
         let who = PeerNode::of(&req)?.identity();
-        let slot = self.0.limits.slot(&who, RPC).await?;
-        let inner = self
-            .0
-            .bytestream(true)
-            .read(req.into_inner())
-            .await?
-            .into_inner();
-        Ok(Response::new(relay(
-            &self.0.limits,
-            RPC,
-            inner,
-            slot,
-            split_read,
-        )))
+        Ok(Response::new(
+            self.0.relay_read(&who, req.into_inner()).await?,
+        ))
     }
 
     async fn write(

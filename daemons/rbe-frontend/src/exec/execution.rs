@@ -24,11 +24,14 @@ use rbe_sched::{ActionKey, Platform, SchedError, Tenant};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
-use super::handles::{Attached, Caller, Origin};
-use super::{new_operation_name, operation, Exec, Snapshot, Submission, Submitted};
+use super::handles::{Attached, Origin};
+use super::route::{route, Route};
+use super::{operation, Exec, Snapshot, Submission, Submitted};
 use crate::access;
+use crate::cluster::forward;
+use rbe_auth::Identity;
 
-type OpStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
+pub(crate) type OpStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
 
 /// The Execution service.
 pub struct ExecutionService(pub Arc<Exec>);
@@ -151,6 +154,14 @@ impl ExecutionService {
             }
         });
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
+    }
+
+    /// WaitExecution here: `who` follows the handle `name` as one of its
+    /// execution's waiters, until it completes (or the stream is
+    /// dropped). The holder's side of a forwarded wait too.
+    pub(crate) fn wait_stream(&self, name: &str, who: &Identity) -> Result<OpStream, Status> {
+        let a = super::operations::with_caller(&self.0, who, name, |c| self.0.attach(name, c))?;
+        Ok(self.stream(a, false))
     }
 
     /// Streams a handle this request opened on a shared execution.
@@ -371,7 +382,7 @@ impl Execution for ExecutionService {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
-        let name = new_operation_name(&instance);
+        let name = exec.operation_name(&instance);
         let payload_bytes = action_bytes.len() + command_bytes.len();
         let assignment = Arc::new(Assignment {
             id: 0,
@@ -436,14 +447,12 @@ impl Execution for ExecutionService {
     ) -> Result<Response<Self::WaitExecutionStream>, Status> {
         let who = access::identity(&req);
         let name = req.into_inner().name;
-        let exec = &self.0;
-        let instance = super::instance_of_name(&name).unwrap_or_default();
-        let granted = |p| exec.access.may(&who, instance, p);
-        let caller = Caller {
-            who: &who,
-            granted: &granted,
-        };
-        let a = exec.attach(&name, &caller)?;
-        Ok(Response::new(self.stream(a, false)))
+        // Bazel executes again on NOT_FOUND (an unknown name, or a holder
+        // that restarted or left): every such answer keeps exactly that
+        // code, the holder's included.
+        if let Route::Forward(r) = route(&self.0, &name)? {
+            return Ok(Response::new(forward::wait(&r, &name, &who, false).await?));
+        }
+        Ok(Response::new(self.wait_stream(&name, &who)?))
     }
 }

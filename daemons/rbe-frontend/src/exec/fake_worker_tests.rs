@@ -391,3 +391,94 @@ async fn handles_nobody_follows_stay_under_the_byte_bound_oldest_forgotten_first
     ));
     assert_eq!(state(exec, &names[99]), Ok(done(Code::Ok)));
 }
+
+// ---------------------------------------------------------------------------
+// Remote leases (the cluster's offload), with a fake link for the peer
+// ---------------------------------------------------------------------------
+
+fn lease(exec: &Exec) -> super::remote::Leased {
+    let head = exec
+        .offloadable_head(&Platform::default(), false)
+        .expect("an offloadable head");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let link = HubLink {
+        tx,
+        name: "peer".into(),
+    };
+    exec.lease(&head, Box::new(link)).expect("leased")
+}
+
+fn finished(id: OpId) -> Finished {
+    Finished {
+        id,
+        outcome: Outcome::Ran as i32,
+        action_result: ActionResult::default().encode_to_vec(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_report_from_a_lost_lease_is_ignored_and_the_new_lease_completes() {
+    let o = owner().await;
+    let a = new(submit(&o.exec, 1));
+    let first = lease(&o.exec);
+    assert_eq!(first.op, a.exec);
+    o.exec.set_stage(first.lease, first.op, EXECUTING);
+    assert_eq!(state(&o.exec, &a.name).expect("handle").0, EXECUTING);
+    // The peer is lost: back to the queue, for the client too.
+    assert_eq!(o.exec.worker_detach(first.lease), 1);
+    assert_eq!(state(&o.exec, &a.name).expect("handle").0, QUEUED);
+    // Its late report, and a stage it sends, change nothing.
+    assert!(!o.exec.worker_finished(first.lease, finished(first.op)));
+    o.exec.set_stage(first.lease, first.op, EXECUTING);
+    assert_eq!(state(&o.exec, &a.name).expect("handle").0, QUEUED);
+    // A second lease holds it now and its report completes it.
+    let second = lease(&o.exec);
+    assert_ne!(second.lease, first.lease);
+    assert!(o.exec.worker_finished(second.lease, finished(second.op)));
+    o.exec.release(second.lease);
+    assert_eq!(state(&o.exec, &a.name).expect("handle"), done(Code::Ok));
+    // The lease goes with its result: no link is left behind.
+    assert_eq!(o.exec.state.lock().links.len(), 0);
+}
+
+#[tokio::test]
+async fn a_rejected_offer_goes_back_to_its_place_and_hosted_work_is_never_offered() {
+    let o = owner().await;
+    let a = new(submit(&o.exec, 1));
+    let _b = new(submit(&o.exec, 2));
+    let l = lease(&o.exec);
+    o.exec.release(l.lease);
+    assert_eq!(state(&o.exec, &a.name).expect("handle").0, QUEUED);
+    // Still the head: a rejection is not a re-queue to the back.
+    let head = o.exec.offloadable_head(&Platform::default(), false);
+    assert_eq!(head.map(|h| h.op), Some(a.exec));
+    // A release of a lease no longer held changes nothing.
+    o.exec.release(l.lease);
+
+    let o = owner().await;
+    let d = digest(3);
+    let key = results::action_key("ci", &d);
+    let hosted = o
+        .exec
+        .submit_hosted(Submission {
+            key: key.clone(),
+            shared_key: key,
+            use_recent: false,
+            platform: Platform::default(),
+            priority: 0,
+            tenant: Tenant::new("peer:a", ""),
+            assignment: Arc::new(Assignment::default()),
+            origin: origin(3),
+            name: new_operation_name("ci"),
+            do_not_cache: false,
+            invocation_id: String::new(),
+            payload_bytes: 0,
+        })
+        .unwrap_or_else(|e| panic!("submit: {e}"));
+    let _h = new(hosted);
+    assert!(o
+        .exec
+        .offloadable_head(&Platform::default(), false)
+        .is_none());
+}

@@ -57,7 +57,9 @@ impl WorkerHub for HubService {
                 match m {
                     Ok(WorkerMessage {
                         kind: Some(worker_message::Kind::Finished(f)),
-                    }) => exec.worker_finished(w, f),
+                    }) => {
+                        exec.worker_finished(w, f);
+                    }
                     Ok(_) => tracing::warn!(worker = w, "unexpected message from worker ignored"),
                     Err(e) => {
                         tracing::info!(worker = w, error = %e, "worker stream ended");

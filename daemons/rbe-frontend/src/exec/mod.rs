@@ -14,7 +14,10 @@
 //!
 //! Operation names carry their instance, `{instance}/operations/{uuid}`
 //! (`operations/{uuid}` for the empty instance), so a name only ever finds
-//! an operation of the instance it names.
+//! an operation of the instance it names. In a cluster they carry their
+//! holder too, `{instance}/operations/{node}.{gen36}.{uuid}` ([`NameMaker`],
+//! `rbe_cluster::names`), and [`route`] sends a request about another
+//! host's name to that host.
 //!
 //! # One owner, one lock
 //!
@@ -59,8 +62,10 @@ pub mod hub;
 pub mod operations;
 pub mod outcome;
 pub mod owner;
+pub mod remote;
 pub mod results;
 pub mod retained;
+pub mod route;
 pub mod workers;
 
 #[cfg(test)]
@@ -111,6 +116,30 @@ pub struct Exec {
     state: Mutex<owner::State>,
     /// Results not yet (or only just) in the action cache.
     recent: Arc<RecentResults>,
+    /// Makes the names of new operations.
+    names: NameMaker,
+    /// Woken when work is queued or a worker frees a slot (the cluster's
+    /// rebalance waits on it between ticks).
+    pub queue_changed: tokio::sync::Notify,
+}
+
+/// Makes operation names: plain ones on a host alone, names that carry
+/// this host as their holder once it is in a cluster.
+///
+/// The cluster is set once, at start, before the public listeners serve
+/// (the cluster starts after [`Exec`], which its peer service needs).
+#[derive(Default)]
+pub struct NameMaker(std::sync::OnceLock<Arc<crate::cluster::Cluster>>);
+
+impl NameMaker {
+    /// A fresh name for an operation of `instance`. Cheap and never
+    /// blocks: it is called under the owner's lock.
+    pub fn make(&self, instance: &str) -> String {
+        match self.0.get() {
+            Some(c) => c.operation_name(instance),
+            None => new_operation_name(instance),
+        }
+    }
 }
 
 fn sched_config(settings: &ExecSettings) -> SchedConfig {
@@ -136,8 +165,10 @@ impl Exec {
             access,
             state: Mutex::new(owner::State::new(sched)),
             recent: Arc::new(RecentResults::start(upstream.clone())),
+            names: NameMaker::default(),
             upstream,
             settings: arc_swap::ArcSwap::from_pointee(settings),
+            queue_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -148,6 +179,22 @@ impl Exec {
         self.settings.store(Arc::new(settings));
     }
 
+    /// Makes this host the holder of every operation named from now on
+    /// (set once, at start; a second call is ignored).
+    pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.names.0.set(cluster);
+    }
+
+    /// The cluster this host is in, if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.names.0.get()
+    }
+
+    /// A fresh name for a new operation of `instance`.
+    pub fn operation_name(&self, instance: &str) -> String {
+        self.names.make(instance)
+    }
+
     /// Results whose action-cache write is pending or just landed (the
     /// ActionCache proxy waits for them; the stop drains them).
     pub fn recent(&self) -> &Arc<RecentResults> {
@@ -155,7 +202,8 @@ impl Exec {
     }
 }
 
-/// A fresh operation name for `instance`, as REAPI suggests.
+/// A fresh operation name for `instance`, as REAPI suggests, on a host
+/// outside a cluster (see [`Exec::operation_name`]).
 pub fn new_operation_name(instance: &str) -> String {
     let id = uuid::Uuid::new_v4();
     if instance.is_empty() {
@@ -229,5 +277,12 @@ mod tests {
         assert!(n.starts_with("a/b/operations/"), "{n}");
         assert_eq!(instance_of_name(&n), Some("a/b"));
         assert_eq!(instance_of_name("nonsense"), None);
+        // Cluster names split the same way.
+        let node = rbe_cluster::NodeName::new("b3").expect("node");
+        let id = rbe_cluster::names::new_operation_id();
+        let n = rbe_cluster::names::operation_name("a/b", &node, 7, id);
+        assert_eq!(instance_of_name(&n), Some("a/b"));
+        let n = rbe_cluster::names::operation_name("", &node, 7, id);
+        assert_eq!(instance_of_name(&n), Some(""));
     }
 }

@@ -11,6 +11,12 @@
 //! caller's own. CancelOperation withdraws one handle: the action runs on
 //! while another handle waits for it.
 //!
+//! In a cluster, GetOperation, CancelOperation and WaitOperation about a
+//! name another host holds are answered by that host ([`super::route`]),
+//! under its rules for this caller. DeleteOperation is answered here only,
+//! and ListOperations lists this host's operations only: the ones whose
+//! clients called this host.
+//!
 //! ListOperations pages hold at most `page_size` operations (100 when
 //! unset, never more than 1,000) and at most 4 MiB (half the message limit
 //! when that is smaller), so one reply never grows with the number or size
@@ -30,8 +36,10 @@ use rbe_proto::wkt::Empty;
 use tonic::{Request, Response, Status};
 
 use super::handles::{Caller, HandleId};
+use super::route::{route, Remote, Route};
 use super::{instance_of_name, Exec};
 use crate::access;
+use crate::cluster::forward;
 
 /// Operations per ListOperations page when the client names no size.
 const DEFAULT_PAGE: usize = 100;
@@ -48,16 +56,25 @@ fn page_bytes(max_message: usize) -> usize {
 /// The Operations service.
 pub struct OperationsService(pub Arc<Exec>);
 
+/// Runs `f` as `who` acting on the operation `name`: permissions are
+/// asked about on the instance the name carries.
+pub(crate) fn with_caller<R>(
+    exec: &Exec,
+    who: &Identity,
+    name: &str,
+    f: impl FnOnce(&Caller<'_>) -> R,
+) -> R {
+    let instance = instance_of_name(name).unwrap_or_default();
+    let granted = |p| exec.access.may(who, instance, p);
+    f(&Caller {
+        who,
+        granted: &granted,
+    })
+}
+
 impl OperationsService {
-    /// Runs `f` as `who` acting on the operation `name`: permissions are
-    /// asked about on the instance the name carries.
     fn as_caller<R>(&self, who: &Identity, name: &str, f: impl FnOnce(&Caller<'_>) -> R) -> R {
-        let instance = instance_of_name(name).unwrap_or_default();
-        let granted = |p| self.0.access.may(who, instance, p);
-        f(&Caller {
-            who,
-            granted: &granted,
-        })
+        with_caller(&self.0, who, name, f)
     }
 }
 
@@ -111,6 +128,9 @@ impl Operations for OperationsService {
     ) -> Result<Response<Operation>, Status> {
         let who = access::identity(&req);
         let name = req.into_inner().name;
+        if let Route::Forward(r) = route(&self.0, &name)? {
+            return Ok(Response::new(forward::get(&r, &name, &who).await?));
+        }
         let op = self.as_caller(&who, &name, |c| self.0.get(&name, c))?;
         Ok(Response::new(op))
     }
@@ -121,6 +141,12 @@ impl Operations for OperationsService {
     ) -> Result<Response<Empty>, Status> {
         let who = access::identity(&req);
         let name = req.into_inner().name;
+        if let Route::Forward(r) = route(&self.0, &name)? {
+            return Err(Status::failed_precondition(format!(
+                "operation {name:?} is held by host {}; DeleteOperation is answered by its holder only",
+                r.node
+            )));
+        }
         // The handle goes; its execution too once no handle is left.
         self.as_caller(&who, &name, |c| self.0.delete(&name, c))?;
         Ok(Response::new(Empty {}))
@@ -132,6 +158,10 @@ impl Operations for OperationsService {
     ) -> Result<Response<Empty>, Status> {
         let who = access::identity(&req);
         let name = req.into_inner().name;
+        if let Route::Forward(r) = route(&self.0, &name)? {
+            forward::cancel(&r, &name, &who).await?;
+            return Ok(Response::new(Empty {}));
+        }
         // One step of the owner, so a stream of this handle ending now
         // cannot also take its waiter off.
         let cancelled = self.as_caller(&who, &name, |c| self.0.cancel(&name, c))?;
@@ -147,14 +177,52 @@ impl Operations for OperationsService {
     ) -> Result<Response<Operation>, Status> {
         let who = access::identity(&req);
         let req = req.into_inner();
-        let mut rx = self.as_caller(&who, &req.name, |c| self.0.subscribe(&req.name, c))?;
         let limit = req
             .timeout
             .map(|t| Duration::from_secs(t.seconds.max(0) as u64))
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_secs(600));
+        if let Route::Forward(r) = route(&self.0, &req.name)? {
+            return Ok(Response::new(
+                wait_remote(&r, &req.name, &who, limit).await?,
+            ));
+        }
+        let mut rx = self.as_caller(&who, &req.name, |c| self.0.subscribe(&req.name, c))?;
         let _ = tokio::time::timeout(limit, rx.wait_for(|s| s.response.is_some())).await;
         let op = self.as_caller(&who, &req.name, |c| self.0.get(&req.name, c))?;
         Ok(Response::new(op))
+    }
+}
+
+/// WaitOperation at the holder: its updates (without being a waiter) until
+/// done or `limit`, then the latest.
+async fn wait_remote(
+    r: &Remote,
+    name: &str,
+    who: &Identity,
+    limit: Duration,
+) -> Result<Operation, Status> {
+    use futures::StreamExt;
+    let mut updates = forward::wait(r, name, who, true).await?;
+    let mut latest = None;
+    let follow = async {
+        while let Some(op) = updates.next().await {
+            let op = op?;
+            let done = op.done;
+            latest = Some(op);
+            if done {
+                break;
+            }
+        }
+        Ok::<(), Status>(())
+    };
+    if let Ok(r) = tokio::time::timeout(limit, follow).await {
+        r?;
+    }
+    match latest {
+        Some(op) => Ok(op),
+        // Nothing yet within the limit (or the holder ended early): ask
+        // for where it stands now.
+        None => forward::get(r, name, who).await,
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::handles::{Attached, Caller, HandleError, HandleId, Handles, Origin, Wake};
 use super::workers::WorkerLink;
-use super::{new_operation_name, rpc_status, Exec, Snapshot};
+use super::{rpc_status, Exec, Snapshot};
 
 /// Per-execution facts the scheduler does not keep.
 pub(super) struct OpInfo {
@@ -30,6 +30,9 @@ pub(super) struct OpInfo {
     pub(super) origin: Origin,
     pub(super) do_not_cache: bool,
     pub(super) invocation_id: String,
+    /// Run here for another host of the cluster, which writes the action
+    /// cache entry itself: never offloaded again, never cached here.
+    pub(super) hosted: bool,
     /// Its handles have been given its final response.
     pub(super) done: bool,
 }
@@ -43,7 +46,7 @@ pub struct State {
     /// Where each of the scheduler's workers is reached.
     pub(super) links: HashMap<WorkerId, Box<dyn WorkerLink>>,
     /// A stop began: nothing new is taken or assigned.
-    draining: bool,
+    pub(super) draining: bool,
 }
 
 /// What is carried out after the lock is released, in [`Effects::apply`].
@@ -195,12 +198,11 @@ impl State {
 
     /// Opens a handle on the execution `id`, in flight, that this request
     /// joined (it is one more waiter already).
-    fn open_joined(&mut self, id: OpId, origin: Origin) -> Attached {
+    fn open_joined(&mut self, id: OpId, origin: Origin, name: String) -> Attached {
         let stage = self
             .sched
             .get(id)
             .map_or(execution_stage::Value::Queued, |v| stage_value(v.stage));
-        let name = new_operation_name(&origin.instance);
         self.handles.open(name, id, origin, stage, 0)
     }
 }
@@ -267,7 +269,7 @@ impl Exec {
     pub fn join(&self, key: &ActionKey, origin: &Origin) -> Option<Attached> {
         self.run(|st, _| {
             let id = st.sched.join(key)?;
-            Some(st.open_joined(id, origin.clone()))
+            Some(st.open_joined(id, origin.clone(), self.operation_name(&origin.instance)))
         })
     }
 
@@ -275,7 +277,13 @@ impl Exec {
     /// from a result that just completed; all under one lock, so a
     /// concurrent identical request finds exactly one of them.
     pub fn submit(&self, s: Submission) -> Result<Submitted, SchedError> {
-        self.run(|st, _| {
+        self.submit_as(s, false)
+    }
+
+    /// [`Exec::submit`], for this host's own clients or (`hosted`) for
+    /// another host of the cluster.
+    pub(super) fn submit_as(&self, s: Submission, hosted: bool) -> Result<Submitted, SchedError> {
+        let r = self.run(|st, _| {
             if s.use_recent {
                 if let Some(r) = self.recent.get(&s.shared_key) {
                     return Ok(Submitted::Recent(Box::new(r)));
@@ -285,7 +293,8 @@ impl Exec {
                 st.sched
                     .submit(s.key, s.platform, s.priority, s.tenant, s.assignment)?;
             if !new {
-                return Ok(Submitted::Joined(st.open_joined(id, s.origin)));
+                let name = self.operation_name(&s.origin.instance);
+                return Ok(Submitted::Joined(st.open_joined(id, s.origin, name)));
             }
             st.ops.insert(
                 id,
@@ -294,6 +303,7 @@ impl Exec {
                     origin: s.origin.clone(),
                     do_not_cache: s.do_not_cache,
                     invocation_id: s.invocation_id,
+                    hosted,
                     done: false,
                 },
             );
@@ -303,7 +313,10 @@ impl Exec {
                 .open(s.name, id, s.origin, queued, s.payload_bytes);
             st.dispatch();
             Ok(Submitted::New(a))
-        })
+        });
+        // The cluster's rebalance looks at the queue again.
+        self.queue_changed.notify_one();
+        r
     }
 
     /// Records an action-cache hit as a completed execution with one
@@ -316,7 +329,7 @@ impl Exec {
         invocation_id: &str,
         response: ExecuteResponse,
     ) -> String {
-        let name = new_operation_name(&key.instance);
+        let name = self.operation_name(&key.instance);
         self.run(|st, _| {
             let id = st
                 .sched
@@ -328,6 +341,7 @@ impl Exec {
                     origin: origin.clone(),
                     do_not_cache: false,
                     invocation_id: invocation_id.to_string(),
+                    hosted: false,
                     done: true,
                 },
             );

@@ -82,8 +82,8 @@ impl Exec {
     /// are answered at once and the action-cache write is queued to
     /// [`super::results::RecentResults`], so the worker's next report is
     /// handled right away. A stale report (cancelled, re-queued, an
-    /// unknown worker) only frees the slot.
-    pub fn worker_finished(&self, w: WorkerId, f: Finished) {
+    /// unknown worker) only frees the slot; false then.
+    pub fn worker_finished(&self, w: WorkerId, f: Finished) -> bool {
         let report = Report::new(f);
         let id = report.id();
         let accepted = self.run(|st, _| {
@@ -93,7 +93,8 @@ impl Exec {
                 // Still under the lock: an identical request sees the
                 // action either in flight or among the recent results.
                 let cached = match (key, report.cacheable()) {
-                    (Some(key), Some(ar)) if !o.do_not_cache => {
+                    // A hosted execution's origin writes the entry.
+                    (Some(key), Some(ar)) if !o.do_not_cache && !o.hosted => {
                         self.recent.put(
                             key,
                             o.name.clone(),
@@ -122,7 +123,7 @@ impl Exec {
             accepted
         });
         let Some((name, origin, invocation, worker_name, cached)) = accepted else {
-            return; // cancelled or re-queued meanwhile
+            return false; // cancelled or re-queued meanwhile
         };
         if cached {
             tracing::info!(
@@ -144,6 +145,8 @@ impl Exec {
         outcome::log_completed(&ran, &report);
         let response = report.response(origin.digest_function);
         self.run(|st, fx| st.complete(id, response, fx));
+        self.queue_changed.notify_one();
+        true
     }
 
     /// Worker `w` went away: what it ran goes back to the queue in its

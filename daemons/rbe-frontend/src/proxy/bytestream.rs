@@ -10,7 +10,7 @@ use rbe_proto::bytestream::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::relay::{relay, split_read, BoxStream};
+use super::relay::BoxStream;
 use super::Upstream;
 use crate::access;
 use rbe_auth::Permission;
@@ -32,20 +32,9 @@ impl ByteStream for ByteStreamProxy {
             }
             Err(_) => access::identity(&req),
         };
-        let slot = self.0.limits.slot(&who, RPC).await?;
-        let inner = self
-            .0
-            .bytestream(true)
-            .read(req.into_inner())
-            .await?
-            .into_inner();
-        Ok(Response::new(relay(
-            &self.0.limits,
-            RPC,
-            inner,
-            slot,
-            split_read,
-        )))
+        Ok(Response::new(
+            self.0.relay_read(&who, req.into_inner()).await?,
+        ))
     }
 
     async fn write(

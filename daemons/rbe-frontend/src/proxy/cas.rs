@@ -10,7 +10,7 @@ use rbe_proto::reapi::{
 use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
-use super::relay::{relay, whole, BoxStream};
+use super::relay::BoxStream;
 use super::Upstream;
 use crate::access;
 use crate::exec::results::{action_key, RecentResults};
@@ -131,20 +131,9 @@ impl ContentAddressableStorage for CasProxy {
         const RPC: &str = "GetTree";
         let instance = &req.get_ref().instance_name;
         let who = access::check(&req, RPC, instance, Permission::CasRead, None)?.identity;
-        let slot = self.0.limits.slot(&who, RPC).await?;
-        let inner = self
-            .0
-            .cas_streams()
-            .get_tree(req.into_inner())
-            .await?
-            .into_inner();
-        Ok(Response::new(relay(
-            &self.0.limits,
-            RPC,
-            inner,
-            slot,
-            whole,
-        )))
+        Ok(Response::new(
+            self.0.relay_get_tree(&who, req.into_inner()).await?,
+        ))
     }
 
     async fn split_blob(

@@ -41,6 +41,36 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// GetTree from casd, relayed under one of `who`'s stream slots.
+    pub async fn relay_get_tree(
+        &self,
+        who: &rbe_auth::Identity,
+        req: rbe_proto::reapi::GetTreeRequest,
+    ) -> Result<relay::BoxStream<rbe_proto::reapi::GetTreeResponse>, tonic::Status> {
+        const RPC: &str = "GetTree";
+        let slot = self.limits.slot(who, RPC).await?;
+        let inner = self.cas_streams().get_tree(req).await?.into_inner();
+        Ok(relay::relay(&self.limits, RPC, inner, slot, relay::whole))
+    }
+
+    /// ByteStream Read from casd, relayed under one of `who`'s stream slots.
+    pub async fn relay_read(
+        &self,
+        who: &rbe_auth::Identity,
+        req: rbe_proto::bytestream::ReadRequest,
+    ) -> Result<relay::BoxStream<rbe_proto::bytestream::ReadResponse>, tonic::Status> {
+        const RPC: &str = "ByteStream Read";
+        let slot = self.limits.slot(who, RPC).await?;
+        let inner = self.bytestream(true).read(req).await?.into_inner();
+        Ok(relay::relay(
+            &self.limits,
+            RPC,
+            inner,
+            slot,
+            relay::split_read,
+        ))
+    }
+
     /// Both channels to casd's socket at `path`.
     pub async fn connect(
         path: &std::path::Path,

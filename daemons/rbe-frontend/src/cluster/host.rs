@@ -1,0 +1,417 @@
+//! `Peer.Run` on the executing host: an action another host offloads here.
+//!
+//! The first message must be an Offer from the node the caller's
+//! certificate names, for hop 0, with an Assignment that validates. This
+//! host admits it only if it can start it soon (`OffloadPolicy::admit`),
+//! else it answers Rejected with its load. Once accepted, the input tree
+//! is pulled from the origin's read-only peer CAS into the local casd
+//! (hash-verified there; the offer counts as `incoming` meanwhile), and
+//! the action is queued as a *hosted* execution owned by `peer:<origin>`:
+//! never offered on, and no action-cache entry is written here (the origin
+//! writes it once it holds the outputs). Stages, heartbeats every lease/3
+//! and the result go back on the stream. CancelLease, or the origin ending
+//! its stream, withdraws the handle (the action is killed when no other
+//! waiter joined it); a stream that breaks runs on for
+//! `orphan_grace_secs`, then is withdrawn too.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rbe_cluster::policy::{HostLoad, OfferInfo, PROTO};
+use rbe_cluster::NodeName;
+use rbe_proto::cluster::{
+    host_message, origin_message, Accepted, Heartbeat, HostMessage, Offer, OriginMessage,
+    RejectReason, Rejected, StageUpdate,
+};
+use rbe_proto::reapi::{self, Action, ActionResult, ExecuteResponse};
+use rbe_proto::worker::{Assignment, Finished, Outcome};
+use rbe_proto::{Digest, DigestFunction};
+use rbe_sched::{ActionKey, Platform, Tenant};
+use tokio::sync::mpsc;
+use tonic::{Code, Status, Streaming};
+
+use super::members::INCOMING;
+use super::{Cluster, Counters, PeerNode};
+use crate::exec::handles::{Attached, Origin};
+use crate::exec::{Exec, Submission, Submitted};
+use crate::proxy::relay::BoxStream;
+
+/// How long the origin may take to send its Offer.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An offer that validated.
+struct Valid {
+    offer: Offer,
+    origin: NodeName,
+    assignment: Assignment,
+    function: DigestFunction,
+    action_digest: Digest,
+    input_root: Digest,
+    platform: Platform,
+    do_not_cache: bool,
+}
+
+/// Checks an offer's contents; `caller` is the node the certificate names.
+fn validate(caller: &NodeName, offer: Offer) -> Result<Valid, Status> {
+    if offer.origin_node != caller.as_str() {
+        return Err(Status::permission_denied(format!(
+            "the certificate names {caller}, the offer {:?}",
+            offer.origin_node
+        )));
+    }
+    let bad = |m: String| Status::invalid_argument(m);
+    let assignment = Assignment::decode(offer.assignment.as_slice())
+        .map_err(|e| bad(format!("the offer's assignment does not decode: {e}")))?;
+    rbe_proto::resource::validate_instance(&assignment.instance_name)
+        .map_err(|r| bad(format!("instance name {:?}: {r}", assignment.instance_name)))?;
+    let function = DigestFunction::from_reapi(assignment.digest_function)
+        .map_err(|e| bad(format!("digest function: {e}")))?;
+    let action_digest = Digest::parse(function, &assignment.action_hash, assignment.action_size)
+        .map_err(|e| bad(format!("action digest: {e}")))?;
+    if Digest::of(function, &assignment.action) != action_digest {
+        return Err(bad("the action bytes do not match the action digest".into()));
+    }
+    let action = Action::decode(assignment.action.as_slice())
+        .map_err(|e| bad(format!("the action does not decode: {e}")))?;
+    let input_root = Digest::from_reapi_opt(function, action.input_root_digest.as_ref())
+        .map_err(|e| bad(format!("input_root_digest: {e}")))?;
+    let command = Digest::from_reapi_opt(function, action.command_digest.as_ref())
+        .map_err(|e| bad(format!("command_digest: {e}")))?;
+    if Digest::of(function, &assignment.command) != command {
+        return Err(bad(
+            "the command bytes do not match the command digest".into()
+        ));
+    }
+    let platform = Platform::from_pairs(
+        offer
+            .platform
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect::<Vec<_>>(),
+    );
+    Ok(Valid {
+        origin: caller.clone(),
+        assignment,
+        function,
+        action_digest,
+        input_root,
+        platform,
+        do_not_cache: action.do_not_cache,
+        offer,
+    })
+}
+
+fn one(msg: HostMessage) -> BoxStream<HostMessage> {
+    Box::pin(futures::stream::once(async move { Ok(msg) }))
+}
+
+/// Peer.Run: see the module documentation.
+pub async fn run(
+    cluster: &Arc<Cluster>,
+    exec: &Arc<Exec>,
+    req: tonic::Request<Streaming<OriginMessage>>,
+) -> Result<BoxStream<HostMessage>, Status> {
+    let caller = PeerNode::of(&req)?.0.clone();
+    let mut incoming = req.into_inner();
+    let first = tokio::time::timeout(OFFER_TIMEOUT, incoming.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no offer"))??;
+    let Some(OriginMessage {
+        kind: Some(origin_message::Kind::Offer(offer)),
+    }) = first
+    else {
+        return Err(Status::invalid_argument(
+            "the first message must be an Offer",
+        ));
+    };
+    Counters::bump(&cluster.counters.offers_received);
+    let v = match validate(&caller, offer) {
+        Ok(v) => v,
+        Err(s) => {
+            Counters::bump(&cluster.counters.offers_refused);
+            tracing::warn!(origin = %caller, reason = %s.message(), "offload: offer refused");
+            return Err(s);
+        }
+    };
+    let pools = exec.pool_loads();
+    let admitted = cluster.placement.lock().policy.admit(
+        cluster.now(),
+        &HostLoad {
+            accepting: !exec.draining() && cluster.offload.load().enabled,
+            pools: &pools,
+            incoming: INCOMING.load(Ordering::Relaxed),
+        },
+        &OfferInfo {
+            origin: &v.origin,
+            platform: &v.platform,
+            hop: v.offer.hop,
+            proto: PROTO,
+        },
+    );
+    let lease = v.offer.lease_epoch;
+    if let Err(reason) = admitted {
+        Counters::bump(&cluster.counters.offers_refused);
+        let message = reject_message(reason);
+        tracing::info!(origin = %v.origin, lease, operation = %v.assignment.operation, invocation_id = %v.assignment.invocation_id, reason = reason.as_str_name(), "offload: offer rejected");
+        return Ok(one(HostMessage {
+            kind: Some(host_message::Kind::Rejected(Rejected {
+                reason: reason as i32,
+                message,
+                load: Some(cluster.own_report(exec)),
+            })),
+        }));
+    }
+    Counters::bump(&cluster.counters.offers_admitted);
+    let lease_secs = cluster.offload.load().lease_secs.max(1);
+    let (tx, rx) = mpsc::channel(8);
+    let accepted = HostMessage {
+        kind: Some(host_message::Kind::Accepted(Accepted {
+            lease_ms: u32::try_from(lease_secs * 1000).unwrap_or(u32::MAX),
+            load: Some(cluster.own_report(exec)),
+        })),
+    };
+    // The channel is fresh: this send has room.
+    let _ = tx.try_send(Ok(accepted));
+    tracing::info!(origin = %v.origin, lease, operation = %v.assignment.operation, invocation_id = %v.assignment.invocation_id, "offload: offer accepted");
+    let (cluster, exec) = (Arc::clone(cluster), Arc::clone(exec));
+    tokio::spawn(async move { host(cluster, exec, v, incoming, tx).await });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+fn reject_message(r: RejectReason) -> String {
+    match r {
+        RejectReason::Busy => "this host cannot start it soon",
+        RejectReason::NoPlatform => "no pool here has its platform",
+        RejectReason::Draining => "this host is stopping",
+        RejectReason::Version => "another cluster protocol",
+        RejectReason::Hop => "offloaded work is not offloaded again",
+        RejectReason::Rate => "too many offers from this origin",
+        RejectReason::Invalid | RejectReason::Unspecified => "refused",
+    }
+    .to_string()
+}
+
+type Out = mpsc::Sender<Result<HostMessage, Status>>;
+
+/// A decrement of [`INCOMING`] however the hydration ends.
+struct Incoming;
+impl Incoming {
+    fn new() -> Self {
+        INCOMING.fetch_add(1, Ordering::Relaxed);
+        Incoming
+    }
+}
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        INCOMING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The accepted action: hydrate, queue, follow, report.
+async fn host(
+    cluster: Arc<Cluster>,
+    exec: Arc<Exec>,
+    v: Valid,
+    mut incoming: Streaming<OriginMessage>,
+    tx: Out,
+) {
+    let lease = v.offer.lease_epoch;
+    let op = v.assignment.operation.clone();
+    let invocation = v.assignment.invocation_id.clone();
+    let origin = v.origin.clone();
+    let finish = |outcome: Outcome, message: String| Finished {
+        id: lease,
+        outcome: outcome as i32,
+        message,
+        ..Default::default()
+    };
+    let attached = {
+        let _incoming = Incoming::new();
+        match hydrate(&cluster, &exec, &v).await {
+            Ok(()) => submit(&exec, &v),
+            Err(e) => Err(e),
+        }
+    };
+    let a = match attached {
+        Ok(a) => a,
+        Err(f) => {
+            let f = finish(f.0, f.1);
+            tracing::warn!(origin = %origin, lease, operation = %op, invocation_id = %invocation, reason = %f.message, "offload: hosted action not started");
+            let _ = tx.send(Ok(finished_msg(&f))).await;
+            return;
+        }
+    };
+    let lease_secs = cluster.offload.load().lease_secs.max(1);
+    let grace = Duration::from_secs(cluster.offload.load().orphan_grace_secs);
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(lease_secs * 1000 / 3));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rx = a.rx.clone();
+    let mut last_stage = -1;
+    let mut orphaned: Option<Instant> = None;
+    let mut origin_open = true;
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        if let Some(response) = snap.response {
+            let f = finished_of(&cluster, lease, response);
+            tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, outcome = f.outcome, "offload: hosted action done");
+            let _ = tx.send(Ok(finished_msg(&f))).await;
+            exec.stream_ended(a.id, a.exec);
+            return;
+        }
+        if snap.stage != last_stage && orphaned.is_none() {
+            last_stage = snap.stage;
+            let m = HostMessage {
+                kind: Some(host_message::Kind::Stage(StageUpdate { stage: snap.stage })),
+            };
+            let _ = tx.send(Ok(m)).await;
+        }
+        if orphaned.is_some_and(|t| t.elapsed() >= grace) {
+            tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, reason = "orphaned", "offload: hosted action withdrawn");
+            exec.stream_ended(a.id, a.exec);
+            return;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = heartbeat.tick() => {
+                if orphaned.is_none() {
+                    let m = HostMessage { kind: Some(host_message::Kind::Heartbeat(Heartbeat {})) };
+                    if tx.send(Ok(m)).await.is_err() {
+                        orphaned = Some(Instant::now());
+                    }
+                }
+            }
+            m = incoming.message(), if origin_open => match m {
+                Ok(Some(OriginMessage { kind: Some(origin_message::Kind::Cancel(_)) })) | Ok(None) => {
+                    tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, reason = "cancelled by the origin", "offload: hosted action withdrawn");
+                    exec.stream_ended(a.id, a.exec);
+                    return;
+                }
+                Ok(Some(_)) => {}
+                Err(_) => {
+                    // Broken, not ended: the origin may be gone for good,
+                    // or only its connection; the action runs on a while.
+                    origin_open = false;
+                    orphaned = Some(Instant::now());
+                }
+            },
+        }
+    }
+}
+
+fn finished_msg(f: &Finished) -> HostMessage {
+    HostMessage {
+        kind: Some(host_message::Kind::Finished(f.encode_to_vec())),
+    }
+}
+
+/// Pulls the input tree from the origin's peer CAS into the local casd.
+async fn hydrate(cluster: &Cluster, exec: &Exec, v: &Valid) -> Result<(), (Outcome, String)> {
+    let unavailable = |m: String| (Outcome::Unavailable, m);
+    let Some((channel, _)) = cluster.any_channel(&v.origin) else {
+        return Err(unavailable("the origin is not a member".into()));
+    };
+    let addr = cluster
+        .peers
+        .lock()
+        .get(&v.origin)
+        .map(|p| p.addr.to_string())
+        .unwrap_or_default();
+    let instance = v.assignment.instance_name.clone();
+    let source = rbe_transfer::Source::new(channel, addr, instance.clone(), Default::default());
+    let local = rbe_transfer::Local::new(exec.upstream.unary.clone(), instance);
+    match rbe_transfer::fetch_input_closure(&source, &local, v.function, v.input_root).await {
+        Ok(stats) => {
+            tracing::info!(origin = %v.origin, lease = v.offer.lease_epoch, operation = %v.assignment.operation, invocation_id = %v.assignment.invocation_id, hydrate_bytes = stats.bytes, hydrate_ms = stats.duration.as_millis() as u64, "offload: inputs pulled from the origin");
+            Ok(())
+        }
+        // The origin re-dispatches on UNAVAILABLE: the client never sees it.
+        Err(e) => Err(unavailable(format!(
+            "inputs not pulled from the origin: {e}"
+        ))),
+    }
+}
+
+/// Queues the hosted execution, owned by `peer:<origin>`.
+fn submit(exec: &Exec, v: &Valid) -> Result<Attached, (Outcome, String)> {
+    let owner = PeerNode(v.origin.clone()).identity();
+    let instance = v.assignment.instance_name.clone();
+    let shared_key = crate::exec::results::action_key(&instance, &v.action_digest);
+    let name = crate::exec::new_operation_name(&instance);
+    let key = if v.do_not_cache {
+        ActionKey {
+            instance: instance.clone(),
+            action: format!("{}:{}:{name}", v.function.name(), v.action_digest),
+        }
+    } else {
+        shared_key.clone()
+    };
+    let mut assignment = v.assignment.clone();
+    assignment.id = 0;
+    let payload_bytes = assignment.action.len() + assignment.command.len();
+    let s = Submission {
+        key,
+        shared_key,
+        use_recent: false,
+        platform: v.platform.clone(),
+        priority: v.offer.priority,
+        tenant: Tenant::new(owner.name(), v.assignment.invocation_id.as_str()),
+        assignment: Arc::new(assignment),
+        origin: Origin {
+            owner,
+            instance,
+            action_digest: v.action_digest.to_reapi(),
+            digest_function: v.function.to_reapi(),
+        },
+        name,
+        do_not_cache: v.do_not_cache,
+        invocation_id: v.assignment.invocation_id.clone(),
+        payload_bytes,
+    };
+    match exec.submit_hosted(s) {
+        Ok(Submitted::New(a) | Submitted::Joined(a)) => Ok(a),
+        Ok(Submitted::Recent(_)) => Err((Outcome::Unavailable, "unexpected recent result".into())),
+        Err(e) => Err((Outcome::Unavailable, e.to_string())),
+    }
+}
+
+/// The Finished report for the origin: the ExecuteResponse's code back to
+/// an outcome, and ExecutedActionMetadata.worker naming this host.
+fn finished_of(cluster: &Cluster, lease: u64, r: ExecuteResponse) -> Finished {
+    let status = r.status.unwrap_or_default();
+    let outcome = match Code::from_i32(status.code) {
+        Code::Ok => Outcome::Ran,
+        Code::DeadlineExceeded => Outcome::TimedOut,
+        Code::FailedPrecondition => Outcome::InputsMissing,
+        Code::InvalidArgument => Outcome::InvalidAction,
+        Code::ResourceExhausted => Outcome::NoSpace,
+        Code::Cancelled => Outcome::Cancelled,
+        // Stopping, aborted after lost workers: the origin tries again.
+        Code::Unavailable | Code::Aborted => Outcome::Unavailable,
+        _ => Outcome::WorkerFault,
+    };
+    let result = r.result.map(|mut ar: ActionResult| {
+        let md = ar
+            .execution_metadata
+            .get_or_insert_with(reapi::ExecutedActionMetadata::default);
+        let prefix = format!("{}/", cluster.node);
+        if !md.worker.starts_with(&prefix) {
+            md.worker = format!("{prefix}{}", md.worker);
+        }
+        ar
+    });
+    let message = if outcome == Outcome::Ran {
+        r.message
+    } else {
+        status.message
+    };
+    Finished {
+        id: lease,
+        outcome: outcome as i32,
+        message,
+        action_result: result.map(|r| r.encode_to_vec()).unwrap_or_default(),
+        missing: vec![],
+        oom_killed: false,
+    }
+}

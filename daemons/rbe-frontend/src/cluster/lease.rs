@@ -1,0 +1,326 @@
+//! One offloaded operation, on the origin: the offer on a `Peer.Run`
+//! stream, then the lease until the peer's result is in.
+//!
+//! The lease is a one-slot pseudo-worker of the scheduler
+//! ([`crate::exec::remote`]); its `WorkerId` is the fencing token, so a
+//! report that arrives after the lease was lost or released is ignored by
+//! the scheduler. The lease is lost (the operation goes back to the queue,
+//! at most 3 times; execution is at-least-once) when the stream breaks, the
+//! peer is silent for `lease_secs`, membership declares it down, its
+//! outputs cannot be pulled, or it reports the lease lost (UNAVAILABLE:
+//! it is stopping). A result completes the operation only after its
+//! outputs are in this host's casd, so no answer to a client names a blob
+//! this host cannot serve.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rbe_cluster::NodeName;
+use rbe_proto::cluster::peer_client::PeerClient;
+use rbe_proto::cluster::{
+    host_message, origin_message, CancelLease, HostMessage, Offer, OriginMessage, Property,
+};
+use rbe_proto::reapi::{self, ActionResult};
+use rbe_proto::worker::{Assignment, Finished, Outcome};
+use rbe_proto::DigestFunction;
+use rbe_sched::OpId;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use super::{Cluster, Counters};
+use crate::exec::remote::Leased;
+use crate::exec::workers::WorkerLink;
+use crate::exec::Exec;
+
+/// How long the peer may take to answer an offer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often membership is looked at while a lease runs.
+const MEMBER_CHECK: Duration = Duration::from_secs(1);
+
+/// What the owner tells a lease task (from under its lock: never blocks).
+pub enum LinkMsg {
+    Cancel,
+}
+
+/// The owner's link to a lease: Cancel goes to the lease task, which sends
+/// CancelLease to the peer.
+pub struct RemoteLink {
+    pub tx: mpsc::UnboundedSender<LinkMsg>,
+    /// The peer's node name.
+    pub name: String,
+}
+
+impl WorkerLink for RemoteLink {
+    fn assign(&self, _: Assignment) -> bool {
+        // The scheduler never assigns to a lease: its offer is the
+        // assignment.
+        true
+    }
+
+    fn cancel(&self, _: OpId) {
+        let _ = self.tx.send(LinkMsg::Cancel);
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// How a lease ended.
+enum End {
+    /// The peer said no (or never answered): back to the queue's place.
+    Rejected,
+    /// Cancelled here: nothing more to do for the operation.
+    Cancelled,
+    /// Lost: re-queued.
+    Lost(String),
+    /// A result, outputs pulled: completes the operation.
+    Finished(Box<Finished>),
+}
+
+/// Runs the lease `l` on `to` until it ends, then tells the owner.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    exec: Arc<Exec>,
+    to: NodeName,
+    channel: Channel,
+    l: Leased,
+    rx: mpsc::UnboundedReceiver<LinkMsg>,
+) {
+    let op = l.assignment.operation.clone();
+    let end = drive(&cluster, &exec, &to, channel, &l, rx).await;
+    let lease = l.lease;
+    match end {
+        End::Rejected => exec.release(lease),
+        End::Cancelled => exec.release(lease),
+        End::Lost(reason) => {
+            Counters::bump(&cluster.counters.leases_lost);
+            let requeued = exec.worker_detach(lease);
+            tracing::warn!(peer = %to, lease, operation = %op, invocation_id = %l.invocation_id, reason = %reason, requeued, "offload: lease lost; the operation is dispatched again");
+        }
+        End::Finished(f) => {
+            if !exec.worker_finished(lease, *f) {
+                Counters::bump(&cluster.counters.stale_reports);
+                tracing::info!(peer = %to, lease, operation = %op, "offload: result of a lease no longer held ignored");
+            }
+            // The pseudo-worker and its link go with the lease (a
+            // completed operation is not put back).
+            exec.release(lease);
+        }
+    }
+    exec.queue_changed.notify_one();
+}
+
+fn properties(p: &rbe_sched::Platform) -> Vec<Property> {
+    p.pairs()
+        .map(|(k, v)| Property {
+            name: k.to_owned(),
+            value: v.to_owned(),
+        })
+        .collect()
+}
+
+async fn drive(
+    cluster: &Arc<Cluster>,
+    exec: &Arc<Exec>,
+    to: &NodeName,
+    channel: Channel,
+    l: &Leased,
+    mut link: mpsc::UnboundedReceiver<LinkMsg>,
+) -> End {
+    let lease = l.lease;
+    let mut assignment = (*l.assignment).clone();
+    assignment.id = lease;
+    let request_metadata = reapi::RequestMetadata {
+        tool_invocation_id: l.invocation_id.clone(),
+        ..Default::default()
+    };
+    let offer = Offer {
+        assignment: assignment.encode_to_vec(),
+        platform: properties(&l.platform),
+        priority: l.priority,
+        origin_node: cluster.node.to_string(),
+        origin_generation: cluster.generation(),
+        lease_epoch: lease,
+        request_metadata: request_metadata.encode_to_vec(),
+        traceparent: String::new(),
+        store_id: 0,
+        hop: 0,
+        client: l.client.clone(),
+    };
+    let (otx, orx) = mpsc::channel::<OriginMessage>(4);
+    let first = OriginMessage {
+        kind: Some(origin_message::Kind::Offer(offer)),
+    };
+    if otx.send(first).await.is_err() {
+        return End::Rejected;
+    }
+    Counters::bump(&cluster.counters.offers_sent);
+    let sent = Instant::now();
+    let answered = |accepted: bool, load: Option<&rbe_proto::cluster::LoadReport>| {
+        cluster
+            .placement
+            .lock()
+            .peers
+            .offer_answered(cluster.now(), to, accepted, load);
+    };
+    let mut client = PeerClient::new(channel).max_decoding_message_size(exec.upstream.max_message);
+    let call = client.run(tokio_stream::wrappers::ReceiverStream::new(orx));
+    let mut stream = match tokio::time::timeout(ANSWER_TIMEOUT, call).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => {
+            answered(false, None);
+            Counters::bump(&cluster.counters.offers_failed);
+            tracing::info!(peer = %to, lease, operation = %l.name, reason = %s.message(), "offload: offer failed");
+            return End::Rejected;
+        }
+        Err(_) => {
+            answered(false, None);
+            Counters::bump(&cluster.counters.offers_failed);
+            tracing::info!(peer = %to, lease, operation = %l.name, reason = "no answer", "offload: offer failed");
+            return End::Rejected;
+        }
+    };
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, stream.message()).await;
+    let offer_rtt_us = sent.elapsed().as_micros() as u64;
+    let lease_ms = match answer {
+        Ok(Ok(Some(HostMessage {
+            kind: Some(host_message::Kind::Accepted(a)),
+        }))) => {
+            answered(true, a.load.as_ref());
+            Counters::bump(&cluster.counters.offers_accepted);
+            tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, "offload: offer accepted");
+            a.lease_ms
+        }
+        Ok(Ok(Some(HostMessage {
+            kind: Some(host_message::Kind::Rejected(r)),
+        }))) => {
+            answered(false, r.load.as_ref());
+            Counters::bump(&cluster.counters.offers_rejected);
+            let reason = rbe_proto::cluster::RejectReason::try_from(r.reason)
+                .map(|r| r.as_str_name())
+                .unwrap_or("UNKNOWN");
+            tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, reason, message = %r.message, "offload: offer rejected");
+            return End::Rejected;
+        }
+        other => {
+            answered(false, None);
+            Counters::bump(&cluster.counters.offers_failed);
+            let reason = match other {
+                Err(_) => "no answer".to_string(),
+                Ok(Err(s)) => s.message().to_string(),
+                _ => "the peer answered neither Accepted nor Rejected".to_string(),
+            };
+            tracing::info!(peer = %to, lease, operation = %l.name, offer_rtt_us, reason = %reason, "offload: offer failed");
+            return End::Rejected;
+        }
+    };
+    let configured = Duration::from_secs(cluster.offload.load().lease_secs.max(1));
+    // The peer's own heartbeat period is a third of its lease; silence
+    // longer than either side's lease is a loss.
+    let silence = configured.max(Duration::from_millis(u64::from(lease_ms)));
+    let generation = cluster.any_channel(to).map(|(_, g)| g);
+    let mut check = tokio::time::interval(MEMBER_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut deadline = Instant::now() + silence;
+    loop {
+        tokio::select! {
+            m = link.recv() => {
+                // Cancelled, or the owner let the link go (shutdown).
+                let _ = m;
+                let cancel = OriginMessage { kind: Some(origin_message::Kind::Cancel(CancelLease {})) };
+                let _ = otx.try_send(cancel);
+                tracing::info!(peer = %to, lease, operation = %l.name, "offload: lease cancelled");
+                // Let the CancelLease reach the peer before the stream ends.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return End::Cancelled;
+            }
+            _ = check.tick() => {
+                if Instant::now() >= deadline {
+                    return End::Lost(format!("no message from the peer for {} s", silence.as_secs()));
+                }
+                if cluster.any_channel(to).map(|(_, g)| g) != generation {
+                    return End::Lost("membership declared the peer down".into());
+                }
+            }
+            m = stream.message() => {
+                let msg = match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return End::Lost("the peer ended the stream".into()),
+                    Err(s) => return End::Lost(format!("the stream broke: {}", s.message())),
+                };
+                deadline = Instant::now() + silence;
+                match msg.kind {
+                    Some(host_message::Kind::Stage(s)) => exec.set_stage(lease, l.op, s.stage),
+                    Some(host_message::Kind::Heartbeat(_)) => {}
+                    Some(host_message::Kind::Finished(bytes)) => {
+                        return finished(cluster, exec, to, l, &bytes).await;
+                    }
+                    _ => tracing::debug!(peer = %to, lease, "offload: unexpected message ignored"),
+                }
+            }
+        }
+    }
+}
+
+/// The peer's result: its outputs are pulled into this host's casd before
+/// the operation completes.
+async fn finished(
+    cluster: &Arc<Cluster>,
+    exec: &Arc<Exec>,
+    to: &NodeName,
+    l: &Leased,
+    bytes: &[u8],
+) -> End {
+    let Ok(mut f) = Finished::decode(bytes) else {
+        return End::Lost("the peer's result does not decode".into());
+    };
+    if f.id != l.lease {
+        // Not this lease's report: the stream is the peer's, so this is a
+        // fault of the peer; nothing of it is used.
+        Counters::bump(&cluster.counters.stale_reports);
+        return End::Lost(format!(
+            "the peer reported lease {} on the stream of lease {}",
+            f.id, l.lease
+        ));
+    }
+    if f.outcome == Outcome::Unavailable as i32 {
+        return End::Lost(format!("the peer gave the lease up: {}", f.message));
+    }
+    f.id = l.op;
+    let result = (!f.action_result.is_empty())
+        .then(|| ActionResult::decode(f.action_result.as_slice()).ok())
+        .flatten();
+    if let Some(r) = &result {
+        let Ok(function) = DigestFunction::from_reapi(l.assignment.digest_function) else {
+            return End::Lost("the action's digest function is unknown".into());
+        };
+        let Some((channel, _)) = cluster.any_channel(to) else {
+            return End::Lost("the peer left before its outputs were pulled".into());
+        };
+        let addr = cluster
+            .peers
+            .lock()
+            .get(to)
+            .map(|p| p.addr.to_string())
+            .unwrap_or_default();
+        let source = rbe_transfer::Source::new(
+            channel,
+            addr,
+            l.assignment.instance_name.clone(),
+            rbe_transfer::Timeouts::default(),
+        );
+        let local = rbe_transfer::Local::new(
+            exec.upstream.unary.clone(),
+            l.assignment.instance_name.clone(),
+        );
+        match rbe_transfer::fetch_result_outputs(&source, &local, function, r).await {
+            Ok(stats) => {
+                tracing::info!(peer = %to, lease = l.lease, operation = %l.name, invocation_id = %l.invocation_id, hydrate_bytes = stats.bytes, hydrate_ms = stats.duration.as_millis() as u64, "offload: outputs pulled from the peer");
+            }
+            Err(e) => return End::Lost(format!("its outputs could not be pulled: {e}")),
+        }
+    }
+    End::Finished(Box::new(f))
+}
