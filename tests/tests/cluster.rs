@@ -616,7 +616,61 @@ fn partition_heals() {
     eprintln!("the cluster was whole {} ms after heal", healed.as_millis());
 }
 
-// TODO(issue 12, offload): remote execution through the cluster — 26
-// distinct `sleep 2` actions via `rbe-bench fanout` sent to a only: all
-// succeed and more than one host ran them. Waits for the offload branch
-// (h-offload) to be merged into main.
+/// Remote execution through the cluster: 26 distinct `sleep 2` actions
+/// sent all at once to a (1 slot) only, with `rbe-bench fanout`: every one
+/// succeeds, and a offloads, so more than one host runs them.
+#[test]
+fn offload_runs_on_several_hosts() {
+    if let Some(why) = cannot_run() {
+        return skip(&why);
+    }
+    // Built by `cargo build --workspace --bins` (tests/run-all.sh), not by
+    // the test kit's own build of the daemons.
+    let bench = bin("rbectl").with_file_name("rbe-bench");
+    if !bench.is_file() {
+        return skip("rbe-bench is not built (cargo build -p rbe-bench)");
+    }
+    let _one = serial();
+    let f = Fixture::new("x");
+    f.wait_formed(FORM_SECS);
+    let [a, b, c] = [&f.hosts[0], &f.hosts[1], &f.hosts[2]];
+    // The local socket: callers there need no credentials.
+    let endpoint = format!("unix:{}", a.root().join("run/rbe/frontend.sock").display());
+    let out = Command::new(&bench)
+        .args([
+            "fanout",
+            "--endpoint",
+            &endpoint,
+            "--label",
+            "cluster-accept",
+        ])
+        .args(["--count", "26", "--argv", "/bin/sleep", "--argv", "2"])
+        // ceil(26 / (1 + 4 + 8)) rounds of 2 s.
+        .args(["--ideal-secs", "4"])
+        .output()
+        .expect("run rbe-bench fanout");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rbe-bench fanout: {}\n{}",
+        text(&out),
+        journals(&[a, b, c])
+    );
+    eprintln!("{shown}");
+    let per_host: Vec<(String, u64)> = shown
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("host "))
+        .filter_map(|l| {
+            let (h, n) = l.split_once(": ")?;
+            Some((h.to_owned(), n.strip_suffix(" actions")?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(
+        per_host.iter().map(|(_, n)| n).sum::<u64>(),
+        26,
+        "every action ran once: {per_host:?}"
+    );
+    assert!(per_host.len() > 1, "only one host ran them: {per_host:?}");
+    let s = status(a).expect("a status");
+    assert!(counter(&s, "offers_accepted") > 0, "{s:?}");
+}
