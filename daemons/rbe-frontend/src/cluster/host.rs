@@ -161,6 +161,7 @@ pub async fn run(
                 message,
                 load: Some(cluster.own_report(exec)),
             })),
+            load: None,
         }));
     }
     Counters::bump(&cluster.counters.offers_admitted);
@@ -171,6 +172,7 @@ pub async fn run(
             lease_ms: u32::try_from(lease_secs * 1000).unwrap_or(u32::MAX),
             load: Some(cluster.own_report(exec)),
         })),
+        load: None,
     };
     // The channel is fresh: this send has room.
     let _ = tx.try_send(Ok(accepted));
@@ -239,7 +241,7 @@ async fn host(
         Err(f) => {
             let f = finish(f.0, f.1);
             tracing::warn!(origin = %origin, lease, operation = %op, invocation_id = %invocation, reason = %f.message, "offload: hosted action not started");
-            let _ = tx.send(Ok(finished_msg(&f))).await;
+            let _ = tx.send(Ok(finished_msg(&cluster, &exec, &f))).await;
             return;
         }
     };
@@ -256,7 +258,7 @@ async fn host(
         if let Some(response) = snap.response {
             let f = finished_of(&cluster, lease, response);
             tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, outcome = f.outcome, "offload: hosted action done");
-            let _ = tx.send(Ok(finished_msg(&f))).await;
+            let _ = tx.send(Ok(finished_msg(&cluster, &exec, &f))).await;
             exec.stream_ended(a.id, a.exec);
             return;
         }
@@ -264,6 +266,7 @@ async fn host(
             last_stage = snap.stage;
             let m = HostMessage {
                 kind: Some(host_message::Kind::Stage(StageUpdate { stage: snap.stage })),
+                load: None,
             };
             let _ = tx.send(Ok(m)).await;
         }
@@ -276,7 +279,7 @@ async fn host(
             r = rx.changed() => if r.is_err() { return },
             _ = heartbeat.tick() => {
                 if orphaned.is_none() {
-                    let m = HostMessage { kind: Some(host_message::Kind::Heartbeat(Heartbeat {})) };
+                    let m = HostMessage { kind: Some(host_message::Kind::Heartbeat(Heartbeat {})), load: None };
                     if tx.send(Ok(m)).await.is_err() {
                         orphaned = Some(Instant::now());
                     }
@@ -300,9 +303,11 @@ async fn host(
     }
 }
 
-fn finished_msg(f: &Finished) -> HostMessage {
+/// The result, with this host's load now that its slot is free.
+fn finished_msg(cluster: &Cluster, exec: &Exec, f: &Finished) -> HostMessage {
     HostMessage {
         kind: Some(host_message::Kind::Finished(f.encode_to_vec())),
+        load: Some(cluster.own_report(exec)),
     }
 }
 

@@ -187,6 +187,7 @@ async fn drive(
     let lease_ms = match answer {
         Ok(Ok(Some(HostMessage {
             kind: Some(host_message::Kind::Accepted(a)),
+            ..
         }))) => {
             answered(true, a.load.as_ref());
             Counters::bump(&cluster.counters.offers_accepted);
@@ -195,6 +196,7 @@ async fn drive(
         }
         Ok(Ok(Some(HostMessage {
             kind: Some(host_message::Kind::Rejected(r)),
+            ..
         }))) => {
             answered(false, r.load.as_ref());
             Counters::bump(&cluster.counters.offers_rejected);
@@ -255,6 +257,11 @@ async fn drive(
                     Some(host_message::Kind::Stage(s)) => exec.set_stage(lease, l.op, s.stage),
                     Some(host_message::Kind::Heartbeat(_)) => {}
                     Some(host_message::Kind::Finished(bytes)) => {
+                        // The freed slot counts for the next decision now,
+                        // not at the next gossip round.
+                        if let Some(load) = &msg.load {
+                            cluster.placement.lock().peers.on_direct(cluster.now(), load);
+                        }
                         return finished(cluster, exec, to, l, &bytes).await;
                     }
                     _ => tracing::debug!(peer = %to, lease, "offload: unexpected message ignored"),
