@@ -5,7 +5,10 @@
 //! 1, 4 and 8 slots. The hosts reach each other by name only through the
 //! lab; the test reads each frontend's ClusterAdmin (what `rbectl cluster
 //! status` prints) through the host's root, and cuts the network with the
-//! harness.
+//! harness. Tests: the cluster forms; a host with another key and one
+//! with another CA's certificate are kept out; a stopped frontend leaves
+//! and comes back with a higher generation; partitions (ignored: a bug);
+//! a burst sent to the 1-slot host runs on several hosts (offload).
 //!
 //! Skipped, with the reason on stderr, where `packages.rs` is: not root, no
 //! systemd or a cgroup2-only host, no packaging tools, or no iproute2. The tests run one
