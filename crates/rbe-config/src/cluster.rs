@@ -169,7 +169,9 @@ impl Default for OffloadSettings {
             threshold: 1.0,
             hysteresis: 0.5,
             choices: 2,
-            accept_max_rounds: 0.5,
+            // From the simulator (BENCHMARKS.md): 0.5 leaves a 1-slot
+            // host idle for a report round trip after each action.
+            accept_max_rounds: 1.0,
             max_offers_per_peer: 8,
             lease_secs: 15,
             orphan_policy: OrphanPolicy::Auto,
