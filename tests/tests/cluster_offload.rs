@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
-use rbe_proto::cluster::peer_client::PeerClient;
 use rbe_proto::cluster::{host_message, origin_message, Offer, OriginMessage};
 use rbe_proto::longrunning::operation;
 use rbe_proto::reapi::{
@@ -213,26 +212,6 @@ async fn with_offload_off_everything_runs_at_the_origin() {
     assert_eq!(counter(&c.status(0).await, "offers_sent"), 0);
 }
 
-/// A client of host `to`'s Peer service holding `node`'s certificate.
-async fn peer_client(c: &LocalCluster, node: &str, to: usize) -> PeerClient<Channel> {
-    let (cert, key) = c.pki.host(node);
-    let files = rbe_net::tls::TlsFiles {
-        certificate: cert,
-        key,
-        client_ca: Some(c.pki.ca.clone()),
-        require_client_certificate: true,
-        handshake_timeout: Duration::from_secs(5),
-        keys: rbe_net::tls::TlsKeys::CLUSTER,
-    };
-    let tls = rbe_net::PeerClientTls::load(&files).expect("client tls");
-    let addr = format!("127.0.0.1:{}", c.hosts[to].peer_port)
-        .parse()
-        .expect("addr");
-    let ch = rbe_net::peer_channel(addr, &c.hosts[to].node, &tls, Duration::from_secs(5))
-        .expect("channel");
-    PeerClient::new(ch)
-}
-
 fn offer(origin: &str, hop: u32, a: &Act) -> OriginMessage {
     let assignment = Assignment {
         id: 7,
@@ -262,7 +241,7 @@ async fn offers_claiming_another_origin_or_a_second_hop_are_refused() {
     formed(&c).await;
     let a = act(1);
     // Holding a's certificate, claiming to be c.
-    let mut p = peer_client(&c, "a", 1).await;
+    let mut p = c.peer_client(1, "a");
     let e = p
         .run(futures::stream::iter(vec![offer("c", 0, &a)]))
         .await

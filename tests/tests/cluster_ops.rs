@@ -272,7 +272,7 @@ async fn names_of_old_generations_unknown_nodes_and_garbage_are_never_forwarded(
     assert!(c.hosts.iter().all(|h| h.stack.frontend_pid().is_some()));
 
     // A host answers peers only for names it holds: one hop, never on.
-    let peer_a = peer_client(&c, 0, "c").await;
+    let peer_a = c.peer_client(0, "c");
     let ask = |name: String| rbe_proto::cluster::OperationRequest {
         name,
         client: "local".into(),
@@ -300,30 +300,6 @@ async fn names_of_old_generations_unknown_nodes_and_garbage_are_never_forwarded(
         forwarded_before,
         "a peer's request was forwarded again"
     );
-}
-
-/// A Peer client to host `i`, with a cluster certificate for `node`.
-async fn peer_client(
-    c: &LocalCluster,
-    i: usize,
-    node: &str,
-) -> rbe_proto::cluster::peer_client::PeerClient<tonic::transport::Channel> {
-    let (cert, key) = c.pki.host(node);
-    let files = rbe_net::tls::TlsFiles {
-        certificate: cert,
-        key,
-        client_ca: Some(c.pki.ca.clone()),
-        require_client_certificate: true,
-        handshake_timeout: Duration::from_secs(10),
-        keys: rbe_net::tls::TlsKeys::CLUSTER,
-    };
-    let tls = rbe_net::PeerClientTls::load(&files).expect("peer TLS");
-    let addr = format!("127.0.0.1:{}", c.hosts[i].peer_port)
-        .parse()
-        .expect("addr");
-    let ch = rbe_net::peer_channel(addr, &c.hosts[i].node, &tls, Duration::from_secs(10))
-        .expect("peer channel");
-    rbe_proto::cluster::peer_client::PeerClient::new(ch)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

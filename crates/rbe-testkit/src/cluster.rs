@@ -135,6 +135,30 @@ impl LocalCluster {
             .into_inner()
     }
 
+    /// A client of host `to`'s Peer service (mutual TLS), presenting a
+    /// cluster certificate for `as_node`: for tests that speak to the peer
+    /// listener as some host would.
+    pub fn peer_client(
+        &self,
+        to: usize,
+        as_node: &str,
+    ) -> rbe_proto::cluster::peer_client::PeerClient<tonic::transport::Channel> {
+        let (cert, key) = self.pki.host(as_node);
+        let files = rbe_net::tls::TlsFiles {
+            certificate: cert,
+            key,
+            client_ca: Some(self.pki.ca.clone()),
+            require_client_certificate: true,
+            handshake_timeout: Duration::from_secs(10),
+            keys: rbe_net::tls::TlsKeys::CLUSTER,
+        };
+        let tls = rbe_net::PeerClientTls::load(&files).expect("peer TLS");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.hosts[to].peer_port));
+        let ch = rbe_net::peer_channel(addr, &self.hosts[to].node, &tls, Duration::from_secs(10))
+            .expect("peer channel");
+        rbe_proto::cluster::peer_client::PeerClient::new(ch)
+    }
+
     /// Whether host `i` sees every node in `nodes` up and eligible.
     pub async fn sees_eligible(&self, i: usize, nodes: &[&str]) -> bool {
         let s = self.status(i).await;
