@@ -232,6 +232,12 @@ async fn a_tree_that_cannot_be_removed_is_quarantined_and_the_worker_serves() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(s.alive(), "a daemon died over the unremovable tree");
+        // The action's own directory is removed after its result is
+        // reported, so the client can see the result first.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !action_dirs(&work).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert!(action_dirs(&work).is_empty(), "{:?}", action_dirs(&work));
         assert!(
             quarantined_file.exists(),
