@@ -45,16 +45,19 @@ impl Cluster {
     }
 
     /// Runs until `stop`: publishes the load, follows the membership.
-    pub fn spawn(self: &Arc<Self>, exec: Arc<Exec>, interval: Duration, stop: CancellationToken) {
+    pub fn spawn(self: &Arc<Self>, exec: Arc<Exec>, stop: CancellationToken) {
         let me = Arc::clone(self);
         let stop2 = stop.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                me.handle.publish_report(me.own_report(&exec));
+                // Read each round: a reload may change it.
+                let ms = me
+                    .report_interval_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 tokio::select! {
                     _ = stop2.cancelled() => break,
-                    _ = tick.tick() => me.handle.publish_report(me.own_report(&exec)),
+                    _ = tokio::time::sleep(Duration::from_millis(ms.max(50))) => {}
                 }
             }
         });

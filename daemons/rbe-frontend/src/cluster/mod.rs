@@ -151,6 +151,8 @@ pub struct Cluster {
     pub placement: Mutex<Placement>,
     /// Where our own Peer service listens, as peers reach it.
     pub peer_addr: SocketAddr,
+    /// How often this host publishes its load (reloadable).
+    pub report_interval_ms: AtomicU64,
     /// Monotonic zero for the policy's `now`.
     epoch: tokio::time::Instant,
 }
@@ -310,6 +312,7 @@ impl Cluster {
                 peers: PeerTable::new(node),
             }),
             peer_addr,
+            report_interval_ms: AtomicU64::new(c.report_interval_ms),
             epoch: tokio::time::Instant::now(),
         }))
     }
@@ -377,6 +380,8 @@ impl Cluster {
                 tracing::warn!(error = %e, "cluster: keys not reloaded; keeping the running ones")
             }
         }
+        self.report_interval_ms
+            .store(c.report_interval_ms, Ordering::Relaxed);
         self.offload.store(Arc::new(offload.clone()));
         let cfg = offload_config(offload, Duration::from_millis(c.report_max_age_ms));
         self.placement.lock().policy = OffloadPolicy::new(cfg);
@@ -467,11 +472,7 @@ pub async fn start(
     )
     .await
     .context("joining the cluster")?;
-    cluster.spawn(
-        Arc::clone(exec),
-        Duration::from_millis(c.report_interval_ms),
-        shutdown.clone(),
-    );
+    cluster.spawn(Arc::clone(exec), shutdown.clone());
     offload::spawn(Arc::clone(&cluster), Arc::clone(exec), shutdown.clone());
     let max_message = settings.limits.max_message_bytes as usize;
     let router = rbe_net::tune_server(tonic::transport::Server::builder())
