@@ -40,6 +40,20 @@ pub struct Upstream {
     pub limits: Arc<StreamLimits>,
 }
 
+/// A call to casd that the connection's end cancelled (casd died under
+/// it) is UNAVAILABLE to the client, which retries; CANCELLED would tell it
+/// that it cancelled the call itself.
+fn casd_lost(s: tonic::Status) -> tonic::Status {
+    if s.code() == tonic::Code::Cancelled {
+        tonic::Status::unavailable(format!(
+            "the connection to casd broke ({}); retry",
+            s.message()
+        ))
+    } else {
+        s
+    }
+}
+
 impl Upstream {
     /// GetTree from casd, relayed under one of `who`'s stream slots.
     pub async fn relay_get_tree(
@@ -49,7 +63,12 @@ impl Upstream {
     ) -> Result<relay::BoxStream<rbe_proto::reapi::GetTreeResponse>, tonic::Status> {
         const RPC: &str = "GetTree";
         let slot = self.limits.slot(who, RPC).await?;
-        let inner = self.cas_streams().get_tree(req).await?.into_inner();
+        let inner = self
+            .cas_streams()
+            .get_tree(req)
+            .await
+            .map_err(casd_lost)?
+            .into_inner();
         Ok(relay::relay(&self.limits, RPC, inner, slot, relay::whole))
     }
 
@@ -61,7 +80,12 @@ impl Upstream {
     ) -> Result<relay::BoxStream<rbe_proto::bytestream::ReadResponse>, tonic::Status> {
         const RPC: &str = "ByteStream Read";
         let slot = self.limits.slot(who, RPC).await?;
-        let inner = self.bytestream(true).read(req).await?.into_inner();
+        let inner = self
+            .bytestream(true)
+            .read(req)
+            .await
+            .map_err(casd_lost)?
+            .into_inner();
         Ok(relay::relay(
             &self.limits,
             RPC,
