@@ -32,7 +32,6 @@ use rbe_sched::{ActionKey, Platform, Tenant};
 use tokio::sync::mpsc;
 use tonic::{Code, Status, Streaming};
 
-use super::members::INCOMING;
 use super::{Cluster, Counters, PeerNode};
 use crate::exec::handles::{Attached, Origin};
 use crate::exec::{Exec, Submission, Submitted};
@@ -141,7 +140,7 @@ pub async fn run(
         &HostLoad {
             accepting: !exec.draining() && cluster.offload.load().enabled,
             pools: &pools,
-            incoming: INCOMING.load(Ordering::Relaxed),
+            incoming: cluster.incoming.load(Ordering::Relaxed),
         },
         &OfferInfo {
             origin: &v.origin,
@@ -197,17 +196,18 @@ fn reject_message(r: RejectReason) -> String {
 
 type Out = mpsc::Sender<Result<HostMessage, Status>>;
 
-/// A decrement of [`INCOMING`] however the hydration ends.
-struct Incoming;
-impl Incoming {
-    fn new() -> Self {
-        INCOMING.fetch_add(1, Ordering::Relaxed);
-        Incoming
+/// Counts one offer in [`Cluster::incoming`] until the hydration ends,
+/// however it ends.
+struct Incoming<'a>(&'a Cluster);
+impl<'a> Incoming<'a> {
+    fn new(cluster: &'a Cluster) -> Self {
+        cluster.incoming.fetch_add(1, Ordering::Relaxed);
+        Incoming(cluster)
     }
 }
-impl Drop for Incoming {
+impl Drop for Incoming<'_> {
     fn drop(&mut self) {
-        INCOMING.fetch_sub(1, Ordering::Relaxed);
+        self.0.incoming.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -230,7 +230,7 @@ async fn host(
         ..Default::default()
     };
     let attached = {
-        let _incoming = Incoming::new();
+        let _incoming = Incoming::new(&cluster);
         match hydrate(&cluster, &exec, &v).await {
             Ok(()) => submit(&exec, &v),
             Err(e) => Err(e),

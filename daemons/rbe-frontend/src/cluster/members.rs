@@ -3,7 +3,6 @@
 //! once the member is eligible; new members (and new generations of old
 //! ones) get a peer channel and a Describe round trip over it.
 
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +22,6 @@ const DESCRIBE_RETRY: Duration = Duration::from_secs(10);
 /// How long dialling a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Offers accepted whose inputs are still arriving: `incoming` in this
-/// host's report.
-pub static INCOMING: AtomicU32 = AtomicU32::new(0);
-
 impl Cluster {
     /// This host's load now.
     pub fn own_report(&self, exec: &Exec) -> LoadReport {
@@ -38,7 +33,7 @@ impl Cluster {
             !exec.draining() && self.offload.load().enabled,
             0,
             &exec.pool_loads(),
-            INCOMING.load(std::sync::atomic::Ordering::Relaxed),
+            self.incoming.load(std::sync::atomic::Ordering::Relaxed),
         );
         r.peer_addr = self.peer_addr.to_string();
         r
@@ -80,6 +75,7 @@ impl Cluster {
 
     /// Brings the peer links and the peer table in line with `view`.
     fn follow(self: &Arc<Self>, view: &ClusterView) {
+        self.remember_generation(view);
         let mut to_check = Vec::new();
         {
             let mut peers = self.peers.lock();

@@ -151,6 +151,9 @@ pub struct Cluster {
     pub placement: Mutex<Placement>,
     /// Where our own Peer service listens, as peers reach it.
     pub peer_addr: SocketAddr,
+    /// Offers accepted whose inputs are still arriving: `incoming` in this
+    /// host's report.
+    pub incoming: std::sync::atomic::AtomicU32,
     /// How often this host publishes its load (reloadable).
     pub report_interval_ms: AtomicU64,
     /// Monotonic zero for the policy's `now`.
@@ -312,6 +315,7 @@ impl Cluster {
                 peers: PeerTable::new(node),
             }),
             peer_addr,
+            incoming: std::sync::atomic::AtomicU32::new(0),
             report_interval_ms: AtomicU64::new(c.report_interval_ms),
             epoch: tokio::time::Instant::now(),
         }))
@@ -335,12 +339,16 @@ impl Cluster {
     /// Whether `generation` is one this process has had (a name holding
     /// it is ours).
     pub fn is_ours(&self, generation: u64) -> bool {
-        let current = self.generation();
+        generation == self.generation() || self.generations.lock().contains(&generation)
+    }
+
+    /// Records the generation `view` gives this host (called on every
+    /// membership change, so a renewal is never missed).
+    fn remember_generation(&self, view: &ClusterView) {
         let mut g = self.generations.lock();
-        if !g.contains(&current) {
-            g.push(current);
+        if !g.contains(&view.me.generation) {
+            g.push(view.me.generation);
         }
-        g.contains(&generation)
     }
 
     /// A fresh operation name held by this host.
