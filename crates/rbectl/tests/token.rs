@@ -5,24 +5,8 @@
 use rbe_auth::{Credentials, PeerAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn rbectl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rbectl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = rbectl(args);
-    assert!(
-        out.status.success(),
-        "rbectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{ok, rbectl};
 
 fn fails(args: &[&str]) -> String {
     let out = rbectl(args);
