@@ -60,8 +60,10 @@ fn act_with(secs: u32, files: usize) -> Act {
         ..Default::default()
     }
     .encode_to_vec();
-    let file_blobs: Vec<(Digest, Vec<u8>)> =
-        inputs.iter().map(|b| (Digest::of(F, b), b.clone())).collect();
+    let file_blobs: Vec<(Digest, Vec<u8>)> = inputs
+        .iter()
+        .map(|b| (Digest::of(F, b), b.clone()))
+        .collect();
     let root = Directory {
         files: file_blobs
             .iter()
@@ -352,7 +354,9 @@ async fn occupy(
         let md = op
             .metadata
             .as_ref()
-            .and_then(|a| rbe_proto::reapi::ExecuteOperationMetadata::decode(a.value.as_slice()).ok())
+            .and_then(|a| {
+                rbe_proto::reapi::ExecuteOperationMetadata::decode(a.value.as_slice()).ok()
+            })
             .expect("metadata");
         if md.stage == rbe_proto::reapi::execution_stage::Value::Executing as i32 {
             return s;
@@ -521,7 +525,10 @@ async fn inputs_the_origin_lacks_fail_precondition_listing_them_and_are_not_retr
         .collect();
     want.sort();
     assert_eq!(subjects, want, "{pf:?}");
-    assert!(pf.violations.iter().all(|v| v.r#type == "MISSING"), "{pf:?}");
+    assert!(
+        pf.violations.iter().all(|v| v.r#type == "MISSING"),
+        "{pf:?}"
+    );
     // It went to b once, and was not dispatched again.
     let s = c.status(0).await;
     assert_eq!(counter(&s, "offers_accepted"), 1, "{s:?}");
