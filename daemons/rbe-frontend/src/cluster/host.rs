@@ -5,8 +5,9 @@
 //! host admits it only if it can start it soon (`OffloadPolicy::admit`),
 //! else it answers Rejected with its load. Once accepted, the input tree
 //! is pulled from the origin's read-only peer CAS into the local casd
-//! (hash-verified there; the offer counts as `incoming` meanwhile), and
-//! the action is queued as a *hosted* execution owned by `peer:<origin>`:
+//! (hash-verified there; the offer counts as `incoming` meanwhile; blobs
+//! the origin lacks end it INPUTS_MISSING naming them, which the origin's
+//! client gets as from a local worker), and the action is queued as a *hosted* execution owned by `peer:<origin>`:
 //! never offered on, and no action-cache entry is written here (the origin
 //! writes it once it holds the outputs). Stages, heartbeats every lease/3
 //! and the result go back on the stream. CancelLease, or the origin ending
