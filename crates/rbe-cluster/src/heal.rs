@@ -37,6 +37,13 @@
 //! announces to the address of every member it lists, which every
 //! receiver accepts whatever its generation.
 //!
+//! Measured on `tests/heal.rs`'s 100 traces of the booted test's partition
+//! (2026-12-03): bare foca left 3 with a member suspect for good and a
+//! tenth took over a minute; dropping suspicions on rejoin alone ends the
+//! stuck ones (worst 9.5 s), the announces bring the worst to 3.8 s, and
+//! the watch alone ends them only slowly (up to 2 min): it is the backstop
+//! for suspicions that lose their timer some other way.
+//!
 //! Time is a `Duration` since any fixed start (monotonic), injected.
 
 use std::collections::HashMap;

@@ -1,9 +1,10 @@
 //! Membership after a partition heals, deterministically: three foca
 //! instances with the driver's identity, codec and LAN settings, over a
 //! virtual network and clock (latency jitter from a seeded RNG), doing what
-//! the driver does around foca: announce to the seeds while alone, and
-//! [`SuspectWatch`]. One seed gives one trace, so a failure names the seed
-//! that shows it.
+//! the driver does around foca: load reports, announces to the seeds while
+//! alone, and (unless the test asks for bare foca) the additions of
+//! `rbe_cluster::heal`. One seed gives one trace, so a failure names the
+//! seed that shows it.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
@@ -56,7 +57,7 @@ fn addr(i: usize) -> SocketAddr {
 }
 
 impl Net {
-    fn new(seed: u64, watch: bool) -> Self {
+    fn new(seed: u64, additions: bool) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         // What the frontend gets by default: `expected_size` 8.
         let config = foca::Config::new_lan(NonZeroU32::new(8).expect("8"));
@@ -81,7 +82,7 @@ impl Net {
                 ),
                 seq: 0,
                 connected: false,
-                watch: watch.then(|| SuspectWatch::new(config.suspect_to_down_after)),
+                watch: additions.then(|| SuspectWatch::new(config.suspect_to_down_after)),
             });
         }
         let mut net = Net {
@@ -248,7 +249,7 @@ impl Net {
     /// Every host sees every other's current identity alive.
     fn whole(&self) -> Result<(), String> {
         for (i, h) in self.hosts.iter().enumerate() {
-            for (j, other) in self.hosts.iter().enumerate().filter(|(j, _)| *j != i) {
+            for (_, other) in self.hosts.iter().enumerate().filter(|(j, _)| *j != i) {
                 let want = other.foca.identity();
                 let seen = self.sees(i, want.node.as_str());
                 if seen != Some((want.generation, State::Alive)) {
@@ -259,7 +260,6 @@ impl Net {
                         want.generation
                     ));
                 }
-                let _ = j;
             }
         }
         Ok(())
@@ -270,8 +270,13 @@ impl Net {
 /// relays), then from c too until each side holds the other down, then
 /// healed. Returns how long after the heal the cluster was whole, or the
 /// complaint still standing `limit` after it.
-fn partition_heals(seed: u64, watch: bool, slow: f64, limit: Duration) -> Result<Duration, String> {
-    let mut net = Net::new(seed, watch);
+fn partition_heals(
+    seed: u64,
+    additions: bool,
+    slow: f64,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let mut net = Net::new(seed, additions);
     net.slow = slow;
     net.run_for(Duration::from_secs(10));
     net.whole().map_err(|e| format!("not formed: {e}"))?;
