@@ -25,8 +25,13 @@
 //! oversized, undecodable) is counted in [`Counters`] and logged at most
 //! once a minute per source address; none of it reaches foca's state.
 //!
-//! Time is tokio's monotonic clock only: report arrival stamps and foca's
-//! timers never read the wall clock, so a clock jump changes nothing.
+//! Time is tokio's monotonic clock only: report arrival stamps, foca's
+//! timers and the suspect watch never read the wall clock, so a clock jump
+//! changes nothing.
+//!
+//! Around foca the task adds what a partition needs to heal (suspicions
+//! dropped on rejoin, a suspect timer on every host, announces while foca
+//! is not connected): why, in [`crate::heal`].
 //!
 //! Seeds (`host:port`) are resolved by a side task at start and every
 //! [`SEED_INTERVAL`] while this host knows fewer members than there are
