@@ -67,6 +67,9 @@ impl casd_server::Casd for LocalService {
             corrupt_blobs_removed: s.corrupt_removed,
             link_limit_copies: s.link_limit_copies,
             ac_trees_read: self.0.ac.trees_read(),
+            blobs_read: self.0.blobs_read.load(std::sync::atomic::Ordering::Relaxed),
+            backing_fetches: self.0.through.as_ref().map_or(0, |t| t.fetches()),
+            backing_errors: self.0.through.as_ref().map_or(0, |t| t.errors()),
         }))
     }
 
