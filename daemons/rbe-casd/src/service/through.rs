@@ -97,6 +97,10 @@ impl Through {
             let mut fetches = self.fetches.lock();
             match fetches.get(&d) {
                 Some(rx) => rx.clone(),
+                // A fetch indexes the blob before it leaves the map, so
+                // this second look, under the map's lock, cannot miss a
+                // fetch that just ended: no second fetch of one blob.
+                None if store.contains(&d) => return Ok(()),
                 None => {
                     let (tx, rx) = watch::channel(None);
                     fetches.insert(d, rx.clone());
