@@ -4,106 +4,17 @@
 //! and the invariant under kill -9 of the backing store mid-upload.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rbe_proto::casd::casd_client::CasdClient;
-use rbe_proto::casd::{StatsRequest, StatsResponse};
-use rbe_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use rbe_proto::reapi::{batch_update_blobs_request, BatchUpdateBlobsRequest};
-use rbe_proto::{Digest, DigestFunction};
-use rbe_testkit::{client, pseudo_random, Casd};
-use tonic::transport::Channel;
+use common::{batch, blob, find_file, pair, present, stats, BOUND};
+use rbe_proto::Digest;
+use rbe_testkit::client;
 use tonic::Code;
-
-/// Nothing here may take longer; a hang fails instead of blocking CI.
-const BOUND: Duration = Duration::from_secs(60);
-
-struct Pair {
-    a: Casd,
-    b: Casd,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn pair(b_dropin: &str) -> Pair {
-    let dir = tempfile::Builder::new()
-        .prefix("rbe-backing-")
-        .tempdir_in(rbe_testkit::disk_tmp())
-        .unwrap();
-    let b = Casd::start(&dir.path().join("b"), "2GiB", b_dropin).await;
-    let url = format!("unix:{}", b.layout.casd_socket().display());
-    let a = Casd::start(
-        &dir.path().join("a"),
-        "2GiB",
-        &format!("[backing]\nmode = \"cache\"\nurl = \"{url}\"\nrequest_timeout_secs = 10\n"),
-    )
-    .await;
-    Pair {
-        a,
-        b,
-        url,
-        _dir: dir,
-    }
-}
-
-fn blob(n: usize, seed: u64) -> (Digest, Vec<u8>) {
-    let data = pseudo_random(n, seed);
-    (Digest::of(DigestFunction::Sha256, &data), data)
-}
-
-async fn stats(ch: &Channel) -> StatsResponse {
-    CasdClient::new(ch.clone())
-        .stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// BatchUpdateBlobs; per blob its code and message.
-async fn batch(
-    ch: &Channel,
-    blobs: &[(Digest, Vec<u8>)],
-) -> Result<Vec<(i32, String)>, tonic::Status> {
-    let req = BatchUpdateBlobsRequest {
-        instance_name: String::new(),
-        requests: blobs
-            .iter()
-            .map(|(d, data)| batch_update_blobs_request::Request {
-                digest: Some(d.to_reapi()),
-                data: data.clone(),
-                compressor: 0,
-            })
-            .collect(),
-        digest_function: DigestFunction::Sha256.to_reapi(),
-    };
-    let r = ContentAddressableStorageClient::new(ch.clone())
-        .max_encoding_message_size(64 << 20)
-        .batch_update_blobs(req)
-        .await?
-        .into_inner();
-    Ok(r.responses
-        .into_iter()
-        .map(|r| {
-            let s = r.status.unwrap_or_default();
-            (s.code, s.message)
-        })
-        .collect())
-}
-
-async fn present(ch: &Channel, ds: &[Digest]) -> HashSet<Digest> {
-    let missing: HashSet<Digest> = client::find_missing(ch, "", ds)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    ds.iter()
-        .filter(|d| !missing.contains(d))
-        .copied()
-        .collect()
-}
 
 #[tokio::test]
 async fn uploads_through_a_reach_b_and_b_answers_for_a() {
@@ -170,21 +81,6 @@ async fn a_read_miss_is_fetched_from_the_backing_store_once_for_50_readers() {
     }
     assert_eq!(stats(&b).await.blobs_read - before, 1, "B read once");
     assert_eq!(stats(&a).await.backing_fetches, 1);
-}
-
-/// Every file under `dir` whose name is `name`.
-fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = find_file(&p, name) {
-                return Some(f);
-            }
-        } else if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-    }
-    None
 }
 
 #[tokio::test]
