@@ -419,12 +419,17 @@ impl Backing for GrpcBacking {
             }
         }
         for (f, _, idx) in batches {
-            let mut digests = HashMap::new();
+            // A blob named twice in one request is one answer for both.
+            let mut digests: HashMap<Digest, Vec<usize>> = HashMap::new();
             let requests = idx
                 .iter()
                 .filter_map(|&i| {
                     let (d, data) = blobs[i].take()?;
-                    digests.insert(d, i);
+                    let seen = digests.contains_key(&d);
+                    digests.entry(d).or_default().push(i);
+                    if seen {
+                        return None;
+                    }
                     Some(batch_update_blobs_request::Request {
                         digest: Some(d.to_reapi()),
                         data,
@@ -446,14 +451,18 @@ impl Backing for GrpcBacking {
             {
                 Err(e) => {
                     let reason = e.to_string();
-                    for &i in digests.values() {
-                        results[i] = Some(Err(BackingError::Unavailable {
-                            address: self.address.clone(),
-                            reason: reason.clone(),
+                    for &i in digests.values().flatten() {
+                        results[i] = Some(Err(match &e {
+                            BackingError::Refused { what, reason, .. } => BackingError::Refused {
+                                address: self.address.clone(),
+                                what: what.clone(),
+                                reason: reason.clone(),
+                            },
+                            _ => BackingError::Unavailable {
+                                address: self.address.clone(),
+                                reason: reason.clone(),
+                            },
                         }));
-                    }
-                    if let Some(&i) = digests.values().next() {
-                        results[i] = Some(Err(e));
                     }
                 }
                 Ok(answer) => {
@@ -465,18 +474,20 @@ impl Backing for GrpcBacking {
                         else {
                             continue;
                         };
-                        let Some(&i) = digests.get(&d) else { continue };
-                        let code = r.status.as_ref().map_or(0, |s| s.code);
-                        results[i] = Some(if code == 0 {
-                            Ok(())
-                        } else {
-                            let s = r.status.unwrap_or_default();
-                            Err(BackingError::from_status(
-                                &self.address,
-                                &format!("writing blob {d}"),
-                                &Status::new(Code::from_i32(s.code), s.message),
-                            ))
-                        });
+                        let Some(idx) = digests.get(&d) else { continue };
+                        let s = r.status.unwrap_or_default();
+                        let status = Status::new(Code::from_i32(s.code), s.message);
+                        for &i in idx {
+                            results[i] = Some(if s.code == 0 {
+                                Ok(())
+                            } else {
+                                Err(BackingError::from_status(
+                                    &self.address,
+                                    &format!("writing blob {d}"),
+                                    &status,
+                                ))
+                            });
+                        }
                     }
                 }
             }

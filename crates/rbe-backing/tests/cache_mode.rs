@@ -32,6 +32,11 @@ async fn uploads_through_a_reach_b_and_b_answers_for_a() {
             .unwrap(),
         large.0.size as i64
     );
+    // A blob named twice in one batch is acknowledged twice.
+    let twice = blob(3000, 5);
+    let r = batch(&a, &[twice.clone(), twice.clone()]).await.unwrap();
+    assert_eq!((r[0].0, r[1].0), (0, 0), "{r:?}");
+    assert!(present(&b, &[twice.0]).await.contains(&twice.0));
     let both = [small.0, large.0];
     assert_eq!(
         present(&b, &both).await.len(),

@@ -215,12 +215,21 @@ fn reload_on_sighup(
 /// The STATUS= line: what `systemctl status rbe-casd` shows.
 fn status_line(casd: &Casd) -> String {
     let s = casd.store.stats();
-    format!(
+    let mut line = format!(
         "{}{} blobs, {} MiB of {} MiB, {} evicted",
         if s.loading { "loading index; " } else { "" },
         s.blobs,
         s.bytes >> 20,
         casd.store.policy().max_size >> 20,
         s.evicted
-    )
+    );
+    if let Some(t) = &casd.through {
+        line.push_str(&format!(
+            "; backing {}: {} fetched, {} errors",
+            t.backing().address(),
+            t.fetches(),
+            t.errors()
+        ));
+    }
+    line
 }

@@ -362,10 +362,8 @@ impl ContentAddressableStorage for CasService {
                 .into_iter()
                 .collect();
         }
-        let found = ds.len().saturating_sub(failed.len());
-        self.0.note_read(found as u64);
         let store = Arc::clone(&self.0.store);
-        let responses = blocking(move || {
+        let responses: Vec<batch_read_blobs_response::Response> = blocking(move || {
             ds.iter()
                 .map(|d| {
                     let mut resp = batch_read_blobs_response::Response {
@@ -398,6 +396,11 @@ impl ContentAddressableStorage for CasService {
                 .collect()
         })
         .await?;
+        let served = responses
+            .iter()
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.code == 0))
+            .count();
+        self.0.note_read(served as u64);
         Ok(Response::new(BatchReadBlobsResponse { responses }))
     }
 

@@ -69,7 +69,9 @@ impl Through {
     /// the store, except a blob the store lacks or sent wrong (NOT_FOUND,
     /// as for a corrupt local file: the client uploads or runs again).
     pub fn status(&self, e: &BackingError) -> Status {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        if !e.is_not_found() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
         match e {
             BackingError::NotFound { .. } => Status::not_found(e.to_string()),
             BackingError::DigestMismatch { digest, .. } => {
