@@ -10,9 +10,10 @@ use prost::Message;
 use rbe_proto::casd::casd_client::CasdClient;
 use rbe_proto::casd::MaterializeRequest;
 use rbe_proto::reapi::action_cache_client::ActionCacheClient;
+use rbe_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use rbe_proto::reapi::{
-    ActionResult, Directory, DirectoryNode, FileNode, GetActionResultRequest, OutputFile,
-    UpdateActionResultRequest,
+    ActionResult, Directory, DirectoryNode, FileNode, GetActionResultRequest, GetTreeRequest,
+    OutputFile, UpdateActionResultRequest,
 };
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::client;
@@ -106,7 +107,7 @@ async fn the_action_cache_is_written_and_read_through() {
 }
 
 #[tokio::test]
-async fn materialize_fetches_an_input_tree_only_the_backing_store_has() {
+async fn get_tree_and_materialize_fetch_a_tree_only_the_backing_store_has() {
     let p = pair("").await;
     let (a, b) = (p.a.channel().await, p.b.channel().await);
     let file = blob(2 << 20, 41);
@@ -133,6 +134,23 @@ async fn materialize_fetches_an_input_tree_only_the_backing_store_has() {
     for (d, data) in [(file.0, &file.1), (sub_d, &sub), (root_d, &root)] {
         client::write(&b, "", &d, data, 1 << 20).await.unwrap();
     }
+    // GetTree on A walks the whole tree, its directories fetched through.
+    let mut pages = ContentAddressableStorageClient::new(a.clone())
+        .get_tree(GetTreeRequest {
+            root_digest: Some(root_d.to_reapi()),
+            digest_function: DigestFunction::Sha256.to_reapi(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut dirs = 0;
+    while let Some(page) = pages.message().await.unwrap() {
+        dirs += page.directories.len();
+    }
+    assert_eq!(dirs, 2);
+    assert_eq!(stats(&a).await.backing_fetches, 2, "directories only");
+
     let target = p.a.layout.work_dir.join("action-1");
     std::fs::create_dir_all(&target).unwrap();
     let m = CasdClient::new(a.clone())

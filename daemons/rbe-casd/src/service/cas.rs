@@ -415,9 +415,9 @@ impl ContentAddressableStorage for CasService {
         let f = self.function(req.digest_function)?;
         let root = Digest::from_reapi_opt(f, req.root_digest.as_ref()).map_err(digest_status)?;
         if let Some(t) = &self.0.through {
-            // Only the root is fetched through; directories below it that
-            // are not local are omitted like any missing directory.
-            t.ensure_local(&self.0.store, root).await?;
+            // The tree's directories are fetched through first, so the
+            // walk omits only those the backing store lacks too.
+            super::local::hydrate(&self.0, t, f, root, false).await?;
         }
         if !self.0.store.contains(&root) {
             return Err(Status::not_found(format!(

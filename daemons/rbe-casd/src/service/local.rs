@@ -115,7 +115,7 @@ impl casd_server::Casd for LocalService {
         let root = Digest::parse(f, &root.hash, root.size_bytes).map_err(digest_status)?;
         let started = std::time::Instant::now();
         if let Some(t) = &self.0.through {
-            hydrate(&self.0, t, f, root).await?;
+            hydrate(&self.0, t, f, root, true).await?;
         }
         let casd = Arc::clone(&self.0);
         let r = blocking(move || {
@@ -195,14 +195,16 @@ impl casd_server::Casd for LocalService {
 
 /// In front of a backing store, an input tree may be there and not here
 /// (uploaded through another host, or evicted here): what the local store
-/// lacks of it is fetched through before it is materialized, a level per
-/// round. Blobs the backing store lacks too are left for Materialize to
-/// report missing, as without a backing store.
-async fn hydrate(
+/// lacks of it (its directories, and with `files` its files) is fetched
+/// through before it is materialized or walked, a level per round. Blobs
+/// the backing store lacks too are left for the caller to report missing,
+/// as without a backing store.
+pub(super) async fn hydrate(
     casd: &Arc<Casd>,
     t: &Arc<super::through::Through>,
     f: DigestFunction,
     root: Digest,
+    files: bool,
 ) -> Result<(), Status> {
     let mut absent_everywhere: std::collections::HashSet<Digest> = Default::default();
     let mut fetched: std::collections::HashMap<Digest, u32> = Default::default();
@@ -214,7 +216,9 @@ async fn hydrate(
         .await?
         .map_err(tree_status)?;
         let mut missing = closure.missing_directories;
-        missing.extend(closure.missing_files);
+        if files {
+            missing.extend(closure.missing_files);
+        }
         let wanted: Vec<Digest> = missing
             .into_iter()
             .filter(|d| !absent_everywhere.contains(d))
