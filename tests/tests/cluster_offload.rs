@@ -9,156 +9,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use prost::Message;
 use rbe_proto::cluster::{host_message, origin_message, Offer, OriginMessage};
-use rbe_proto::longrunning::operation;
-use rbe_proto::reapi::{
-    command::EnvironmentVariable, execution_client::ExecutionClient, Action, Command, Directory,
-    ExecuteRequest, ExecuteResponse, FileNode,
-};
 use rbe_proto::worker::Assignment;
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::Digest;
 use rbe_testkit::client;
 use rbe_testkit::cluster::LocalCluster;
-use tonic::transport::Channel;
 
-const F: DigestFunction = DigestFunction::Sha256;
-const LIMIT: Duration = Duration::from_secs(180);
-
-/// `cat in.txt > out; sleep secs` with `in.txt` (unique contents) as its
-/// input: distinct per call, with an input to hydrate and an output to
-/// pull back.
-struct Act {
-    action: Digest,
-    input: Vec<u8>,
-    blobs: Vec<(Digest, Vec<u8>)>,
-}
-
-fn act(secs: u32) -> Act {
-    let input = format!("input {}\n", uuid::Uuid::new_v4()).into_bytes();
-    let command = Command {
-        arguments: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!("cat in.txt > out; sleep {secs}"),
-        ],
-        environment_variables: vec![EnvironmentVariable {
-            name: "PATH".into(),
-            value: "/usr/bin:/bin".into(),
-        }],
-        output_paths: vec!["out".into()],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let fd = Digest::of(F, &input);
-    let root = Directory {
-        files: vec![FileNode {
-            name: "in.txt".into(),
-            digest: Some(fd.to_reapi()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let (cd, rd) = (Digest::of(F, &command), Digest::of(F, &root));
-    let action = Action {
-        command_digest: Some(cd.to_reapi()),
-        input_root_digest: Some(rd.to_reapi()),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let ad = Digest::of(F, &action);
-    Act {
-        action: ad,
-        blobs: vec![(cd, command), (rd, root), (ad, action), (fd, input.clone())],
-        input,
-    }
-}
-
-async fn upload(ch: &Channel, a: &Act) {
-    let codes = client::batch_update(ch, "", &a.blobs)
-        .await
-        .expect("BatchUpdateBlobs");
-    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
-}
-
-/// Executes `a` on `ch` and returns the final response.
-async fn execute(ch: Channel, a: Digest) -> ExecuteResponse {
-    let req = ExecuteRequest {
-        action_digest: Some(a.to_reapi()),
-        digest_function: F.to_reapi(),
-        ..Default::default()
-    };
-    let mut s = ExecutionClient::new(ch)
-        .execute(req)
-        .await
-        .expect("Execute")
-        .into_inner();
-    while let Some(op) = s.next().await {
-        let op = op.expect("operation");
-        if let Some(operation::Result::Response(any)) = op.result {
-            return ExecuteResponse::decode(any.value.as_slice()).expect("response");
-        }
-    }
-    panic!("the Execute stream ended without a response");
-}
-
-/// The host an action ran on: "b/b-worker" (offloaded) or "a-worker".
-fn host_of(r: &ExecuteResponse) -> String {
-    let w = r
-        .result
-        .as_ref()
-        .and_then(|r| r.execution_metadata.as_ref())
-        .map(|m| m.worker.clone())
-        .unwrap_or_default();
-    match w.split_once('/') {
-        Some((node, _)) => node.to_owned(),
-        None => w.trim_end_matches("-worker").to_owned(),
-    }
-}
-
-fn counter(s: &rbe_proto::cluster::ClusterStatus, name: &str) -> u64 {
-    s.counters
-        .iter()
-        .find(|c| c.name == name)
-        .map_or(0, |c| c.value)
-}
-
-/// Waits until host 0 sees every other host eligible with a load report.
-async fn formed(c: &LocalCluster) {
-    assert!(
-        c.wait_formed(Duration::from_secs(60)).await,
-        "the cluster did not form: {:?}",
-        c.status(0).await
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = c.status(0).await;
-        let loaded = s
-            .members
-            .iter()
-            .filter(|m| m.eligible && m.load.as_ref().is_some_and(|l| !l.pools.is_empty()))
-            .count();
-        if loaded + 1 == c.hosts.len() {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no loads: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Runs `n` distinct actions at once on host 0; returns the responses.
-async fn burst(c: &LocalCluster, acts: &[Act]) -> Vec<ExecuteResponse> {
-    let ch = c.hosts[0].stack.channel();
-    for a in acts {
-        upload(&ch, a).await;
-    }
-    let runs = acts.iter().map(|a| execute(ch.clone(), a.action));
-    tokio::time::timeout(LIMIT, futures::future::join_all(runs))
-        .await
-        .expect("the burst did not finish")
-}
+mod offload_kit;
+use offload_kit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_at_the_one_slot_host_runs_on_its_peers_with_inputs_and_outputs_moved() {

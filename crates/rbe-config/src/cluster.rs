@@ -122,12 +122,13 @@ impl Default for ClusterSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrphanPolicy {
-    /// Finish what is running when the result can be cached, else cancel.
+    /// Finish when the result can be cached where a retry finds it (the
+    /// origin's offer names this host's backing store), else cancel.
     #[default]
     Auto,
     /// Cancel after `orphan_grace_secs`.
     Cancel,
-    /// Run to completion and write the action cache.
+    /// Run to completion and write the action cache here.
     Finish,
 }
 

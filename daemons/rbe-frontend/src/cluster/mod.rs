@@ -23,6 +23,7 @@ mod layer;
 mod lease;
 mod members;
 mod offload;
+mod orphan;
 pub mod peer;
 pub mod peer_cas;
 
@@ -103,6 +104,14 @@ pub struct Counters {
     pub stale_reports: AtomicU64,
     pub describe_failures: AtomicU64,
     pub forwarded: AtomicU64,
+    /// Hosted actions whose origin went away (stream broken or down).
+    pub orphans: AtomicU64,
+    /// ... whose origin came back (membership only) within the grace.
+    pub orphans_adopted: AtomicU64,
+    /// ... withdrawn after the grace time (`orphan_policy`).
+    pub orphans_cancelled: AtomicU64,
+    /// ... run to their end, the result cached here.
+    pub orphans_finished: AtomicU64,
 }
 
 impl Counters {
@@ -124,6 +133,10 @@ impl Counters {
             ("stale_reports_ignored", g(&self.stale_reports)),
             ("describe_failures", g(&self.describe_failures)),
             ("operations_forwarded", g(&self.forwarded)),
+            ("orphans", g(&self.orphans)),
+            ("orphans_adopted", g(&self.orphans_adopted)),
+            ("orphans_cancelled", g(&self.orphans_cancelled)),
+            ("orphans_finished", g(&self.orphans_finished)),
         ]
     }
 }
