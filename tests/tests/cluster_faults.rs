@@ -6,7 +6,6 @@
 //! `max_transfer_bytes` does not travel. Tests assert behaviour, never
 //! wall time (limits only bound a hang).
 
-use std::time::Duration;
 
 use rbe_testkit::cluster::LocalCluster;
 
@@ -64,4 +63,59 @@ async fn an_orphan_of_a_killed_origin_is_cancelled_after_the_grace_time() {
     until(&c, 1, LIMIT, "b still holds work", || idle(&c, 1)).await;
     let s = c.status(1).await;
     assert_eq!(counter(&s, "orphans_finished"), 0, "{s:?}");
+}
+
+/// a (1 slot) offloads one of two actions to b, and b's frontend is
+/// stopped (SIGSTOP) while b runs it: b accepted and never reports. a
+/// loses the lease after `lease_secs` of silence and dispatches the
+/// action again; both Executes succeed; b, continued (SIGCONT), reports
+/// the old lease's result, which a counts and ignores. Each action ran at
+/// most twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_executor_loses_its_lease_and_its_late_result_is_ignored() {
+    let c = LocalCluster::start(&[("a", 1), ("b", 4)], "[offload]\nlease_secs = 3\n").await;
+    formed(&c).await;
+    let acts: Vec<(Act, String)> = (0..2).map(|_| marked_sleep(10)).collect();
+    let sampler = Sampler::start(acts.iter().map(|(_, m)| m.clone()).collect());
+    let ch = c.hosts[0].stack.channel();
+    for (a, _) in &acts {
+        upload(&ch, a).await;
+    }
+    let runs: Vec<_> = acts
+        .iter()
+        .map(|(a, _)| tokio::spawn(execute(ch.clone(), a.action)))
+        .collect();
+    let b_worker = c.hosts[1].stack.workerd_pid().expect("b's worker runs");
+    let on_b = || {
+        let found = acts.iter().any(|(_, m)| !running(b_worker, m).is_empty());
+        async move { found }
+    };
+    until(&c, 0, LIMIT, "nothing of a's ran on b", on_b).await;
+    let b = c.hosts[1].stack.frontend_pid().expect("b runs");
+    signal(b, "-STOP");
+    // Only a is asked while b is stopped: b would not answer.
+    until(
+        &c,
+        0,
+        LIMIT,
+        "a kept the lease of a silent peer",
+        || async { counter(&c.status(0).await, "leases_lost") >= 1 },
+    )
+    .await;
+    signal(b, "-CONT");
+    let responses = tokio::time::timeout(LIMIT, futures::future::join_all(runs))
+        .await
+        .expect("the Executes did not finish");
+    for r in responses {
+        let r = r.expect("task");
+        assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
+        assert_eq!(r.result.as_ref().map(|r| r.exit_code), Some(0), "{r:?}");
+    }
+    until(&c, 0, LIMIT, "the late result never reached a", || async {
+        counter(&c.status(0).await, "late_results_ignored") >= 1
+    })
+    .await;
+    until(&c, 1, LIMIT, "b still holds work", || idle(&c, 1)).await;
+    let ran = sampler.finish();
+    assert!(ran.iter().all(|&n| (1..=2).contains(&n)), "runs: {ran:?}");
 }

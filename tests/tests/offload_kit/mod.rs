@@ -189,7 +189,7 @@ fn parent_of(pid: u32) -> Option<u32> {
 fn descends_from(mut pid: u32, ancestor: u32) -> bool {
     for _ in 0..64 {
         match parent_of(pid) {
-            Some(p) if p == ancestor => return true,
+            Some(p) if p == ancestor || ancestor == 1 => return true,
             Some(p) if p > 1 => pid = p,
             _ => return false,
         }
@@ -224,4 +224,43 @@ pub async fn idle(c: &LocalCluster, i: usize) -> bool {
             .iter()
             .all(|p| p.running == 0 && p.queued == 0 && p.incoming == 0)
     })
+}
+
+/// Records every `sleep` process whose command line holds one of
+/// `markers` while it runs, in a thread of its own (a run too short to
+/// be sampled every 50 ms is missed): how many times each action ran.
+pub struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<std::collections::HashSet<u32>>>>,
+}
+
+impl Sampler {
+    pub fn start(markers: Vec<String>) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = vec![std::collections::HashSet::new(); markers.len()];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, m) in markers.iter().enumerate() {
+                    seen[i].extend(running(1, m).into_iter().filter(|pid| {
+                        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .is_ok_and(|c| c.trim() == "sleep")
+                    }));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        });
+        Sampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many runs of each marker were seen.
+    pub fn finish(mut self) -> Vec<usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = self.thread.take().map(|t| t.join().expect("sampler"));
+        seen.unwrap_or_default().iter().map(|s| s.len()).collect()
+    }
 }

@@ -75,6 +75,9 @@ enum End {
     Cancelled,
     /// Lost: re-queued.
     Lost(String),
+    /// Lost to silence or membership while the stream still stands:
+    /// re-queued, and the stream is still read for a late result.
+    Silent(String, Tail),
     /// A result, outputs pulled: completes the operation.
     Finished(Box<Finished>),
 }
@@ -98,6 +101,13 @@ pub async fn run(
             Counters::bump(&cluster.counters.leases_lost);
             let requeued = exec.worker_detach(lease);
             tracing::warn!(peer = %to, lease, operation = %op, invocation_id = %l.invocation_id, reason = %reason, requeued, "offload: lease lost; the operation is dispatched again");
+        }
+        End::Silent(reason, tail) => {
+            Counters::bump(&cluster.counters.leases_lost);
+            let requeued = exec.worker_detach(lease);
+            tracing::warn!(peer = %to, lease, operation = %op, invocation_id = %l.invocation_id, reason = %reason, requeued, "offload: lease lost; the operation is dispatched again");
+            let limit = tail_limit(&l);
+            tokio::spawn(follow_tail(cluster.clone(), to.clone(), l, tail, limit));
         }
         End::Finished(f) => {
             if !exec.worker_finished(lease, *f) {
@@ -240,10 +250,12 @@ async fn drive(
             }
             _ = check.tick() => {
                 if Instant::now() >= deadline {
-                    return End::Lost(format!("no message from the peer for {} s", silence.as_secs()));
+                    let reason = format!("no message from the peer for {} s", silence.as_secs());
+                    return End::Silent(reason, Tail { stream, _otx: otx });
                 }
                 if cluster.any_channel(to).map(|(_, g)| g) != generation {
-                    return End::Lost("membership declared the peer down".into());
+                    let reason = "membership declared the peer down".to_string();
+                    return End::Silent(reason, Tail { stream, _otx: otx });
                 }
             }
             m = stream.message() => {
@@ -268,6 +280,51 @@ async fn drive(
                 }
             }
         }
+    }
+}
+
+/// A lost lease's stream, still open: the peer may yet report.
+struct Tail {
+    stream: tonic::Streaming<HostMessage>,
+    /// Held so the peer does not read the end of the stream as a cancel.
+    _otx: mpsc::Sender<OriginMessage>,
+}
+
+/// The longest a lost lease's stream is read: the action's own timeout
+/// and a lease more (an hour when it has none).
+fn tail_limit(l: &Leased) -> Duration {
+    match l.assignment.timeout_seconds {
+        0 => Duration::from_secs(3600),
+        t => Duration::from_secs(u64::from(t) + 60),
+    }
+}
+
+/// Reads a lost lease's stream until the peer reports, the stream ends,
+/// or `limit`: a late result is of a lease no longer held (the operation
+/// was dispatched again), so it is counted and dropped, never used.
+async fn follow_tail(
+    cluster: Arc<Cluster>,
+    to: NodeName,
+    l: Leased,
+    mut tail: Tail,
+    limit: Duration,
+) {
+    let read = async {
+        loop {
+            match tail.stream.message().await {
+                Ok(Some(HostMessage {
+                    kind: Some(host_message::Kind::Finished(bytes)),
+                    ..
+                })) => return Some(Finished::decode(bytes.as_slice()).ok()),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    };
+    if let Ok(Some(f)) = tokio::time::timeout(limit, read).await {
+        Counters::bump(&cluster.counters.late_results);
+        let outcome = f.map_or(-1, |f| f.outcome);
+        tracing::info!(peer = %to, lease = l.lease, operation = %l.name, invocation_id = %l.invocation_id, outcome, "offload: late result of a lost lease ignored");
     }
 }
 

@@ -102,6 +102,8 @@ pub struct Counters {
     pub offers_refused: AtomicU64,
     pub leases_lost: AtomicU64,
     pub stale_reports: AtomicU64,
+    /// Results that arrived on the stream of a lease already lost.
+    pub late_results: AtomicU64,
     pub describe_failures: AtomicU64,
     pub forwarded: AtomicU64,
     /// Hosted actions whose origin went away (stream broken or down).
@@ -131,6 +133,7 @@ impl Counters {
             ("offers_refused", g(&self.offers_refused)),
             ("leases_lost", g(&self.leases_lost)),
             ("stale_reports_ignored", g(&self.stale_reports)),
+            ("late_results_ignored", g(&self.late_results)),
             ("describe_failures", g(&self.describe_failures)),
             ("operations_forwarded", g(&self.forwarded)),
             ("orphans", g(&self.orphans)),
