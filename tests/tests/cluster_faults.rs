@@ -6,7 +6,6 @@
 //! `max_transfer_bytes` does not travel. Tests assert behaviour, never
 //! wall time (limits only bound a hang).
 
-
 use rbe_testkit::cluster::LocalCluster;
 
 mod offload_kit;

@@ -283,6 +283,32 @@ async fn drive(
     }
 }
 
+/// What a peer's Finished on the stream of `lease` is.
+#[derive(Debug, PartialEq)]
+enum Report {
+    /// This lease's result.
+    Ours,
+    /// Another lease's: the stream is the peer's, so a fault of the peer;
+    /// nothing of it is used and the lease is lost.
+    NotOurs(String),
+    /// The peer gave the lease up (UNAVAILABLE: stopping, or the inputs
+    /// could not be pulled).
+    GivenUp(String),
+}
+
+fn check_report(lease: u64, f: &Finished) -> Report {
+    if f.id != lease {
+        return Report::NotOurs(format!(
+            "the peer reported lease {} on the stream of lease {lease}",
+            f.id
+        ));
+    }
+    if f.outcome == Outcome::Unavailable as i32 {
+        return Report::GivenUp(format!("the peer gave the lease up: {}", f.message));
+    }
+    Report::Ours
+}
+
 /// A lost lease's stream, still open: the peer may yet report.
 struct Tail {
     stream: tonic::Streaming<HostMessage>,
@@ -340,17 +366,13 @@ async fn finished(
     let Ok(mut f) = Finished::decode(bytes) else {
         return End::Lost("the peer's result does not decode".into());
     };
-    if f.id != l.lease {
-        // Not this lease's report: the stream is the peer's, so this is a
-        // fault of the peer; nothing of it is used.
-        Counters::bump(&cluster.counters.stale_reports);
-        return End::Lost(format!(
-            "the peer reported lease {} on the stream of lease {}",
-            f.id, l.lease
-        ));
-    }
-    if f.outcome == Outcome::Unavailable as i32 {
-        return End::Lost(format!("the peer gave the lease up: {}", f.message));
+    match check_report(l.lease, &f) {
+        Report::Ours => {}
+        Report::NotOurs(reason) => {
+            Counters::bump(&cluster.counters.stale_reports);
+            return End::Lost(reason);
+        }
+        Report::GivenUp(reason) => return End::Lost(reason),
     }
     f.id = l.op;
     let result = (!f.action_result.is_empty())
@@ -387,4 +409,35 @@ async fn finished(
         }
     }
     End::Finished(Box::new(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(id: u64, outcome: Outcome) -> Finished {
+        Finished {
+            id,
+            outcome: outcome as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_result_for_a_lease_the_peer_does_not_hold_is_not_used() {
+        assert_eq!(check_report(7, &finished(7, Outcome::Ran)), Report::Ours);
+        assert!(matches!(
+            check_report(7, &finished(6, Outcome::Ran)),
+            Report::NotOurs(_)
+        ));
+        // Even a give-up is not believed for another lease.
+        assert!(matches!(
+            check_report(7, &finished(8, Outcome::Unavailable)),
+            Report::NotOurs(_)
+        ));
+        assert!(matches!(
+            check_report(7, &finished(7, Outcome::Unavailable)),
+            Report::GivenUp(_)
+        ));
+    }
 }
