@@ -210,10 +210,20 @@ async fn drive(
         }))) => {
             answered(false, r.load.as_ref());
             Counters::bump(&cluster.counters.offers_rejected);
-            let reason = rbe_proto::cluster::RejectReason::try_from(r.reason)
-                .map(|r| r.as_str_name())
-                .unwrap_or("UNKNOWN");
-            tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, reason, message = %r.message, "offload: offer rejected");
+            let why = rbe_proto::cluster::RejectReason::try_from(r.reason).ok();
+            let reason = why.map_or("UNKNOWN", |r| r.as_str_name());
+            let backoff_ms = if why == Some(rbe_proto::cluster::RejectReason::Busy) {
+                Counters::bump(&cluster.counters.peer_backoffs);
+                let mut placement = cluster.placement.lock();
+                let b = placement.policy.config().busy_backoff;
+                placement
+                    .peers
+                    .rejected_busy(cluster.now(), to, b)
+                    .as_millis() as u64
+            } else {
+                0
+            };
+            tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, reason, message = %r.message, backoff_ms, "offload: offer rejected");
             return End::Rejected;
         }
         other => {

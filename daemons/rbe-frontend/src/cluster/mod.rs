@@ -96,6 +96,8 @@ pub struct Counters {
     pub offers_sent: AtomicU64,
     pub offers_accepted: AtomicU64,
     pub offers_rejected: AtomicU64,
+    /// BUSY rejects that started (or lengthened) a peer's backoff.
+    pub peer_backoffs: AtomicU64,
     pub offers_failed: AtomicU64,
     pub offers_received: AtomicU64,
     pub offers_admitted: AtomicU64,
@@ -127,6 +129,7 @@ impl Counters {
             ("offers_sent", g(&self.offers_sent)),
             ("offers_accepted", g(&self.offers_accepted)),
             ("offers_rejected", g(&self.offers_rejected)),
+            ("peer_backoffs", g(&self.peer_backoffs)),
             ("offers_failed", g(&self.offers_failed)),
             ("offers_received", g(&self.offers_received)),
             ("offers_admitted", g(&self.offers_admitted)),
@@ -411,6 +414,11 @@ impl Cluster {
         self.placement.lock().policy = OffloadPolicy::new(cfg);
     }
 
+    /// Publishes this host's load now (a stop: it no longer accepts).
+    pub fn publish_load(&self, exec: &Exec) {
+        self.handle.publish_report(self.own_report(exec));
+    }
+
     /// Says goodbye to the cluster (on stop).
     pub async fn leave(&self) {
         self.handle.leave().await;
@@ -458,13 +466,18 @@ impl Cluster {
 /// Starts this host's part of the cluster when `[cluster]` is on: gossip
 /// on the `gossip` socket, the peer listener (mutual TLS) on `peer`, the
 /// load reports and the membership follower. The peer listener serves
-/// until `shutdown`, like the public ones.
+/// until `drained` (the end of the drain), not `shutdown`: origins pull
+/// the outputs of actions this host finishes while draining, and offers
+/// that still arrive are rejected DRAINING.
 pub async fn start(
     settings: &rbe_config::FrontendSettings,
     fds: &mut Vec<(String, std::os::fd::OwnedFd)>,
     exec: &Arc<Exec>,
     upstream: &crate::proxy::Upstream,
-    shutdown: tokio_util::sync::CancellationToken,
+    (shutdown, drained): (
+        tokio_util::sync::CancellationToken,
+        tokio_util::sync::CancellationToken,
+    ),
     servers: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
 ) -> anyhow::Result<Option<Arc<Cluster>>> {
     use anyhow::Context;
@@ -526,7 +539,7 @@ pub async fn start(
         router,
         peer,
         Some(tls),
-        shutdown.cancelled_owned(),
+        drained.cancelled_owned(),
     ));
     Ok(Some(cluster))
 }
