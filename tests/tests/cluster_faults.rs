@@ -6,6 +6,7 @@
 //! `max_transfer_bytes` does not travel. Tests assert behaviour, never
 //! wall time (limits only bound a hang).
 
+use rbe_proto::cluster::{host_message, RejectReason};
 use rbe_testkit::cluster::LocalCluster;
 
 mod offload_kit;
@@ -117,4 +118,56 @@ async fn a_silent_executor_loses_its_lease_and_its_late_result_is_ignored() {
     until(&c, 1, LIMIT, "b still holds work", || idle(&c, 1)).await;
     let ran = sampler.finish();
     assert!(ran.iter().all(|&n| (1..=2).contains(&n)), "runs: {ran:?}");
+}
+
+/// b is stopping (SIGTERM) while an action of its own client runs, so
+/// its drain lasts: a sees that b no longer takes offers, and an offer
+/// that still reaches b's peer listener is rejected DRAINING with a load
+/// that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_executor_rejects_offers_as_draining() {
+    let c = LocalCluster::start(
+        &[("a", 1), ("b", 4)],
+        "[execution]\ndrain_timeout_secs = 300\n",
+    )
+    .await;
+    formed(&c).await;
+    let (long, marker) = marked_sleep(600);
+    let bch = c.hosts[1].stack.channel();
+    upload(&bch, &long).await;
+    let _run = tokio::spawn(execute(bch, long.action));
+    let b_worker = c.hosts[1].stack.workerd_pid().expect("b's worker runs");
+    until(&c, 1, LIMIT, "b's own action does not run", || {
+        let found = !running(b_worker, &marker).is_empty();
+        async move { found }
+    })
+    .await;
+    let mut p = c.peer_client(1, "a");
+    signal(c.hosts[1].stack.frontend_pid().expect("b runs"), "-TERM");
+    until(&c, 0, LIMIT, "a still sees b accepting", || async {
+        let s = c.status(0).await;
+        !s.members.iter().any(|m| {
+            m.node == "b" && m.state == "up" && m.load.as_ref().is_some_and(|l| l.accepting)
+        })
+    })
+    .await;
+    let a = act(1);
+    let mut s = p
+        .run(futures::stream::iter(vec![offer("a", 0, &a)]))
+        .await
+        .expect("b's peer listener serves while it drains")
+        .into_inner();
+    let m = s.message().await.expect("answer").expect("a message");
+    match m.kind {
+        Some(host_message::Kind::Rejected(r)) => {
+            assert_eq!(r.reason, RejectReason::Draining as i32, "{r:?}");
+            assert!(
+                r.load.is_some_and(|l| !l.accepting),
+                "the load says accepting"
+            );
+        }
+        other => panic!("a draining host did not reject: {other:?}"),
+    }
+    // The drain goes on: b's own action still runs.
+    assert!(!running(b_worker, &marker).is_empty());
 }

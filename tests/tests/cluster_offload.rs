@@ -9,9 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use prost::Message;
-use rbe_proto::cluster::{host_message, origin_message, Offer, OriginMessage};
-use rbe_proto::worker::Assignment;
+use rbe_proto::cluster::host_message;
 use rbe_proto::Digest;
 use rbe_testkit::client;
 use rbe_testkit::cluster::LocalCluster;
@@ -69,29 +67,6 @@ async fn with_offload_off_everything_runs_at_the_origin() {
         assert_eq!(host_of(r), "a", "{r:?}");
     }
     assert_eq!(counter(&c.status(0).await, "offers_sent"), 0);
-}
-
-fn offer(origin: &str, hop: u32, a: &Act) -> OriginMessage {
-    let assignment = Assignment {
-        id: 7,
-        operation: "operations/test".into(),
-        digest_function: F.to_reapi(),
-        action_hash: a.action.hex(),
-        action_size: a.action.size as i64,
-        action: a.blobs[2].1.clone(),
-        command: a.blobs[0].1.clone(),
-        timeout_seconds: 60,
-        ..Default::default()
-    };
-    OriginMessage {
-        kind: Some(origin_message::Kind::Offer(Offer {
-            assignment: assignment.encode_to_vec(),
-            origin_node: origin.into(),
-            lease_epoch: 7,
-            hop,
-            ..Default::default()
-        })),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
+use rbe_proto::cluster::{origin_message, Offer, OriginMessage};
 use rbe_proto::longrunning::operation;
 use rbe_proto::reapi::{
     command::EnvironmentVariable, execution_client::ExecutionClient, Action, Command, Directory,
     ExecuteRequest, ExecuteResponse, FileNode,
 };
+use rbe_proto::worker::Assignment;
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::client;
 use rbe_testkit::cluster::LocalCluster;
@@ -262,5 +264,29 @@ impl Sampler {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let seen = self.thread.take().map(|t| t.join().expect("sampler"));
         seen.unwrap_or_default().iter().map(|s| s.len()).collect()
+    }
+}
+
+/// An Offer of `a` from `origin`, as a peer would send it.
+pub fn offer(origin: &str, hop: u32, a: &Act) -> OriginMessage {
+    let assignment = Assignment {
+        id: 7,
+        operation: "operations/test".into(),
+        digest_function: F.to_reapi(),
+        action_hash: a.action.hex(),
+        action_size: a.action.size as i64,
+        action: a.blobs[2].1.clone(),
+        command: a.blobs[0].1.clone(),
+        timeout_seconds: 60,
+        ..Default::default()
+    };
+    OriginMessage {
+        kind: Some(origin_message::Kind::Offer(Offer {
+            assignment: assignment.encode_to_vec(),
+            origin_node: origin.into(),
+            lease_epoch: 7,
+            hop,
+            ..Default::default()
+        })),
     }
 }
