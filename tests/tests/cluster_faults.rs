@@ -171,3 +171,77 @@ async fn a_stopping_executor_rejects_offers_as_draining() {
     // The drain goes on: b's own action still runs.
     assert!(!running(b_worker, &marker).is_empty());
 }
+
+/// With `max_transfer_bytes = 1KiB` everywhere, actions with 4 KiB
+/// inputs stay at the origin (measured there, never offered); an Offer
+/// claiming more than b's limit is rejected TOO_LARGE, and one claiming
+/// less than its real tree is accepted but given up before any input
+/// moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_trees_over_max_transfer_bytes_do_not_move() {
+    let c = LocalCluster::start(
+        &[("a", 1), ("b", 4)],
+        "[offload]\nmax_transfer_bytes = \"1KiB\"\n",
+    )
+    .await;
+    formed(&c).await;
+    let acts: Vec<Act> = (0..3)
+        .map(|_| act_sized("cat in.txt > out; sleep 1", 4096))
+        .collect();
+    for r in burst(&c, &acts).await {
+        assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
+        assert_eq!(host_of(&r), "a", "{r:?}");
+    }
+    let s = c.status(0).await;
+    assert!(counter(&s, "offers_too_large") >= 1, "{s:?}");
+    assert_eq!(counter(&s, "offers_sent"), 0, "{s:?}");
+
+    // As origin a, to b: the claim over b's limit.
+    let big = act_sized("cat in.txt > out", 4096);
+    upload(&c.hosts[0].stack.channel(), &big).await;
+    let with_claim = |bytes: u64| {
+        let mut m = offer("a", 0, &big);
+        if let Some(rbe_proto::cluster::origin_message::Kind::Offer(o)) = &mut m.kind {
+            o.input_bytes = bytes;
+        }
+        m
+    };
+    let mut p = c.peer_client(1, "a");
+    let mut s = p
+        .run(futures::stream::iter(vec![with_claim(1 << 20)]))
+        .await
+        .expect("run")
+        .into_inner();
+    match s.message().await.expect("answer").map(|m| m.kind) {
+        Some(Some(host_message::Kind::Rejected(r))) => {
+            assert_eq!(r.reason, RejectReason::TooLarge as i32, "{r:?}")
+        }
+        other => panic!("an offer over the limit was not rejected: {other:?}"),
+    }
+    // A claim under the real size: b measures the tree at a and gives up.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(with_claim(100)).await.expect("send");
+    let mut s = p
+        .run(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("run")
+        .into_inner();
+    let finished = loop {
+        match s.message().await.expect("message").map(|m| m.kind) {
+            Some(Some(host_message::Kind::Finished(f))) => break f,
+            Some(_) => {}
+            None => panic!("b ended the stream without a result"),
+        }
+    };
+    let f = <rbe_proto::worker::Finished as prost::Message>::decode(finished.as_slice())
+        .expect("Finished");
+    assert_eq!(
+        f.outcome,
+        rbe_proto::worker::Outcome::Unavailable as i32,
+        "{f:?}"
+    );
+    assert!(f.message.contains("claimed 100"), "{f:?}");
+    let s = c.status(1).await;
+    assert_eq!(counter(&s, "hosted_too_large"), 2, "{s:?}");
+    drop(tx);
+}

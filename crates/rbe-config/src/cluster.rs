@@ -157,7 +157,8 @@ pub struct OffloadSettings {
     pub orphan_policy: OrphanPolicy,
     /// How long an orphan waits for its origin to come back, in seconds.
     pub orphan_grace_secs: u64,
-    /// Without a shared store, input trees larger than this stay local.
+    /// Input trees larger than this stay at the origin, and offers of
+    /// larger ones are refused as executor.
     pub max_transfer_bytes: u64,
     /// Whether `do_not_cache` actions are offloaded too.
     pub do_not_cache: bool,

@@ -38,7 +38,13 @@ pub fn act(secs: u32) -> Act {
 
 /// An action running `script` under `/bin/sh -c` with the same input.
 pub fn act_sh(script: &str) -> Act {
-    let input = format!("input {}\n", uuid::Uuid::new_v4()).into_bytes();
+    act_sized(script, 0)
+}
+
+/// [`act_sh`] with an input of at least `size` bytes.
+pub fn act_sized(script: &str, size: usize) -> Act {
+    let mut input = format!("input {}\n", uuid::Uuid::new_v4()).into_bytes();
+    input.resize(input.len().max(size), b'.');
     let command = Command {
         arguments: vec!["/bin/sh".into(), "-c".into(), script.to_owned()],
         environment_variables: vec![EnvironmentVariable {

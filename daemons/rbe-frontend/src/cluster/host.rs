@@ -138,21 +138,27 @@ pub async fn run(
             return Err(s);
         }
     };
+    let limit = cluster.offload.load().max_transfer_bytes;
     let pools = exec.pool_loads();
-    let admitted = cluster.placement.lock().policy.admit(
-        cluster.now(),
-        &HostLoad {
-            accepting: !exec.draining() && cluster.offload.load().enabled,
-            pools: &pools,
-            incoming: cluster.incoming.load(Ordering::Relaxed),
-        },
-        &OfferInfo {
-            origin: &v.origin,
-            platform: &v.platform,
-            hop: v.offer.hop,
-            proto: PROTO,
-        },
-    );
+    let admitted = if v.offer.input_bytes > limit {
+        Counters::bump(&cluster.counters.hosted_too_large);
+        Err(RejectReason::TooLarge)
+    } else {
+        cluster.placement.lock().policy.admit(
+            cluster.now(),
+            &HostLoad {
+                accepting: !exec.draining() && cluster.offload.load().enabled,
+                pools: &pools,
+                incoming: cluster.incoming.load(Ordering::Relaxed),
+            },
+            &OfferInfo {
+                origin: &v.origin,
+                platform: &v.platform,
+                hop: v.offer.hop,
+                proto: PROTO,
+            },
+        )
+    };
     let lease = v.offer.lease_epoch;
     if let Err(reason) = admitted {
         Counters::bump(&cluster.counters.offers_refused);
@@ -193,6 +199,7 @@ fn reject_message(r: RejectReason) -> String {
         RejectReason::Version => "another cluster protocol",
         RejectReason::Hop => "offloaded work is not offloaded again",
         RejectReason::Rate => "too many offers from this origin",
+        RejectReason::TooLarge => "the input tree is over this host's max_transfer_bytes",
         RejectReason::Invalid | RejectReason::Unspecified => "refused",
     }
     .to_string()
@@ -442,6 +449,36 @@ async fn hydrate(cluster: &Cluster, exec: &Exec, v: &Valid) -> Result<(), (Outco
         .map(|p| p.addr.to_string())
         .unwrap_or_default();
     let instance = v.assignment.instance_name.clone();
+    // The tree itself, not the offer's word: a claim below the real size,
+    // or a tree over this host's limit, is not pulled.
+    let limit = cluster.offload.load().max_transfer_bytes;
+    let claim = v.offer.input_bytes;
+    let bound = if claim > 0 { limit.min(claim) } else { limit };
+    let max_message = exec.upstream.max_message;
+    match super::tree_size::measure(
+        channel.clone(),
+        &instance,
+        v.function,
+        v.input_root,
+        bound,
+        max_message,
+    )
+    .await
+    {
+        Ok(n) if n > bound => {
+            Counters::bump(&cluster.counters.hosted_too_large);
+            return Err(unavailable(format!(
+                "the input tree has over {n} bytes; the offer claimed {claim}, max_transfer_bytes is {limit}"
+            )));
+        }
+        Ok(_) => {}
+        Err(s) => {
+            return Err(unavailable(format!(
+                "the input tree was not measured: {}",
+                s.message()
+            )))
+        }
+    }
     let source = rbe_transfer::Source::new(channel, addr, instance.clone(), Default::default());
     let local = rbe_transfer::Local::new(exec.upstream.unary.clone(), instance);
     match rbe_transfer::fetch_input_closure(&source, &local, v.function, v.input_root).await {

@@ -71,13 +71,16 @@ impl WorkerLink for RemoteLink {
 enum End {
     /// The peer said no (or never answered): back to the queue's place.
     Rejected,
+    /// Its input tree is over `max_transfer_bytes` (measured here, or the
+    /// peer said TOO_LARGE): back to its place, and it stays here.
+    TooLarge(String),
     /// Cancelled here: nothing more to do for the operation.
     Cancelled,
     /// Lost: re-queued.
     Lost(String),
     /// Lost to silence or membership while the stream still stands:
     /// re-queued, and the stream is still read for a late result.
-    Silent(String, Tail),
+    Silent(String, Box<Tail>),
     /// A result, outputs pulled: completes the operation.
     Finished(Box<Finished>),
 }
@@ -96,6 +99,12 @@ pub async fn run(
     let lease = l.lease;
     match end {
         End::Rejected => exec.release(lease),
+        End::TooLarge(reason) => {
+            Counters::bump(&cluster.counters.offers_too_large);
+            cluster.keep_local(l.op);
+            exec.release(lease);
+            tracing::info!(peer = %to, lease, operation = %op, invocation_id = %l.invocation_id, reason = %reason, "offload: the input tree is too large to move; the operation stays here");
+        }
         End::Cancelled => exec.release(lease),
         End::Lost(reason) => {
             Counters::bump(&cluster.counters.leases_lost);
@@ -146,6 +155,26 @@ async fn drive(
         tool_invocation_id: l.invocation_id.clone(),
         ..Default::default()
     };
+    let limit = cluster.offload.load().max_transfer_bytes;
+    let input_bytes = match input_size(exec, l, limit).await {
+        Ok(n) => n,
+        Err(e) => {
+            // Unknown: offered all the same; the peer measures it too.
+            tracing::debug!(peer = %to, lease, operation = %l.name, error = %e, "offload: the input tree was not measured");
+            0
+        }
+    };
+    if input_bytes > limit {
+        // The offer counted by `offer_sent` is not sent.
+        cluster
+            .placement
+            .lock()
+            .peers
+            .offer_answered(cluster.now(), to, false, None);
+        return End::TooLarge(format!(
+            "the input tree has over {input_bytes} bytes; max_transfer_bytes is {limit}"
+        ));
+    }
     let offer = Offer {
         assignment: assignment.encode_to_vec(),
         platform: properties(&l.platform),
@@ -158,6 +187,7 @@ async fn drive(
         store_id: 0,
         hop: 0,
         client: l.client.clone(),
+        input_bytes,
     };
     let (otx, orx) = mpsc::channel::<OriginMessage>(4);
     let first = OriginMessage {
@@ -224,6 +254,9 @@ async fn drive(
                 0
             };
             tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, reason, message = %r.message, backoff_ms, "offload: offer rejected");
+            if why == Some(rbe_proto::cluster::RejectReason::TooLarge) {
+                return End::TooLarge(r.message);
+            }
             return End::Rejected;
         }
         other => {
@@ -261,11 +294,11 @@ async fn drive(
             _ = check.tick() => {
                 if Instant::now() >= deadline {
                     let reason = format!("no message from the peer for {} s", silence.as_secs());
-                    return End::Silent(reason, Tail { stream, _otx: otx });
+                    return End::Silent(reason, Box::new(Tail { stream, _otx: otx }));
                 }
                 if cluster.any_channel(to).map(|(_, g)| g) != generation {
                     let reason = "membership declared the peer down".to_string();
-                    return End::Silent(reason, Tail { stream, _otx: otx });
+                    return End::Silent(reason, Box::new(Tail { stream, _otx: otx }));
                 }
             }
             m = stream.message() => {
@@ -291,6 +324,27 @@ async fn drive(
             }
         }
     }
+}
+
+/// The size of `l`'s input tree in this host's casd (at most a little
+/// over `limit`: the walk stops there).
+async fn input_size(exec: &Exec, l: &Leased, limit: u64) -> Result<u64, String> {
+    let function =
+        DigestFunction::from_reapi(l.assignment.digest_function).map_err(|e| e.to_string())?;
+    let action =
+        reapi::Action::decode(l.assignment.action.as_slice()).map_err(|e| e.to_string())?;
+    let root = rbe_proto::Digest::from_reapi_opt(function, action.input_root_digest.as_ref())
+        .map_err(|e| e.to_string())?;
+    super::tree_size::measure(
+        exec.upstream.unary.clone(),
+        &l.assignment.instance_name,
+        function,
+        root,
+        limit,
+        exec.upstream.max_message,
+    )
+    .await
+    .map_err(|s| s.message().to_owned())
 }
 
 /// What a peer's Finished on the stream of `lease` is.
@@ -342,7 +396,7 @@ async fn follow_tail(
     cluster: Arc<Cluster>,
     to: NodeName,
     l: Leased,
-    mut tail: Tail,
+    mut tail: Box<Tail>,
     limit: Duration,
 ) {
     let read = async {

@@ -26,6 +26,7 @@ mod offload;
 mod orphan;
 pub mod peer;
 pub mod peer_cas;
+mod tree_size;
 
 pub use layer::{PeerLayer, PeerNode};
 
@@ -96,6 +97,11 @@ pub struct Counters {
     pub offers_sent: AtomicU64,
     pub offers_accepted: AtomicU64,
     pub offers_rejected: AtomicU64,
+    /// Operations kept here because their input tree is over
+    /// `max_transfer_bytes` (measured here, or a peer said TOO_LARGE).
+    pub offers_too_large: AtomicU64,
+    /// Offers refused as executor because their tree is too large.
+    pub hosted_too_large: AtomicU64,
     /// BUSY rejects that started (or lengthened) a peer's backoff.
     pub peer_backoffs: AtomicU64,
     pub offers_failed: AtomicU64,
@@ -130,6 +136,8 @@ impl Counters {
             ("offers_accepted", g(&self.offers_accepted)),
             ("offers_rejected", g(&self.offers_rejected)),
             ("peer_backoffs", g(&self.peer_backoffs)),
+            ("offers_too_large", g(&self.offers_too_large)),
+            ("hosted_too_large", g(&self.hosted_too_large)),
             ("offers_failed", g(&self.offers_failed)),
             ("offers_received", g(&self.offers_received)),
             ("offers_admitted", g(&self.offers_admitted)),
@@ -177,7 +185,13 @@ pub struct Cluster {
     pub report_interval_ms: AtomicU64,
     /// Monotonic zero for the policy's `now`.
     epoch: tokio::time::Instant,
+    /// Operations never offered again (their input tree is too large).
+    local_only: Mutex<std::collections::HashSet<rbe_sched::OpId>>,
 }
+
+/// Operations remembered as local-only; past it the set starts afresh
+/// (one more measurement each, for those still queued).
+const MAX_LOCAL_ONLY: usize = 4096;
 
 /// The offload tunables of `[offload]`.
 pub fn offload_config(o: &OffloadSettings, report_max_age: Duration) -> OffloadConfig {
@@ -337,7 +351,22 @@ impl Cluster {
             incoming: std::sync::atomic::AtomicU32::new(0),
             report_interval_ms: AtomicU64::new(c.report_interval_ms),
             epoch: tokio::time::Instant::now(),
+            local_only: Mutex::new(std::collections::HashSet::new()),
         }))
+    }
+
+    /// `op` is never offered again.
+    pub fn keep_local(&self, op: rbe_sched::OpId) {
+        let mut s = self.local_only.lock();
+        if s.len() >= MAX_LOCAL_ONLY {
+            s.clear();
+        }
+        s.insert(op);
+    }
+
+    /// Whether `op` stays here.
+    pub fn is_local_only(&self, op: rbe_sched::OpId) -> bool {
+        self.local_only.lock().contains(&op)
     }
 
     /// The policy's clock: monotonic time since start.
