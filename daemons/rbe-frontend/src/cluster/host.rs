@@ -292,13 +292,17 @@ async fn host(
             return;
         }
         if snap.stage != last_stage && !broken {
-            last_stage = snap.stage;
             let m = HostMessage {
                 kind: Some(host_message::Kind::Stage(StageUpdate { stage: snap.stage })),
                 load: None,
             };
-            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(m)) {
-                log.broke(&mut broken, &mut watch, &cluster);
+            match tx.try_send(Ok(m)) {
+                Ok(()) => last_stage = snap.stage,
+                // Sent again on the next wake (a heartbeat at the latest).
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    log.broke(&mut broken, &mut watch, &cluster)
+                }
             }
         }
         let o = cluster.offload.load();

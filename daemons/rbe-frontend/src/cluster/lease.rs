@@ -10,7 +10,12 @@
 //! outputs cannot be pulled, or it reports the lease lost (UNAVAILABLE:
 //! it is stopping). A result completes the operation only after its
 //! outputs are in this host's casd, so no answer to a client names a blob
-//! this host cannot serve.
+//! this host cannot serve. A lease lost to silence or membership keeps its
+//! stream read: the peer's late result is counted and dropped.
+//!
+//! Before the offer, the input tree is measured in the local casd: over
+//! `max_transfer_bytes` the operation stays here for good. A BUSY reject
+//! starts the peer's backoff in the `PeerTable`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
