@@ -3,8 +3,9 @@
 //! orphans that its executor cancels after the grace time; an executor
 //! stopped with SIGSTOP loses its lease and its late result is ignored; a
 //! stopping executor rejects offers (DRAINING); an input tree above
-//! `max_transfer_bytes` does not travel. Tests assert behaviour, never
-//! wall time (limits only bound a hang).
+//! `max_transfer_bytes` does not travel; with `orphan_policy = "finish"`
+//! an orphan runs to its end into the executor's action cache. Tests
+//! assert behaviour, never wall time (limits only bound a hang).
 
 use rbe_proto::cluster::{host_message, RejectReason};
 use rbe_testkit::cluster::LocalCluster;
@@ -244,4 +245,61 @@ async fn input_trees_over_max_transfer_bytes_do_not_move() {
     let s = c.status(1).await;
     assert_eq!(counter(&s, "hosted_too_large"), 2, "{s:?}");
     drop(tx);
+}
+
+/// With `orphan_policy = "finish"`, b runs the orphan of a killed origin
+/// to its end and writes its result to its own action cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_orphan_lands_in_the_executors_action_cache() {
+    let c = LocalCluster::start(
+        &[("a", 1), ("b", 4)],
+        "[offload]\norphan_policy = \"finish\"\norphan_grace_secs = 1\n",
+    )
+    .await;
+    formed(&c).await;
+    let acts: Vec<(Act, String)> = (0..3).map(|_| marked_sleep(8)).collect();
+    let ch = c.hosts[0].stack.channel();
+    for (a, _) in &acts {
+        upload(&ch, a).await;
+    }
+    let _runs: Vec<_> = acts
+        .iter()
+        .map(|(a, _)| tokio::spawn(execute(ch.clone(), a.action)))
+        .collect();
+    let b_worker = c.hosts[1].stack.workerd_pid().expect("b's worker runs");
+    let on_b = || {
+        acts.iter()
+            .position(|(_, m)| !running(b_worker, m).is_empty())
+    };
+    until(&c, 1, LIMIT, "nothing of a's ran on b", || {
+        let found = on_b().is_some();
+        async move { found }
+    })
+    .await;
+    let i = on_b().expect("an action of a's runs on b");
+    signal(c.hosts[0].stack.frontend_pid().expect("a runs"), "-9");
+    until(&c, 1, LIMIT, "b did not finish the orphan", || async {
+        counter(&c.status(1).await, "orphans_finished") >= 1
+    })
+    .await;
+    let s = c.status(1).await;
+    assert_eq!(counter(&s, "orphans_cancelled"), 0, "{s:?}");
+    let ac =
+        rbe_proto::reapi::action_cache_client::ActionCacheClient::new(c.hosts[1].stack.channel());
+    let req = rbe_proto::reapi::GetActionResultRequest {
+        action_digest: Some(acts[i].0.action.to_reapi()),
+        digest_function: F.to_reapi(),
+        ..Default::default()
+    };
+    let mut found = None;
+    // The action-cache write is queued: it lands shortly after.
+    for _ in 0..100 {
+        if let Ok(r) = ac.clone().get_action_result(req.clone()).await {
+            found = Some(r.into_inner());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r = found.expect("b's action cache has the orphan's result");
+    assert_eq!(r.exit_code, 0, "{r:?}");
 }
