@@ -9,186 +9,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use prost::Message;
-use rbe_proto::cluster::{host_message, origin_message, Offer, OriginMessage};
+use rbe_proto::cluster::host_message;
 use rbe_proto::longrunning::operation;
-use rbe_proto::reapi::{
-    command::EnvironmentVariable, execution_client::ExecutionClient, Action, Command, Directory,
-    ExecuteRequest, ExecuteResponse, FileNode, RequestMetadata, ToolDetails,
-};
-use rbe_proto::worker::Assignment;
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::reapi::{ExecuteResponse, RequestMetadata, ToolDetails};
+use rbe_proto::Digest;
 use rbe_testkit::client;
 use rbe_testkit::cluster::LocalCluster;
 use rbe_testkit::exec::start_command_with;
-use tonic::transport::Channel;
 
-const F: DigestFunction = DigestFunction::Sha256;
-const LIMIT: Duration = Duration::from_secs(180);
-
-/// `cat in*.txt > out; sleep secs` with `in.txt` (unique contents) as its
-/// input: distinct per call, with an input to hydrate and an output to
-/// pull back.
-struct Act {
-    action: Digest,
-    input: Vec<u8>,
-    /// Command, input root, Action, then the input files.
-    blobs: Vec<(Digest, Vec<u8>)>,
-}
-
-fn act(secs: u32) -> Act {
-    act_with(secs, 1)
-}
-
-/// [`act`] with `files` input files (`in0.txt`, `in1.txt`, ...).
-fn act_with(secs: u32, files: usize) -> Act {
-    let inputs: Vec<Vec<u8>> = (0..files)
-        .map(|i| format!("input {i} {}\n", uuid::Uuid::new_v4()).into_bytes())
-        .collect();
-    let command = Command {
-        arguments: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            format!("cat in*.txt > out; sleep {secs}"),
-        ],
-        environment_variables: vec![EnvironmentVariable {
-            name: "PATH".into(),
-            value: "/usr/bin:/bin".into(),
-        }],
-        output_paths: vec!["out".into()],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let file_blobs: Vec<(Digest, Vec<u8>)> = inputs
-        .iter()
-        .map(|b| (Digest::of(F, b), b.clone()))
-        .collect();
-    let root = Directory {
-        files: file_blobs
-            .iter()
-            .enumerate()
-            .map(|(i, (d, _))| FileNode {
-                name: if files == 1 {
-                    "in.txt".into()
-                } else {
-                    format!("in{i}.txt")
-                },
-                digest: Some(d.to_reapi()),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let (cd, rd) = (Digest::of(F, &command), Digest::of(F, &root));
-    let action = Action {
-        command_digest: Some(cd.to_reapi()),
-        input_root_digest: Some(rd.to_reapi()),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let ad = Digest::of(F, &action);
-    let mut blobs = vec![(cd, command), (rd, root), (ad, action)];
-    blobs.extend(file_blobs);
-    Act {
-        action: ad,
-        blobs,
-        input: inputs.concat(),
-    }
-}
-
-async fn upload(ch: &Channel, a: &Act) {
-    let codes = client::batch_update(ch, "", &a.blobs)
-        .await
-        .expect("BatchUpdateBlobs");
-    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
-}
-
-/// Executes `a` on `ch` and returns the final response.
-async fn execute(ch: Channel, a: Digest) -> ExecuteResponse {
-    execute_as(ch, a, None).await
-}
-
-/// [`execute`] with `md` as the client's RequestMetadata.
-async fn execute_as(ch: Channel, a: Digest, md: Option<&RequestMetadata>) -> ExecuteResponse {
-    let mut req = tonic::Request::new(ExecuteRequest {
-        action_digest: Some(a.to_reapi()),
-        digest_function: F.to_reapi(),
-        ..Default::default()
-    });
-    if let Some(md) = md {
-        rbe_testkit::exec::with_metadata(&mut req, md);
-    }
-    let mut s = ExecutionClient::new(ch)
-        .execute(req)
-        .await
-        .expect("Execute")
-        .into_inner();
-    while let Some(op) = s.next().await {
-        let op = op.expect("operation");
-        if let Some(operation::Result::Response(any)) = op.result {
-            return ExecuteResponse::decode(any.value.as_slice()).expect("response");
-        }
-    }
-    panic!("the Execute stream ended without a response");
-}
-
-/// The host an action ran on: "b/b-worker" (offloaded) or "a-worker".
-fn host_of(r: &ExecuteResponse) -> String {
-    let w = r
-        .result
-        .as_ref()
-        .and_then(|r| r.execution_metadata.as_ref())
-        .map(|m| m.worker.clone())
-        .unwrap_or_default();
-    match w.split_once('/') {
-        Some((node, _)) => node.to_owned(),
-        None => w.trim_end_matches("-worker").to_owned(),
-    }
-}
-
-fn counter(s: &rbe_proto::cluster::ClusterStatus, name: &str) -> u64 {
-    s.counters
-        .iter()
-        .find(|c| c.name == name)
-        .map_or(0, |c| c.value)
-}
-
-/// Waits until host 0 sees every other host eligible with a load report.
-async fn formed(c: &LocalCluster) {
-    assert!(
-        c.wait_formed(Duration::from_secs(60)).await,
-        "the cluster did not form: {:?}",
-        c.status(0).await
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = c.status(0).await;
-        let loaded = s
-            .members
-            .iter()
-            .filter(|m| m.eligible && m.load.as_ref().is_some_and(|l| !l.pools.is_empty()))
-            .count();
-        if loaded + 1 == c.hosts.len() {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no loads: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Runs `n` distinct actions at once on host 0; returns the responses.
-async fn burst(c: &LocalCluster, acts: &[Act]) -> Vec<ExecuteResponse> {
-    let ch = c.hosts[0].stack.channel();
-    for a in acts {
-        upload(&ch, a).await;
-    }
-    let runs = acts.iter().map(|a| execute(ch.clone(), a.action));
-    tokio::time::timeout(LIMIT, futures::future::join_all(runs))
-        .await
-        .expect("the burst did not finish")
-}
+mod offload_kit;
+use offload_kit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_at_the_one_slot_host_runs_on_its_peers_with_inputs_and_outputs_moved() {
@@ -240,29 +71,6 @@ async fn with_offload_off_everything_runs_at_the_origin() {
         assert_eq!(host_of(r), "a", "{r:?}");
     }
     assert_eq!(counter(&c.status(0).await, "offers_sent"), 0);
-}
-
-fn offer(origin: &str, hop: u32, a: &Act) -> OriginMessage {
-    let assignment = Assignment {
-        id: 7,
-        operation: "operations/test".into(),
-        digest_function: F.to_reapi(),
-        action_hash: a.action.hex(),
-        action_size: a.action.size as i64,
-        action: a.blobs[2].1.clone(),
-        command: a.blobs[0].1.clone(),
-        timeout_seconds: 60,
-        ..Default::default()
-    };
-    OriginMessage {
-        kind: Some(origin_message::Kind::Offer(Offer {
-            assignment: assignment.encode_to_vec(),
-            origin_node: origin.into(),
-            lease_epoch: 7,
-            hop,
-            ..Default::default()
-        })),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

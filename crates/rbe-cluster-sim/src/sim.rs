@@ -61,6 +61,8 @@ enum Msg {
     Rejected {
         lease: WorkerId,
         load: LoadReport,
+        /// BUSY (else a rate limit): the origin backs off from the peer.
+        busy: bool,
     },
     /// With the executor's load after it started what was queued next,
     /// so the origin learns of a free slot without waiting for gossip.
@@ -593,12 +595,15 @@ impl Sim {
                     .offer_answered(now, &peer, true, Some(&load));
                 self.rebalance(to);
             }
-            Msg::Rejected { lease, load } => {
+            Msg::Rejected { lease, load, busy } => {
                 self.m.rejects += 1;
                 let peer = self.hosts[from].name.clone();
-                self.hosts[to]
-                    .peers
-                    .offer_answered(now, &peer, false, Some(&load));
+                let backoff = self.hosts[to].policy.config().busy_backoff;
+                let peers = &mut self.hosts[to].peers;
+                peers.offer_answered(now, &peer, false, Some(&load));
+                if busy {
+                    peers.rejected_busy(now, &peer, backoff);
+                }
                 let Some(l) = self.hosts[to].leases.remove(&lease) else {
                     return;
                 };
@@ -646,6 +651,7 @@ impl Sim {
                 proto: PROTO,
             },
         );
+        let busy = verdict == Err(rbe_proto::cluster::RejectReason::Busy);
         if verdict.is_ok() {
             let key = ActionKey {
                 instance: String::new(),
@@ -670,7 +676,7 @@ impl Sim {
             }
         }
         let load = self.own_report(host);
-        self.peer_send(host, origin, Msg::Rejected { lease, load });
+        self.peer_send(host, origin, Msg::Rejected { lease, load, busy });
     }
 
     fn own_report(&mut self, host: usize) -> LoadReport {

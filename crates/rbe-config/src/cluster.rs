@@ -123,12 +123,13 @@ impl Default for ClusterSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrphanPolicy {
-    /// Finish what is running when the result can be cached, else cancel.
+    /// Finish when the result can be cached where a retry finds it (the
+    /// origin's offer names this host's backing store), else cancel.
     #[default]
     Auto,
     /// Cancel after `orphan_grace_secs`.
     Cancel,
-    /// Run to completion and write the action cache.
+    /// Run to completion and write the action cache here.
     Finish,
 }
 
@@ -157,7 +158,8 @@ pub struct OffloadSettings {
     pub orphan_policy: OrphanPolicy,
     /// How long an orphan waits for its origin to come back, in seconds.
     pub orphan_grace_secs: u64,
-    /// Without a shared store, input trees larger than this stay local.
+    /// Input trees larger than this stay at the origin, and offers of
+    /// larger ones are refused as executor.
     pub max_transfer_bytes: u64,
     /// Whether `do_not_cache` actions are offloaded too.
     pub do_not_cache: bool,

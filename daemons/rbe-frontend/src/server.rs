@@ -159,13 +159,17 @@ pub async fn run(
         Arc::clone(&access),
     );
     let shutdown = CancellationToken::new();
+    // The peer listener outlives `shutdown` until the drain is over:
+    // origins pull the outputs of what this host finishes while draining,
+    // and an offer that still arrives is told DRAINING.
+    let drained = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
     let cluster = crate::cluster::start(
         &settings,
         &mut fds,
         &exec,
         &upstream,
-        shutdown.clone(),
+        (shutdown.clone(), drained.clone()),
         &mut servers,
     )
     .await?;
@@ -267,6 +271,8 @@ pub async fn run(
         // workers' hub streams) go on.
         exec_stop.begin_drain();
         if let Some(c) = &cluster_stop {
+            // Peers learn it takes no offers before it leaves.
+            c.publish_load(&exec_stop);
             c.leave().await;
         }
         stop.cancel();
@@ -278,6 +284,7 @@ pub async fn run(
             );
         }
         exec_stop.shutdown();
+        drained.cancel();
         let _ = drained_tx.send(());
     });
     let watchdog = tokio::spawn(heartbeat(

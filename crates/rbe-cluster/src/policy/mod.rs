@@ -8,8 +8,9 @@
 //!    is at least `threshold`;
 //! 2. among peers with a fresh report, accepting, of the same protocol,
 //!    with a pool whose platform satisfies the action (the rule of
-//!    [`rbe_sched::Platform::satisfies`]) and fewer than
-//!    `max_offers_per_peer` offers pending,
+//!    [`rbe_sched::Platform::satisfies`]), fewer than
+//!    `max_offers_per_peer` offers pending, and not backing off after
+//!    BUSY rejects ([`PeerTable::rejected_busy`], [`Backoff`]),
 //! 3. sample `choices` at random and score each by the rounds the action
 //!    would wait there, counting the offers this host sent that its report
 //!    cannot show yet (optimistic accounting: without it every origin sends
@@ -30,7 +31,7 @@ mod peers;
 #[cfg(test)]
 mod tests;
 
-pub use peers::{Peer, PeerPool, PeerTable, ReportUse};
+pub use peers::{Backoff, Peer, PeerPool, PeerTable, ReportUse};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -76,6 +77,8 @@ pub struct OffloadConfig {
     pub admit_per_origin_per_sec: f64,
     /// Executor side: and in a burst.
     pub admit_per_origin_burst: f64,
+    /// Origin side: how long a peer gets no offer after BUSY rejects.
+    pub busy_backoff: Backoff,
 }
 
 impl Default for OffloadConfig {
@@ -93,6 +96,13 @@ impl Default for OffloadConfig {
             report_max_age: Duration::from_secs(2),
             admit_per_origin_per_sec: 200.0,
             admit_per_origin_burst: 64.0,
+            // A report round (500 ms) shows a freed slot and ends the
+            // wait sooner; the cap bounds how long a peer that only
+            // rejected is left out when its reports cannot show room.
+            busy_backoff: Backoff {
+                base: Duration::from_millis(250),
+                max: Duration::from_secs(8),
+            },
         }
     }
 }
@@ -106,7 +116,8 @@ pub enum KeepReason {
     NoFreshCandidate,
     /// Fresh peers exist, but none has a pool that can run the action.
     NoPlatformMatch,
-    /// Every matching peer has `max_offers_per_peer` offers pending.
+    /// Every matching peer has `max_offers_per_peer` offers pending, or
+    /// is backing off after BUSY rejects.
     PeerCap,
     /// No sampled peer would start it sooner by `hysteresis` rounds.
     NoImprovement,
@@ -258,7 +269,7 @@ impl OffloadPolicy {
                 continue;
             };
             matching = true;
-            if p.pending() >= self.cfg.max_offers_per_peer {
+            if p.pending() >= self.cfg.max_offers_per_peer || p.backing_off(now) {
                 continue;
             }
             cands.push(Scored {

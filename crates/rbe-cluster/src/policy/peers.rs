@@ -64,6 +64,10 @@ pub struct Peer {
     /// Offers it accepted without sending its load along; they count until
     /// its next report, which shows them.
     pub accepted_unreported: u32,
+    /// BUSY rejects in a row (reset by an accept or a report with room).
+    pub busy_rejects: u32,
+    /// No offer goes to it before this (by this host's clock).
+    pub backoff_until: Duration,
 }
 
 impl Peer {
@@ -76,6 +80,42 @@ impl Peer {
     pub fn age(&self, now: Duration) -> Duration {
         now.saturating_sub(self.arrived)
     }
+
+    /// Whether it is backing off after BUSY rejects at `now`.
+    pub fn backing_off(&self, now: Duration) -> bool {
+        now < self.backoff_until
+    }
+
+    fn end_backoff(&mut self) {
+        self.busy_rejects = 0;
+        self.backoff_until = Duration::ZERO;
+    }
+}
+
+/// How long no offer goes to a peer after BUSY rejects: doubling from
+/// `base` with each reject in a row, at most `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// After the first reject.
+    pub base: Duration,
+    /// The longest.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait after the `n`th BUSY reject in a row (n ≥ 1).
+    pub fn after(&self, n: u32) -> Duration {
+        let doublings = n.saturating_sub(1).min(31);
+        self.base.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
+/// A report shows room: some pool has a slot nothing is running, queued
+/// or arriving for.
+fn has_room(pools: &[PeerPool]) -> bool {
+    pools.iter().any(|p| {
+        u64::from(p.running) + u64::from(p.queued) + u64::from(p.incoming) < u64::from(p.slots)
+    })
 }
 
 /// What became of a report given to [`PeerTable::on_report`].
@@ -148,6 +188,9 @@ impl PeerTable {
                 p.pools = pools;
                 p.arrived = now;
                 p.accepted_unreported = 0;
+                if has_room(&p.pools) {
+                    p.end_backoff();
+                }
                 ReportUse::Taken
             }
             None => {
@@ -163,6 +206,8 @@ impl PeerTable {
                         arrived: now,
                         in_flight: 0,
                         accepted_unreported: 0,
+                        busy_rejects: 0,
+                        backoff_until: Duration::ZERO,
                     },
                 );
                 ReportUse::Taken
@@ -199,7 +244,24 @@ impl PeerTable {
             if accepted && !taken {
                 p.accepted_unreported = p.accepted_unreported.saturating_add(1);
             }
+            if accepted {
+                p.end_backoff();
+            }
         }
+    }
+
+    /// `node` rejected an offer as BUSY (after [`PeerTable::offer_answered`]
+    /// took the reject's load): no offer goes to it for `backoff.after(n)`,
+    /// n the BUSY rejects in a row, unless it accepts one meanwhile or a
+    /// newer report shows room. Returns the wait.
+    pub fn rejected_busy(&mut self, now: Duration, node: &NodeName, backoff: Backoff) -> Duration {
+        let Some(p) = self.peers.get_mut(node) else {
+            return Duration::ZERO;
+        };
+        p.busy_rejects = p.busy_rejects.saturating_add(1);
+        let wait = backoff.after(p.busy_rejects);
+        p.backoff_until = now.saturating_add(wait);
+        wait
     }
 
     /// `node` is gone (membership declared it down, or it left).

@@ -494,3 +494,82 @@ fn the_report_carries_the_pools() {
         (8, 3, 2, 1)
     );
 }
+
+const MS: Duration = Duration::from_millis(1);
+
+fn backoff() -> Backoff {
+    OffloadConfig::default().busy_backoff
+}
+
+#[test]
+fn the_busy_backoff_doubles_and_is_capped() {
+    let b = Backoff {
+        base: 250 * MS,
+        max: Duration::from_secs(8),
+    };
+    let waits: Vec<u64> = (1..=8).map(|n| b.after(n).as_millis() as u64).collect();
+    assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
+    assert_eq!(b.after(u32::MAX), b.max, "no overflow");
+}
+
+/// b rejects as BUSY though its report showed room (the report was
+/// stale): b gets no offer until its backoff ends, while c still does.
+#[test]
+fn a_peer_that_rejected_as_busy_gets_no_offer_until_its_backoff_ends() {
+    let p = OffloadPolicy::new(cfg());
+    let mut t = table(&[("b", pool(4, 2, 0))]);
+    let t1 = 100 * MS;
+    assert_eq!(target(&pick(&p, &t, t1, 5.0)), Some("b"));
+    t.offer_sent(&node("b"));
+    // The reject's load still shows a free slot.
+    let load = report("b", 2, vec![pool(4, 3, 0)]);
+    t.offer_answered(t1, &node("b"), false, Some(&load));
+    assert_eq!(t.rejected_busy(t1, &node("b"), backoff()), 250 * MS);
+    assert_eq!(
+        pick(&p, &t, t1 + 249 * MS, 5.0),
+        Decision::Keep(KeepReason::PeerCap)
+    );
+    // Another peer is not held back by b's rejects.
+    let mut both = t.clone();
+    both.on_report(t1, &report("c", 1, vec![pool(4, 2, 0)]));
+    assert_eq!(target(&pick(&p, &both, t1, 5.0)), Some("c"));
+    // The wait is over (the report is still fresh).
+    assert_eq!(target(&pick(&p, &t, t1 + 250 * MS, 5.0)), Some("b"));
+    // A second BUSY in a row waits twice as long.
+    let t2 = t1 + 300 * MS;
+    assert_eq!(t.rejected_busy(t2, &node("b"), backoff()), 500 * MS);
+    assert!(t
+        .get(&node("b"))
+        .is_some_and(|b| b.backing_off(t2 + 499 * MS)));
+    assert!(!t
+        .get(&node("b"))
+        .is_some_and(|b| b.backing_off(t2 + 500 * MS)));
+}
+
+#[test]
+fn an_accept_or_a_newer_report_with_room_ends_the_backoff() {
+    let p = OffloadPolicy::new(cfg());
+    let b = node("b");
+    let mut t = table(&[("b", pool(4, 2, 0))]);
+    let t1 = 100 * MS;
+    for _ in 0..3 {
+        t.rejected_busy(t1, &b, backoff());
+    }
+    // A newer report of a full pool: still backing off.
+    t.on_report(t1 + 10 * MS, &report("b", 2, vec![pool(4, 4, 1)]));
+    assert!(t.get(&b).is_some_and(|p| p.backing_off(t1 + 10 * MS)));
+    // The same seq again is old news, and changes nothing.
+    t.on_report(t1 + 20 * MS, &report("b", 2, vec![pool(4, 0, 0)]));
+    assert!(t.get(&b).is_some_and(|p| p.backing_off(t1 + 20 * MS)));
+    // A newer one with a free slot: offers go to b again at once.
+    t.on_report(t1 + 30 * MS, &report("b", 3, vec![pool(4, 2, 0)]));
+    assert_eq!(target(&pick(&p, &t, t1 + 30 * MS, 5.0)), Some("b"));
+    // Three rejects, then an accept: the next reject starts from the base.
+    for _ in 0..3 {
+        t.rejected_busy(t1, &b, backoff());
+    }
+    t.offer_sent(&b);
+    t.offer_answered(t1 + 40 * MS, &b, true, None);
+    assert!(!t.get(&b).is_some_and(|p| p.backing_off(t1 + 40 * MS)));
+    assert_eq!(t.rejected_busy(t1 + 50 * MS, &b, backoff()), 250 * MS);
+}

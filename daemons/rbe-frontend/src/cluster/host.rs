@@ -12,8 +12,10 @@
 //! writes it once it holds the outputs). Stages, heartbeats every lease/3
 //! and the result go back on the stream. CancelLease, or the origin ending
 //! its stream, withdraws the handle (the action is killed when no other
-//! waiter joined it); a stream that breaks runs on for
-//! `orphan_grace_secs`, then is withdrawn too.
+//! waiter joined it). An action whose origin is gone (its stream broke,
+//! or membership declared it down) is an orphan: after
+//! `orphan_grace_secs` `orphan_policy` cancels it or lets it finish
+//! ([`orphan`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,13 +35,15 @@ use rbe_sched::{ActionKey, Platform, Tenant};
 use tokio::sync::mpsc;
 use tonic::{Code, Status, Streaming};
 
-use super::{Cluster, Counters, PeerNode};
+use super::{orphan, Cluster, Counters, PeerNode};
 use crate::exec::handles::{Attached, Origin};
 use crate::exec::{Exec, Submission, Submitted};
 use crate::proxy::relay::BoxStream;
 
 /// How long the origin may take to send its Offer.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often membership is looked at for the origin of a hosted action.
+const MEMBER_CHECK: Duration = Duration::from_secs(1);
 
 /// An offer that validated.
 struct Valid {
@@ -147,21 +151,27 @@ pub async fn run(
             return Err(s);
         }
     };
+    let limit = cluster.offload.load().max_transfer_bytes;
     let pools = exec.pool_loads();
-    let admitted = cluster.placement.lock().policy.admit(
-        cluster.now(),
-        &HostLoad {
-            accepting: !exec.draining() && cluster.offload.load().enabled,
-            pools: &pools,
-            incoming: cluster.incoming.load(Ordering::Relaxed),
-        },
-        &OfferInfo {
-            origin: &v.origin,
-            platform: &v.platform,
-            hop: v.offer.hop,
-            proto: PROTO,
-        },
-    );
+    let admitted = if v.offer.input_bytes > limit {
+        Counters::bump(&cluster.counters.hosted_too_large);
+        Err(RejectReason::TooLarge)
+    } else {
+        cluster.placement.lock().policy.admit(
+            cluster.now(),
+            &HostLoad {
+                accepting: !exec.draining() && cluster.offload.load().enabled,
+                pools: &pools,
+                incoming: cluster.incoming.load(Ordering::Relaxed),
+            },
+            &OfferInfo {
+                origin: &v.origin,
+                platform: &v.platform,
+                hop: v.offer.hop,
+                proto: PROTO,
+            },
+        )
+    };
     let lease = v.offer.lease_epoch;
     if let Err(reason) = admitted {
         Counters::bump(&cluster.counters.offers_refused);
@@ -216,6 +226,7 @@ fn reject_message(r: RejectReason) -> String {
         RejectReason::Version => "another cluster protocol",
         RejectReason::Hop => "offloaded work is not offloaded again",
         RejectReason::Rate => "too many offers from this origin",
+        RejectReason::TooLarge => "the input tree is over this host's max_transfer_bytes",
         RejectReason::Invalid | RejectReason::Unspecified => "refused",
     }
     .to_string()
@@ -274,45 +285,91 @@ async fn host(
         }
     };
     let lease_secs = cluster.offload.load().lease_secs.max(1);
-    let grace = Duration::from_secs(cluster.offload.load().orphan_grace_secs);
     let mut heartbeat = tokio::time::interval(Duration::from_millis(lease_secs * 1000 / 3));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(MEMBER_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rx = a.rx.clone();
     let mut last_stage = -1;
-    let mut orphaned: Option<Instant> = None;
+    let mut watch = orphan::Watch::default();
+    // Decided once the grace time is over: Finish keeps it running.
+    let mut fate: Option<orphan::Fate> = None;
     let mut origin_open = true;
+    // The origin's stream broke: nothing more can be sent on it.
+    let mut broken = false;
+    let log = Log {
+        origin: &origin,
+        lease,
+        op: &op,
+        invocation: &invocation,
+    };
     loop {
         let snap = rx.borrow_and_update().clone();
         if let Some(response) = snap.response {
-            let f = finished_of(&cluster, lease, response);
-            tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, outcome = f.outcome, "offload: hosted action done");
-            let _ = tx.send(Ok(finished_msg(&cluster, &exec, &f))).await;
+            if fate == Some(orphan::Fate::Finish) {
+                finish_orphan(&cluster, &exec, &v, &log, &response);
+            }
+            if !broken {
+                let f = finished_of(&cluster, lease, response);
+                tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, outcome = f.outcome, "offload: hosted action done");
+                // The last message: worth waiting for room, not forever.
+                let send = tx.send(Ok(finished_msg(&cluster, &exec, &f)));
+                let _ = tokio::time::timeout(Duration::from_secs(lease_secs), send).await;
+            }
             exec.stream_ended(a.id, a.exec);
             return;
         }
-        if snap.stage != last_stage && orphaned.is_none() {
-            last_stage = snap.stage;
+        if snap.stage != last_stage && !broken {
             let m = HostMessage {
                 kind: Some(host_message::Kind::Stage(StageUpdate { stage: snap.stage })),
                 load: None,
             };
-            let _ = tx.send(Ok(m)).await;
+            match tx.try_send(Ok(m)) {
+                Ok(()) => last_stage = snap.stage,
+                // Sent again on the next wake (a heartbeat at the latest).
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    log.broke(&mut broken, &mut watch, &cluster)
+                }
+            }
         }
-        if orphaned.is_some_and(|t| t.elapsed() >= grace) {
-            tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, reason = "orphaned", "offload: hosted action withdrawn");
-            exec.stream_ended(a.id, a.exec);
-            return;
+        let o = cluster.offload.load();
+        let grace = Duration::from_secs(o.orphan_grace_secs);
+        if fate.is_none() && watch.expired(Instant::now(), grace) {
+            let shared =
+                v.offer.store_id != 0 && v.offer.store_id == cluster.own_report(&exec).store_id;
+            let f = orphan::fate(o.orphan_policy, shared, v.do_not_cache);
+            if f == orphan::Fate::Cancel {
+                Counters::bump(&cluster.counters.orphans_cancelled);
+                tracing::warn!(origin = %origin, lease, operation = %op, invocation_id = %invocation, orphan_policy = ?o.orphan_policy, grace_secs = o.orphan_grace_secs, reason = "orphaned", "offload: orphan cancelled after the grace time");
+                exec.stream_ended(a.id, a.exec);
+                return;
+            }
+            tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, orphan_policy = ?o.orphan_policy, grace_secs = o.orphan_grace_secs, "offload: orphan kept running to its end");
+            fate = Some(f);
         }
+        // Wake at the end of the grace time, not a heartbeat later.
+        let wake = watch
+            .deadline(grace)
+            .filter(|_| fate.is_none())
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = heartbeat.tick() => {
-                if orphaned.is_none() {
+                if !broken {
                     let m = HostMessage { kind: Some(host_message::Kind::Heartbeat(Heartbeat {})), load: None };
-                    if tx.send(Ok(m)).await.is_err() {
-                        orphaned = Some(Instant::now());
+                    // Full: the origin is not reading; its silence timer
+                    // deals with that, and this loop must not block.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(m)) {
+                        log.broke(&mut broken, &mut watch, &cluster);
                     }
                 }
             }
+            _ = check.tick() => {
+                let live = cluster.view().live().any(|m| m.member.node.as_str() == origin.as_str());
+                log.changed(watch.membership(Instant::now(), live), &cluster);
+            }
+            _ = sleep_until(wake) => {}
             m = incoming.message(), if origin_open => match m {
                 Ok(Some(OriginMessage { kind: Some(origin_message::Kind::Cancel(_)) })) | Ok(None) => {
                     tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, reason = "cancelled by the origin", "offload: hosted action withdrawn");
@@ -324,11 +381,83 @@ async fn host(
                     // Broken, not ended: the origin may be gone for good,
                     // or only its connection; the action runs on a while.
                     origin_open = false;
-                    orphaned = Some(Instant::now());
+                    log.broke(&mut broken, &mut watch, &cluster);
                 }
             },
         }
     }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The fields every log line of a hosted action carries.
+struct Log<'a> {
+    origin: &'a NodeName,
+    lease: u64,
+    op: &'a str,
+    invocation: &'a str,
+}
+
+impl Log<'_> {
+    /// The origin's stream broke.
+    fn broke(&self, broken: &mut bool, watch: &mut orphan::Watch, cluster: &Cluster) {
+        *broken = true;
+        self.changed(watch.stream_broke(Instant::now()), cluster);
+    }
+
+    /// Logs and counts an orphan's change of state.
+    fn changed(&self, c: orphan::Change, cluster: &Cluster) {
+        let Log {
+            origin,
+            lease,
+            op,
+            invocation,
+        } = self;
+        match c {
+            orphan::Change::None => {}
+            orphan::Change::Orphaned(cause) => {
+                Counters::bump(&cluster.counters.orphans);
+                tracing::warn!(origin = %origin, lease, operation = %op, invocation_id = %invocation, reason = cause.as_str(), grace_secs = cluster.offload.load().orphan_grace_secs, "offload: the origin of a hosted action is gone");
+            }
+            orphan::Change::Adopted => {
+                Counters::bump(&cluster.counters.orphans_adopted);
+                tracing::info!(origin = %origin, lease, operation = %op, invocation_id = %invocation, "offload: the origin of a hosted action is back");
+            }
+        }
+    }
+}
+
+/// An orphan that ran to its end: its result goes to the action cache
+/// here (the origin that would have written it is gone).
+fn finish_orphan(cluster: &Cluster, exec: &Exec, v: &Valid, log: &Log<'_>, r: &ExecuteResponse) {
+    Counters::bump(&cluster.counters.orphans_finished);
+    let ran = r.status.as_ref().map_or(0, |s| s.code) == Code::Ok as i32;
+    let result = r.result.as_ref().filter(|ar| ran && ar.exit_code == 0);
+    let cached = match result {
+        Some(ar) if !v.do_not_cache => {
+            let instance = v.assignment.instance_name.clone();
+            exec.recent().put(
+                crate::exec::results::action_key(&instance, &v.action_digest),
+                v.assignment.operation.clone(),
+                reapi::UpdateActionResultRequest {
+                    instance_name: instance,
+                    action_digest: Some(v.action_digest.to_reapi()),
+                    action_result: Some(ar.clone()),
+                    results_cache_policy: None,
+                    digest_function: v.function.to_reapi(),
+                },
+            );
+            true
+        }
+        _ => false,
+    };
+    tracing::info!(origin = %log.origin, lease = log.lease, operation = %log.op, invocation_id = %log.invocation, cached, "offload: orphan finished");
 }
 
 /// The result, with this host's load now that its slot is free.
@@ -374,6 +503,36 @@ async fn hydrate(cluster: &Cluster, exec: &Exec, v: &Valid) -> Result<(), NotSta
         .map(|p| p.addr.to_string())
         .unwrap_or_default();
     let instance = v.assignment.instance_name.clone();
+    // The tree itself, not the offer's word: a claim below the real size,
+    // or a tree over this host's limit, is not pulled.
+    let limit = cluster.offload.load().max_transfer_bytes;
+    let claim = v.offer.input_bytes;
+    let bound = if claim > 0 { limit.min(claim) } else { limit };
+    let max_message = exec.upstream.max_message;
+    match super::tree_size::measure(
+        channel.clone(),
+        &instance,
+        v.function,
+        v.input_root,
+        bound,
+        max_message,
+    )
+    .await
+    {
+        Ok(n) if n > bound => {
+            Counters::bump(&cluster.counters.hosted_too_large);
+            return Err(unavailable(format!(
+                "the input tree has over {n} bytes; the offer claimed {claim}, max_transfer_bytes is {limit}"
+            )));
+        }
+        Ok(_) => {}
+        Err(s) => {
+            return Err(unavailable(format!(
+                "the input tree was not measured: {}",
+                s.message()
+            )))
+        }
+    }
     let source = rbe_transfer::Source::new(channel, addr, instance.clone(), Default::default());
     let local = rbe_transfer::Local::new(exec.upstream.unary.clone(), instance);
     match rbe_transfer::fetch_input_closure(&source, &local, v.function, v.input_root).await {

@@ -10,7 +10,12 @@
 //! outputs cannot be pulled, or it reports the lease lost (UNAVAILABLE:
 //! it is stopping). A result completes the operation only after its
 //! outputs are in this host's casd, so no answer to a client names a blob
-//! this host cannot serve.
+//! this host cannot serve. A lease lost to silence or membership keeps its
+//! stream read: the peer's late result is counted and dropped.
+//!
+//! Before the offer, the input tree is measured in the local casd: over
+//! `max_transfer_bytes` the operation stays here for good. A BUSY reject
+//! starts the peer's backoff in the `PeerTable`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,10 +76,16 @@ impl WorkerLink for RemoteLink {
 enum End {
     /// The peer said no (or never answered): back to the queue's place.
     Rejected,
+    /// Its input tree is over `max_transfer_bytes` (measured here, or the
+    /// peer said TOO_LARGE): back to its place, and it stays here.
+    TooLarge(String),
     /// Cancelled here: nothing more to do for the operation.
     Cancelled,
     /// Lost: re-queued.
     Lost(String),
+    /// Lost to silence or membership while the stream still stands:
+    /// re-queued, and the stream is still read for a late result.
+    Silent(String, Box<Tail>),
     /// A result, outputs pulled: completes the operation.
     Finished(Box<Finished>),
 }
@@ -93,11 +104,24 @@ pub async fn run(
     let lease = l.lease;
     match end {
         End::Rejected => exec.release(lease),
+        End::TooLarge(reason) => {
+            Counters::bump(&cluster.counters.offers_too_large);
+            cluster.keep_local(l.op);
+            exec.release(lease);
+            tracing::info!(peer = %to, lease, operation = %op, invocation_id = %l.invocation_id, reason = %reason, "offload: the input tree is too large to move; the operation stays here");
+        }
         End::Cancelled => exec.release(lease),
         End::Lost(reason) => {
             Counters::bump(&cluster.counters.leases_lost);
             let requeued = exec.worker_detach(lease);
             tracing::warn!(peer = %to, lease, operation = %op, invocation_id = %l.invocation_id, reason = %reason, requeued, "offload: lease lost; the operation is dispatched again");
+        }
+        End::Silent(reason, tail) => {
+            Counters::bump(&cluster.counters.leases_lost);
+            let requeued = exec.worker_detach(lease);
+            tracing::warn!(peer = %to, lease, operation = %op, invocation_id = %l.invocation_id, reason = %reason, requeued, "offload: lease lost; the operation is dispatched again");
+            let limit = tail_limit(&l);
+            tokio::spawn(follow_tail(cluster.clone(), to.clone(), l, tail, limit));
         }
         End::Finished(f) => {
             if !exec.worker_finished(lease, *f) {
@@ -143,6 +167,26 @@ async fn drive(
     } else {
         assignment.request_metadata.clone()
     };
+    let limit = cluster.offload.load().max_transfer_bytes;
+    let input_bytes = match input_size(exec, l, limit).await {
+        Ok(n) => n,
+        Err(e) => {
+            // Unknown: offered all the same; the peer measures it too.
+            tracing::debug!(peer = %to, lease, operation = %l.name, error = %e, "offload: the input tree was not measured");
+            0
+        }
+    };
+    if input_bytes > limit {
+        // The offer counted by `offer_sent` is not sent.
+        cluster
+            .placement
+            .lock()
+            .peers
+            .offer_answered(cluster.now(), to, false, None);
+        return End::TooLarge(format!(
+            "the input tree has over {input_bytes} bytes; max_transfer_bytes is {limit}"
+        ));
+    }
     let offer = Offer {
         assignment: assignment.encode_to_vec(),
         platform: properties(&l.platform),
@@ -155,6 +199,7 @@ async fn drive(
         store_id: 0,
         hop: 0,
         client: l.client.clone(),
+        input_bytes,
     };
     let (otx, orx) = mpsc::channel::<OriginMessage>(4);
     let first = OriginMessage {
@@ -207,10 +252,23 @@ async fn drive(
         }))) => {
             answered(false, r.load.as_ref());
             Counters::bump(&cluster.counters.offers_rejected);
-            let reason = rbe_proto::cluster::RejectReason::try_from(r.reason)
-                .map(|r| r.as_str_name())
-                .unwrap_or("UNKNOWN");
-            tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, reason, message = %r.message, "offload: offer rejected");
+            let why = rbe_proto::cluster::RejectReason::try_from(r.reason).ok();
+            let reason = why.map_or("UNKNOWN", |r| r.as_str_name());
+            let backoff_ms = if why == Some(rbe_proto::cluster::RejectReason::Busy) {
+                Counters::bump(&cluster.counters.peer_backoffs);
+                let mut placement = cluster.placement.lock();
+                let b = placement.policy.config().busy_backoff;
+                placement
+                    .peers
+                    .rejected_busy(cluster.now(), to, b)
+                    .as_millis() as u64
+            } else {
+                0
+            };
+            tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, reason, message = %r.message, backoff_ms, "offload: offer rejected");
+            if why == Some(rbe_proto::cluster::RejectReason::TooLarge) {
+                return End::TooLarge(r.message);
+            }
             return End::Rejected;
         }
         other => {
@@ -247,10 +305,12 @@ async fn drive(
             }
             _ = check.tick() => {
                 if Instant::now() >= deadline {
-                    return End::Lost(format!("no message from the peer for {} s", silence.as_secs()));
+                    let reason = format!("no message from the peer for {} s", silence.as_secs());
+                    return End::Silent(reason, Box::new(Tail { stream, _otx: otx }));
                 }
                 if cluster.any_channel(to).map(|(_, g)| g) != generation {
-                    return End::Lost("membership declared the peer down".into());
+                    let reason = "membership declared the peer down".to_string();
+                    return End::Silent(reason, Box::new(Tail { stream, _otx: otx }));
                 }
             }
             m = stream.message() => {
@@ -278,6 +338,98 @@ async fn drive(
     }
 }
 
+/// The size of `l`'s input tree in this host's casd (at most a little
+/// over `limit`: the walk stops there).
+async fn input_size(exec: &Exec, l: &Leased, limit: u64) -> Result<u64, String> {
+    let function =
+        DigestFunction::from_reapi(l.assignment.digest_function).map_err(|e| e.to_string())?;
+    let action =
+        reapi::Action::decode(l.assignment.action.as_slice()).map_err(|e| e.to_string())?;
+    let root = rbe_proto::Digest::from_reapi_opt(function, action.input_root_digest.as_ref())
+        .map_err(|e| e.to_string())?;
+    super::tree_size::measure(
+        exec.upstream.unary.clone(),
+        &l.assignment.instance_name,
+        function,
+        root,
+        limit,
+        exec.upstream.max_message,
+    )
+    .await
+    .map_err(|s| s.message().to_owned())
+}
+
+/// What a peer's Finished on the stream of `lease` is.
+#[derive(Debug, PartialEq)]
+enum Report {
+    /// This lease's result.
+    Ours,
+    /// Another lease's: the stream is the peer's, so a fault of the peer;
+    /// nothing of it is used and the lease is lost.
+    NotOurs(String),
+    /// The peer gave the lease up (UNAVAILABLE: stopping, or the inputs
+    /// could not be pulled).
+    GivenUp(String),
+}
+
+fn check_report(lease: u64, f: &Finished) -> Report {
+    if f.id != lease {
+        return Report::NotOurs(format!(
+            "the peer reported lease {} on the stream of lease {lease}",
+            f.id
+        ));
+    }
+    if f.outcome == Outcome::Unavailable as i32 {
+        return Report::GivenUp(format!("the peer gave the lease up: {}", f.message));
+    }
+    Report::Ours
+}
+
+/// A lost lease's stream, still open: the peer may yet report.
+struct Tail {
+    stream: tonic::Streaming<HostMessage>,
+    /// Held so the peer does not read the end of the stream as a cancel.
+    _otx: mpsc::Sender<OriginMessage>,
+}
+
+/// The longest a lost lease's stream is read: the action's own timeout
+/// and a lease more (an hour when it has none).
+fn tail_limit(l: &Leased) -> Duration {
+    match l.assignment.timeout_seconds {
+        0 => Duration::from_secs(3600),
+        t => Duration::from_secs(u64::from(t) + 60),
+    }
+}
+
+/// Reads a lost lease's stream until the peer reports, the stream ends,
+/// or `limit`: a late result is of a lease no longer held (the operation
+/// was dispatched again), so it is counted and dropped, never used.
+async fn follow_tail(
+    cluster: Arc<Cluster>,
+    to: NodeName,
+    l: Leased,
+    mut tail: Box<Tail>,
+    limit: Duration,
+) {
+    let read = async {
+        loop {
+            match tail.stream.message().await {
+                Ok(Some(HostMessage {
+                    kind: Some(host_message::Kind::Finished(bytes)),
+                    ..
+                })) => return Some(Finished::decode(bytes.as_slice()).ok()),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    };
+    if let Ok(Some(f)) = tokio::time::timeout(limit, read).await {
+        Counters::bump(&cluster.counters.late_results);
+        let outcome = f.map_or(-1, |f| f.outcome);
+        tracing::info!(peer = %to, lease = l.lease, operation = %l.name, invocation_id = %l.invocation_id, outcome, "offload: late result of a lost lease ignored");
+    }
+}
+
 /// The peer's result: its outputs are pulled into this host's casd before
 /// the operation completes.
 async fn finished(
@@ -290,17 +442,13 @@ async fn finished(
     let Ok(mut f) = Finished::decode(bytes) else {
         return End::Lost("the peer's result does not decode".into());
     };
-    if f.id != l.lease {
-        // Not this lease's report: the stream is the peer's, so this is a
-        // fault of the peer; nothing of it is used.
-        Counters::bump(&cluster.counters.stale_reports);
-        return End::Lost(format!(
-            "the peer reported lease {} on the stream of lease {}",
-            f.id, l.lease
-        ));
-    }
-    if f.outcome == Outcome::Unavailable as i32 {
-        return End::Lost(format!("the peer gave the lease up: {}", f.message));
+    match check_report(l.lease, &f) {
+        Report::Ours => {}
+        Report::NotOurs(reason) => {
+            Counters::bump(&cluster.counters.stale_reports);
+            return End::Lost(reason);
+        }
+        Report::GivenUp(reason) => return End::Lost(reason),
     }
     f.id = l.op;
     let result = (!f.action_result.is_empty())
@@ -337,4 +485,35 @@ async fn finished(
         }
     }
     End::Finished(Box::new(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(id: u64, outcome: Outcome) -> Finished {
+        Finished {
+            id,
+            outcome: outcome as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_result_for_a_lease_the_peer_does_not_hold_is_not_used() {
+        assert_eq!(check_report(7, &finished(7, Outcome::Ran)), Report::Ours);
+        assert!(matches!(
+            check_report(7, &finished(6, Outcome::Ran)),
+            Report::NotOurs(_)
+        ));
+        // Even a give-up is not believed for another lease.
+        assert!(matches!(
+            check_report(7, &finished(8, Outcome::Unavailable)),
+            Report::NotOurs(_)
+        ));
+        assert!(matches!(
+            check_report(7, &finished(7, Outcome::Unavailable)),
+            Report::GivenUp(_)
+        ));
+    }
 }

@@ -23,8 +23,10 @@ mod layer;
 mod lease;
 mod members;
 mod offload;
+mod orphan;
 pub mod peer;
 pub mod peer_cas;
+mod tree_size;
 
 pub use layer::{PeerLayer, PeerNode};
 
@@ -95,14 +97,31 @@ pub struct Counters {
     pub offers_sent: AtomicU64,
     pub offers_accepted: AtomicU64,
     pub offers_rejected: AtomicU64,
+    /// Operations kept here because their input tree is over
+    /// `max_transfer_bytes` (measured here, or a peer said TOO_LARGE).
+    pub offers_too_large: AtomicU64,
+    /// Offers refused as executor because their tree is too large.
+    pub hosted_too_large: AtomicU64,
+    /// BUSY rejects that started (or lengthened) a peer's backoff.
+    pub peer_backoffs: AtomicU64,
     pub offers_failed: AtomicU64,
     pub offers_received: AtomicU64,
     pub offers_admitted: AtomicU64,
     pub offers_refused: AtomicU64,
     pub leases_lost: AtomicU64,
     pub stale_reports: AtomicU64,
+    /// Results that arrived on the stream of a lease already lost.
+    pub late_results: AtomicU64,
     pub describe_failures: AtomicU64,
     pub forwarded: AtomicU64,
+    /// Hosted actions whose origin went away (stream broken or down).
+    pub orphans: AtomicU64,
+    /// ... whose origin came back (membership only) within the grace.
+    pub orphans_adopted: AtomicU64,
+    /// ... withdrawn after the grace time (`orphan_policy`).
+    pub orphans_cancelled: AtomicU64,
+    /// ... run to their end, the result cached here.
+    pub orphans_finished: AtomicU64,
 }
 
 impl Counters {
@@ -116,14 +135,22 @@ impl Counters {
             ("offers_sent", g(&self.offers_sent)),
             ("offers_accepted", g(&self.offers_accepted)),
             ("offers_rejected", g(&self.offers_rejected)),
+            ("peer_backoffs", g(&self.peer_backoffs)),
+            ("offers_too_large", g(&self.offers_too_large)),
+            ("hosted_too_large", g(&self.hosted_too_large)),
             ("offers_failed", g(&self.offers_failed)),
             ("offers_received", g(&self.offers_received)),
             ("offers_admitted", g(&self.offers_admitted)),
             ("offers_refused", g(&self.offers_refused)),
             ("leases_lost", g(&self.leases_lost)),
             ("stale_reports_ignored", g(&self.stale_reports)),
+            ("late_results_ignored", g(&self.late_results)),
             ("describe_failures", g(&self.describe_failures)),
             ("operations_forwarded", g(&self.forwarded)),
+            ("orphans", g(&self.orphans)),
+            ("orphans_adopted", g(&self.orphans_adopted)),
+            ("orphans_cancelled", g(&self.orphans_cancelled)),
+            ("orphans_finished", g(&self.orphans_finished)),
         ]
     }
 }
@@ -158,7 +185,13 @@ pub struct Cluster {
     pub report_interval_ms: AtomicU64,
     /// Monotonic zero for the policy's `now`.
     epoch: tokio::time::Instant,
+    /// Operations never offered again (their input tree is too large).
+    local_only: Mutex<std::collections::HashSet<rbe_sched::OpId>>,
 }
+
+/// Operations remembered as local-only; past it the set starts afresh
+/// (one more measurement each, for those still queued).
+const MAX_LOCAL_ONLY: usize = 4096;
 
 /// The offload tunables of `[offload]`.
 pub fn offload_config(o: &OffloadSettings, report_max_age: Duration) -> OffloadConfig {
@@ -318,7 +351,22 @@ impl Cluster {
             incoming: std::sync::atomic::AtomicU32::new(0),
             report_interval_ms: AtomicU64::new(c.report_interval_ms),
             epoch: tokio::time::Instant::now(),
+            local_only: Mutex::new(std::collections::HashSet::new()),
         }))
+    }
+
+    /// `op` is never offered again.
+    pub fn keep_local(&self, op: rbe_sched::OpId) {
+        let mut s = self.local_only.lock();
+        if s.len() >= MAX_LOCAL_ONLY {
+            s.clear();
+        }
+        s.insert(op);
+    }
+
+    /// Whether `op` stays here.
+    pub fn is_local_only(&self, op: rbe_sched::OpId) -> bool {
+        self.local_only.lock().contains(&op)
     }
 
     /// The policy's clock: monotonic time since start.
@@ -395,6 +443,11 @@ impl Cluster {
         self.placement.lock().policy = OffloadPolicy::new(cfg);
     }
 
+    /// Publishes this host's load now (a stop: it no longer accepts).
+    pub fn publish_load(&self, exec: &Exec) {
+        self.handle.publish_report(self.own_report(exec));
+    }
+
     /// Says goodbye to the cluster (on stop).
     pub async fn leave(&self) {
         self.handle.leave().await;
@@ -442,13 +495,18 @@ impl Cluster {
 /// Starts this host's part of the cluster when `[cluster]` is on: gossip
 /// on the `gossip` socket, the peer listener (mutual TLS) on `peer`, the
 /// load reports and the membership follower. The peer listener serves
-/// until `shutdown`, like the public ones.
+/// until `drained` (the end of the drain), not `shutdown`: origins pull
+/// the outputs of actions this host finishes while draining, and offers
+/// that still arrive are rejected DRAINING.
 pub async fn start(
     settings: &rbe_config::FrontendSettings,
     fds: &mut Vec<(String, std::os::fd::OwnedFd)>,
     exec: &Arc<Exec>,
     upstream: &crate::proxy::Upstream,
-    shutdown: tokio_util::sync::CancellationToken,
+    (shutdown, drained): (
+        tokio_util::sync::CancellationToken,
+        tokio_util::sync::CancellationToken,
+    ),
     servers: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
 ) -> anyhow::Result<Option<Arc<Cluster>>> {
     use anyhow::Context;
@@ -510,7 +568,7 @@ pub async fn start(
         router,
         peer,
         Some(tls),
-        shutdown.cancelled_owned(),
+        drained.cancelled_owned(),
     ));
     Ok(Some(cluster))
 }

@@ -61,6 +61,11 @@ fn pass(cluster: &Arc<Cluster>, exec: &Arc<Exec>) {
         let Some((pool, head)) = head else {
             return;
         };
+        if cluster.is_local_only(head.op) {
+            // Its input tree is too large to move: the pool's head stays.
+            kept.push(pool.platform.clone());
+            continue;
+        }
         let started = Instant::now();
         let local = local_pressure(&pools, &head.platform);
         let decision = {
