@@ -64,9 +64,12 @@ fn bazel_on_three_hosts_survives_faults() {
     let per_host = ledger.advance(&hosts);
     run.report(&per_host);
     run.assert_passed(&hosts);
-    for (h, n) in hosts.iter().zip(&per_host) {
+    for (h, n) in hosts.iter().zip(&per_host.finished) {
         assert!(*n > 0, "no action ran on {}: {per_host:?}", h.name);
     }
+    // Without faults no lease is lost, so nothing runs twice.
+    assert_eq!(run.counter("leases_lost"), 0, "healthy build");
+    assert_eq!(per_host.twice, 0, "healthy build");
     ledger.assert_at_most_twice();
 
     // 2b. The frontend of an executing host dies: its leases break (TCP
@@ -79,10 +82,13 @@ fn bazel_on_three_hosts_survives_faults() {
     run.report(&per_host);
     run.assert_passed(&hosts);
     ledger.assert_at_most_twice();
+    assert!(run.counter("leases_lost") > 0, "a lost no lease to b");
     f.wait_formed(FORM_SECS);
 
     // 2c. The origin's frontend dies: Bazel's calls fail UNAVAILABLE, it
-    // retries against the frontend systemd started again.
+    // retries against the frontend systemd started again, and executors
+    // join the new offers to the runs of the old ones still in flight.
+    let restarts = a.prop("rbe-frontend.service", "NRestarts");
     let run = build(&hosts, "kill -9 a's frontend", |hosts| {
         wait_running(hosts, c);
         kill_frontend(a);
@@ -91,13 +97,25 @@ fn bazel_on_three_hosts_survives_faults() {
     run.report(&per_host);
     run.assert_passed(&hosts);
     ledger.assert_at_most_twice();
+    assert_ne!(
+        a.prop("rbe-frontend.service", "NRestarts"),
+        restarts,
+        "a's frontend was not restarted"
+    );
     f.wait_formed(FORM_SECS);
 
     // 2d. An executing host is drained: it leaves, rejects offers, and
-    // what it cannot finish in its drain goes back to the origin.
+    // what it cannot finish in its drain goes back to the origin. Its
+    // sockets stay, so its worker starts it again (as after an
+    // administrator's `systemctl stop rbe-frontend`).
     let run = build(&hosts, "systemctl stop c's frontend", |hosts| {
         wait_running(hosts, c);
+        let t = Instant::now();
         c.sh("systemctl stop rbe-frontend.service");
+        eprintln!(
+            "c's frontend drained and stopped in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     });
     let per_host = ledger.advance(&hosts);
     run.report(&per_host);
@@ -117,6 +135,7 @@ fn bazel_on_three_hosts_survives_faults() {
     run.report(&per_host);
     run.assert_passed(&hosts);
     ledger.assert_at_most_twice();
+    assert!(run.counter("leases_lost") > 0, "a lost no lease to b");
     ledger.report();
 }
 
@@ -126,7 +145,9 @@ struct Run {
     what: String,
     out: Output,
     took: Duration,
-    counters: Vec<(String, i64)>,
+    /// What a's ClusterAdmin counted during the build (since its restart,
+    /// if its frontend was restarted).
+    counters: Vec<(String, u64)>,
 }
 
 impl Run {
@@ -134,19 +155,29 @@ impl Run {
         self.out.status.success()
     }
 
-    fn report(&self, per_host: &[usize]) {
+    /// How much a's ClusterAdmin counter `name` rose during the build.
+    fn counter(&self, name: &str) -> u64 {
+        self.counters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(0, |(_, v)| *v)
+    }
+
+    fn report(&self, per_host: &Figures) {
         let counters: Vec<String> = self
             .counters
             .iter()
-            .filter(|(_, v)| *v != 0)
-            .map(|(k, v)| format!("{k} {v:+}"))
+            .filter(|(k, v)| *v != 0 && !k.starts_with("gossip_"))
+            .map(|(k, v)| format!("{k} +{v}"))
             .collect();
         eprintln!(
-            "bazel build [{}]: {} in {:.1} s; actions finished on a/b/c: {per_host:?}; \
-             a's counters: {}\n{}",
+            "bazel build [{}]: {} in {:.1} s; actions finished on a/b/c: {:?}, \
+             {} run twice; a's counters: {}\n{}",
             self.what,
             if self.passed() { "passed" } else { "FAILED" },
             self.took.as_secs_f64(),
+            per_host.finished,
+            per_host.twice,
             counters.join(", "),
             String::from_utf8_lossy(&self.out.stderr)
                 .lines()
@@ -185,6 +216,12 @@ fn build(hosts: &[&Instance; 3], what: &str, during: impl FnOnce(&[&Instance; 3]
             .expect("run sysbox exec")
     });
     during(hosts);
+    assert!(
+        !job.is_finished(),
+        "the build [{what}] was over before the injury: {}",
+        job.join()
+            .map_or_else(|_| "its thread panicked".into(), |o| text(&o))
+    );
     while !job.is_finished() {
         assert!(
             t.elapsed() < Duration::from_secs(BUILD_SECS),
@@ -196,13 +233,12 @@ fn build(hosts: &[&Instance; 3], what: &str, during: impl FnOnce(&[&Instance; 3]
     let out = job.join().expect("the build's thread");
     let took = t.elapsed();
     let after = counters(hosts[0]);
+    let was = |k: &str| before.iter().find(|(b, _)| b == k).map_or(0, |(_, w)| *w);
+    // A restarted frontend counts from 0 again.
+    let restarted = after.iter().any(|(k, v)| *v < was(k));
     let counters = after
         .iter()
-        .map(|(k, v)| {
-            let was = before.iter().find(|(b, _)| b == k).map_or(0, |(_, w)| *w);
-            // A restarted frontend counts from 0 again.
-            (k.clone(), *v as i64 - was as i64)
-        })
+        .map(|(k, v)| (k.clone(), if restarted { *v } else { v - was(k) }))
         .collect();
     Run {
         what: what.to_owned(),
@@ -246,6 +282,14 @@ fn kill_frontend(h: &Instance) {
     h.sh("systemctl kill --kill-who=main --signal=SIGKILL rbe-frontend.service");
 }
 
+/// What ran during one build: actions finished per host (a, b, c), and
+/// how many actions ran a second time (a lost lease, a run killed).
+#[derive(Debug)]
+struct Figures {
+    finished: Vec<usize>,
+    twice: usize,
+}
+
 /// Every action run seen in the three hosts' journals, and how far each
 /// host's journal was read before the current build.
 struct Ledger {
@@ -266,10 +310,10 @@ impl Ledger {
         l
     }
 
-    /// Reads the journals again; returns how many actions each host
-    /// finished since the last call.
-    fn advance(&mut self, hosts: &[&Instance; 3]) -> Vec<usize> {
-        hosts
+    /// Reads the journals again; returns what ran since the last call.
+    fn advance(&mut self, hosts: &[&Instance; 3]) -> Figures {
+        let twice = self.twice();
+        let finished = hosts
             .iter()
             .enumerate()
             .map(|(i, h)| {
@@ -278,7 +322,15 @@ impl Ledger {
                 self.started[i] = started(h);
                 self.finished[i].len() - was
             })
-            .collect()
+            .collect();
+        Figures {
+            finished,
+            twice: self.twice() - twice,
+        }
+    }
+
+    fn twice(&self) -> usize {
+        self.runs().values().filter(|n| **n == 2).count()
     }
 
     /// Runs per action digest over all hosts: the finished ones, or the
@@ -300,7 +352,7 @@ impl Ledger {
 
     fn report(&self) {
         let runs = self.runs();
-        let twice = runs.values().filter(|n| **n == 2).count();
+        let twice = self.twice();
         eprintln!(
             "over all builds: {} distinct actions ran, {twice} of them twice; \
              finished on a/b/c: {:?}",
@@ -320,15 +372,13 @@ fn count(lists: &[Vec<String>]) -> BTreeMap<&str, usize> {
 
 /// The action digests of `h`'s worker's `action finished` entries.
 fn finished(h: &Instance) -> Vec<String> {
-    h.sh(
-        "journalctl --no-pager -u rbe-workerd.service -o cat \
-         --output-fields=RBE_ACTION_DIGEST MESSAGE='action finished'",
-    )
-    .lines()
-    .map(str::trim)
-    .filter(|l| !l.is_empty())
-    .map(str::to_owned)
-    .collect()
+    h.sh("journalctl --no-pager -u rbe-workerd.service -o cat \
+         --output-fields=RBE_ACTION_DIGEST MESSAGE='action finished'")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The action digests of the scopes systemd started on `h` for actions
