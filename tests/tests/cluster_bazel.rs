@@ -104,8 +104,9 @@ fn bazel_on_three_hosts_survives_faults() {
     );
     f.wait_formed(FORM_SECS);
 
-    // 2d. An executing host is drained: it leaves, rejects offers, and
-    // what it cannot finish in its drain goes back to the origin. Its
+    // 2d. An executing host is drained: it rejects offers, what it has
+    // queued goes back to the origin at once, what it runs finishes (4 s
+    // against a 20 s drain) and the origin takes it, then it leaves. Its
     // sockets stay, so its worker starts it again (as after an
     // administrator's `systemctl stop rbe-frontend`).
     let run = build(&hosts, "systemctl stop c's frontend", |hosts| {
@@ -172,13 +173,14 @@ impl Run {
             .collect();
         eprintln!(
             "bazel build [{}]: {} in {:.1} s; actions finished on a/b/c: {:?}, \
-             {} run twice; a's counters: {}\n{}",
+             {} run twice; a's counters: {}; leases lost by reason: {:?}\n{}",
             self.what,
             if self.passed() { "passed" } else { "FAILED" },
             self.took.as_secs_f64(),
             per_host.finished,
             per_host.twice,
             counters.join(", "),
+            per_host.lost,
             String::from_utf8_lossy(&self.out.stderr)
                 .lines()
                 .filter(|l| l.starts_with("[bazel-cache-e2e] first")
@@ -288,6 +290,8 @@ fn kill_frontend(h: &Instance) {
 struct Figures {
     finished: Vec<usize>,
     twice: usize,
+    /// The origin's leases lost, by reason.
+    lost: BTreeMap<String, usize>,
 }
 
 /// Every action run seen in the three hosts' journals, and how far each
@@ -298,6 +302,8 @@ struct Ledger {
     finished: Vec<Vec<String>>,
     /// Action digests of the scopes systemd started for actions.
     started: Vec<Vec<String>>,
+    /// Why the origin (a) lost its leases, in journal order.
+    lost: Vec<String>,
 }
 
 impl Ledger {
@@ -305,6 +311,7 @@ impl Ledger {
         let mut l = Ledger {
             finished: vec![Vec::new(); 3],
             started: vec![Vec::new(); 3],
+            lost: Vec::new(),
         };
         l.advance(hosts);
         l
@@ -323,9 +330,18 @@ impl Ledger {
                 self.finished[i].len() - was
             })
             .collect();
+        let was = self.lost.len();
+        self.lost = lost(hosts[0]);
+        let mut why: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &self.lost[was.min(self.lost.len())..] {
+            // "the stream broke: <detail>" counts as "the stream broke".
+            let head = r.split(':').next().unwrap_or(r).to_owned();
+            *why.entry(head).or_default() += 1;
+        }
         Figures {
             finished,
             twice: self.twice() - twice,
+            lost: why,
         }
     }
 
@@ -379,6 +395,20 @@ fn finished(h: &Instance) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// Why `h`'s frontend lost leases (`offload: lease lost`), in journal
+/// order.
+fn lost(h: &Instance) -> Vec<String> {
+    h.sh(
+        "journalctl --no-pager -u rbe-frontend.service -o cat --output-fields=RBE_REASON \
+         MESSAGE='offload: lease lost; the operation is dispatched again'",
+    )
+    .lines()
+    .map(str::trim)
+    .filter(|l| !l.is_empty())
+    .map(str::to_owned)
+    .collect()
 }
 
 /// The action digests of the scopes systemd started on `h` for actions
