@@ -17,6 +17,10 @@
 //! finished. "Mid-build" is when the injured host reports actions running
 //! (ClusterAdmin), not a fixed sleep.
 //!
+//! Printed per build, for BENCHMARKS.md and the lead: its time, actions
+//! finished per host, actions run twice, a's offload counters and why a
+//! lost leases.
+//!
 //! The product defaults are kept (`[offload] threshold = 1.0`): Bazel's
 //! `--jobs=32` and the 24 independent 4 s actions of `//wide:wide` queue
 //! enough on the 1-slot a. Skipped, with the reason, where `cluster.rs` is.
@@ -33,8 +37,8 @@ use support::lab_cluster::*;
 use support::{harness, on_path, text, Instance};
 
 const TARGETS: &str = "//... //net:no_network_test //wide:wide";
-/// `--remote_retries=10`: Bazel's backoff (0.1 s doubling, at most 5 s)
-/// then outlasts a frontend restarted by systemd.
+/// `--remote_retries=10` (the default is 5): Bazel's backoff between
+/// retries then surely outlasts a frontend that systemd starts again.
 const BAZEL_FLAGS: &str = "--jobs=32 --remote_retries=10";
 /// Only keeps a broken build from hanging the test: a healthy one takes
 /// about a minute on 2 busy cores.
