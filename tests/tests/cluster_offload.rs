@@ -344,6 +344,69 @@ async fn inputs_the_origin_lacks_fail_precondition_listing_them_and_are_not_retr
     drop(blocker);
 }
 
+/// A stopping executor finishes the offloaded actions it runs within its
+/// drain (`execution.drain_timeout_secs`, 20 s, against 6 s actions), and
+/// the origin takes their results: no lease is lost, and each action ran
+/// where it was first placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_executor_finishes_what_it_runs_for_the_origin() {
+    let c = LocalCluster::start(&[("a", 1), ("b", 4)], "").await;
+    formed(&c).await;
+    // a runs one, keeps one queued and offers the rest to b, which has
+    // room to run them at once.
+    let acts: Vec<Act> = (0..4).map(|_| act(6)).collect();
+    let ch = c.hosts[0].stack.channel();
+    for a in &acts {
+        upload(&ch, a).await;
+    }
+    let runs: Vec<_> = acts
+        .iter()
+        .map(|a| tokio::spawn(execute(ch.clone(), a.action)))
+        .collect();
+    // Once b runs what it took, and holds nothing queued or arriving
+    // (that would end UNAVAILABLE at its drain's start, a lost lease).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let load = |s: rbe_proto::cluster::ClusterStatus| {
+            s.own.map_or((0, 0), |l| {
+                let sum = |f: fn(&rbe_proto::cluster::Pool) -> u32| l.pools.iter().map(f).sum();
+                (sum(|p| p.running), sum(|p| p.queued + p.incoming))
+            })
+        };
+        let (running, waiting) = load(c.status(1).await);
+        let (_, origin_waiting) = load(c.status(0).await);
+        if running > 0 && waiting == 0 && origin_waiting <= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never ran anything of a's: {:?}",
+            c.status(0).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // `systemctl stop`: SIGTERM, and b drains.
+    let pid = c.hosts[1].stack.frontend_pid().expect("b's frontend runs");
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let responses = tokio::time::timeout(LIMIT, futures::future::join_all(runs))
+        .await
+        .expect("the Executes did not finish");
+    let mut on_b = 0;
+    for r in responses {
+        let r = r.expect("task");
+        assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
+        assert_eq!(r.result.as_ref().map(|r| r.exit_code), Some(0), "{r:?}");
+        on_b += usize::from(host_of(&r) == "b");
+    }
+    let s = c.status(0).await;
+    assert_eq!(counter(&s, "leases_lost"), 0, "{s:?}");
+    assert!(on_b > 0, "b's results were not used: {s:?}");
+}
+
 /// BENCHMARKS.md's fanout across three hosts (slots 1/4/8), offload on or
 /// off by `RBE_BENCH_OFFLOAD` (default on): `cargo build -p rbe-bench`,
 /// then run this ignored test with `--nocapture`.

@@ -159,17 +159,15 @@ pub async fn run(
         Arc::clone(&access),
     );
     let shutdown = CancellationToken::new();
-    // The peer listener outlives `shutdown` until the drain is over:
-    // origins pull the outputs of what this host finishes while draining,
-    // and an offer that still arrives is told DRAINING.
-    let drained = CancellationToken::new();
+    let peers_shutdown = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
     let cluster = crate::cluster::start(
         &settings,
         &mut fds,
         &exec,
         &upstream,
-        (shutdown.clone(), drained.clone()),
+        shutdown.clone(),
+        peers_shutdown.clone(),
         &mut servers,
     )
     .await?;
@@ -257,6 +255,7 @@ pub async fn run(
     let stop = shutdown.clone();
     let exec_stop = Arc::clone(&exec);
     let cluster_stop = cluster.clone();
+    let peers_stop = peers_shutdown.clone();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         rbe_systemd::wait_for_shutdown_signal().await;
@@ -271,9 +270,7 @@ pub async fn run(
         // workers' hub streams) go on.
         exec_stop.begin_drain();
         if let Some(c) = &cluster_stop {
-            // Peers learn it takes no offers before it leaves.
-            c.publish_load(&exec_stop);
-            c.leave().await;
+            c.begin_drain(&exec_stop);
         }
         stop.cancel();
         let left = rbe_systemd::drain(drain, || exec_stop.executing()).await;
@@ -283,8 +280,15 @@ pub async fn run(
                 "drain time is up; those clients get UNAVAILABLE and retry"
             );
         }
+        // Only now: origins drop their leases on a host that left, so a
+        // host leaving as its drain began would have the actions it runs
+        // for them killed and run again elsewhere, and they pull the
+        // outputs of what it finished through its peer listener.
+        if let Some(c) = &cluster_stop {
+            c.leave().await;
+        }
+        peers_stop.cancel();
         exec_stop.shutdown();
-        drained.cancel();
         let _ = drained_tx.send(());
     });
     let watchdog = tokio::spawn(heartbeat(

@@ -18,6 +18,9 @@ use rbe_testkit::bin;
 
 /// Where a host sees the test side's key and certificate directories.
 pub const SECRETS: &str = "/opt/rbe-cluster";
+/// Where a host sees this checkout (read-only), for `tests/scripts` and
+/// `tests/bazel-ws`.
+pub const SRC: &str = "/srv/rbe-src";
 /// `cluster.report_max_age_ms`'s default: a report this old is stale.
 pub const FRESH_MS: u64 = 2_000;
 /// Bounds that only keep a broken cluster from hanging the test.
@@ -138,6 +141,8 @@ pub fn boot(lab: &Lab, secrets: &Secrets, specs: &[Spec]) -> (Vec<Instance>, Ins
     args.extend([
         "--ro-bind".into(),
         format!("{}:{SECRETS}", secrets.dir.path().display()),
+        "--ro-bind".into(),
+        format!("{}:{SRC}", super::repo().display()),
     ]);
     let t = Instant::now();
     let booted: Vec<(Instance, Instant)> = std::thread::scope(|s| {

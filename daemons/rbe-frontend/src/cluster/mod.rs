@@ -443,12 +443,13 @@ impl Cluster {
         self.placement.lock().policy = OffloadPolicy::new(cfg);
     }
 
-    /// Publishes this host's load now (a stop: it no longer accepts).
-    pub fn publish_load(&self, exec: &Exec) {
+    /// Says goodbye to the cluster (on stop).
+    /// A stop's first step here: peers learn at once that this host takes
+    /// no more offers (the report loop may not run again before it ends).
+    pub fn begin_drain(&self, exec: &Exec) {
         self.handle.publish_report(self.own_report(exec));
     }
 
-    /// Says goodbye to the cluster (on stop).
     pub async fn leave(&self) {
         self.handle.leave().await;
         tracing::info!("cluster: left");
@@ -494,19 +495,17 @@ impl Cluster {
 
 /// Starts this host's part of the cluster when `[cluster]` is on: gossip
 /// on the `gossip` socket, the peer listener (mutual TLS) on `peer`, the
-/// load reports and the membership follower. The peer listener serves
-/// until `drained` (the end of the drain), not `shutdown`: origins pull
-/// the outputs of actions this host finishes while draining, and offers
-/// that still arrive are rejected DRAINING.
+/// load reports and the membership follower. The reports and the follower
+/// run until `shutdown`; the peer listener until `peers_shutdown`, which a
+/// stopping frontend fires only after its drain: origins pull the outputs
+/// of what this host finishes while draining through it.
 pub async fn start(
     settings: &rbe_config::FrontendSettings,
     fds: &mut Vec<(String, std::os::fd::OwnedFd)>,
     exec: &Arc<Exec>,
     upstream: &crate::proxy::Upstream,
-    (shutdown, drained): (
-        tokio_util::sync::CancellationToken,
-        tokio_util::sync::CancellationToken,
-    ),
+    shutdown: tokio_util::sync::CancellationToken,
+    peers_shutdown: tokio_util::sync::CancellationToken,
     servers: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
 ) -> anyhow::Result<Option<Arc<Cluster>>> {
     use anyhow::Context;
@@ -568,7 +567,7 @@ pub async fn start(
         router,
         peer,
         Some(tls),
-        drained.cancelled_owned(),
+        peers_shutdown.cancelled_owned(),
     ));
     Ok(Some(cluster))
 }
