@@ -190,6 +190,7 @@ async fn drive(
             ..
         }))) => {
             answered(true, a.load.as_ref());
+            cluster.counters.offer_rtt_us.record(offer_rtt_us);
             Counters::bump(&cluster.counters.offers_accepted);
             tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, "offload: offer accepted");
             a.lease_ms
@@ -199,7 +200,8 @@ async fn drive(
             ..
         }))) => {
             answered(false, r.load.as_ref());
-            Counters::bump(&cluster.counters.offers_rejected);
+            cluster.counters.offer_rtt_us.record(offer_rtt_us);
+            cluster.counters.rejected(r.reason);
             let reason = rbe_proto::cluster::RejectReason::try_from(r.reason)
                 .map(|r| r.as_str_name())
                 .unwrap_or("UNKNOWN");
