@@ -674,11 +674,16 @@ impl Sim {
     }
 
     fn own_report(&mut self, host: usize) -> LoadReport {
+        let seq = if self.cfg.answers_carry_seq {
+            self.hosts[host].seq
+        } else {
+            0
+        };
         let h = &mut self.hosts[host];
         load_report(
             &h.name,
             h.generation,
-            h.seq,
+            seq,
             true,
             0,
             &h.sched.pool_loads(),

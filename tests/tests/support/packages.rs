@@ -37,10 +37,11 @@ pub fn packages() -> Result<PathBuf, String> {
             // The debug build by default: the tests need working packages,
             // not an optimized build of their own.
             let profile = std::env::var("RBE_PACKAGE_PROFILE").unwrap_or_else(|_| "debug".into());
-            let out = Command::new(repo().join("packaging/build"))
-                .args(["--profile", &profile])
-                .output()
-                .expect("run packaging/build");
+            let out =
+                rbe_testkit::without_test_env(&mut Command::new(repo().join("packaging/build")))
+                    .args(["--profile", &profile])
+                    .output()
+                    .expect("run packaging/build");
             assert!(out.status.success(), "packaging/build: {}", text(&out));
             Ok(repo().join(match profile.as_str() {
                 "release" => "target/packages",
