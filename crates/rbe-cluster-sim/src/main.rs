@@ -1,7 +1,7 @@
 //! `rbe-cluster-sim`: runs presets and sweeps, one JSON line per run.
 //!
 //! ```text
-//! rbe-cluster-sim three [SEED]      the 3-host 1/4/8 benchmark, offload on and off
+//! rbe-cluster-sim three [SEED]      the 3-host 1/4/8 benchmark: offload on, off, answers with seq 0
 //! rbe-cluster-sim sweep [SEED]      all of the below
 //! rbe-cluster-sim core [SEED]       d, optimism, report interval, N up to 100
 //! rbe-cluster-sim thousand [SEED]   N = 1000, one round
