@@ -15,33 +15,42 @@ use rbe_proto::cluster::{host_message, origin_message, Offer, OriginMessage};
 use rbe_proto::longrunning::operation;
 use rbe_proto::reapi::{
     command::EnvironmentVariable, execution_client::ExecutionClient, Action, Command, Directory,
-    ExecuteRequest, ExecuteResponse, FileNode,
+    ExecuteRequest, ExecuteResponse, FileNode, RequestMetadata, ToolDetails,
 };
 use rbe_proto::worker::Assignment;
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::client;
 use rbe_testkit::cluster::LocalCluster;
+use rbe_testkit::exec::start_command_with;
 use tonic::transport::Channel;
 
 const F: DigestFunction = DigestFunction::Sha256;
 const LIMIT: Duration = Duration::from_secs(180);
 
-/// `cat in.txt > out; sleep secs` with `in.txt` (unique contents) as its
+/// `cat in*.txt > out; sleep secs` with `in.txt` (unique contents) as its
 /// input: distinct per call, with an input to hydrate and an output to
 /// pull back.
 struct Act {
     action: Digest,
     input: Vec<u8>,
+    /// Command, input root, Action, then the input files.
     blobs: Vec<(Digest, Vec<u8>)>,
 }
 
 fn act(secs: u32) -> Act {
-    let input = format!("input {}\n", uuid::Uuid::new_v4()).into_bytes();
+    act_with(secs, 1)
+}
+
+/// [`act`] with `files` input files (`in0.txt`, `in1.txt`, ...).
+fn act_with(secs: u32, files: usize) -> Act {
+    let inputs: Vec<Vec<u8>> = (0..files)
+        .map(|i| format!("input {i} {}\n", uuid::Uuid::new_v4()).into_bytes())
+        .collect();
     let command = Command {
         arguments: vec![
             "/bin/sh".into(),
             "-c".into(),
-            format!("cat in.txt > out; sleep {secs}"),
+            format!("cat in*.txt > out; sleep {secs}"),
         ],
         environment_variables: vec![EnvironmentVariable {
             name: "PATH".into(),
@@ -51,13 +60,24 @@ fn act(secs: u32) -> Act {
         ..Default::default()
     }
     .encode_to_vec();
-    let fd = Digest::of(F, &input);
+    let file_blobs: Vec<(Digest, Vec<u8>)> = inputs
+        .iter()
+        .map(|b| (Digest::of(F, b), b.clone()))
+        .collect();
     let root = Directory {
-        files: vec![FileNode {
-            name: "in.txt".into(),
-            digest: Some(fd.to_reapi()),
-            ..Default::default()
-        }],
+        files: file_blobs
+            .iter()
+            .enumerate()
+            .map(|(i, (d, _))| FileNode {
+                name: if files == 1 {
+                    "in.txt".into()
+                } else {
+                    format!("in{i}.txt")
+                },
+                digest: Some(d.to_reapi()),
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     }
     .encode_to_vec();
@@ -69,10 +89,12 @@ fn act(secs: u32) -> Act {
     }
     .encode_to_vec();
     let ad = Digest::of(F, &action);
+    let mut blobs = vec![(cd, command), (rd, root), (ad, action)];
+    blobs.extend(file_blobs);
     Act {
         action: ad,
-        blobs: vec![(cd, command), (rd, root), (ad, action), (fd, input.clone())],
-        input,
+        blobs,
+        input: inputs.concat(),
     }
 }
 
@@ -85,11 +107,19 @@ async fn upload(ch: &Channel, a: &Act) {
 
 /// Executes `a` on `ch` and returns the final response.
 async fn execute(ch: Channel, a: Digest) -> ExecuteResponse {
-    let req = ExecuteRequest {
+    execute_as(ch, a, None).await
+}
+
+/// [`execute`] with `md` as the client's RequestMetadata.
+async fn execute_as(ch: Channel, a: Digest, md: Option<&RequestMetadata>) -> ExecuteResponse {
+    let mut req = tonic::Request::new(ExecuteRequest {
         action_digest: Some(a.to_reapi()),
         digest_function: F.to_reapi(),
         ..Default::default()
-    };
+    });
+    if let Some(md) = md {
+        rbe_testkit::exec::with_metadata(&mut req, md);
+    }
     let mut s = ExecutionClient::new(ch)
         .execute(req)
         .await
@@ -305,6 +335,205 @@ async fn the_origin_dispatches_again_when_the_executing_frontend_is_killed() {
     }
     let s = c.status(0).await;
     assert!(counter(&s, "leases_lost") >= 1, "{s:?}");
+}
+
+/// Keeps host `i`'s one slot busy with a `sleep secs` that stays there
+/// (`do_not_cache`: never offloaded), returning its stream once it runs.
+async fn occupy(
+    c: &LocalCluster,
+    i: usize,
+    secs: u32,
+    md: &RequestMetadata,
+) -> tonic::Streaming<rbe_proto::longrunning::Operation> {
+    let ch = c.hosts[i].stack.channel();
+    let mut s = start_command_with(&ch, &["sleep", &secs.to_string()], &[], 120, Some(md))
+        .await
+        .expect("Execute the blocker");
+    loop {
+        let op = s.message().await.expect("stream").expect("an update");
+        let md = op
+            .metadata
+            .as_ref()
+            .and_then(|a| {
+                rbe_proto::reapi::ExecuteOperationMetadata::decode(a.value.as_slice()).ok()
+            })
+            .expect("metadata");
+        if md.stage == rbe_proto::reapi::execution_stage::Value::Executing as i32 {
+            return s;
+        }
+        assert!(!op.done, "the blocker ended: {op:?}");
+    }
+}
+
+/// The final response on a stream.
+async fn response_on(
+    mut s: tonic::Streaming<rbe_proto::longrunning::Operation>,
+) -> ExecuteResponse {
+    while let Some(op) = s.message().await.expect("stream") {
+        if let Some(operation::Result::Response(any)) = op.result {
+            return ExecuteResponse::decode(any.value.as_slice()).expect("response");
+        }
+    }
+    panic!("the stream ended without a response");
+}
+
+fn worker_of(r: &ExecuteResponse) -> String {
+    r.result
+        .as_ref()
+        .and_then(|r| r.execution_metadata.as_ref())
+        .map(|m| m.worker.clone())
+        .unwrap_or_default()
+}
+
+/// The lines of a daemon's log (`frontend`, `workerd`) of host `i` holding
+/// `message`.
+fn log_lines(c: &LocalCluster, i: usize, daemon: &str, message: &str) -> Vec<String> {
+    let path = c.hosts[i].stack.tmp.path().join(format!("{daemon}.log"));
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(message))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn metadata(invocation: &str, mnemonic: &str) -> RequestMetadata {
+    RequestMetadata {
+        tool_details: Some(ToolDetails {
+            tool_name: "bazel".into(),
+            tool_version: "7.4.0".into(),
+        }),
+        action_id: "action-1".into(),
+        tool_invocation_id: invocation.into(),
+        correlated_invocations_id: format!("corr-{invocation}"),
+        action_mnemonic: mnemonic.into(),
+        target_id: "//meta:t".into(),
+        configuration_id: "cfg-7".into(),
+    }
+}
+
+/// The journal fields (log fields here) a line about the action of `md`
+/// must carry.
+fn fields(md: &RequestMetadata) -> Vec<String> {
+    vec![
+        format!("invocation_id={}", md.tool_invocation_id),
+        format!("correlated_invocations_id={}", md.correlated_invocations_id),
+        format!("action_mnemonic={}", md.action_mnemonic),
+        format!("target_id={}", md.target_id),
+        format!("configuration_id={}", md.configuration_id),
+        "tool_name=bazel".to_owned(),
+    ]
+}
+
+fn assert_carries(lines: &[String], md: &RequestMetadata, what: &str) {
+    let has = |l: &str, f: &str| l.split_whitespace().any(|w| w == f);
+    let id = format!("invocation_id={}", md.tool_invocation_id);
+    let line = lines
+        .iter()
+        .find(|l| has(l, &id))
+        .unwrap_or_else(|| panic!("{what}: no line of {}: {lines:#?}", md.tool_invocation_id));
+    for f in fields(md) {
+        assert!(has(line, &f), "{what}: {f} missing in {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offloaded_action_carries_its_request_metadata_and_names_its_host() {
+    let c = LocalCluster::start(&[("a", 1), ("b", 4)], "").await;
+    formed(&c).await;
+    let local = metadata("inv-local", "Block");
+    let blocker = occupy(&c, 0, 6, &local).await;
+    // a's slot is busy: this one waits at a and goes to b.
+    let y = act(1);
+    let ch = c.hosts[0].stack.channel();
+    upload(&ch, &y).await;
+    let remote = metadata("inv-meta-1", "Genrule");
+    let r = tokio::time::timeout(LIMIT, execute_as(ch, y.action, Some(&remote)))
+        .await
+        .expect("the offloaded action did not finish");
+    assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
+    assert_eq!(worker_of(&r), "b/b-worker", "{r:?}");
+    // The local action of a cluster host names its host too.
+    let r = tokio::time::timeout(LIMIT, response_on(blocker))
+        .await
+        .expect("the blocker did not finish");
+    assert_eq!(worker_of(&r), "a/a-worker", "{r:?}");
+
+    // b's lines about the action it ran for a carry the client's
+    // RequestMetadata, as a's lines about its own action do.
+    assert_carries(
+        &log_lines(&c, 1, "frontend", "action completed"),
+        &remote,
+        "b's frontend",
+    );
+    assert_carries(
+        &log_lines(&c, 1, "workerd", "action finished"),
+        &remote,
+        "b's worker",
+    );
+    assert_carries(
+        &log_lines(&c, 1, "frontend", "offload: offer accepted"),
+        &remote,
+        "b's offer line",
+    );
+    assert_carries(
+        &log_lines(&c, 0, "frontend", "action completed"),
+        &local,
+        "a's frontend",
+    );
+    assert_carries(
+        &log_lines(&c, 0, "workerd", "action finished"),
+        &local,
+        "a's worker",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_the_origin_lacks_fail_precondition_listing_them_and_are_not_retried() {
+    let c = LocalCluster::start(&[("a", 1), ("b", 4)], "").await;
+    formed(&c).await;
+    let blocker = occupy(&c, 0, 30, &metadata("inv-block", "Block")).await;
+    // A client that never uploaded the two input files.
+    let y = act_with(1, 2);
+    let ch = c.hosts[0].stack.channel();
+    let codes = client::batch_update(&ch, "", &y.blobs[..3])
+        .await
+        .expect("BatchUpdateBlobs");
+    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
+    let r = tokio::time::timeout(LIMIT, execute(ch, y.action))
+        .await
+        .expect("the action did not end");
+    let st = r.status.clone().unwrap_or_default();
+    assert_eq!(
+        st.code,
+        tonic::Code::FailedPrecondition as i32,
+        "{r:?}; a: {:?}",
+        c.status(0).await
+    );
+    // Exactly as for a local action: one MISSING violation per blob.
+    let status = tonic::Status::with_details(
+        tonic::Code::FailedPrecondition,
+        st.message.clone(),
+        st.encode_to_vec().into(),
+    );
+    let pf = rbe_proto::status::precondition_failure(&status).expect("a PreconditionFailure");
+    let mut subjects: Vec<String> = pf.violations.iter().map(|v| v.subject.clone()).collect();
+    subjects.sort();
+    let mut want: Vec<String> = y.blobs[3..]
+        .iter()
+        .map(|(d, _)| format!("blobs/{}/{}", d.hex(), d.size))
+        .collect();
+    want.sort();
+    assert_eq!(subjects, want, "{pf:?}");
+    assert!(
+        pf.violations.iter().all(|v| v.r#type == "MISSING"),
+        "{pf:?}"
+    );
+    // It went to b once, and was not dispatched again.
+    let s = c.status(0).await;
+    assert_eq!(counter(&s, "offers_accepted"), 1, "{s:?}");
+    assert_eq!(counter(&s, "leases_lost"), 0, "{s:?}");
+    drop(blocker);
 }
 
 /// BENCHMARKS.md's fanout across three hosts (slots 1/4/8), offload on or

@@ -10,12 +10,15 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use rbe_proto::longrunning::{
-    operation, operations_client::OperationsClient, CancelOperationRequest, GetOperationRequest,
-    Operation, WaitOperationRequest,
+    operation, operations_client::OperationsClient, CancelOperationRequest, DeleteOperationRequest,
+    GetOperationRequest, Operation, WaitOperationRequest,
 };
-use rbe_proto::reapi::{execution_client::ExecutionClient, ExecuteResponse, WaitExecutionRequest};
+use rbe_proto::reapi::{
+    execution_client::ExecutionClient, execution_stage, ExecuteOperationMetadata, ExecuteResponse,
+    WaitExecutionRequest,
+};
 use rbe_testkit::cluster::LocalCluster;
-use rbe_testkit::exec::start_command;
+use rbe_testkit::exec::{start_command, start_command_with};
 use rbe_testkit::grpc::{Grpc, WithToken};
 use tonic::Code;
 
@@ -190,6 +193,22 @@ async fn wait_get_and_cancel_sent_to_another_host_reach_the_holder() {
         .into_inner();
     assert!(op.done, "{op:?}");
     drop(slow);
+    // DeleteOperation on b deletes at a, under a's rules.
+    let delete = |ch: WithToken, name: String| async move {
+        OperationsClient::new(ch)
+            .delete_operation(DeleteOperationRequest { name })
+            .await
+    };
+    let denied = delete(bob_b.clone(), name.clone())
+        .await
+        .expect_err("bob deletes alice's");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("from holder a"), "{denied:?}");
+    delete(alice_b.clone(), name.clone())
+        .await
+        .expect("DeleteOperation on b");
+    assert_gone(get(&alice_a, &name).await, "GetOperation on a after Delete");
+    assert_gone(get(&alice_b, &name).await, "GetOperation on b after Delete");
     for h in &c.hosts {
         let log =
             std::fs::read_to_string(h.stack.tmp.path().join("frontend.log")).unwrap_or_default();
@@ -220,18 +239,18 @@ async fn names_of_old_generations_unknown_nodes_and_garbage_are_never_forwarded(
     assert!(r.message().contains("restarted"), "{r:?}");
     let r = wait_execution(&ca, &old).await.expect_err("old");
     assert!(r.message().contains("retry Execute"), "{r:?}");
-    let forwarded_before = forwarded(&c, 0).await + forwarded(&c, 1).await;
-    // `never` asked of b went to a (a real member and generation).
-    assert!(forwarded_before >= 2);
-    // DeleteOperation is the holder's alone.
+    // DeleteOperation goes to the holder too, which knows no such name.
     let st = OperationsClient::new(cb.clone())
-        .delete_operation(rbe_proto::longrunning::DeleteOperationRequest {
+        .delete_operation(DeleteOperationRequest {
             name: never.clone(),
         })
         .await
         .expect_err("DeleteOperation of a's name on b");
-    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
-    assert!(st.message().contains("held by host a"), "{st:?}");
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
+    assert!(st.message().contains("from holder a"), "{st:?}");
+    let forwarded_before = forwarded(&c, 0).await + forwarded(&c, 1).await;
+    // `never` asked of b went to a (a real member and generation).
+    assert!(forwarded_before >= 3);
 
     let hostile = [
         String::new(),
@@ -343,4 +362,75 @@ async fn a_name_from_before_the_holder_restarted_is_not_found_anywhere() {
         .await
         .expect_err("CancelOperation on b");
     assert_eq!(st.code(), Code::NotFound, "{st:?}");
+}
+
+/// The stages a stream shows, each once, in order, until it ends.
+async fn stages(mut s: tonic::Streaming<Operation>) -> (Vec<i32>, Operation) {
+    let mut seen: Vec<i32> = Vec::new();
+    loop {
+        let op = s.message().await.expect("stream").expect("an update");
+        let stage = op
+            .metadata
+            .as_ref()
+            .and_then(|a| ExecuteOperationMetadata::decode(a.value.as_slice()).ok())
+            .map_or(-1, |m| m.stage);
+        if seen.last() != Some(&stage) {
+            seen.push(stage);
+        }
+        if op.done {
+            return (seen, op);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offloaded_action_shows_the_stages_of_a_local_one() {
+    // start_command's actions are do_not_cache: offloaded here too.
+    let c = formed(&[("a", 1), ("b", 2)], "[offload]\ndo_not_cache = true\n").await;
+    let ca = c.hosts[0].stack.channel();
+    let md = |id: &str| rbe_proto::reapi::RequestMetadata {
+        tool_invocation_id: id.to_owned(),
+        ..Default::default()
+    };
+    // a's slot: taken at once, so this one never queues and stays at a.
+    let mut blocker = start_command_with(&ca, &["sleep", "6"], &[], 60, Some(&md("inv-block")))
+        .await
+        .expect("Execute on a");
+    loop {
+        let op = blocker.message().await.expect("stream").expect("update");
+        let stage = op
+            .metadata
+            .as_ref()
+            .and_then(|a| ExecuteOperationMetadata::decode(a.value.as_slice()).ok())
+            .map_or(-1, |m| m.stage);
+        if stage == execution_stage::Value::Executing as i32 {
+            break;
+        }
+    }
+    // This one queues at a, then runs at b.
+    let s = start_command_with(&ca, &["sleep", "2"], &[], 60, Some(&md("inv-moved")))
+        .await
+        .expect("Execute on a");
+    let (seen, op) = tokio::time::timeout(Duration::from_secs(120), stages(s))
+        .await
+        .expect("the offloaded action never ended");
+    let r = response_of(&op);
+    assert_eq!(code_of(&r), Code::Ok, "{r:?}");
+    let worker = r
+        .result
+        .as_ref()
+        .and_then(|r| r.execution_metadata.as_ref())
+        .map(|m| m.worker.clone())
+        .unwrap_or_default();
+    assert_eq!(worker, "b/b-worker", "not offloaded: {r:?}");
+    use execution_stage::Value::{Completed, Executing, Queued};
+    assert_eq!(
+        seen,
+        vec![Queued as i32, Executing as i32, Completed as i32],
+        "the stages of the offloaded action"
+    );
+    // The same name from b (forwarded to a): the completed operation.
+    let cb = c.hosts[1].stack.channel();
+    let again = get(&cb, &op.name).await.expect("GetOperation on b");
+    assert!(again.done, "{again:?}");
 }

@@ -720,9 +720,11 @@ async fn simple_action_outputs_and_metadata() {
         b"nested\n"
     );
 
-    // Metadata: every timestamp set, in order; a worker name.
+    // Metadata: every timestamp set, in order; a worker name, the worker's
+    // own outside a cluster (in one it is `{node}/{worker}`).
     let md = r.execution_metadata.as_ref().expect("execution metadata");
     assert!(!md.worker.is_empty());
+    assert!(!md.worker.contains('/'), "{}", md.worker);
     let order = [
         ("queued", ts(md.queued_timestamp.as_ref(), "queued")),
         (

@@ -25,14 +25,20 @@
 //! oversized, undecodable) is counted in [`Counters`] and logged at most
 //! once a minute per source address; none of it reaches foca's state.
 //!
-//! Time is tokio's monotonic clock only: report arrival stamps and foca's
-//! timers never read the wall clock, so a clock jump changes nothing.
+//! Time is tokio's monotonic clock only: report arrival stamps, foca's
+//! timers and the suspect watch never read the wall clock, so a clock jump
+//! changes nothing.
+//!
+//! Around foca the task adds what a partition needs to heal (suspicions
+//! dropped on rejoin, a suspect timer on every host, announces while foca
+//! is not connected): why, in [`crate::heal`].
 //!
 //! Seeds (`host:port`) are resolved by a side task at start and every
 //! [`SEED_INTERVAL`] while this host knows fewer members than there are
-//! seeds; each address is announced to as a [`Member::seed`] stand-in,
-//! since only its address is known. Resolution failures are counted and
-//! logged once per round, never fatal.
+//! seeds, and announced to every [`ANNOUNCE_INTERVAL`] meanwhile; each
+//! address is announced to as a [`Member::seed`] stand-in, since only its
+//! address is known. Resolution failures are counted and logged once per
+//! round, never fatal.
 //!
 //! The frontend talks to the task through [`ClusterHandle`]: it publishes
 //! its load ([`ClusterHandle::publish_report`]), reloads keys, leaves on
@@ -55,6 +61,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::codec::MemberCodec;
+use crate::heal::SuspectWatch;
 use crate::identity::{Member, NodeName};
 use crate::report::{encode_report, ReportHandler, ReportQueue};
 use crate::wire::{Keyring, Wire, WireError, MAX_DATAGRAM, MAX_PAYLOAD};
@@ -62,6 +69,13 @@ use crate::wire::{Keyring, Wire, WireError, MAX_DATAGRAM, MAX_PAYLOAD};
 /// How often seeds are re-resolved and re-announced to while the cluster
 /// looks smaller than the seed list.
 pub const SEED_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the suspicions this host holds are checked against
+/// [`crate::heal::SuspectWatch`], and, while foca is not connected, the
+/// members it lists are announced to ([`crate::heal::announce_targets`]).
+pub const HEAL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the seeds' addresses are announced to while the cluster looks
+/// smaller than the seed list (names are resolved every [`SEED_INTERVAL`]).
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long one seed's name resolution may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bad input from one address is logged at most this often.
@@ -371,6 +385,9 @@ pub fn start(
         report_interval: config.report_interval,
         seq: report_seq.clone(),
         last_sent: None,
+        watch: SuspectWatch::new(config.foca.suspect_to_down_after),
+        started: Instant::now(),
+        connected: false,
     };
     tokio::spawn(async move {
         task.run(cmd_rx, report_rx, seed_rx).await;
@@ -392,13 +409,16 @@ async fn resolve_seeds(
     counters: Arc<Counters>,
     out: mpsc::Sender<Vec<SocketAddr>>,
 ) {
-    let mut first = true;
+    let mut resolved: Option<(Instant, Vec<SocketAddr>)> = None;
     loop {
         // Members other than us, plus us, against the seed entries (which
         // usually list this host too); alone, always try again.
         let others = live.load(Ordering::Relaxed);
-        if first || others == 0 || others + 1 < seeds.len() {
-            first = false;
+        let smaller = others == 0 || others + 1 < seeds.len();
+        let stale = resolved
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= SEED_INTERVAL);
+        if stale && (smaller || resolved.is_none()) {
             let mut addrs = Vec::new();
             let mut failed = Vec::new();
             for seed in &seeds {
@@ -414,11 +434,21 @@ async fn resolve_seeds(
                 bump(&counters.unresolved_seeds, failed.len() as u64);
                 tracing::warn!(seeds = ?failed, "cluster seeds did not resolve; retrying in 30 s");
             }
-            if !addrs.is_empty() && out.send(addrs).await.is_err() {
+            if !addrs.is_empty() && out.send(addrs.clone()).await.is_err() {
                 return;
             }
+            resolved = Some((Instant::now(), addrs));
+        } else if smaller {
+            // The names resolve every 30 s, but the last addresses are
+            // announced to every few seconds: after a partition heals,
+            // this is what brings a host that lost its peers back.
+            if let Some((_, addrs)) = resolved.as_ref().filter(|(_, a)| !a.is_empty()) {
+                if out.send(addrs.clone()).await.is_err() {
+                    return;
+                }
+            }
         }
-        tokio::time::sleep(SEED_INTERVAL).await;
+        tokio::time::sleep(ANNOUNCE_INTERVAL).await;
     }
 }
 
@@ -445,6 +475,12 @@ struct Task {
     /// The last seq sent, shared with the handles ([`ClusterHandle::report_seq`]).
     seq: Arc<AtomicU64>,
     last_sent: Option<Instant>,
+    watch: SuspectWatch,
+    /// The origin of the watch's clock.
+    started: Instant,
+    /// Whether foca said it is connected (`Active`) since it last said it
+    /// is not (`Idle`, `Defunct`, `Rejoin`).
+    connected: bool,
 }
 
 #[path = "driver_task.rs"]

@@ -23,6 +23,8 @@ impl Task {
         let min_gap = self.report_interval / 5;
         let mut report_due: Option<Instant> = None;
         let mut seeds_open = true;
+        let mut heal = tokio::time::interval(HEAL_INTERVAL);
+        heal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.keys().next().map(|(at, _)| *at);
             tokio::select! {
@@ -61,6 +63,7 @@ impl Task {
                         self.send_report(r);
                     }
                 }
+                _ = heal.tick() => self.heal(),
                 addrs = seeds.recv(), if seeds_open => match addrs {
                     Some(addrs) => self.announce(addrs),
                     None => seeds_open = false,
@@ -185,6 +188,27 @@ impl Task {
         }
     }
 
+    /// Ends suspicions nobody else will end, and announces to every known
+    /// member while foca waits to hear of its identity (see
+    /// [`crate::heal`]).
+    fn heal(&mut self) {
+        let due = self
+            .watch
+            .check(self.foca.iter_membership_state(), self.started.elapsed());
+        for m in &due {
+            tracing::info!(node = %m.id().node, generation = m.id().generation, "cluster member suspect for too long; declared down");
+        }
+        if !due.is_empty() {
+            if let Err(e) = self.foca.apply_many(due.into_iter(), true, &mut self.rt) {
+                tracing::debug!(error = %e, "foca apply");
+            }
+        }
+        if !self.connected {
+            let addrs = crate::heal::announce_targets(self.foca.iter_membership_state());
+            self.announce(addrs);
+        }
+    }
+
     fn announce(&mut self, addrs: Vec<SocketAddr>) {
         let own = self.foca.identity().gossip_addr;
         for addr in addrs {
@@ -230,6 +254,14 @@ impl Task {
     /// Sends what foca asked to send, arms its timers, applies its
     /// notifications and republishes the view if it changed.
     async fn flush(&mut self) {
+        // Applying updates after a rejoin can ask for more sends.
+        while self.flush_once().await {}
+        self.publish_view();
+    }
+
+    /// One round of [`Self::flush`]; true if it applied updates whose
+    /// output is still to flush.
+    async fn flush_once(&mut self) -> bool {
         while let Some((to, data)) = self.rt.to_send() {
             let sealed = match self.wire.seal(&data) {
                 Ok(s) => s,
@@ -258,6 +290,7 @@ impl Task {
             self.timers.insert((at, self.timer_seq), timer);
         }
         let mut resend = false;
+        let mut rejoined = false;
         while let Some(n) = self.rt.to_notify() {
             match n {
                 OwnedNotification::MemberUp(m) => {
@@ -275,18 +308,35 @@ impl Task {
                         "the cluster declared this host down; rejoined with a new generation"
                     );
                     resend = true;
+                    rejoined = true;
+                    self.connected = false;
                 }
                 OwnedNotification::Defunct => {
                     tracing::warn!("this host is out of the cluster");
+                    self.connected = false;
                 }
-                OwnedNotification::Active | OwnedNotification::Idle => {}
+                OwnedNotification::Active => self.connected = true,
+                OwnedNotification::Idle => self.connected = false,
             }
         }
         if resend {
             // Our next report must carry the new generation.
             self.last_sent = None;
         }
-        self.publish_view();
+        if rejoined {
+            let clear = crate::heal::clear_suspicions(self.foca.iter_membership_state());
+            if !clear.is_empty() {
+                tracing::info!(
+                    members = clear.len(),
+                    "suspicions raised before the rejoin dropped"
+                );
+                if let Err(e) = self.foca.apply_many(clear.into_iter(), false, &mut self.rt) {
+                    tracing::debug!(error = %e, "foca apply");
+                }
+                return true;
+            }
+        }
+        false
     }
 
     fn publish_view(&mut self) {

@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod driver;
 pub mod generation;
+pub mod heal;
 pub mod identity;
 pub mod policy;
 pub mod report;

@@ -1,5 +1,6 @@
 //! Settings of `rbe-casd`, the content-addressable storage daemon.
 
+use crate::backing::{Backing, BackingFragment, BackingMode};
 use crate::common::{check_absolute, Log, LogFragment};
 use crate::layer::Provenance;
 use crate::size::{Mode, Size};
@@ -22,6 +23,8 @@ pub struct CasdSettings {
     pub limits: Limits,
     /// `[instances]`
     pub instances: Instances,
+    /// `[backing]`
+    pub backing: Backing,
     /// `[log]`
     pub log: Log,
 }
@@ -147,6 +150,7 @@ pub(crate) struct CasdFragment {
     storage: Option<StorageFragment>,
     limits: Option<LimitsFragment>,
     instances: Option<InstancesFragment>,
+    backing: Option<BackingFragment>,
     log: Option<LogFragment>,
 }
 
@@ -281,12 +285,26 @@ impl CasdFragment {
             }
         }
 
+        let backing = BackingFragment::build(self.backing, prov)?;
+        // The backing store is asked under one instance name, which would
+        // merge the partitions kept apart here.
+        if backing.mode != BackingMode::None && !instances.separate_action_cache.is_empty() {
+            return Err(prov.error(
+                "instances.separate_action_cache",
+                format!(
+                    "is not supported with a backing store yet (backing.mode set in {})",
+                    prov.origin("backing.mode")
+                ),
+            ));
+        }
+
         let log = LogFragment::build(self.log, prov)?;
         Ok(CasdSettings {
             listen,
             storage,
             limits,
             instances,
+            backing,
             log,
         })
     }

@@ -45,8 +45,9 @@ pub struct ClusterSettings {
     /// `host:port` peers open the peer channel to; unset as above.
     #[serde(serialize_with = "unset_as_empty")]
     pub advertise_peer: Option<String>,
-    /// Gossip addresses (`host:port`) announced to at start; DNS names are
-    /// resolved again every 30 s while the cluster is smaller than this list.
+    /// Gossip addresses (`host:port`) announced to at start; while the
+    /// cluster is smaller than this list, DNS names are resolved again every
+    /// 30 s and the addresses announced to every 2 s.
     pub seeds: Vec<String>,
     /// Expected number of members; sizes foca's transmissions and
     /// suspicion timeout.

@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod auth;
+mod backing;
 mod casd;
 pub mod cli;
 mod cluster;
@@ -25,6 +26,7 @@ mod workerd;
 use std::path::PathBuf;
 
 pub use auth::{AuthSettings, GrantSettings, RoleSettings};
+pub use backing::{parse_url, read_token, Backing, BackingAddress, BackingMode};
 pub use casd::{CasdListen, CasdSettings, Instances, Limits, Storage};
 pub use cluster::{ClusterSettings, OffloadSettings, OrphanPolicy, CLUSTER_KEY_CREDENTIAL};
 pub use common::Log;
@@ -86,6 +88,15 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "limits.max_inline_bytes",
             "instances.allowed",
             "instances.separate_action_cache",
+            "backing.mode",
+            "backing.url",
+            "backing.instance_name",
+            "backing.tls_ca",
+            "backing.tls_cert",
+            "backing.tls_key",
+            "backing.token_file",
+            "backing.connect_timeout_secs",
+            "backing.request_timeout_secs",
             "log.level",
         ],
         "frontend" => vec![

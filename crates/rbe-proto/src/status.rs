@@ -54,6 +54,20 @@ pub fn missing_blobs_rpc(what: &str, digests: &[Digest]) -> rpc::Status {
     }
 }
 
+/// The blobs a status's `MISSING` violations name, as `<hash>/<size>`
+/// (the inverse of [`missing_blobs_rpc`]); subjects of another form are
+/// left out.
+pub fn missing_of(st: &rpc::Status) -> Vec<String> {
+    st.details
+        .iter()
+        .filter(|a| a.type_url.ends_with("google.rpc.PreconditionFailure"))
+        .filter_map(|a| rpc::PreconditionFailure::decode(a.value.as_slice()).ok())
+        .flat_map(|pf| pf.violations)
+        .filter(|v| v.r#type == "MISSING")
+        .filter_map(|v| v.subject.strip_prefix("blobs/").map(str::to_owned))
+        .collect()
+}
+
 /// `RESOURCE_EXHAUSTED` with a `RetryInfo` hint.
 pub fn exhausted_retry(message: String, retry_after: std::time::Duration) -> Status {
     let ri = rpc::RetryInfo {
@@ -89,4 +103,25 @@ pub fn precondition_failure(status: &Status) -> Option<rpc::PreconditionFailure>
         .iter()
         .find(|a| a.type_url.ends_with("google.rpc.PreconditionFailure"))
         .and_then(|a| rpc::PreconditionFailure::decode(a.value.as_slice()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DigestFunction;
+
+    #[test]
+    fn missing_of_reads_back_the_blobs_missing_blobs_names() {
+        let ds = [
+            Digest::of(DigestFunction::Sha256, b"a"),
+            Digest::of(DigestFunction::Sha256, b"bc"),
+        ];
+        let st = missing_blobs_rpc("input", &ds);
+        let want: Vec<String> = ds
+            .iter()
+            .map(|d| format!("{}/{}", d.hex(), d.size))
+            .collect();
+        assert_eq!(missing_of(&st), want);
+        assert!(missing_of(&rpc::Status::default()).is_empty());
+    }
 }

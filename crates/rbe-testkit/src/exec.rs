@@ -5,7 +5,7 @@ use prost::Message;
 use rbe_proto::longrunning::{operation, Operation};
 use rbe_proto::reapi::{
     execution_client::ExecutionClient, platform, Action, Command, Directory, ExecuteRequest,
-    ExecuteResponse, Platform,
+    ExecuteResponse, Platform, RequestMetadata,
 };
 use rbe_proto::{Digest, DigestFunction};
 
@@ -41,6 +41,22 @@ pub async fn start_command<C: crate::grpc::Grpc>(
     properties: &[(&str, &str)],
     timeout_secs: i64,
     invocation: Option<&str>,
+) -> Result<tonic::Streaming<Operation>, tonic::Status> {
+    let md = invocation.map(|id| RequestMetadata {
+        tool_invocation_id: id.to_owned(),
+        ..Default::default()
+    });
+    start_command_with(ch, argv, properties, timeout_secs, md.as_ref()).await
+}
+
+/// [`start_command`] sending the whole `metadata` as Bazel's
+/// RequestMetadata header.
+pub async fn start_command_with<C: crate::grpc::Grpc>(
+    ch: &C,
+    argv: &[&str],
+    properties: &[(&str, &str)],
+    timeout_secs: i64,
+    metadata: Option<&RequestMetadata>,
 ) -> Result<tonic::Streaming<Operation>, tonic::Status> {
     let f = DigestFunction::Sha256;
     let platform = Some(Platform {
@@ -84,21 +100,22 @@ pub async fn start_command<C: crate::grpc::Grpc>(
         digest_function: f.to_reapi(),
         ..Default::default()
     });
-    if let Some(id) = invocation {
-        let md = rbe_proto::reapi::RequestMetadata {
-            tool_invocation_id: id.to_owned(),
-            ..Default::default()
-        };
-        req.metadata_mut().insert_bin(
-            "build.bazel.remote.execution.v2.requestmetadata-bin",
-            tonic::metadata::MetadataValue::from_bytes(&md.encode_to_vec()),
-        );
+    if let Some(md) = metadata {
+        with_metadata(&mut req, md);
     }
     Ok(ExecutionClient::new(ch.clone())
         .max_decoding_message_size(64 << 20)
         .execute(req)
         .await?
         .into_inner())
+}
+
+/// Sets `md` as Bazel's RequestMetadata header of `req`.
+pub fn with_metadata<T>(req: &mut tonic::Request<T>, md: &RequestMetadata) {
+    req.metadata_mut().insert_bin(
+        "build.bazel.remote.execution.v2.requestmetadata-bin",
+        tonic::metadata::MetadataValue::from_bytes(&md.encode_to_vec()),
+    );
 }
 
 /// The ResourceUsage in a response's auxiliary metadata, if any.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use rbe_proto::bytestream::{ReadRequest, WriteRequest};
 use rbe_proto::reapi::{
     batch_update_blobs_request, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
@@ -75,16 +75,32 @@ pub(crate) async fn copy_blobs(
     if !batch.is_empty() {
         units.push(Unit::Batch(batch));
     }
-    futures::stream::iter(units)
+    let mut copies = futures::stream::iter(units)
         .map(|u| async move {
             match u {
                 Unit::Batch(ds) => copy_batch(source, local, f, ds).await,
                 Unit::Stream(d) => copy_stream(source, local, d).await,
             }
         })
-        .buffer_unordered(PARALLELISM)
-        .try_fold(Copied::default(), |acc, c| async move { Ok(acc.add(c)) })
-        .await
+        .buffer_unordered(PARALLELISM);
+    // Blobs the source lacks are gathered from every unit, so the error
+    // names them all; any other error ends the copy at once.
+    let mut total = Copied::default();
+    let mut absent = Vec::new();
+    while let Some(c) = copies.next().await {
+        match c {
+            Ok(c) => total = total.add(c),
+            Err(TransferError::NotFound { digests, .. }) => absent.extend(digests),
+            Err(e) => return Err(e),
+        }
+    }
+    if !absent.is_empty() {
+        return Err(TransferError::NotFound {
+            address: source.address().to_string(),
+            digests: absent,
+        });
+    }
+    Ok(total)
 }
 
 fn no_answer(source: &Source, digest: Option<Digest>) -> TransferError {
@@ -117,6 +133,7 @@ async fn copy_batch(
         .map_err(|s| TransferError::from_source(addr, single, s))?
         .into_inner();
     let mut wanted: HashMap<Digest, Option<Vec<u8>>> = ds.iter().map(|d| (*d, None)).collect();
+    let mut absent = Vec::new();
     for r in answer.responses {
         let invalid = |digest, message: String| TransferError::InvalidArgument {
             address: addr.to_string(),
@@ -138,6 +155,11 @@ async fn copy_batch(
             ));
         };
         if let Some(st) = r.status.as_ref().filter(|s| s.code != 0) {
+            if st.code == tonic::Code::NotFound as i32 {
+                // Every blob of the batch the source lacks is named.
+                absent.push(d);
+                continue;
+            }
             let status = Status::new(st.code.into(), st.message.clone());
             return Err(TransferError::from_source(addr, Some(d), status));
         }
@@ -157,6 +179,12 @@ async fn copy_batch(
             });
         }
         *slot = Some(r.data);
+    }
+    if !absent.is_empty() {
+        return Err(TransferError::NotFound {
+            address: addr.to_string(),
+            digests: absent,
+        });
     }
     let mut requests = Vec::with_capacity(wanted.len());
     for (d, data) in wanted {

@@ -7,13 +7,15 @@ use tonic::{Code, Status};
 /// one is concerned, the digest.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
-    /// The source does not have a blob the tree or result names.
-    #[error("blob {digest} not found at {address}")]
+    /// The source does not have blobs the tree or result names: all it
+    /// was found lacking in one round, so a client told of them re-uploads
+    /// them at once.
+    #[error("{} not found at {address}", list(digests))]
     NotFound {
         /// The source's address.
         address: String,
-        /// The blob.
-        digest: Digest,
+        /// The blobs (at least one).
+        digests: Vec<Digest>,
     },
     /// The source sent bytes that do not hash to the digest asked for;
     /// they were refused and nothing was stored.
@@ -88,12 +90,27 @@ pub enum TransferError {
     },
 }
 
+/// "blob X" or "3 blobs (X, Y, Z)", at most 3 named: a message stays short.
+fn list(ds: &[Digest]) -> String {
+    match ds {
+        [d] => format!("blob {d}"),
+        _ => {
+            let named: Vec<String> = ds.iter().take(3).map(ToString::to_string).collect();
+            let more = if ds.len() > 3 { ", ..." } else { "" };
+            format!("{} blobs ({}{more})", ds.len(), named.join(", "))
+        }
+    }
+}
+
 impl TransferError {
     /// Classifies a status the source answered with.
     pub(crate) fn from_source(address: &str, digest: Option<Digest>, status: Status) -> Self {
         let address = address.to_string();
         match (status.code(), digest) {
-            (Code::NotFound, Some(digest)) => TransferError::NotFound { address, digest },
+            (Code::NotFound, Some(digest)) => TransferError::NotFound {
+                address,
+                digests: vec![digest],
+            },
             (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled, _) => {
                 TransferError::Unavailable {
                     address,
@@ -129,8 +146,8 @@ impl From<TransferError> for Status {
     fn from(e: TransferError) -> Status {
         let msg = e.to_string();
         match e {
-            TransferError::NotFound { digest, .. } => {
-                let st = rbe_proto::status::missing_blobs("blob", &[digest]);
+            TransferError::NotFound { digests, .. } => {
+                let st = rbe_proto::status::missing_blobs("blob", &digests);
                 Status::with_details(st.code(), msg, st.details().to_vec().into())
             }
             TransferError::DigestMismatch { .. }
@@ -157,7 +174,7 @@ mod tests {
             (
                 TransferError::NotFound {
                     address: addr.clone(),
-                    digest: d,
+                    digests: vec![d],
                 },
                 Code::FailedPrecondition,
             ),

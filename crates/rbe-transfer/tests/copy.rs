@@ -128,17 +128,18 @@ async fn result_outputs_are_copied_whole() {
 }
 
 #[tokio::test]
-async fn a_blob_missing_at_the_source_is_not_found_naming_it_and_the_source() {
+async fn blobs_missing_at_the_source_are_not_found_naming_them_all_and_the_source() {
     let (t1, t2) = (tempdir(), tempdir());
     let (src, dst) = (casd(t1.path()).await, casd(t2.path()).await);
     let mut blobs = Blobs::default();
     let root = sample_tree(&mut blobs);
     let gone = blobs.add(b"never uploaded".to_vec());
-    let top = blobs.dir(&[("gone", gone)], &[("t", root)]);
+    let gone_too = blobs.add(b"never uploaded either".to_vec());
+    let top = blobs.dir(&[("gone", gone), ("gone-too", gone_too)], &[("t", root)]);
     let uploaded: Vec<_> = blobs
         .0
         .iter()
-        .filter(|(d, _)| *d != gone)
+        .filter(|(d, _)| *d != gone && *d != gone_too)
         .cloned()
         .collect();
     upload(&src.channel().await, &uploaded).await;
@@ -148,8 +149,14 @@ async fn a_blob_missing_at_the_source_is_not_found_naming_it_and_the_source() {
         .await
         .unwrap_err();
     match &err {
-        TransferError::NotFound { address, digest } => {
-            assert_eq!(*digest, gone);
+        TransferError::NotFound { address, digests } => {
+            // Every blob the source lacks, not only the first: the client
+            // re-uploads them all at once.
+            let mut got = digests.clone();
+            got.sort_by_key(|d| d.hex());
+            let mut want = vec![gone, gone_too];
+            want.sort_by_key(|d| d.hex());
+            assert_eq!(got, want);
             assert_eq!(address, source.address());
         }
         other => panic!("expected NotFound, got {other:?}"),
@@ -163,7 +170,11 @@ async fn a_blob_missing_at_the_source_is_not_found_naming_it_and_the_source() {
     let status = tonic::Status::from(err);
     assert_eq!(status.code(), Code::FailedPrecondition);
     let pf = rbe_proto::status::precondition_failure(&status).unwrap();
-    assert!(pf.violations[0].subject.contains(&gone.hex()));
+    assert_eq!(pf.violations.len(), 2, "{pf:?}");
+    assert!(pf
+        .violations
+        .iter()
+        .any(|v| v.subject.contains(&gone.hex())));
     // Nothing wrong was stored, and the lost blob is not there.
     let ch = dst.channel().await;
     assert!(rbe_testkit::client::find_missing(&ch, "", &[gone])

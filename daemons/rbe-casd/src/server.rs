@@ -53,6 +53,18 @@ pub async fn run(
         verify_reads: st.verify_reads,
     })
     .with_context(|| format!("opening the store at {}", st.path.display()))?;
+    let through = match settings.backing.mode {
+        rbe_config::BackingMode::None => None,
+        // Refused by validation; kept out of the way here too.
+        rbe_config::BackingMode::Jit => anyhow::bail!("backing.mode = \"jit\" is not implemented"),
+        rbe_config::BackingMode::Cache => {
+            let b = rbe_backing::connect(&settings.backing)
+                .await
+                .context("setting up the backing store")?;
+            tracing::info!(backing = %settings.backing.url, instance_name = %settings.backing.instance_name, "write-through cache in front of a backing store");
+            Some(Arc::new(crate::service::through::Through::new(Arc::new(b))))
+        }
+    };
     let casd = Arc::new(Casd {
         ac: ActionCache::open(Arc::clone(&store)).context("opening the action cache")?,
         uploads: Uploads::new(Duration::from_secs(st.upload_expiry_secs), 1024),
@@ -60,6 +72,8 @@ pub async fn run(
         leases: Leases::new(Arc::clone(&store), Duration::from_secs(st.max_pin_ttl_secs)),
         store: Arc::clone(&store),
         settings: arc_swap::ArcSwap::new(Arc::clone(&settings)),
+        through,
+        blobs_read: Default::default(),
     });
 
     // Serve at once; the index fills in the background and lookups fall back
@@ -165,6 +179,7 @@ fn reload_on_sighup(
             let mut r = rbe_systemd::Reloaded::new(&new.log.level);
             r.keep("listen", &old.listen, &mut new.listen)
                 .keep("storage.path", &old.storage.path, &mut new.storage.path)
+                .keep("backing", &old.backing, &mut new.backing)
                 .keep(
                     "limits.max_batch_total_size_bytes",
                     &old.limits.max_batch_total_size_bytes,
@@ -200,12 +215,21 @@ fn reload_on_sighup(
 /// The STATUS= line: what `systemctl status rbe-casd` shows.
 fn status_line(casd: &Casd) -> String {
     let s = casd.store.stats();
-    format!(
+    let mut line = format!(
         "{}{} blobs, {} MiB of {} MiB, {} evicted",
         if s.loading { "loading index; " } else { "" },
         s.blobs,
         s.bytes >> 20,
         casd.store.policy().max_size >> 20,
         s.evicted
-    )
+    );
+    if let Some(t) = &casd.through {
+        line.push_str(&format!(
+            "; backing {}: {} fetched, {} errors",
+            t.backing().address(),
+            t.fetches(),
+            t.errors()
+        ));
+    }
+    line
 }

@@ -413,10 +413,19 @@ async fn run(
     let ms = |from: SystemTime, to: SystemTime| {
         to.duration_since(from).unwrap_or_default().as_secs_f64() * 1000.0
     };
+    // The client's RequestMetadata, as the frontend (of this host, or of
+    // the origin that offloaded it here) passed it on: only for this line.
+    let m = rbe_proto::reapi::RequestMetadata::decode(a.request_metadata.as_slice())
+        .unwrap_or_default();
     tracing::info!(
         operation = %a.operation,
         action_digest = %action_digest,
         invocation_id = %a.invocation_id,
+        correlated_invocations_id = %m.correlated_invocations_id,
+        tool_name = %m.tool_details.as_ref().map_or("", |t| t.tool_name.as_str()),
+        action_mnemonic = %m.action_mnemonic,
+        target_id = %m.target_id,
+        configuration_id = %m.configuration_id,
         exit_code = outcome.exit_code,
         timed_out = outcome.timed_out,
         oom_killed = scope.oom_killed(),

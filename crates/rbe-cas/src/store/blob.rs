@@ -78,6 +78,20 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Checks size and hash of everything written, without committing:
+    /// a caller that must copy the verified bytes elsewhere first (a
+    /// write-through to a backing store) reads them from
+    /// [`BlobWriter::temp_path`], then calls [`BlobWriter::finish`].
+    pub fn check(&mut self) -> Result<(), CasError> {
+        self.verify()
+    }
+
+    /// The temp file holding the bytes written so far (complete once
+    /// [`BlobWriter::check`] passed); unnamed once finished.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp_path
+    }
+
     /// Checks size and hash of everything written.
     pub(super) fn verify(&mut self) -> Result<(), CasError> {
         let hash = self.hasher.clone().finish();

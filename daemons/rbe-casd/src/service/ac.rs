@@ -10,6 +10,7 @@ use rbe_proto::reapi::{
 use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
+use super::through::Through;
 use super::{blocking, cas_status, digest_status, Casd};
 
 /// The ActionCache service.
@@ -77,9 +78,50 @@ impl ActionCache for ActionCacheService {
             req.digest_function,
             req.action_digest.as_ref(),
         )?;
-        let casd = Arc::clone(&self.0);
-        let budget = self.0.settings.load().limits.max_inline_bytes;
-        let result = blocking(move || -> Result<Option<ActionResult>, Status> {
+        let mut result = serve_local(&self.0, &partition, f, action, &req).await?;
+        if result.is_none() {
+            if let Some(t) = &self.0.through {
+                if fetch_through(&self.0, t, &partition, f, action).await? {
+                    result = serve_local(&self.0, &partition, f, action, &req).await?;
+                }
+            }
+        }
+        match result {
+            Some(ar) => Ok(Response::new(ar)),
+            None => Err(Status::not_found(format!(
+                "no complete action result for {action}"
+            ))),
+        }
+    }
+
+    async fn update_action_result(
+        &self,
+        req: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        update(&self.0, req.into_inner(), self).await
+    }
+}
+
+/// The local result for `action` if it is complete, with what `req` asked
+/// to be inlined within the budget.
+async fn serve_local(
+    casd: &Arc<Casd>,
+    partition: &str,
+    f: DigestFunction,
+    action: Digest,
+    req: &GetActionResultRequest,
+) -> Result<Option<ActionResult>, Status> {
+    let casd = Arc::clone(casd);
+    let partition = partition.to_owned();
+    let req = GetActionResultRequest {
+        inline_stdout: req.inline_stdout,
+        inline_stderr: req.inline_stderr,
+        inline_output_files: req.inline_output_files.clone(),
+        ..Default::default()
+    };
+    {
+        let budget = casd.settings.load().limits.max_inline_bytes;
+        blocking(move || -> Result<Option<ActionResult>, Status> {
             let Some(mut ar) = casd.ac.get(&partition, &action).map_err(cas_status)? else {
                 return Ok(None);
             };
@@ -112,82 +154,147 @@ impl ActionCache for ActionCacheService {
             }
             Ok(Some(ar))
         })
-        .await??;
-        match result {
-            Some(ar) => Ok(Response::new(ar)),
-            None => Err(Status::not_found(format!(
-                "no complete action result for {action}"
-            ))),
+        .await?
+    }
+}
+
+/// A local miss asked of the backing store: its result, if it has one,
+/// is served only once everything it references is here (fetched through,
+/// verified), so the completeness check holds against what is served.
+/// `Ok(false)`: the backing store has no usable result (a cache miss).
+async fn fetch_through(
+    casd: &Arc<Casd>,
+    t: &Arc<Through>,
+    partition: &str,
+    f: DigestFunction,
+    action: Digest,
+) -> Result<bool, Status> {
+    let Some(ar) = t
+        .backing()
+        .get_action_result(action)
+        .await
+        .map_err(|e| t.status(&e))?
+    else {
+        return Ok(false);
+    };
+    if validate(f, &ar).is_err() {
+        tracing::warn!(action_digest = %action, backing = t.backing().address(), "backing store's action result names a malformed digest; answered as a cache miss");
+        return Ok(false);
+    }
+    // Output files, stdout, stderr and Trees first; then the files the
+    // Trees list; then a confirmation. More rounds mean blobs vanish as
+    // they arrive (a store too small), where a miss is the honest answer.
+    for _ in 0..4 {
+        let (c, r) = (Arc::clone(casd), ar.clone());
+        let missing = match blocking(move || c.ac.missing_for_result(f, &r)).await? {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::info!(action_digest = %action, error = %e, "backing store's action result cannot be checked; answered as a cache miss");
+                return Ok(false);
+            }
+        };
+        if missing.is_empty() {
+            let (c, p) = (Arc::clone(casd), partition.to_owned());
+            blocking(move || c.ac.put(&p, &action, &ar))
+                .await?
+                .map_err(cas_status)?;
+            return Ok(true);
+        }
+        if let Some((d, e)) = t
+            .ensure_all_local(&casd.store, &missing)
+            .await
+            .into_iter()
+            .next()
+        {
+            if e.code() == tonic::Code::NotFound {
+                tracing::info!(action_digest = %action, digest = %d, "backing store's action result is incomplete; answered as a cache miss");
+                return Ok(false);
+            }
+            return Err(e);
         }
     }
+    Ok(false)
+}
 
-    async fn update_action_result(
-        &self,
-        req: Request<UpdateActionResultRequest>,
-    ) -> Result<Response<ActionResult>, Status> {
-        let req = req.into_inner();
-        let (partition, f, action) = self.target(
-            &req.instance_name,
-            req.digest_function,
-            req.action_digest.as_ref(),
-        )?;
-        let mut ar = req
-            .action_result
-            .ok_or_else(|| Status::invalid_argument("action_result is missing"))?;
-        validate(f, &ar)?;
-        // Inlined bytes are a transport convenience: they go to the CAS and
-        // the stored result refers to them by digest, so it stays small and
-        // nothing a client sent is lost.
-        let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
-        for (raw, digest, what) in [
-            (&mut ar.stdout_raw, &mut ar.stdout_digest, "stdout_raw"),
-            (&mut ar.stderr_raw, &mut ar.stderr_digest, "stderr_raw"),
-        ] {
-            if raw.is_empty() {
-                continue;
-            }
-            let d = Digest::of(f, raw);
-            match digest {
-                Some(given) if *given != d.to_reapi() => {
-                    return Err(Status::invalid_argument(format!(
-                        "{what} does not match its digest"
-                    )));
-                }
-                _ => *digest = Some(d.to_reapi()),
-            }
-            blobs.push((d, std::mem::take(raw)));
+async fn update(
+    casd: &Arc<Casd>,
+    req: UpdateActionResultRequest,
+    svc: &ActionCacheService,
+) -> Result<Response<ActionResult>, Status> {
+    let (partition, f, action) = svc.target(
+        &req.instance_name,
+        req.digest_function,
+        req.action_digest.as_ref(),
+    )?;
+    let mut ar = req
+        .action_result
+        .ok_or_else(|| Status::invalid_argument("action_result is missing"))?;
+    validate(f, &ar)?;
+    // Inlined bytes are a transport convenience: they go to the CAS and
+    // the stored result refers to them by digest, so it stays small and
+    // nothing a client sent is lost.
+    let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
+    for (raw, digest, what) in [
+        (&mut ar.stdout_raw, &mut ar.stdout_digest, "stdout_raw"),
+        (&mut ar.stderr_raw, &mut ar.stderr_digest, "stderr_raw"),
+    ] {
+        if raw.is_empty() {
+            continue;
         }
-        for o in ar.output_files.iter_mut() {
-            if o.contents.is_empty() {
-                continue;
-            }
-            let d = Digest::of(f, &o.contents);
-            if o.digest.as_ref() != Some(&d.to_reapi()) {
+        let d = Digest::of(f, raw);
+        match digest {
+            Some(given) if *given != d.to_reapi() => {
                 return Err(Status::invalid_argument(format!(
-                    "contents of output file {:?} do not match its digest",
-                    o.path
+                    "{what} does not match its digest"
                 )));
             }
-            blobs.push((d, std::mem::take(&mut o.contents)));
+            _ => *digest = Some(d.to_reapi()),
         }
-        if !blobs.is_empty() {
-            let store = Arc::clone(&self.0.store);
-            let results = blocking(move || {
-                let items: Vec<(Digest, &[u8])> =
-                    blobs.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-                store.put_batch(&items)
-            })
-            .await?;
-            for r in results {
-                r.map_err(cas_status)?;
-            }
-        }
-        let casd = Arc::clone(&self.0);
-        let stored = ar.clone();
-        blocking(move || casd.ac.put(&partition, &action, &stored))
-            .await?
-            .map_err(cas_status)?;
-        tracing::debug!(action_digest = %action, "action result stored");
-        Ok(Response::new(ar))
+        blobs.push((d, std::mem::take(raw)));
     }
+    for o in ar.output_files.iter_mut() {
+        if o.contents.is_empty() {
+            continue;
+        }
+        let d = Digest::of(f, &o.contents);
+        if o.digest.as_ref() != Some(&d.to_reapi()) {
+            return Err(Status::invalid_argument(format!(
+                "contents of output file {:?} do not match its digest",
+                o.path
+            )));
+        }
+        blobs.push((d, std::mem::take(&mut o.contents)));
+    }
+    if let (Some(t), false) = (&casd.through, blobs.is_empty()) {
+        // Write-through: the backing store takes the inlined blobs
+        // before they are stored here.
+        for r in t.write_blobs(blobs.clone()).await {
+            r?;
+        }
+    }
+    if !blobs.is_empty() {
+        let store = Arc::clone(&casd.store);
+        let results = blocking(move || {
+            let items: Vec<(Digest, &[u8])> =
+                blobs.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+            store.put_batch(&items)
+        })
+        .await?;
+        for r in results {
+            r.map_err(cas_status)?;
+        }
+    }
+    if let Some(t) = &casd.through {
+        t.backing()
+            .update_action_result(action, ar.clone())
+            .await
+            .map_err(|e| t.status(&e))?;
+    }
+    let casd = Arc::clone(casd);
+    let stored = ar.clone();
+    blocking(move || casd.ac.put(&partition, &action, &stored))
+        .await?
+        .map_err(cas_status)?;
+    tracing::debug!(action_digest = %action, "action result stored");
+    Ok(Response::new(ar))
 }

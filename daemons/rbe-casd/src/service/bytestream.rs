@@ -188,12 +188,16 @@ impl ByteStream for ByteStreamService {
                 res.digest
             )));
         }
+        if let Some(t) = &self.0.through {
+            t.ensure_local(&self.0.store, res.digest).await?;
+        }
         if !self.0.store.contains(&res.digest) {
             return Err(Status::not_found(format!(
                 "blob {} is not in the CAS",
                 res.digest
             )));
         }
+        self.0.note_read(1);
         let store = Arc::clone(&self.0.store);
         let (d, limit) = (res.digest, req.read_limit as u64);
         let reader = blocking(move || store.reader(d, offset, limit))
@@ -393,15 +397,41 @@ impl ByteStream for ByteStreamService {
                 "write stream ended without finish_write after {committed} bytes; QueryWriteStatus tells where to resume"
             )));
         }
-        let r = blocking(move || -> Result<(), Status> {
-            state.end()?;
-            match state.writer.finish() {
-                Ok(()) => Ok(()),
-                Err(e @ CasError::DigestMismatch { .. }) => Err(cas_status(e)),
-                Err(e) => Err(cas_status(e)),
+        let r = match self.0.through.clone() {
+            None => {
+                blocking(move || -> Result<(), Status> {
+                    state.end()?;
+                    match state.writer.finish() {
+                        Ok(()) => Ok(()),
+                        Err(e @ CasError::DigestMismatch { .. }) => Err(cas_status(e)),
+                        Err(e) => Err(cas_status(e)),
+                    }
+                })
+                .await?
             }
-        })
-        .await?;
+            // Verified bytes go to the backing store first; only once it
+            // acknowledged them is the blob committed and indexed here. On
+            // failure the writer is dropped with its temp file: nothing is
+            // advertised, and the client uploads again.
+            Some(t) => {
+                let (state, r) = blocking(move || {
+                    let r = state
+                        .end()
+                        .and_then(|()| state.writer.check().map_err(cas_status));
+                    (state, r)
+                })
+                .await?;
+                match r {
+                    Err(e) => Err(e),
+                    Ok(()) => match t.write_file(d, state.writer.temp_path().to_owned()).await {
+                        Err(e) => Err(e),
+                        Ok(()) => {
+                            blocking(move || state.writer.finish().map_err(cas_status)).await?
+                        }
+                    },
+                }
+            }
+        };
         drop(active);
         if let Err(e) = r {
             // Another client may have completed the same blob meanwhile.

@@ -20,6 +20,9 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{blocking, cas_status, digest_status, Casd, MAX_DIRECTORY_BYTES};
 
+/// One entry of a BatchUpdateBlobs request once its digest is parsed.
+type BatchEntry = Result<(Digest, Compressor, Vec<u8>), Status>;
+
 /// The Capabilities service.
 pub struct CapabilitiesService(pub Arc<Casd>);
 /// The CAS service.
@@ -199,6 +202,25 @@ impl ContentAddressableStorage for CasService {
             let missing = store.find_missing(&ds);
             (ds, missing)
         };
+        // Local hits are blobs the backing store acknowledged (see
+        // `through`); only the rest are its to answer. A failure to ask is
+        // an error, never "present".
+        let missing = match &self.0.through {
+            Some(t) if !missing.is_empty() => {
+                let lacking: HashSet<Digest> = t
+                    .backing()
+                    .find_missing(f, &missing)
+                    .await
+                    .map_err(|e| t.status(&e))?
+                    .into_iter()
+                    .collect();
+                missing
+                    .into_iter()
+                    .filter(|d| lacking.contains(d))
+                    .collect()
+            }
+            _ => missing,
+        };
         // `missing` keeps the request's order, so the answer can reuse the
         // request's own messages (already valid lowercase hex) instead of
         // encoding each hash again.
@@ -236,8 +258,7 @@ impl ContentAddressableStorage for CasService {
         // whose sum must also fit the advertised limit, before anything is
         // decompressed: a small zstd bomb cannot grow memory.
         let mut responses = Vec::with_capacity(req.requests.len());
-        let mut entries: Vec<Result<(Digest, Compressor, Vec<u8>), Status>> =
-            Vec::with_capacity(req.requests.len());
+        let mut entries: Vec<BatchEntry> = Vec::with_capacity(req.requests.len());
         let mut uncompressed: u64 = 0;
         for r in req.requests {
             responses.push(batch_update_blobs_response::Response {
@@ -260,6 +281,13 @@ impl ContentAddressableStorage for CasService {
             return Err(Status::invalid_argument(format!(
                 "batch holds {uncompressed} bytes once decompressed, more than the advertised max_batch_total_size_bytes {max}; use ByteStream"
             )));
+        }
+        if let Some(t) = &self.0.through {
+            let results = write_through_batch(&self.0, t, entries).await?;
+            for (resp, st) in responses.iter_mut().zip(results) {
+                resp.status = st;
+            }
+            return Ok(Response::new(BatchUpdateBlobsResponse { responses }));
         }
         let store = Arc::clone(&self.0.store);
         let results = blocking(move || {
@@ -321,14 +349,31 @@ impl ContentAddressableStorage for CasService {
         let zstd_ok = req
             .acceptable_compressors
             .contains(&Compressor::Zstd.to_reapi());
+        let mut failed: std::collections::HashMap<Digest, Status> = Default::default();
+        if let Some(t) = &self.0.through {
+            let absent: Vec<Digest> = ds
+                .iter()
+                .filter(|d| !self.0.store.contains(d))
+                .copied()
+                .collect();
+            failed = t
+                .ensure_all_local(&self.0.store, &absent)
+                .await
+                .into_iter()
+                .collect();
+        }
         let store = Arc::clone(&self.0.store);
-        let responses = blocking(move || {
+        let responses: Vec<batch_read_blobs_response::Response> = blocking(move || {
             ds.iter()
                 .map(|d| {
                     let mut resp = batch_read_blobs_response::Response {
                         digest: Some(d.to_reapi()),
                         ..Default::default()
                     };
+                    if let Some(e) = failed.get(d) {
+                        resp.status = status_of(e);
+                        return resp;
+                    }
                     match store.read_all(*d) {
                         Ok(data) => {
                             resp.status = status_ok();
@@ -351,6 +396,11 @@ impl ContentAddressableStorage for CasService {
                 .collect()
         })
         .await?;
+        let served = responses
+            .iter()
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.code == 0))
+            .count();
+        self.0.note_read(served as u64);
         Ok(Response::new(BatchReadBlobsResponse { responses }))
     }
 
@@ -364,6 +414,11 @@ impl ContentAddressableStorage for CasService {
         self.0.partition(&req.instance_name)?;
         let f = self.function(req.digest_function)?;
         let root = Digest::from_reapi_opt(f, req.root_digest.as_ref()).map_err(digest_status)?;
+        if let Some(t) = &self.0.through {
+            // The tree's directories are fetched through first, so the
+            // walk omits only those the backing store lacks too.
+            super::local::hydrate(&self.0, t, f, root, false).await?;
+        }
         if !self.0.store.contains(&root) {
             return Err(Status::not_found(format!(
                 "root directory {root} is not in the CAS"
@@ -448,4 +503,77 @@ impl ContentAddressableStorage for CasService {
             "RegisterChunkMapping",
         ))
     }
+}
+
+/// BatchUpdateBlobs in front of a backing store: every blob is checked
+/// against its digest, then those not yet local are sent to the backing
+/// store, and only those it acknowledged are stored and indexed here. A
+/// blob the backing store did not take gets UNAVAILABLE naming it.
+async fn write_through_batch(
+    casd: &Casd,
+    t: &Arc<super::through::Through>,
+    entries: Vec<BatchEntry>,
+) -> Result<Vec<Option<rpc::Status>>, Status> {
+    let decompressed = blocking(move || {
+        entries
+            .into_iter()
+            .map(|e| {
+                e.and_then(|(d, c, data)| match c {
+                    Compressor::Identity => Ok((d, data)),
+                    Compressor::Zstd => decompress(&d, &data).map(|data| (d, data)),
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let mut out: Vec<Option<rpc::Status>> = Vec::with_capacity(decompressed.len());
+    let mut valid = Vec::new();
+    let mut index = Vec::new();
+    for (i, e) in decompressed.into_iter().enumerate() {
+        match e {
+            Ok(b) => {
+                out.push(None);
+                index.push(i);
+                valid.push(b);
+            }
+            Err(s) => out.push(status_of(&s)),
+        }
+    }
+    let checked = super::through::check_blobs(valid).await?;
+    let mut to_send = Vec::new();
+    let mut sent_index = Vec::new();
+    let mut local = Vec::new();
+    for (i, c) in index.into_iter().zip(checked) {
+        match c {
+            Err(s) => out[i] = status_of(&s),
+            Ok((d, _)) if casd.store.contains(&d) => out[i] = status_ok(),
+            Ok(b) => {
+                sent_index.push(i);
+                to_send.push(b);
+            }
+        }
+    }
+    // The bytes are needed again after the backing store took them.
+    let acks = t.write_blobs(to_send.clone()).await;
+    for ((i, r), blob) in sent_index.iter().zip(acks).zip(to_send) {
+        match r {
+            Ok(()) => local.push((*i, blob)),
+            Err(s) => out[*i] = status_of(&s),
+        }
+    }
+    let store = Arc::clone(&casd.store);
+    let stored = blocking(move || {
+        let items: Vec<(Digest, &[u8])> =
+            local.iter().map(|(_, (d, b))| (*d, b.as_slice())).collect();
+        let res = store.put_batch(&items);
+        local.iter().map(|(i, _)| *i).zip(res).collect::<Vec<_>>()
+    })
+    .await?;
+    for (i, r) in stored {
+        out[i] = match r {
+            Ok(()) => status_ok(),
+            Err(e) => status_of(&cas_status(e)),
+        };
+    }
+    Ok(out)
 }

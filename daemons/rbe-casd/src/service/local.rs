@@ -67,6 +67,9 @@ impl casd_server::Casd for LocalService {
             corrupt_blobs_removed: s.corrupt_removed,
             link_limit_copies: s.link_limit_copies,
             ac_trees_read: self.0.ac.trees_read(),
+            blobs_read: self.0.blobs_read.load(std::sync::atomic::Ordering::Relaxed),
+            backing_fetches: self.0.through.as_ref().map_or(0, |t| t.fetches()),
+            backing_errors: self.0.through.as_ref().map_or(0, |t| t.errors()),
         }))
     }
 
@@ -110,8 +113,11 @@ impl casd_server::Casd for LocalService {
             .root
             .ok_or_else(|| Status::invalid_argument("root is missing"))?;
         let root = Digest::parse(f, &root.hash, root.size_bytes).map_err(digest_status)?;
-        let casd = Arc::clone(&self.0);
         let started = std::time::Instant::now();
+        if let Some(t) = &self.0.through {
+            hydrate(&self.0, t, f, root, true).await?;
+        }
+        let casd = Arc::clone(&self.0);
         let r = blocking(move || {
             let settings = casd.settings.load();
             let roots = &settings.storage.materialize_roots;
@@ -184,5 +190,59 @@ impl casd_server::Casd for LocalService {
             missing,
             truncated,
         }))
+    }
+}
+
+/// In front of a backing store, an input tree may be there and not here
+/// (uploaded through another host, or evicted here): what the local store
+/// lacks of it (its directories, and with `files` its files) is fetched
+/// through before it is materialized or walked, a level per round. Blobs
+/// the backing store lacks too are left for the caller to report missing,
+/// as without a backing store.
+pub(super) async fn hydrate(
+    casd: &Arc<Casd>,
+    t: &Arc<super::through::Through>,
+    f: DigestFunction,
+    root: Digest,
+    files: bool,
+) -> Result<(), Status> {
+    let mut absent_everywhere: std::collections::HashSet<Digest> = Default::default();
+    let mut fetched: std::collections::HashMap<Digest, u32> = Default::default();
+    loop {
+        let c = Arc::clone(casd);
+        let closure = blocking(move || {
+            materialize::missing_tree(&c.store, &c.dirs, f, &[root], MAX_WALK_ENTRIES)
+        })
+        .await?
+        .map_err(tree_status)?;
+        let mut missing = closure.missing_directories;
+        if files {
+            missing.extend(closure.missing_files);
+        }
+        let wanted: Vec<Digest> = missing
+            .into_iter()
+            .filter(|d| !absent_everywhere.contains(d))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        // A blob wanted again after two fetches is being evicted as it
+        // arrives: the store is too small for the tree, and looping would
+        // not change that.
+        for d in &wanted {
+            let n = fetched.entry(*d).or_insert(0u32);
+            if *n >= 2 {
+                return Err(Status::resource_exhausted(format!(
+                    "blob {d} of input tree {root} was evicted twice while the tree was fetched from the backing store; the store is too small"
+                )));
+            }
+            *n += 1;
+        }
+        for (d, e) in t.ensure_all_local(&casd.store, &wanted).await {
+            if e.code() != tonic::Code::NotFound {
+                return Err(e);
+            }
+            absent_everywhere.insert(d);
+        }
     }
 }

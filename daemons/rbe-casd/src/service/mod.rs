@@ -5,6 +5,7 @@ pub mod ac;
 pub mod bytestream;
 pub mod cas;
 pub mod local;
+pub mod through;
 
 use std::sync::Arc;
 
@@ -30,6 +31,10 @@ pub struct Casd {
     pub dirs: rbe_cas::materialize::DirCache,
     /// Swapped whole by a reload; a request reads one snapshot.
     pub settings: arc_swap::ArcSwap<CasdSettings>,
+    /// With `[backing] mode = "cache"`: the store casd writes through to.
+    pub through: Option<Arc<through::Through>>,
+    /// Blobs whose bytes were served (Stats `blobs_read`).
+    pub blobs_read: std::sync::atomic::AtomicU64,
 }
 
 impl Casd {
@@ -51,6 +56,14 @@ impl Casd {
         } else {
             Ok(SHARED_PARTITION.to_string())
         }
+    }
+}
+
+impl Casd {
+    /// Counts blobs served, for Stats.
+    pub fn note_read(&self, n: u64) {
+        self.blobs_read
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

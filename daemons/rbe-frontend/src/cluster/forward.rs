@@ -1,13 +1,14 @@
 //! Operation requests between hosts: a client asked one host about an
 //! operation another holds ([`crate::exec::route`]).
 //!
-//! The asking side ([`get`], [`cancel`], [`wait`]) calls the holder's Peer
+//! The asking side ([`get`], [`cancel`], [`delete`], [`wait`]) calls the holder's Peer
 //! service over the mutual-TLS peer channel and relays the answer: one
 //! Operation, or the stream of them for WaitExecution and WaitOperation.
 //! The holder's statuses pass through unchanged in code, so NOT_FOUND from
 //! the holder is NOT_FOUND to Bazel.
 //!
-//! The holder side ([`hold_get`], [`hold_cancel`], [`hold_wait`]) answers
+//! The holder side ([`hold_get`], [`hold_cancel`], [`hold_delete`],
+//! [`hold_wait`]) answers
 //! only for names it holds, under a generation this process has had: one
 //! hop, never forwarded again, so two hosts with different views can never
 //! bounce a request between them.
@@ -18,7 +19,7 @@
 //! only its name and how it was proven (`client`, `client_via`). The holder
 //! applies its own rules to that identity, as if the client had called it:
 //! the owner of an operation sees it, anyone else needs `operations-read`
-//! (`operations-cancel` to cancel). So any host with a valid cluster
+//! (`operations-cancel` to cancel or delete). So any host with a valid cluster
 //! certificate can act for any client name: a cluster member is trusted
 //! like the frontend itself, and the cluster CA must sign hosts only.
 //!
@@ -33,7 +34,7 @@ use futures::StreamExt;
 use prost::Message;
 use rbe_auth::{Identity, Via};
 use rbe_proto::cluster::peer_client::PeerClient;
-use rbe_proto::cluster::{CancelResponse, OperationRequest, OperationUpdate};
+use rbe_proto::cluster::{CancelResponse, DeleteResponse, OperationRequest, OperationUpdate};
 use rbe_proto::longrunning::Operation;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -96,6 +97,16 @@ pub async fn cancel(r: &Remote, name: &str, who: &Identity) -> Result<(), Status
     tracing::debug!(operation = %name, client = %who, node = %r.node, "CancelOperation forwarded to the holder");
     client(r)
         .cancel_operation(request(name, who, false))
+        .await
+        .map_err(|s| from_holder(r, s))?;
+    Ok(())
+}
+
+/// DeleteOperation at the holder.
+pub async fn delete(r: &Remote, name: &str, who: &Identity) -> Result<(), Status> {
+    tracing::debug!(operation = %name, client = %who, node = %r.node, "DeleteOperation forwarded to the holder");
+    client(r)
+        .delete_operation(request(name, who, false))
         .await
         .map_err(|s| from_holder(r, s))?;
     Ok(())
@@ -204,6 +215,20 @@ pub async fn hold_cancel(
         tracing::info!(operation = %r.name, client = %who, node = %peer.0, last, "operation cancelled by its client through a peer");
     }
     Ok(Response::new(CancelResponse {}))
+}
+
+/// Peer DeleteOperation: forgets the done handle, as the client's own
+/// DeleteOperation would.
+pub async fn hold_delete(
+    cluster: &Cluster,
+    exec: &Exec,
+    req: Request<OperationRequest>,
+) -> Result<Response<DeleteResponse>, Status> {
+    let (peer, r) = held(cluster, req)?;
+    let who = forwarded_identity(&r);
+    tracing::debug!(operation = %r.name, client = %who, node = %peer.0, "DeleteOperation from a peer");
+    with_caller(exec, &who, &r.name, |c| exec.delete(&r.name, c))?;
+    Ok(Response::new(DeleteResponse {}))
 }
 
 /// Peer WaitOperation: the operation's updates until it completes; a

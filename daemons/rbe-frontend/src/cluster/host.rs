@@ -5,8 +5,9 @@
 //! host admits it only if it can start it soon (`OffloadPolicy::admit`),
 //! else it answers Rejected with its load. Once accepted, the input tree
 //! is pulled from the origin's read-only peer CAS into the local casd
-//! (hash-verified there; the offer counts as `incoming` meanwhile), and
-//! the action is queued as a *hosted* execution owned by `peer:<origin>`:
+//! (hash-verified there; the offer counts as `incoming` meanwhile; blobs
+//! the origin lacks end it INPUTS_MISSING naming them, which the origin's
+//! client gets as from a local worker), and the action is queued as a *hosted* execution owned by `peer:<origin>`:
 //! never offered on, and no action-cache entry is written here (the origin
 //! writes it once it holds the outputs). Stages, heartbeats every lease/3
 //! and the result go back on the stream. CancelLease, or the origin ending
@@ -50,6 +51,9 @@ struct Valid {
     input_root: Digest,
     platform: Platform,
     do_not_cache: bool,
+    /// The client's RequestMetadata: the hosted action is logged under it
+    /// here, as at the origin.
+    metadata: reapi::RequestMetadata,
 }
 
 /// Checks an offer's contents; `caller` is the node the certificate names.
@@ -61,8 +65,16 @@ fn validate(caller: &NodeName, offer: Offer) -> Result<Valid, Status> {
         )));
     }
     let bad = |m: String| Status::invalid_argument(m);
-    let assignment = Assignment::decode(offer.assignment.as_slice())
+    let mut assignment = Assignment::decode(offer.assignment.as_slice())
         .map_err(|e| bad(format!("the offer's assignment does not decode: {e}")))?;
+    // The offer's RequestMetadata is the client's: it names the invocation
+    // here and for the worker, whatever the assignment says.
+    let metadata = reapi::RequestMetadata::decode(offer.request_metadata.as_slice())
+        .map_err(|e| bad(format!("the offer's request metadata does not decode: {e}")))?;
+    if !offer.request_metadata.is_empty() {
+        assignment.invocation_id = metadata.tool_invocation_id.clone();
+        assignment.request_metadata = metadata.encode_to_vec();
+    }
     rbe_proto::resource::validate_instance(&assignment.instance_name)
         .map_err(|r| bad(format!("instance name {:?}: {r}", assignment.instance_name)))?;
     let function = DigestFunction::from_reapi(assignment.digest_function)
@@ -98,6 +110,7 @@ fn validate(caller: &NodeName, offer: Offer) -> Result<Valid, Status> {
         input_root,
         platform,
         do_not_cache: action.do_not_cache,
+        metadata,
         offer,
     })
 }
@@ -179,7 +192,21 @@ pub async fn run(
     };
     // The channel is fresh: this send has room.
     let _ = tx.try_send(Ok(accepted));
-    tracing::info!(origin = %v.origin, lease, operation = %v.assignment.operation, invocation_id = %v.assignment.invocation_id, "offload: offer accepted");
+    let m = &v.metadata;
+    tracing::info!(
+        origin = %v.origin,
+        lease,
+        operation = %v.assignment.operation,
+        action_digest = %v.action_digest,
+        invocation_id = %v.assignment.invocation_id,
+        correlated_invocations_id = %m.correlated_invocations_id,
+        tool_name = %m.tool_details.as_ref().map_or("", |t| t.tool_name.as_str()),
+        action_mnemonic = %m.action_mnemonic,
+        target_id = %m.target_id,
+        configuration_id = %m.configuration_id,
+        client = %v.offer.client,
+        "offload: offer accepted"
+    );
     let (cluster, exec) = (Arc::clone(cluster), Arc::clone(exec));
     tokio::spawn(async move { host(cluster, exec, v, incoming, tx, counted).await });
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
@@ -228,10 +255,11 @@ async fn host(
     let op = v.assignment.operation.clone();
     let invocation = v.assignment.invocation_id.clone();
     let origin = v.origin.clone();
-    let finish = |outcome: Outcome, message: String| Finished {
+    let finish = |n: NotStarted| Finished {
         id: lease,
-        outcome: outcome as i32,
-        message,
+        outcome: n.outcome as i32,
+        message: n.message,
+        missing: n.missing,
         ..Default::default()
     };
     let attached = {
@@ -244,7 +272,7 @@ async fn host(
     let a = match attached {
         Ok(a) => a,
         Err(f) => {
-            let f = finish(f.0, f.1);
+            let f = finish(f);
             tracing::warn!(origin = %origin, lease, operation = %op, invocation_id = %invocation, reason = %f.message, "offload: hosted action not started");
             let _ = tx.send(Ok(finished_msg(&cluster, &exec, &f))).await;
             return;
@@ -316,9 +344,31 @@ fn finished_msg(cluster: &Cluster, exec: &Exec, f: &Finished) -> HostMessage {
     }
 }
 
+/// Why a hosted action was not started, for the origin's Finished.
+struct NotStarted {
+    outcome: Outcome,
+    message: String,
+    /// INPUTS_MISSING: the blobs, as `<hash>/<size>`.
+    missing: Vec<String>,
+}
+
+fn unavailable(message: String) -> NotStarted {
+    NotStarted {
+        outcome: Outcome::Unavailable,
+        message,
+        missing: vec![],
+    }
+}
+
 /// Pulls the input tree from the origin's peer CAS into the local casd.
-async fn hydrate(cluster: &Cluster, exec: &Exec, v: &Valid) -> Result<(), (Outcome, String)> {
-    let unavailable = |m: String| (Outcome::Unavailable, m);
+///
+/// Blobs the origin lacks are INPUTS_MISSING naming them, which completes
+/// the operation at the origin with FAILED_PRECONDITION and its MISSING
+/// violations, as a local worker's report would (Bazel uploads them and
+/// executes again); another host would lack them just the same, so this is
+/// no lost lease. Anything else is UNAVAILABLE: the origin dispatches
+/// again.
+async fn hydrate(cluster: &Cluster, exec: &Exec, v: &Valid) -> Result<(), NotStarted> {
     let Some((channel, _)) = cluster.any_channel(&v.origin) else {
         return Err(unavailable("the origin is not a member".into()));
     };
@@ -336,6 +386,14 @@ async fn hydrate(cluster: &Cluster, exec: &Exec, v: &Valid) -> Result<(), (Outco
             tracing::info!(origin = %v.origin, lease = v.offer.lease_epoch, operation = %v.assignment.operation, invocation_id = %v.assignment.invocation_id, hydrate_bytes = stats.bytes, hydrate_ms = stats.duration.as_millis() as u64, "offload: inputs pulled from the origin");
             Ok(())
         }
+        Err(rbe_transfer::TransferError::NotFound { digests, .. }) => Err(NotStarted {
+            outcome: Outcome::InputsMissing,
+            message: format!("{} input blob(s) missing at the origin", digests.len()),
+            missing: digests
+                .iter()
+                .map(|d| format!("{}/{}", d.hex(), d.size))
+                .collect(),
+        }),
         // The origin re-dispatches on UNAVAILABLE: the client never sees it.
         Err(e) => Err(unavailable(format!(
             "inputs not pulled from the origin: {e}"
@@ -344,7 +402,7 @@ async fn hydrate(cluster: &Cluster, exec: &Exec, v: &Valid) -> Result<(), (Outco
 }
 
 /// Queues the hosted execution, owned by `peer:<origin>`.
-fn submit(exec: &Exec, v: &Valid) -> Result<Attached, (Outcome, String)> {
+fn submit(exec: &Exec, v: &Valid) -> Result<Attached, NotStarted> {
     let owner = PeerNode(v.origin.clone()).identity();
     let instance = v.assignment.instance_name.clone();
     let shared_key = crate::exec::results::action_key(&instance, &v.action_digest);
@@ -359,7 +417,8 @@ fn submit(exec: &Exec, v: &Valid) -> Result<Attached, (Outcome, String)> {
     };
     let mut assignment = v.assignment.clone();
     assignment.id = 0;
-    let payload_bytes = assignment.action.len() + assignment.command.len();
+    let payload_bytes =
+        assignment.action.len() + assignment.command.len() + assignment.request_metadata.len();
     let s = Submission {
         key,
         shared_key,
@@ -381,8 +440,8 @@ fn submit(exec: &Exec, v: &Valid) -> Result<Attached, (Outcome, String)> {
     };
     match exec.submit_hosted(s) {
         Ok(Submitted::New(a) | Submitted::Joined(a)) => Ok(a),
-        Ok(Submitted::Recent(_)) => Err((Outcome::Unavailable, "unexpected recent result".into())),
-        Err(e) => Err((Outcome::Unavailable, e.to_string())),
+        Ok(Submitted::Recent(_)) => Err(unavailable("unexpected recent result".into())),
+        Err(e) => Err(unavailable(e.to_string())),
     }
 }
 
@@ -411,6 +470,13 @@ fn finished_of(cluster: &Cluster, lease: u64, r: ExecuteResponse) -> Finished {
         }
         ar
     });
+    // A worker here found inputs missing: the origin's client is told
+    // which, as by a local worker.
+    let missing = if outcome == Outcome::InputsMissing {
+        rbe_proto::status::missing_of(&status)
+    } else {
+        vec![]
+    };
     let message = if outcome == Outcome::Ran {
         r.message
     } else {
@@ -421,7 +487,7 @@ fn finished_of(cluster: &Cluster, lease: u64, r: ExecuteResponse) -> Finished {
         outcome: outcome as i32,
         message,
         action_result: result.map(|r| r.encode_to_vec()).unwrap_or_default(),
-        missing: vec![],
+        missing,
         oom_killed: false,
     }
 }

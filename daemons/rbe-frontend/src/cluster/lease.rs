@@ -132,9 +132,16 @@ async fn drive(
     let lease = l.lease;
     let mut assignment = (*l.assignment).clone();
     assignment.id = lease;
-    let request_metadata = reapi::RequestMetadata {
-        tool_invocation_id: l.invocation_id.clone(),
-        ..Default::default()
+    // The client's whole RequestMetadata, so the executing host logs the
+    // action as this one does.
+    let request_metadata = if assignment.request_metadata.is_empty() {
+        reapi::RequestMetadata {
+            tool_invocation_id: l.invocation_id.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    } else {
+        assignment.request_metadata.clone()
     };
     let offer = Offer {
         assignment: assignment.encode_to_vec(),
@@ -143,7 +150,7 @@ async fn drive(
         origin_node: cluster.node.to_string(),
         origin_generation: cluster.generation(),
         lease_epoch: lease,
-        request_metadata: request_metadata.encode_to_vec(),
+        request_metadata,
         traceparent: String::new(),
         store_id: 0,
         hop: 0,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use rbe_proto::cluster::peer_server::Peer;
 use rbe_proto::cluster::{
-    CancelResponse, DescribeRequest, DescribeResponse, HostMessage, OperationRequest,
-    OperationUpdate, OriginMessage,
+    CancelResponse, DeleteResponse, DescribeRequest, DescribeResponse, HostMessage,
+    OperationRequest, OperationUpdate, OriginMessage,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -80,5 +80,12 @@ impl Peer for PeerService {
         req: Request<OperationRequest>,
     ) -> Result<Response<CancelResponse>, Status> {
         super::forward::hold_cancel(&self.cluster, &self.exec, req).await
+    }
+
+    async fn delete_operation(
+        &self,
+        req: Request<OperationRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        super::forward::hold_delete(&self.cluster, &self.exec, req).await
     }
 }

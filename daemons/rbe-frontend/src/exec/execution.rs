@@ -38,12 +38,15 @@ pub struct ExecutionService(pub Arc<Exec>);
 
 const REQUEST_METADATA: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
 
-fn invocation_id<T>(req: &Request<T>) -> String {
+/// The client's RequestMetadata header (Bazel sends one with every call);
+/// empty when absent or malformed. It travels with the action (the
+/// worker's assignment, a peer's offer) for the log lines of every host
+/// and worker the action reaches.
+fn request_metadata<T>(req: &Request<T>) -> reapi::RequestMetadata {
     req.metadata()
         .get_bin(REQUEST_METADATA)
         .and_then(|v| v.to_bytes().ok())
         .and_then(|b| reapi::RequestMetadata::decode(b.as_ref()).ok())
-        .map(|m| m.tool_invocation_id)
         .unwrap_or_default()
 }
 
@@ -311,7 +314,8 @@ impl Execution for ExecutionService {
             rbe_auth::Permission::Execute,
             shown,
         )?;
-        let invocation = invocation_id(&req);
+        let metadata = request_metadata(&req);
+        let invocation = metadata.tool_invocation_id.clone();
         let owner = access::identity(&req);
         // Fair sharing is per identity, then per Bazel invocation.
         let tenant = Tenant::new(owner.name(), invocation.as_str());
@@ -383,7 +387,7 @@ impl Execution for ExecutionService {
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
         let name = exec.operation_name(&instance);
-        let payload_bytes = action_bytes.len() + command_bytes.len();
+        let payload_bytes = action_bytes.len() + command_bytes.len() + metadata.encoded_len();
         let assignment = Arc::new(Assignment {
             id: 0,
             operation: name.clone(),
@@ -396,6 +400,8 @@ impl Execution for ExecutionService {
             timeout_seconds: timeout as u32,
             invocation_id: invocation.clone(),
             queued_unix_micros: now_us,
+            // Re-encoded: only the fields this frontend knows travel on.
+            request_metadata: metadata.encode_to_vec(),
         });
         // REAPI: requests for a do_not_cache action must not be merged, so
         // such a key is unique to this request.

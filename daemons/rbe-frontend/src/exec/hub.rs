@@ -58,7 +58,7 @@ impl WorkerHub for HubService {
                     Ok(WorkerMessage {
                         kind: Some(worker_message::Kind::Finished(f)),
                     }) => {
-                        exec.worker_finished(w, f);
+                        exec.hub_finished(w, f);
                     }
                     Ok(_) => tracing::warn!(worker = w, "unexpected message from worker ignored"),
                     Err(e) => {

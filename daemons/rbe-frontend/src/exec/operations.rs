@@ -11,11 +11,11 @@
 //! caller's own. CancelOperation withdraws one handle: the action runs on
 //! while another handle waits for it.
 //!
-//! In a cluster, GetOperation, CancelOperation and WaitOperation about a
-//! name another host holds are answered by that host ([`super::route`]),
-//! under its rules for this caller. DeleteOperation is answered here only,
-//! and ListOperations lists this host's operations only: the ones whose
-//! clients called this host.
+//! In a cluster, GetOperation, CancelOperation, DeleteOperation and
+//! WaitOperation about a name another host holds are answered by that host
+//! ([`super::route`]), under its rules for this caller. ListOperations
+//! lists this host's operations only: the ones whose clients called this
+//! host.
 //!
 //! ListOperations pages hold at most `page_size` operations (100 when
 //! unset, never more than 1,000) and at most 4 MiB (half the message limit
@@ -142,10 +142,8 @@ impl Operations for OperationsService {
         let who = access::identity(&req);
         let name = req.into_inner().name;
         if let Route::Forward(r) = route(&self.0, &name)? {
-            return Err(Status::failed_precondition(format!(
-                "operation {name:?} is held by host {}; DeleteOperation is answered by its holder only",
-                r.node
-            )));
+            forward::delete(&r, &name, &who).await?;
+            return Ok(Response::new(Empty {}));
         }
         // The handle goes; its execution too once no handle is left.
         self.as_caller(&who, &name, |c| self.0.delete(&name, c))?;

@@ -54,6 +54,22 @@ impl Report {
         }
     }
 
+    /// Names `node` as the host of the worker that ran it
+    /// (`{node}/{worker}` in `ExecutedActionMetadata.worker`), unless it
+    /// already does.
+    pub fn name_host(&mut self, node: &str) {
+        let md = self
+            .result
+            .as_mut()
+            .and_then(|r| r.execution_metadata.as_mut());
+        if let Some(md) = md {
+            let prefix = format!("{node}/");
+            if !md.worker.starts_with(&prefix) {
+                md.worker = format!("{prefix}{}", md.worker);
+            }
+        }
+    }
+
     /// The operation it is about.
     pub fn id(&self) -> u64 {
         self.finished.id
@@ -166,6 +182,14 @@ pub struct Ran<'a> {
     pub digest: &'a reapi::Digest,
     /// Bazel's invocation id.
     pub invocation: &'a str,
+    /// The client's RequestMetadata, as the assignment carries it.
+    pub metadata: &'a reapi::RequestMetadata,
+}
+
+/// The client's RequestMetadata an assignment carries (empty if none or
+/// malformed: it is only for log lines).
+pub fn request_metadata(a: &rbe_proto::worker::Assignment) -> reapi::RequestMetadata {
+    reapi::RequestMetadata::decode(a.request_metadata.as_slice()).unwrap_or_default()
 }
 
 /// The one INFO line per executed action an operator reads; field names as
@@ -183,6 +207,11 @@ pub fn log_completed(r: &Ran<'_>, report: &Report) {
         operation = %r.operation,
         action_digest = %format_args!("{}/{}", r.digest.hash, r.digest.size_bytes),
         invocation_id = %r.invocation,
+        correlated_invocations_id = %r.metadata.correlated_invocations_id,
+        tool_name = %r.metadata.tool_details.as_ref().map_or("", |t| t.tool_name.as_str()),
+        action_mnemonic = %r.metadata.action_mnemonic,
+        target_id = %r.metadata.target_id,
+        configuration_id = %r.metadata.configuration_id,
         worker = r.worker.0,
         worker_name = r.worker.1,
         code = report.code() as i32,

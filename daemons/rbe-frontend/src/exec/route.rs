@@ -5,8 +5,8 @@
 //! (`{instance}/operations/{node}.{gen36}.{uuid}`, see
 //! `rbe_cluster::names`). A client may ask any host about it afterwards
 //! (Bazel's WaitExecution after a reconnect lands wherever the load
-//! balancer sends it), so GetOperation, CancelOperation, WaitOperation and
-//! WaitExecution go to the holder:
+//! balancer sends it), so GetOperation, CancelOperation, DeleteOperation,
+//! WaitOperation and WaitExecution go to the holder:
 //!
 //! - a plain name, or any host outside a cluster: answered here;
 //! - this host, under a generation this process has had: answered here;
@@ -19,8 +19,8 @@
 //!
 //! NOT_FOUND is the one status Bazel (4.2.3 and later) answers by running
 //! the action again; every "the operation is gone" outcome here is exactly
-//! that code. DeleteOperation is answered here only (the peer protocol has
-//! no Delete); ListOperations lists this host's operations only.
+//! that code. DeleteOperation is routed the same way; ListOperations
+//! lists this host's operations only.
 
 use rbe_cluster::NodeName;
 use tonic::transport::Channel;

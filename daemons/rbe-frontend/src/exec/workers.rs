@@ -13,6 +13,8 @@
 //! a re-queued operation) is ignored: `Scheduler::complete` says it is
 //! stale.
 
+use std::sync::Arc;
+
 use rbe_proto::reapi::{execution_stage, UpdateActionResultRequest};
 use rbe_proto::worker::{hub_message, Assignment, Cancel, Finished, HubMessage};
 use rbe_sched::{OpId, Platform, WorkerId};
@@ -84,10 +86,26 @@ impl Exec {
     /// handled right away. A stale report (cancelled, re-queued, an
     /// unknown worker) only frees the slot; false then.
     pub fn worker_finished(&self, w: WorkerId, f: Finished) -> bool {
-        let report = Report::new(f);
+        self.finished(w, Report::new(f))
+    }
+
+    /// A report of an rbe-workerd of this host: in a cluster its
+    /// `ExecutedActionMetadata.worker` names this host too
+    /// (`{node}/{worker}`), as an executing peer's does, so a client can
+    /// tell where any action ran.
+    pub fn hub_finished(&self, w: WorkerId, f: Finished) -> bool {
+        let mut report = Report::new(f);
+        if let Some(c) = self.cluster() {
+            report.name_host(c.node.as_str());
+        }
+        self.finished(w, report)
+    }
+
+    fn finished(&self, w: WorkerId, report: Report) -> bool {
         let id = report.id();
         let accepted = self.run(|st, _| {
             let key = st.sched.get(id).map(|v| v.key.clone());
+            let payload = st.sched.payload(id).map(Arc::clone);
             let completed = st.sched.complete(id, w, ());
             let accepted = completed.then(|| st.ops.get(&id)).flatten().map(|o| {
                 // Still under the lock: an identical request sees the
@@ -117,12 +135,13 @@ impl Exec {
                     o.invocation_id.clone(),
                     worker.unwrap_or_default(),
                     cached,
+                    payload,
                 )
             });
             st.dispatch();
             accepted
         });
-        let Some((name, origin, invocation, worker_name, cached)) = accepted else {
+        let Some((name, origin, invocation, worker_name, cached, payload)) = accepted else {
             return false; // cancelled or re-queued meanwhile
         };
         if cached {
@@ -136,11 +155,15 @@ impl Exec {
                 "action cache written with an executed action's result"
             );
         }
+        let metadata = payload
+            .map(|a| outcome::request_metadata(&a))
+            .unwrap_or_default();
         let ran = Ran {
             worker: (w, &worker_name),
             operation: &name,
             digest: &origin.action_digest,
             invocation: &invocation,
+            metadata: &metadata,
         };
         outcome::log_completed(&ran, &report);
         let response = report.response(origin.digest_function);
