@@ -57,9 +57,11 @@ step "build binaries"
 cargo build --workspace --bins --quiet
 
 step "packages (packaging/build --profile debug, into target/packages-debug)"
-# The package tests and the cluster tests (three booted hosts on a lab
-# network, tests/tests/cluster.rs) install these; debug binaries spare CI an optimized
-# build, and packaging/build returns at once when the tests call it again.
+# The package tests and the cluster tests (booted hosts on a lab network,
+# tests/tests/cluster*.rs) install these; debug binaries spare CI an
+# optimized build. Built once here for the whole run: each test binary asks
+# packaging/build again, which finds them up to date by a stat of its
+# inputs (not by checksumming the binaries) and holds a lock meanwhile.
 export RBE_PACKAGE_PROFILE=debug
 if command -v dh >/dev/null 2>&1 && command -v rpmbuild >/dev/null 2>&1; then
   packaging/build

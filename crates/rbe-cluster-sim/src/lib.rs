@@ -46,6 +46,10 @@ pub struct SimConfig {
     /// Whether a finished offloaded action carries the executor's load
     /// back to its origin (as accepts and rejects do).
     pub load_on_finish: bool,
+    /// Whether those answers carry the seq of the executor's last report
+    /// (as the frontend's do since this was found on the lab hosts); with
+    /// seq 0 the origin's table drops them as older than gossip.
+    pub answers_carry_seq: bool,
     /// Membership settles this long before the first burst.
     pub warmup: Duration,
     /// Simulated time after the warm-up at most.
@@ -68,6 +72,7 @@ impl SimConfig {
             policy: OffloadConfig::default(),
             report_interval: Duration::from_millis(500),
             load_on_finish: true,
+            answers_carry_seq: true,
             warmup: Duration::from_secs(5),
             max_time: Duration::from_secs(900),
             net: NetConfig::default(),

@@ -1,7 +1,7 @@
 //! `rbe-cluster-sim`: runs presets and sweeps, one JSON line per run.
 //!
 //! ```text
-//! rbe-cluster-sim three [SEED]      the 3-host 1/4/8 benchmark, offload on and off
+//! rbe-cluster-sim three [SEED]      the 3-host 1/4/8 benchmark: offload on, off, answers with seq 0
 //! rbe-cluster-sim sweep [SEED]      all of the below
 //! rbe-cluster-sim core [SEED]       d, optimism, report interval, N up to 100
 //! rbe-cluster-sim thousand [SEED]   N = 1000, one round
@@ -51,6 +51,11 @@ fn main() -> anyhow::Result<()> {
             let mut off = preset_three_hosts(seed);
             off.offload = false;
             line("three-off", off, &[])?;
+            // Answers with seq 0, as the frontend sent them until the lab
+            // benchmark showed it (BENCHMARKS.md, issue 12 on booted hosts).
+            let mut seq0 = preset_three_hosts(seed);
+            seq0.answers_carry_seq = false;
+            line("three-seq0", seq0, &[])?;
         }
         "sweep" => sweep(seed)?,
         "accept" => accept(seed)?,

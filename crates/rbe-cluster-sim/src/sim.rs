@@ -680,16 +680,11 @@ impl Sim {
     }
 
     fn own_report(&mut self, host: usize) -> LoadReport {
+        let carry = self.cfg.answers_carry_seq;
         let h = &mut self.hosts[host];
-        load_report(
-            &h.name,
-            h.generation,
-            h.seq,
-            true,
-            0,
-            &h.sched.pool_loads(),
-            0,
-        )
+        let seq = if carry { h.seq } else { 0 };
+        let pools = h.sched.pool_loads();
+        load_report(&h.name, h.generation, seq, true, 0, &pools, 0)
     }
 
     fn send_offer(&mut self, host: usize, op: OpId, to: usize, fallback: Option<usize>) -> bool {

@@ -253,6 +253,7 @@ pub struct ClusterHandle {
     view: watch::Receiver<ClusterView>,
     counters: Arc<Counters>,
     local_addr: SocketAddr,
+    report_seq: Arc<AtomicU64>,
 }
 
 impl ClusterHandle {
@@ -268,6 +269,15 @@ impl ClusterHandle {
     /// The address the gossip socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The seq of the last report the driver sent (0 before the first).
+    /// A direct answer to a peer (an offer's accept or reject, a finished
+    /// lease) carries it: the peer's table takes an answer with the seq it
+    /// already holds, and ignores one with an older seq as stale, so an
+    /// answer without it would never update the peer's view of this host.
+    pub fn report_seq(&self) -> u64 {
+        self.report_seq.load(Ordering::Relaxed)
     }
 
     /// Publishes this host's load. The driver fills in node, generation
@@ -351,6 +361,7 @@ pub fn start(
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (seed_tx, seed_rx) = mpsc::channel(4);
     let live = Arc::new(AtomicUsize::new(0));
+    let report_seq = Arc::new(AtomicU64::new(0));
     let resolver = tokio::spawn(resolve_seeds(
         config.seeds.clone(),
         live.clone(),
@@ -372,7 +383,7 @@ pub fn start(
         live,
         log_limit: HashMap::new(),
         report_interval: config.report_interval,
-        seq: 0,
+        seq: report_seq.clone(),
         last_sent: None,
         watch: SuspectWatch::new(config.foca.suspect_to_down_after),
         started: Instant::now(),
@@ -388,6 +399,7 @@ pub fn start(
         view: view_rx,
         counters,
         local_addr,
+        report_seq,
     })
 }
 
@@ -460,7 +472,8 @@ struct Task {
     live: Arc<AtomicUsize>,
     log_limit: HashMap<SocketAddr, Instant>,
     report_interval: Duration,
-    seq: u64,
+    /// The last seq sent, shared with the handles ([`ClusterHandle::report_seq`]).
+    seq: Arc<AtomicU64>,
     last_sent: Option<Instant>,
     watch: SuspectWatch,
     /// The origin of the watch's clock.

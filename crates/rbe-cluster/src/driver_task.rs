@@ -234,8 +234,7 @@ impl Task {
         let me = self.foca.identity();
         r.node = me.node.as_str().to_owned();
         r.generation = me.generation;
-        self.seq += 1;
-        r.seq = self.seq;
+        r.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         match encode_report(&r) {
             Ok(data) => {
                 if let Err(e) = self.foca.add_broadcast(&data) {

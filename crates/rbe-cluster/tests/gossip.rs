@@ -319,3 +319,43 @@ async fn a_wildcard_address_with_nothing_to_advertise_is_refused() {
     let h = start(c).await;
     assert_eq!(h.view().borrow().me.gossip_addr, h.local_addr());
 }
+
+/// A host's direct answers (to an offer, with a finished lease) carry the
+/// seq of its last gossiped report, and a peer's table takes them over
+/// that report; an answer with an older seq (0, as the frontend once sent)
+/// is dropped as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_answer_carries_the_last_gossiped_seq() {
+    use rbe_cluster::policy::{PeerTable, ReportUse};
+    let [a, b, _c] = three().await;
+    b.publish_report(report(6));
+    wait_for(&a, "b's report of 6 slots", |v| {
+        up_with_report(v, "b", 1, 6)
+    })
+    .await;
+    let gossiped = a
+        .view()
+        .borrow()
+        .get("b")
+        .and_then(|m| m.report.clone())
+        .expect("b's report")
+        .0;
+    assert!(gossiped.seq > 0);
+    // b re-sends its report every interval, each time with the next seq.
+    assert!(b.report_seq() >= gossiped.seq);
+
+    let mut table = PeerTable::new(NodeName::new("a").expect("node"));
+    let now = Duration::from_secs(1);
+    assert_eq!(table.on_report(now, &gossiped), ReportUse::Taken);
+    let answer = |seq: u64| LoadReport {
+        node: "b".into(),
+        generation: 1,
+        seq,
+        ..report(6)
+    };
+    assert_eq!(
+        table.on_direct(now, &answer(b.report_seq())),
+        ReportUse::Taken
+    );
+    assert_eq!(table.on_direct(now, &answer(0)), ReportUse::Old);
+}

@@ -21,6 +21,31 @@ use std::time::{Duration, Instant};
 use rbe_config::local::LocalLayout;
 use tonic::transport::Channel;
 
+/// Takes out of `cmd`'s environment what `cargo test` sets for the test
+/// binary itself (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...), for a cargo
+/// run from a test. Build scripts watch some of them (ring's
+/// `rerun-if-env-changed=CARGO_PKG_NAME`, for one): seen set from a test
+/// and unset from a shell, every switch between the two rebuilt ring and
+/// everything above it, and relinked the daemons.
+pub fn without_test_env(cmd: &mut Command) -> &mut Command {
+    const EXACT: [&str; 6] = [
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"];
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if EXACT.contains(&k) || PREFIXES.iter().any(|p| k.starts_with(p)) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 /// Path of a workspace binary, building the workspace's binaries once.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -50,7 +75,9 @@ pub fn bin(name: &str) -> PathBuf {
             if dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }
-            let st = cmd.status().expect("running cargo build");
+            let st = without_test_env(&mut cmd)
+                .status()
+                .expect("running cargo build");
             assert!(st.success(), "cargo build --bins failed");
         }
         dir

@@ -1,6 +1,13 @@
 //! The packages from `packaging/build`, for test files that install them
-//! into booted instances (`packages.rs`, `cluster.rs`): built once per test
-//! binary, seen inside at [`PKG`], installed with apt.
+//! into booted instances (`packages.rs`, `cluster*.rs`): seen inside at
+//! [`PKG`], installed with apt.
+//!
+//! Built once per test run: `tests/run-all.sh` builds them before the
+//! tests (a plain `cargo test` leaves it to the first binary that needs
+//! them), and every test binary asks `packaging/build` once, which finds
+//! them up to date by a stat of its inputs, without checksumming 800 MB of
+//! debug binaries each time, and holds a lock so two binaries never build
+//! at once.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,8 +20,9 @@ use super::{on_path, repo, text, unsupported, Instance};
 /// [`bind_args`]).
 pub const PKG: &str = "/opt/rbe-packages";
 
-/// `target/packages`, built (or found up to date) once per test binary;
-/// `Err` is why packages cannot be built here.
+/// `target/packages-debug` (or `target/packages`), built or found up to
+/// date, asked once per test binary; `Err` is why packages cannot be built
+/// here.
 pub fn packages() -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -29,10 +37,11 @@ pub fn packages() -> Result<PathBuf, String> {
             // The debug build by default: the tests need working packages,
             // not an optimized build of their own.
             let profile = std::env::var("RBE_PACKAGE_PROFILE").unwrap_or_else(|_| "debug".into());
-            let out = Command::new(repo().join("packaging/build"))
-                .args(["--profile", &profile])
-                .output()
-                .expect("run packaging/build");
+            let out =
+                rbe_testkit::without_test_env(&mut Command::new(repo().join("packaging/build")))
+                    .args(["--profile", &profile])
+                    .output()
+                    .expect("run packaging/build");
             assert!(out.status.success(), "packaging/build: {}", text(&out));
             Ok(repo().join(match profile.as_str() {
                 "release" => "target/packages",

@@ -78,10 +78,7 @@ impl Cluster {
             counters: self
                 .counter_list()
                 .into_iter()
-                .map(|(name, value)| Counter {
-                    name: name.to_owned(),
-                    value,
-                })
+                .map(|(name, value)| Counter { name, value })
                 .collect(),
         }
     }

@@ -187,6 +187,10 @@ pub async fn run(
         }));
     }
     Counters::bump(&cluster.counters.offers_admitted);
+    // Counted from the admission on, not from when the task below starts:
+    // the next offer's admission and the load in this Accepted must see
+    // it, or the origin, taking that load, offers one too many.
+    let counted = Incoming::new(Arc::clone(cluster));
     let lease_secs = cluster.offload.load().lease_secs.max(1);
     let (tx, rx) = mpsc::channel(8);
     let accepted = HostMessage {
@@ -214,7 +218,7 @@ pub async fn run(
         "offload: offer accepted"
     );
     let (cluster, exec) = (Arc::clone(cluster), Arc::clone(exec));
-    tokio::spawn(async move { host(cluster, exec, v, incoming, tx).await });
+    tokio::spawn(async move { host(cluster, exec, v, incoming, tx, counted).await });
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
@@ -236,14 +240,14 @@ type Out = mpsc::Sender<Result<HostMessage, Status>>;
 
 /// Counts one offer in [`Cluster::incoming`] until the hydration ends,
 /// however it ends.
-struct Incoming<'a>(&'a Cluster);
-impl<'a> Incoming<'a> {
-    fn new(cluster: &'a Cluster) -> Self {
+struct Incoming(Arc<Cluster>);
+impl Incoming {
+    fn new(cluster: Arc<Cluster>) -> Self {
         cluster.incoming.fetch_add(1, Ordering::Relaxed);
         Incoming(cluster)
     }
 }
-impl Drop for Incoming<'_> {
+impl Drop for Incoming {
     fn drop(&mut self) {
         self.0.incoming.fetch_sub(1, Ordering::Relaxed);
     }
@@ -256,6 +260,7 @@ async fn host(
     v: Valid,
     mut incoming: Streaming<OriginMessage>,
     tx: Out,
+    counted: Incoming,
 ) {
     let lease = v.offer.lease_epoch;
     let op = v.assignment.operation.clone();
@@ -269,7 +274,7 @@ async fn host(
         ..Default::default()
     };
     let attached = {
-        let _incoming = Incoming::new(&cluster);
+        let _counted = counted;
         match hydrate(&cluster, &exec, &v).await {
             Ok(()) => submit(&exec, &v),
             Err(e) => Err(e),

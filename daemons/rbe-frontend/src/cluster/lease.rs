@@ -136,6 +136,22 @@ pub async fn run(
     exec.queue_changed.notify_one();
 }
 
+/// No offer goes to `to` for a while (`busy_backoff`, doubling while it
+/// lasts): it said BUSY, or an offer to it failed. A failed offer carries
+/// no load to hold the peer back, so without this a peer that died (and
+/// that membership has not declared down yet) gets a new offer on every
+/// queue change. An accept or a newer report with a free slot ends it.
+/// Returns the wait in ms.
+fn back_off(cluster: &Cluster, to: &NodeName) -> u64 {
+    Counters::bump(&cluster.counters.peer_backoffs);
+    let mut placement = cluster.placement.lock();
+    let b = placement.policy.config().busy_backoff;
+    placement
+        .peers
+        .rejected_busy(cluster.now(), to, b)
+        .as_millis() as u64
+}
+
 fn properties(p: &rbe_sched::Platform) -> Vec<Property> {
     p.pairs()
         .map(|(k, v)| Property {
@@ -224,13 +240,15 @@ async fn drive(
         Ok(Err(s)) => {
             answered(false, None);
             Counters::bump(&cluster.counters.offers_failed);
-            tracing::info!(peer = %to, lease, operation = %l.name, reason = %s.message(), "offload: offer failed");
+            let backoff_ms = back_off(cluster, to);
+            tracing::info!(peer = %to, lease, operation = %l.name, reason = %s.message(), backoff_ms, "offload: offer failed");
             return End::Rejected;
         }
         Err(_) => {
             answered(false, None);
             Counters::bump(&cluster.counters.offers_failed);
-            tracing::info!(peer = %to, lease, operation = %l.name, reason = "no answer", "offload: offer failed");
+            let backoff_ms = back_off(cluster, to);
+            tracing::info!(peer = %to, lease, operation = %l.name, reason = "no answer", backoff_ms, "offload: offer failed");
             return End::Rejected;
         }
     };
@@ -242,6 +260,7 @@ async fn drive(
             ..
         }))) => {
             answered(true, a.load.as_ref());
+            cluster.counters.offer_rtt_us.record(offer_rtt_us);
             Counters::bump(&cluster.counters.offers_accepted);
             tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, "offload: offer accepted");
             a.lease_ms
@@ -251,17 +270,12 @@ async fn drive(
             ..
         }))) => {
             answered(false, r.load.as_ref());
-            Counters::bump(&cluster.counters.offers_rejected);
+            cluster.counters.offer_rtt_us.record(offer_rtt_us);
+            cluster.counters.rejected(r.reason);
             let why = rbe_proto::cluster::RejectReason::try_from(r.reason).ok();
             let reason = why.map_or("UNKNOWN", |r| r.as_str_name());
             let backoff_ms = if why == Some(rbe_proto::cluster::RejectReason::Busy) {
-                Counters::bump(&cluster.counters.peer_backoffs);
-                let mut placement = cluster.placement.lock();
-                let b = placement.policy.config().busy_backoff;
-                placement
-                    .peers
-                    .rejected_busy(cluster.now(), to, b)
-                    .as_millis() as u64
+                back_off(cluster, to)
             } else {
                 0
             };
@@ -279,7 +293,8 @@ async fn drive(
                 Ok(Err(s)) => s.message().to_string(),
                 _ => "the peer answered neither Accepted nor Rejected".to_string(),
             };
-            tracing::info!(peer = %to, lease, operation = %l.name, offer_rtt_us, reason = %reason, "offload: offer failed");
+            let backoff_ms = back_off(cluster, to);
+            tracing::info!(peer = %to, lease, operation = %l.name, offer_rtt_us, reason = %reason, backoff_ms, "offload: offer failed");
             return End::Rejected;
         }
     };

@@ -23,12 +23,15 @@ const DESCRIBE_RETRY: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Cluster {
-    /// This host's load now.
+    /// This host's load now, with the seq of the last report gossip sent:
+    /// peers take it in answers to offers and with finished leases (with
+    /// seq 0 they dropped it as older than what gossip had brought, and
+    /// kept offering to a host that had just said it was busy).
     pub fn own_report(&self, exec: &Exec) -> LoadReport {
         let mut r = rbe_cluster::policy::load_report(
             &self.node,
             self.generation(),
-            0,
+            self.handle.report_seq(),
             // Offers are taken only with offload on, and not while stopping.
             !exec.draining() && self.offload.load().enabled,
             0,

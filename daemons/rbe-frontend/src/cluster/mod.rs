@@ -26,6 +26,7 @@ mod offload;
 mod orphan;
 pub mod peer;
 pub mod peer_cas;
+mod quantiles;
 mod tree_size;
 
 pub use layer::{PeerLayer, PeerNode};
@@ -122,16 +123,38 @@ pub struct Counters {
     pub orphans_cancelled: AtomicU64,
     /// ... run to their end, the result cached here.
     pub orphans_finished: AtomicU64,
+    /// `offers_rejected` by the peer's reason (`RejectReason` as index).
+    pub rejected_by_reason: [AtomicU64; REJECT_REASONS],
+    /// Nanoseconds of `OffloadPolicy::pick` in the rebalance pass, lock
+    /// included.
+    pub decision_ns: quantiles::Histogram,
+    /// Microseconds from sending an offer to its answer (accepted or
+    /// rejected).
+    pub offer_rtt_us: quantiles::Histogram,
 }
+
+/// `RejectReason` values counted apart (0 is unspecified; unknown ones
+/// count there too).
+pub const REJECT_REASONS: usize = 9;
 
 impl Counters {
     pub fn bump(a: &AtomicU64) {
         a.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn list(&self) -> Vec<(&'static str, u64)> {
+    /// Counts a reject with the peer's `reason`.
+    pub fn rejected(&self, reason: i32) {
+        let i = usize::try_from(reason)
+            .ok()
+            .filter(|i| *i < REJECT_REASONS)
+            .unwrap_or(0);
+        Self::bump(&self.offers_rejected);
+        Self::bump(&self.rejected_by_reason[i]);
+    }
+
+    fn list(&self) -> Vec<(String, u64)> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        vec![
+        let mut v: Vec<(String, u64)> = [
             ("offers_sent", g(&self.offers_sent)),
             ("offers_accepted", g(&self.offers_accepted)),
             ("offers_rejected", g(&self.offers_rejected)),
@@ -152,6 +175,26 @@ impl Counters {
             ("orphans_cancelled", g(&self.orphans_cancelled)),
             ("orphans_finished", g(&self.orphans_finished)),
         ]
+        .into_iter()
+        .map(|(n, c)| (n.to_owned(), c))
+        .collect();
+        // Only the reasons seen: most hosts never see most of them.
+        for (i, a) in self.rejected_by_reason.iter().enumerate() {
+            let n = g(a);
+            if n > 0 {
+                let reason = rbe_proto::cluster::RejectReason::try_from(i as i32)
+                    .ok()
+                    .filter(|_| i > 0)
+                    .map_or("unspecified", |r| r.as_str_name());
+                v.push((
+                    format!("offers_rejected_{}", reason.to_ascii_lowercase()),
+                    n,
+                ));
+            }
+        }
+        self.decision_ns.named("offload_decision_ns", &mut v);
+        self.offer_rtt_us.named("offer_rtt_us", &mut v);
+        v
     }
 }
 
@@ -456,9 +499,9 @@ impl Cluster {
     }
 
     /// Gossip and offload counters, named.
-    pub fn counter_list(&self) -> Vec<(&'static str, u64)> {
+    pub fn counter_list(&self) -> Vec<(String, u64)> {
         let g = self.handle.counters();
-        let mut v = vec![
+        let mut v: Vec<(String, u64)> = [
             ("gossip_packets_in", g.packets_in),
             ("gossip_bytes_in", g.bytes_in),
             ("gossip_packets_out", g.packets_out),
@@ -468,7 +511,10 @@ impl Cluster {
             ("gossip_malformed", g.malformed),
             ("gossip_oversized", g.oversized),
             ("gossip_unresolved_seeds", g.unresolved_seeds),
-        ];
+        ]
+        .into_iter()
+        .map(|(n, c)| (n.to_owned(), c))
+        .collect();
         v.extend(self.counters.list());
         v
     }
@@ -573,3 +619,26 @@ pub async fn start(
 }
 
 use crate::exec::Exec;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bad input: a reason from the peer's message that this build does
+    /// not know, or negative, counts as unspecified, never out of bounds.
+    #[test]
+    fn rejects_are_counted_by_reason() {
+        let c = Counters::default();
+        c.rejected(rbe_proto::cluster::RejectReason::Busy as i32);
+        c.rejected(rbe_proto::cluster::RejectReason::Busy as i32);
+        c.rejected(99);
+        c.rejected(-1);
+        let l = c.list();
+        let get = |n: &str| l.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        assert_eq!(get("offers_rejected"), Some(4));
+        assert_eq!(get("offers_rejected_busy"), Some(2));
+        assert_eq!(get("offers_rejected_unspecified"), Some(2));
+        assert_eq!(get("offers_rejected_draining"), None);
+        assert_eq!(get("offload_decision_ns_count"), Some(0));
+    }
+}

@@ -78,7 +78,9 @@ fn pass(cluster: &Arc<Cluster>, exec: &Arc<Exec>) {
                 &head.platform,
             )
         };
-        let offload_decision_us = started.elapsed().as_micros() as u64;
+        let took = started.elapsed();
+        cluster.counters.decision_ns.record(took.as_nanos() as u64);
+        let offload_decision_us = took.as_micros() as u64;
         let Decision::Offer { to, rounds, .. } = decision else {
             // Not this pool's head; another pool may still move.
             kept.push(pool.platform.clone());
