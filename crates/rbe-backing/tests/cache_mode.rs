@@ -5,14 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod invariant;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::{batch, blob, find_file, pair, present, stats, BOUND};
-use rbe_proto::Digest;
 use rbe_testkit::client;
 use tonic::Code;
 
@@ -169,78 +167,5 @@ async fn a_dead_backing_store_is_unavailable_naming_it_and_nothing_hangs() {
 
 #[tokio::test]
 async fn invariant_holds_when_the_backing_store_is_killed_during_100_uploads() {
-    let mut p = pair("").await;
-    let a = p.a.channel().await;
-    let blobs: Vec<(Digest, Vec<u8>)> = (0..100)
-        .map(|i| blob(64 * 1024 + (i as usize % 7) * 300 * 1024, 1000 + i))
-        .collect();
-    let acked = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(tokio::sync::Barrier::new(101));
-    let uploads: Vec<_> = blobs
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, (d, data))| {
-            let (a, acked, start) = (a.clone(), Arc::clone(&acked), Arc::clone(&start));
-            tokio::spawn(async move {
-                start.wait().await;
-                let r = if i % 2 == 0 {
-                    client::write(&a, "", &d, &data, 256 * 1024)
-                        .await
-                        .map(|_| ())
-                } else {
-                    match batch(&a, &[(d, data)]).await {
-                        Ok(r) if r[0].0 == 0 => Ok(()),
-                        Ok(r) => Err(tonic::Status::new(Code::from_i32(r[0].0), r[0].1.clone())),
-                        Err(e) => Err(e),
-                    }
-                };
-                if r.is_ok() {
-                    acked.fetch_add(1, Ordering::SeqCst);
-                }
-                (d, r)
-            })
-        })
-        .collect();
-    start.wait().await;
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while acked.load(Ordering::SeqCst) < 10 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    p.b.kill9();
-    let mut ok = Vec::new();
-    let mut failed = 0;
-    for u in uploads {
-        let (d, r) = tokio::time::timeout(BOUND, u).await.unwrap().unwrap();
-        match r {
-            Ok(()) => ok.push(d),
-            Err(e) => {
-                failed += 1;
-                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-                assert!(e.message().contains(&p.url), "{e:?}");
-            }
-        }
-    }
-    eprintln!(
-        "{} acknowledged, {failed} failed when B was killed",
-        ok.len()
-    );
-    assert!(
-        !ok.is_empty() && failed > 0,
-        "the kill was not part-way: {} acked",
-        ok.len()
-    );
-
-    p.b.restart().await;
-    let b = p.b.channel().await;
-    let all: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
-    let in_b = present(&b, &all).await;
-    for d in &ok {
-        assert!(in_b.contains(d), "A acknowledged {d}, B lacks it");
-    }
-    let in_a = present(&a, &all).await;
-    for d in &in_a {
-        assert!(in_b.contains(d), "A reports {d} present, B lacks it");
-    }
-    assert!(p.a.alive());
+    invariant::holds_when_b_is_killed_during_100_uploads(pair("").await).await;
 }

@@ -194,8 +194,12 @@ fn check_config(dropin: &str) -> (i32, String) {
 
 #[test]
 fn bad_backing_configs_are_refused_naming_the_key() {
-    let (code, _) = check_config("[backing]\nmode = \"cache\"\nurl = \"grpc://127.0.0.1:1\"\n");
-    assert_eq!(code, 0, "a good config passes");
+    for mode in ["cache", "jit"] {
+        let (code, err) = check_config(&format!(
+            "[backing]\nmode = \"{mode}\"\nurl = \"grpc://127.0.0.1:1\"\n"
+        ));
+        assert_eq!(code, 0, "a good {mode} config passes: {err}");
+    }
     for (dropin, key, words) in [
         (
             "[backing]\nmode = \"cache\"\nurl = \"s3://bucket/x\"\n",
@@ -208,9 +212,9 @@ fn bad_backing_configs_are_refused_naming_the_key() {
             "cannot read /nonexistent/token",
         ),
         (
-            "[backing]\nmode = \"jit\"\nurl = \"grpc://127.0.0.1:1\"\n",
-            "backing.mode",
-            "not implemented yet",
+            "[backing]\nmode = \"jit\"\n",
+            "backing.url",
+            "must be set when backing.mode = \"jit\"",
         ),
     ] {
         let (code, err) = check_config(dropin);

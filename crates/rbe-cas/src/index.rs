@@ -250,6 +250,15 @@ impl Index {
         }
     }
 
+    /// Removes a blob if no pin holds it; returns its size if removed.
+    pub fn remove_unpinned(&mut self, k: &Key) -> Option<u64> {
+        let i = self.find(k)?;
+        if self.slab[i as usize].pins > 0 {
+            return None;
+        }
+        self.remove(k)
+    }
+
     /// Removes least recently used, unpinned blobs until at most `target`
     /// bytes remain, and returns them for deletion from disk.
     pub fn evict_to(&mut self, target: u64) -> Vec<Victim> {

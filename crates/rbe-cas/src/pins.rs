@@ -54,13 +54,14 @@ impl Leases {
 
     /// Releases a lease; false if unknown (already released or expired).
     pub fn unpin(&self, id: &str) -> bool {
-        match self.leases.lock().remove(id) {
-            Some((ds, _)) => {
-                self.store.unpin(&ds);
-                true
-            }
-            None => false,
-        }
+        self.release(id).is_some()
+    }
+
+    /// Releases a lease and returns the blobs it held; `None` if unknown.
+    pub fn release(&self, id: &str) -> Option<Vec<Digest>> {
+        let (ds, _) = self.leases.lock().remove(id)?;
+        self.store.unpin(&ds);
+        Some(ds)
     }
 
     /// Releases expired leases; returns how many.

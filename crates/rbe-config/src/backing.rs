@@ -1,8 +1,9 @@
 //! `[backing]` of `casd.toml`: an authoritative store casd keeps a local
-//! cache in front of (issue 13). Only REAPI servers (`grpc://`,
-//! `grpcs://`, `unix:`) are supported; `mode = "jit"` and object storage
-//! are refused here until they are built, so a config asking for them
-//! fails at start instead of silently running as a single host.
+//! cache (`mode = "cache"`) or a scratch space (`mode = "jit"`) in front
+//! of (issue 13). Only REAPI servers (`grpc://`, `grpcs://`, `unix:`) are
+//! supported; object storage is refused here until it is built, so a
+//! config asking for it fails at start instead of silently running as a
+//! single host.
 
 use crate::casd::check_instance_name;
 use crate::layer::Provenance;
@@ -21,7 +22,10 @@ pub enum BackingMode {
     /// Write-through cache: a blob is advertised only once the backing
     /// store acknowledged it; local misses are fetched from it.
     Cache,
-    /// Just-in-time hydration (not implemented yet; refused).
+    /// Just-in-time hydration: uploads write through as in `Cache`, but
+    /// existence is always the backing store's answer, action results are
+    /// read from it, and the local store is scratch: blobs whose last pin
+    /// is released are removed at once.
     Jit,
 }
 
@@ -199,12 +203,6 @@ impl BackingFragment {
             connect_timeout_secs: f.connect_timeout_secs.unwrap_or(d.connect_timeout_secs),
             request_timeout_secs: f.request_timeout_secs.unwrap_or(d.request_timeout_secs),
         };
-        if b.mode == BackingMode::Jit {
-            return Err(prov.error(
-                "backing.mode",
-                "\"jit\" is not implemented yet; use \"cache\" or \"none\"",
-            ));
-        }
         let addr = parse_url(&b.url).map_err(|r| prov.error("backing.url", r))?;
         check_instance_name(&b.instance_name)
             .map_err(|r| prov.error("backing.instance_name", r))?;
@@ -223,7 +221,12 @@ impl BackingFragment {
             return Err(prov.error(
                 "backing.url",
                 format!(
-                    "must be set when backing.mode = \"cache\" (set in {})",
+                    "must be set when backing.mode = \"{}\" (set in {})",
+                    if b.mode == BackingMode::Jit {
+                        "jit"
+                    } else {
+                        "cache"
+                    },
                     prov.origin("backing.mode")
                 ),
             ));
@@ -344,6 +347,8 @@ mod tests {
             "rbe_secret"
         );
         assert_eq!(build("").unwrap(), Backing::default());
+        let jit = build("mode = \"jit\"\nurl = \"grpc://h:1\"\n").unwrap();
+        assert_eq!(jit.mode, BackingMode::Jit);
         for (text, key, words) in [
             (
                 "mode = \"cache\"\nurl = \"s3://b\"\n".to_owned(),
@@ -356,9 +361,9 @@ mod tests {
                 "must be set",
             ),
             (
-                "mode = \"jit\"\nurl = \"grpc://h:1\"\n".to_owned(),
-                "backing.mode",
-                "not implemented yet",
+                "mode = \"jit\"\n".to_owned(),
+                "backing.url",
+                "must be set when backing.mode = \"jit\"",
             ),
             (
                 format!(

@@ -55,14 +55,16 @@ pub async fn run(
     .with_context(|| format!("opening the store at {}", st.path.display()))?;
     let through = match settings.backing.mode {
         rbe_config::BackingMode::None => None,
-        // Refused by validation; kept out of the way here too.
-        rbe_config::BackingMode::Jit => anyhow::bail!("backing.mode = \"jit\" is not implemented"),
-        rbe_config::BackingMode::Cache => {
+        mode @ (rbe_config::BackingMode::Cache | rbe_config::BackingMode::Jit) => {
+            let jit = mode == rbe_config::BackingMode::Jit;
             let b = rbe_backing::connect(&settings.backing)
                 .await
                 .context("setting up the backing store")?;
-            tracing::info!(backing = %settings.backing.url, instance_name = %settings.backing.instance_name, "write-through cache in front of a backing store");
-            Some(Arc::new(crate::service::through::Through::new(Arc::new(b))))
+            tracing::info!(backing = %settings.backing.url, instance_name = %settings.backing.instance_name, jit, "write-through in front of a backing store");
+            Some(Arc::new(crate::service::through::Through::new(
+                Arc::new(b),
+                jit,
+            )))
         }
     };
     let casd = Arc::new(Casd {

@@ -696,6 +696,32 @@ impl Store {
         }
     }
 
+    /// Removes those of `ds` no pin holds, at once rather than when the
+    /// store fills (a scratch store in front of a backing store, where a
+    /// blob is not needed once the action that pinned it is done); counted
+    /// as evicted. Returns how many blobs and bytes were freed.
+    pub fn reclaim(&self, ds: &[Digest]) -> (u64, u64) {
+        let mut freed = 0u64;
+        let mut removed = 0u64;
+        for d in ds {
+            let k = Key::from(d);
+            let publishing = self.publishing.lock();
+            // A writer about to index the blob again keeps it.
+            if publishing.contains_key(&k) {
+                continue;
+            }
+            let Some(size) = self.index.lock().remove_unpinned(&k) else {
+                continue;
+            };
+            if self.remove_files(&k) {
+                freed += size;
+                removed += 1;
+            }
+        }
+        self.evicted.fetch_add(removed, Ordering::Relaxed);
+        (removed, freed)
+    }
+
     /// Live figures.
     pub fn stats(&self) -> StoreStats {
         let ix = self.index.lock();

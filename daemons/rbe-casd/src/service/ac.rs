@@ -78,7 +78,13 @@ impl ActionCache for ActionCacheService {
             req.digest_function,
             req.action_digest.as_ref(),
         )?;
-        let mut result = serve_local(&self.0, &partition, f, action, &req).await?;
+        // In jit mode the backing store's result is the answer: a local
+        // one may name blobs the backing store no longer holds.
+        let mut result = if self.0.jit() {
+            None
+        } else {
+            serve_local(&self.0, &partition, f, action, &req).await?
+        };
         if result.is_none() {
             if let Some(t) = &self.0.through {
                 if fetch_through(&self.0, t, &partition, f, action).await? {

@@ -33,6 +33,22 @@ const WRITE_IDLE: Duration = Duration::from_secs(60);
 /// The ByteStream service.
 pub struct ByteStreamService(pub Arc<Casd>);
 
+impl ByteStreamService {
+    /// In jit mode, whether the backing store lacks `d` (a local copy
+    /// then does not complete an upload); false otherwise.
+    async fn backing_lacks(&self, d: rbe_proto::Digest) -> Result<bool, Status> {
+        match &self.0.through {
+            Some(t) if t.jit() => Ok(!t
+                .backing()
+                .find_missing(d.function, &[d])
+                .await
+                .map_err(|e| t.status(&e))?
+                .is_empty()),
+            _ => Ok(false),
+        }
+    }
+}
+
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
 /// A read in progress: the verified reader and, for compressed reads, the
@@ -244,7 +260,7 @@ impl ByteStream for ByteStreamService {
         self.0.partition(&res.instance)?;
         let d = res.digest;
         let compressed = res.compressor != Compressor::Identity;
-        if self.0.store.contains(&d) {
+        if self.0.store.contains(&d) && !self.backing_lacks(d).await? {
             // Someone already uploaded it: complete at once, as REAPI allows.
             return Ok(Response::new(WriteResponse {
                 committed_size: if compressed { -1 } else { d.size as i64 },
@@ -435,7 +451,7 @@ impl ByteStream for ByteStreamService {
         drop(active);
         if let Err(e) = r {
             // Another client may have completed the same blob meanwhile.
-            if self.0.store.contains(&d) && e.code() != Code::InvalidArgument {
+            if !self.0.jit() && self.0.store.contains(&d) && e.code() != Code::InvalidArgument {
                 return Ok(Response::new(WriteResponse {
                     committed_size: if compressed { expected } else { d.size as i64 },
                 }));
@@ -456,7 +472,7 @@ impl ByteStream for ByteStreamService {
         let name = req.into_inner().resource_name;
         let res = resource::parse_write(&name).map_err(resource_status)?;
         self.0.partition(&res.instance)?;
-        if self.0.store.contains(&res.digest) {
+        if !self.0.jit() && self.0.store.contains(&res.digest) {
             return Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: res.digest.size as i64,
                 complete: true,

@@ -203,9 +203,19 @@ impl ContentAddressableStorage for CasService {
             (ds, missing)
         };
         // Local hits are blobs the backing store acknowledged (see
-        // `through`); only the rest are its to answer. A failure to ask is
-        // an error, never "present".
+        // `through`); only the rest are its to answer, or in jit mode all
+        // of them. A failure to ask is an error, never "present".
         let missing = match &self.0.through {
+            Some(t) if t.jit() => {
+                let lacking: HashSet<Digest> = t
+                    .backing()
+                    .find_missing(f, &ds)
+                    .await
+                    .map_err(|e| t.status(&e))?
+                    .into_iter()
+                    .collect();
+                ds.iter().filter(|d| lacking.contains(d)).copied().collect()
+            }
             Some(t) if !missing.is_empty() => {
                 let lacking: HashSet<Digest> = t
                     .backing()
@@ -546,7 +556,8 @@ async fn write_through_batch(
     for (i, c) in index.into_iter().zip(checked) {
         match c {
             Err(s) => out[i] = status_of(&s),
-            Ok((d, _)) if casd.store.contains(&d) => out[i] = status_ok(),
+            // In jit mode the backing store may lack a blob held here.
+            Ok((d, _)) if !t.jit() && casd.store.contains(&d) => out[i] = status_ok(),
             Ok(b) => {
                 sent_index.push(i);
                 to_send.push(b);

@@ -93,7 +93,14 @@ impl casd_server::Casd for LocalService {
 
     async fn unpin(&self, req: Request<UnpinRequest>) -> Result<Response<UnpinResponse>, Status> {
         let lease = req.into_inner().lease;
-        if self.0.leases.unpin(&lease) {
+        if let Some(held) = self.0.leases.release(&lease) {
+            if self.0.jit() {
+                // Scratch: what no other lease holds is not needed here
+                // any more; the backing store keeps it.
+                let store = Arc::clone(&self.0.store);
+                let (blobs, bytes) = blocking(move || store.reclaim(&held)).await?;
+                tracing::debug!(lease = %lease, blobs, freed_bytes = bytes, "scratch reclaimed after unpin");
+            }
             Ok(Response::new(UnpinResponse {}))
         } else {
             Err(Status::not_found(format!(

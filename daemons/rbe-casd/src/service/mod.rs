@@ -31,7 +31,8 @@ pub struct Casd {
     pub dirs: rbe_cas::materialize::DirCache,
     /// Swapped whole by a reload; a request reads one snapshot.
     pub settings: arc_swap::ArcSwap<CasdSettings>,
-    /// With `[backing] mode = "cache"`: the store casd writes through to.
+    /// With `[backing] mode = "cache"` or `"jit"`: the store casd writes
+    /// through to.
     pub through: Option<Arc<through::Through>>,
     /// Blobs whose bytes were served (Stats `blobs_read`).
     pub blobs_read: std::sync::atomic::AtomicU64,
@@ -60,6 +61,11 @@ impl Casd {
 }
 
 impl Casd {
+    /// True in `[backing] mode = "jit"`.
+    pub fn jit(&self) -> bool {
+        self.through.as_ref().is_some_and(|t| t.jit())
+    }
+
     /// Counts blobs served, for Stats.
     pub fn note_read(&self, n: u64) {
         self.blobs_read

@@ -13,6 +13,13 @@
 //! ask ([`Through::ensure_local`]): the first starts a task of its own,
 //! which the others wait on, and which runs to the end even if every
 //! caller goes away, so a cancelled first caller cannot fail the rest.
+//!
+//! `mode = "jit"` is the same write-through and fetch-through with the
+//! local store as scratch ([`Through::jit`]): existence is always the
+//! backing store's answer (a local copy does not answer FindMissingBlobs,
+//! nor complete an upload of a blob the store lacks), action results are
+//! read from the backing store, and a blob whose last pin is released by
+//! Unpin is removed at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,16 +46,25 @@ pub struct Through {
     fetches: Mutex<HashMap<Digest, watch::Receiver<Outcome>>>,
     fetched: AtomicU64,
     errors: AtomicU64,
+    jit: bool,
 }
 
 impl Through {
-    pub fn new(backing: Arc<dyn Backing>) -> Through {
+    /// `jit`: the local store is scratch (`mode = "jit"`), not a cache.
+    pub fn new(backing: Arc<dyn Backing>, jit: bool) -> Through {
         Through {
             backing,
             fetches: Mutex::new(HashMap::new()),
             fetched: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            jit,
         }
+    }
+
+    /// True in `mode = "jit"`: a local copy proves nothing about the
+    /// backing store, which may have lost the blob since.
+    pub fn jit(&self) -> bool {
+        self.jit
     }
 
     pub fn backing(&self) -> &dyn Backing {
