@@ -642,3 +642,59 @@ async fn a_full_disk_is_resource_exhausted_and_nothing_is_lost() {
     assert_eq!(result.output_files.len(), 1);
     drop(s);
 }
+
+/// casd in `[backing] mode = "jit"` under a frontend and a worker, in
+/// front of a second real casd (B): an action whose input tree and
+/// Command only B has runs, its inputs hydrated through casd, its
+/// outputs written through to B, and its result in B's action cache.
+#[tokio::test]
+async fn an_action_runs_through_casd_in_jit_mode_on_inputs_only_the_backing_store_has() {
+    let dir = tempfile::Builder::new()
+        .prefix("rbe-jit-e2e-")
+        .tempdir_in(disk_tmp())
+        .expect("tempdir");
+    let b = Casd::start(&dir.path().join("b"), "1GiB", "").await;
+    let b_ch = b.channel().await;
+    let url = format!("unix:{}", b.layout.casd_socket().display());
+    let stack = Stack::start_configured_in(
+        dir.path(),
+        &format!("[backing]\nmode = \"jit\"\nurl = \"{url}\"\n"),
+        "",
+        "",
+    )
+    .await;
+    let mut blobs: Blobs = Vec::new();
+    let input = blob(&mut blobs, pseudo_random(300_000, 77));
+    let sub = directory(&mut blobs, &[("in".into(), input, false)], &[]);
+    let root = directory(&mut blobs, &[], &[("d".into(), sub)]);
+    let action = action(
+        &mut blobs,
+        "sha256sum d/in | cut -c1-64 > out; cat out",
+        root,
+        &["out"],
+        "jit",
+    );
+    upload(&b_ch, &blobs).await;
+    let a = stack.casd.channel().await;
+    assert_eq!(casd_stats(&a).await.blobs, 0, "nothing local before");
+
+    let ch = stack.channel();
+    let r = execute(&ch, action).await;
+    assert_eq!(code_of(&r), Code::Ok, "{r:?}");
+    let res = r.result.as_ref().expect("result");
+    assert_eq!(res.exit_code, 0, "{r:?}");
+    assert_eq!(
+        String::from_utf8(stdout_of(&ch, &r).await)
+            .expect("utf-8")
+            .trim(),
+        input.hex()
+    );
+    assert!(casd_stats(&a).await.backing_fetches >= 4, "hydrated from B");
+    // The output reached B, which is where a second host would look.
+    let out = Digest::from_reapi(F, res.output_files[0].digest.as_ref().expect("digest"))
+        .expect("digest");
+    assert!(client::find_missing(&b_ch, "", &[out])
+        .await
+        .expect("FindMissingBlobs on B")
+        .is_empty());
+}
