@@ -262,3 +262,38 @@ fn materialize_refuses_trees_that_expand_beyond_the_limits() {
     assert!(open_target("/etc", std::slice::from_ref(&work)).is_err());
     assert!(open_target(&format!("{}/../x", work.display()), &[work]).is_err());
 }
+
+#[test]
+fn reclaim_removes_only_what_no_pin_holds() {
+    let t = tempfile::tempdir().expect("tmp");
+    let s = open(t.path(), 1 << 30);
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..3u8)
+        .map(|i| {
+            let data = vec![i; 100];
+            (Digest::of(DigestFunction::Sha256, &data), data)
+        })
+        .collect();
+    for (d, data) in &blobs {
+        s.put(*d, data).expect("put");
+    }
+    let all: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    // Pinned twice, released once: still held.
+    assert!(s.pin(&all[..1]).is_empty());
+    assert!(s.pin(&all[..1]).is_empty());
+    s.unpin(&all[..1]);
+    let absent = Digest::of(DigestFunction::Sha256, b"absent");
+    let mut asked = all.clone();
+    asked.push(absent);
+    assert_eq!(s.reclaim(&asked), (2, 200));
+    assert!(s.contains(&all[0]), "pinned survives");
+    assert!(blob_path(t.path(), &all[0]).exists());
+    for d in &all[1..] {
+        assert!(!s.contains(d));
+        assert!(!blob_path(t.path(), d).exists());
+    }
+    let st = s.stats();
+    assert_eq!((st.blobs, st.bytes, st.evicted), (1, 100, 2), "{st:?}");
+    s.unpin(&all[..1]);
+    assert_eq!(s.reclaim(&all), (1, 100));
+    assert_eq!(s.stats().bytes, 0);
+}
