@@ -66,6 +66,11 @@ impl Leases {
 
     /// Releases expired leases; returns how many.
     pub fn sweep(&self) -> usize {
+        self.sweep_released().len()
+    }
+
+    /// Releases expired leases; returns the blobs each held.
+    pub fn sweep_released(&self) -> Vec<Vec<Digest>> {
         let now = Instant::now();
         let expired: Vec<Vec<Digest>> = {
             let mut l = self.leases.lock();
@@ -81,6 +86,6 @@ impl Leases {
         for ds in &expired {
             self.store.unpin(ds);
         }
-        expired.len()
+        expired
     }
 }

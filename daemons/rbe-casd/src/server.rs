@@ -157,7 +157,14 @@ async fn housekeeping(casd: Arc<Casd>, shutdown: CancellationToken) {
         if last_sweep.elapsed() > Duration::from_secs(30) {
             last_sweep = std::time::Instant::now();
             let uploads = casd.uploads.sweep();
-            let leases = casd.leases.sweep();
+            let expired = casd.leases.sweep_released();
+            let leases = expired.len();
+            if casd.jit() {
+                // An expired lease frees its scratch as Unpin would.
+                for ds in &expired {
+                    casd.store.reclaim(ds);
+                }
+            }
             if uploads + leases > 0 {
                 tracing::info!(uploads, leases, "expired abandoned uploads and leases");
             }
