@@ -10,7 +10,8 @@
 //!
 //! An object store does not check what it holds, and a misconfigured one
 //! (a proxy, a login page) may answer 200 with HTML. So: existence is
-//! "present" only if the HEAD's size is the digest's size; every read is
+//! "present" only if the HEAD's size is the digest's size; a blob's PUT
+//! is acknowledged only once such a HEAD follows it; every read is
 //! hashed by [`BlobChunks`]; an action result that does not decode is
 //! refused. Each request is bounded by `request_timeout_secs` (the
 //! client's own timeout and a retry budget of the same length), so a
@@ -299,8 +300,22 @@ impl Backing for ObjectBacking {
                 reason: format!("{} bytes to upload", payload.content_length()),
             });
         }
-        self.put(&format!("writing blob {d}"), self.key("cas", d), payload)
-            .await
+        let what = format!("writing blob {d}");
+        self.put(&what, self.key("cas", d), payload).await?;
+        // A 200 is not proof: a proxy or a login page answers PUT with 200
+        // and stores nothing. The blob counts as acknowledged only once the
+        // store shows an object of its size under its key.
+        if self.exists(d).await? {
+            Ok(())
+        } else {
+            Err(BackingError::Refused {
+                address: self.address.clone(),
+                what,
+                reason: "the store answered the PUT but does not hold the blob afterwards \
+                         (an HTML page or a proxy instead of the store?)"
+                    .to_owned(),
+            })
+        }
     }
 
     async fn get_action_result(
