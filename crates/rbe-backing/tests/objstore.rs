@@ -16,8 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{batch, blob, find_file, present, stats, BOUND};
-use rbe_proto::Digest;
+use rbe_proto::reapi::action_cache_client::ActionCacheClient;
+use rbe_proto::reapi::{
+    ActionResult, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
+};
+use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::{client, Casd};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// A store server the test started; killed (by its PID) when dropped.
@@ -269,6 +274,91 @@ async fn s3_write_through_and_read_miss() {
     // The layout is checked by s3_wrong_bytes_are_refused_and_not_stored,
     // which plants objects under the documented keys.
     write_through_and_read_miss(dir.path(), &s3_backing(dir.path(), s.port)).await;
+}
+
+async fn get(ch: &Channel, action: &Digest) -> Result<ActionResult, tonic::Status> {
+    ActionCacheClient::new(ch.clone())
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(action.to_reapi()),
+            digest_function: DigestFunction::Sha256.to_reapi(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn update(ch: &Channel, action: &Digest, out: &Digest) -> Result<(), tonic::Status> {
+    let ar = ActionResult {
+        output_files: vec![OutputFile {
+            path: "out/a".into(),
+            digest: Some(out.to_reapi()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    ActionCacheClient::new(ch.clone())
+        .update_action_result(UpdateActionResultRequest {
+            action_digest: Some(action.to_reapi()),
+            action_result: Some(ar),
+            digest_function: DigestFunction::Sha256.to_reapi(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A result written through A is served by a fresh C, which fetches its
+/// output first; a result whose output the store lacks is a miss.
+async fn action_cache_through(dir: &Path, dropin: &str) {
+    let a = Casd::start(&dir.join("a"), "2GiB", dropin).await;
+    let ach = a.channel().await;
+    let out = blob(2 << 20, 51);
+    client::write(&ach, "", &out.0, &out.1, 1 << 20)
+        .await
+        .unwrap();
+    let action = blob(50, 52).0;
+    update(&ach, &action, &out.0).await.unwrap();
+    let c = Casd::start(&dir.join("c"), "2GiB", dropin).await;
+    let cch = c.channel().await;
+    assert_eq!(get(&cch, &action).await.unwrap().output_files.len(), 1);
+    assert_eq!(
+        stats(&cch).await.backing_fetches,
+        1,
+        "the output came first"
+    );
+    assert_eq!(
+        get(&cch, &blob(50, 53).0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn webdav_action_cache_is_written_and_read_through() {
+    let dir = tmp();
+    let Some(s) = nginx(dir.path()).await else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    action_cache_through(dir.path(), &dav_backing(s.port, "dav/ac")).await;
+    // An HTML page where a result should be: refused naming the store.
+    let url = format!("http://127.0.0.1:{}/html", s.port);
+    let h = Casd::start(&dir.path().join("h"), "2GiB", &dav_backing(s.port, "html")).await;
+    let e = get(&h.channel().await, &blob(50, 54).0).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains(&url) && e.message().contains("not an ActionResult"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn s3_action_cache_is_written_and_read_through() {
+    let dir = tmp();
+    let Some(s) = moto(dir.path()).await else {
+        eprintln!("SKIPPED: moto is not installed (pip install 'moto[server]')");
+        return;
+    };
+    action_cache_through(dir.path(), &s3_backing(dir.path(), s.port)).await;
 }
 
 /// The store holds wrong bytes under a blob's key: a read through A is
