@@ -37,6 +37,13 @@ use crate::{Backing, BackingError, BlobChunks, Body};
 const HEAD_CONCURRENCY: usize = 32;
 /// Pieces a file is read in before it is sent.
 const READ_CHUNK: usize = 1 << 20;
+/// Files larger than this go to S3 as a multipart upload, never whole in
+/// memory.
+const MULTIPART_OVER: u64 = 16 << 20;
+/// Parts of a multipart upload (S3's minimum is 5 MiB), and how many are
+/// in flight at once.
+const PART_SIZE: usize = 8 << 20;
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// An object store used as the backing store.
 pub struct ObjectBacking {
@@ -44,6 +51,7 @@ pub struct ObjectBacking {
     address: String,
     prefix: String,
     timeout: Duration,
+    multipart: bool,
 }
 
 fn setup(address: &str, reason: impl Into<String>) -> BackingError {
@@ -83,6 +91,7 @@ impl ObjectBacking {
             max_retries: 2,
             retry_timeout: timeout,
         };
+        let multipart = matches!(s.address(), Some(BackingAddress::S3 { .. }));
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match s.address() {
             Some(BackingAddress::S3 { bucket, prefix }) => {
                 let mut b = AmazonS3Builder::new()
@@ -139,6 +148,7 @@ impl ObjectBacking {
             address: s.url.clone(),
             prefix,
             timeout,
+            multipart,
         })
     }
 
@@ -185,6 +195,66 @@ impl ObjectBacking {
         match self.bounded(what, self.store.put(&key, p)).await? {
             Ok(_) => Ok(()),
             Err(e) => Err(self.error(what, e)),
+        }
+    }
+
+    /// Uploads the file at `path` in parts; any failure aborts the upload
+    /// (best effort: a store keeps no half object under the key either way).
+    async fn put_multipart(
+        &self,
+        what: &str,
+        d: Digest,
+        path: &std::path::Path,
+    ) -> Result<(), BackingError> {
+        let io = |source| BackingError::Io {
+            address: self.address.clone(),
+            digest: d,
+            path: path.to_owned(),
+            source,
+        };
+        let mut f = tokio::fs::File::open(path).await.map_err(io)?;
+        let key = self.key("cas", d);
+        let upload = match self.bounded(what, self.store.put_multipart(&key)).await? {
+            Ok(u) => u,
+            Err(e) => return Err(self.error(what, e)),
+        };
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut sent = 0u64;
+        let failed = loop {
+            let mut buf = Vec::with_capacity(READ_CHUNK);
+            let n = match (&mut f).take(READ_CHUNK as u64).read_to_end(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => break io(e),
+            };
+            if n == 0 {
+                break if sent == d.size {
+                    match self.bounded(what, w.finish()).await? {
+                        Ok(_) => return Ok(()),
+                        Err(e) => return Err(self.error(what, e)),
+                    }
+                } else {
+                    self.refused_size(what, sent)
+                };
+            }
+            sent += n as u64;
+            match self
+                .bounded(what, w.wait_for_capacity(PARTS_IN_FLIGHT))
+                .await
+            {
+                Ok(Ok(())) => w.write(&buf),
+                Ok(Err(e)) => break self.error(what, e),
+                Err(e) => break e,
+            }
+        };
+        let _ = tokio::time::timeout(self.timeout, w.abort()).await;
+        Err(failed)
+    }
+
+    fn refused_size(&self, what: &str, n: u64) -> BackingError {
+        BackingError::Refused {
+            address: self.address.clone(),
+            what: what.to_owned(),
+            reason: format!("{n} bytes to upload"),
         }
     }
 
@@ -286,22 +356,23 @@ impl Backing for ObjectBacking {
     }
 
     async fn write(&self, d: Digest, body: Body) -> Result<(), BackingError> {
-        let payload = match body {
-            Body::Bytes(b) => PutPayload::from(b),
-            // Whole in memory: WebDAV has no multipart upload, and one PUT
-            // that succeeded is the acknowledgement (TODO: S3 multipart for
-            // very large blobs).
-            Body::File(p) => file_payload(&self.address, d, &p).await?,
-        };
-        if payload.content_length() as u64 != d.size {
-            return Err(BackingError::Refused {
-                address: self.address.clone(),
-                what: format!("writing blob {d}"),
-                reason: format!("{} bytes to upload", payload.content_length()),
-            });
-        }
         let what = format!("writing blob {d}");
-        self.put(&what, self.key("cas", d), payload).await?;
+        match body {
+            Body::File(p) if self.multipart && d.size > MULTIPART_OVER => {
+                self.put_multipart(&what, d, &p).await?
+            }
+            body => {
+                let payload = match body {
+                    Body::Bytes(b) => PutPayload::from(b),
+                    // Whole in memory: WebDAV has no multipart upload.
+                    Body::File(p) => file_payload(&self.address, d, &p).await?,
+                };
+                if payload.content_length() as u64 != d.size {
+                    return Err(self.refused_size(&what, payload.content_length() as u64));
+                }
+                self.put(&what, self.key("cas", d), payload).await?;
+            }
+        }
         // A 200 is not proof: a proxy or a login page answers PUT with 200
         // and stores nothing. The blob counts as acknowledged only once the
         // store shows an object of its size under its key.

@@ -274,6 +274,21 @@ async fn s3_write_through_and_read_miss() {
     // The layout is checked by s3_wrong_bytes_are_refused_and_not_stored,
     // which plants objects under the documented keys.
     write_through_and_read_miss(dir.path(), &s3_backing(dir.path(), s.port)).await;
+    // A blob over 16 MiB goes up in parts.
+    let dropin = s3_backing(dir.path(), s.port);
+    let a = Casd::start(&dir.path().join("m"), "2GiB", &dropin).await;
+    let huge = blob(21 << 20, 9);
+    let ach = a.channel().await;
+    client::write(&ach, "", &huge.0, &huge.1, 1 << 20)
+        .await
+        .unwrap();
+    let c = Casd::start(&dir.path().join("n"), "2GiB", &dropin).await;
+    assert!(client::read(&c.channel().await, "", &huge.0).await.unwrap() == huge.1);
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(
+        log.contains("?uploads"),
+        "no multipart upload in moto's log"
+    );
 }
 
 async fn get(ch: &Channel, action: &Digest) -> Result<ActionResult, tonic::Status> {
