@@ -106,6 +106,12 @@ fn tmp() -> tempfile::TempDir {
 /// nginx serving WebDAV under `/dav/` (files under `<dir>/root/dav`) and
 /// a 200 HTML "login page" for every URL under `/html/`.
 async fn nginx(dir: &Path) -> Option<Server> {
+    nginx_with(dir, "").await
+}
+
+/// nginx as [`nginx`], with `listen_extra` after the port (e.g. `ssl`
+/// and the certificate directives).
+async fn nginx_with(dir: &Path, listen_extra: &str) -> Option<Server> {
     let bin = ["/usr/sbin/nginx", "nginx"]
         .into_iter()
         .find(|b| installed(b))?;
@@ -118,7 +124,7 @@ async fn nginx(dir: &Path) -> Option<Server> {
          http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
          client_max_body_size 0;\n\
-         server {{\n  listen 127.0.0.1:{port};\n  root {d}/root;\n\
+         server {{\n  listen 127.0.0.1:{port}{listen_extra};\n  root {d}/root;\n\
            location /dav/ {{ dav_methods PUT DELETE; create_full_put_path on; dav_access user:rw; }}\n\
            location /html/ {{ default_type text/html; return 200 \"<html><body>Please log in</body></html>\\n\"; }}\n\
          }}\n}}\n"
@@ -445,6 +451,47 @@ async fn s3_wrong_bytes_are_refused_and_not_stored() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn https_webdav_needs_a_certificate_chaining_to_tls_ca() {
+    let dir = tmp();
+    let pki = rbe_testkit::tls::TestPki::new(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let other = rbe_testkit::tls::TestPki::new(&other);
+    let extra = format!(
+        " ssl;\n  ssl_certificate {};\n  ssl_certificate_key {}",
+        pki.server_cert.display(),
+        pki.server_key.display()
+    );
+    let Some(s) = nginx_with(dir.path(), &extra).await else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let url = format!("https://localhost:{}/dav/t", s.port);
+    let dropin = |ca: &Path| {
+        format!(
+            "[backing]\nmode = \"cache\"\nurl = \"{url}\"\ntls_ca = {:?}\nrequest_timeout_secs = 5\n",
+            ca.display().to_string()
+        )
+    };
+    let good = Casd::start(&dir.path().join("a"), "2GiB", &dropin(&pki.ca)).await;
+    let (d, data) = blob(5000, 60);
+    let r = batch(&good.channel().await, &[(d, data.clone())])
+        .await
+        .unwrap();
+    assert_eq!(r[0].0, 0, "{r:?}");
+    // A store whose certificate does not chain to tls_ca is not trusted.
+    let bad = Casd::start(&dir.path().join("b"), "2GiB", &dropin(&other.ca)).await;
+    let bch = bad.channel().await;
+    let (d2, data2) = blob(5000, 61);
+    let r = batch(&bch, &[(d2, data2)]).await.unwrap();
+    assert_eq!(r[0].0, Code::Unavailable as i32, "{r:?}");
+    assert!(r[0].1.contains(&url), "{r:?}");
+    let e = client::find_missing(&bch, "", &[d]).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(&url), "{e:?}");
 }
 
 #[tokio::test]
