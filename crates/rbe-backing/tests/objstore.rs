@@ -418,17 +418,24 @@ async fn webdav_wrong_bytes_are_refused_and_not_stored() {
     };
     let root = dir.path().join("root/dav/w");
     let url = format!("http://127.0.0.1:{}/dav/w", s.port);
-    wrong_bytes_refused(
-        dir.path(),
-        &dav_backing(s.port, "dav/w"),
-        &url,
-        |d, data| {
-            let f = root.join(key(d));
-            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-            std::fs::write(f, data).unwrap();
-        },
-    )
-    .await;
+    let plant = |d: &Digest, data: &[u8]| {
+        let f = root.join(key(d));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, data).unwrap();
+    };
+    wrong_bytes_refused(dir.path(), &dav_backing(s.port, "dav/w"), &url, plant).await;
+    // A truncated object: absent for FindMissingBlobs, refused on read.
+    let (d, data) = blob(100_000, 13);
+    plant(&d, &data[..50_000]);
+    let a = Casd::start(&dir.path().join("t"), "2GiB", &dav_backing(s.port, "dav/w")).await;
+    let ach = a.channel().await;
+    assert!(present(&ach, &[d]).await.is_empty());
+    let e = client::read(&ach, "", &d).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(
+        e.message().contains(&url) && e.message().contains("wrong bytes"),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
