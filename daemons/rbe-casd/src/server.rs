@@ -62,7 +62,7 @@ pub async fn run(
                 .await
                 .context("setting up the backing store")?;
             tracing::info!(backing = %settings.backing.url, instance_name = %settings.backing.instance_name, "write-through cache in front of a backing store");
-            Some(Arc::new(crate::service::through::Through::new(Arc::new(b))))
+            Some(Arc::new(crate::service::through::Through::new(b)))
         }
     };
     let casd = Arc::new(Casd {
