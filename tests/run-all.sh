@@ -31,6 +31,9 @@ command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)
 command -v rpmlint >/dev/null 2>&1 || need+=(rpmlint)
 command -v man >/dev/null 2>&1 || need+=(man-db)
+# WebDAV backing store of the object-storage tests
+# (crates/rbe-backing/tests/objstore.rs); nginx-light has dav_methods PUT.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -46,6 +49,16 @@ step "BuildGrid bgd client (independent REAPI client)"
 # shellcheck source=tests/scripts/bgd-env.sh
 . tests/scripts/bgd-env.sh
 if ensure_bgd; then echo "bgd: $BGD"; else echo "bgd unavailable: its test will say SKIP"; fi
+
+step "moto S3 server (object-storage backing tests)"
+# crates/rbe-backing/tests/objstore.rs runs $RBE_MOTO_PYTHON -m moto.server.
+MOTO_VENV=${MOTO_VENV:-/var/tmp/moto-venv}
+if [ ! -x "$MOTO_VENV/bin/python" ] || ! "$MOTO_VENV/bin/python" -c 'import moto.server, flask' 2>/dev/null; then
+  echo "installing moto[server] into $MOTO_VENV"
+  { python3 -m venv "$MOTO_VENV" && "$MOTO_VENV/bin/pip" install -q 'moto[server]'; } ||
+    echo "moto unavailable: its tests will say SKIPPED"
+fi
+[ -x "$MOTO_VENV/bin/python" ] && export RBE_MOTO_PYTHON="$MOTO_VENV/bin/python"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

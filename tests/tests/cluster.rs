@@ -9,7 +9,8 @@
 //! with another CA's certificate are kept out; a stopped frontend leaves
 //! and comes back with a higher generation; an isolated host and the rest
 //! are one cluster again within seconds of the heal; a burst sent to the
-//! 1-slot host runs on several hosts (offload).
+//! 1-slot host runs on several hosts (offload), and WaitExecution and
+//! GetOperation sent to the other hosts reach the holder.
 //!
 //! Skipped, with the reason on stderr, where `packages.rs` is: not root, no
 //! systemd or a cgroup2-only host, no packaging tools, or no iproute2. The tests run one
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rbe_testkit::{bin, skip};
 use support::lab_cluster::*;
-use support::{name, text};
+use support::{name, text, Instance};
 
 #[test]
 fn cluster_forms() {
@@ -379,4 +380,65 @@ fn offload_runs_on_several_hosts() {
     assert!(per_host.len() > 1, "only one host ran them: {per_host:?}");
     let s = status(a).expect("a status");
     assert!(counter(&s, "offers_accepted") > 0, "{s:?}");
+    wait_elsewhere_reaches_the_holder(a, &[b, c]);
+}
+
+/// An Execute on `holder`, then WaitExecution and GetOperation for its
+/// name on each of `others` (each host's local socket): they are forwarded
+/// to the holder and end with its result.
+fn wait_elsewhere_reaches_the_holder(holder: &Instance, others: &[&Instance]) {
+    use rbe_proto::longrunning::operations_client::OperationsClient;
+    use rbe_proto::longrunning::GetOperationRequest;
+    use rbe_proto::reapi::execution_client::ExecutionClient;
+    use rbe_proto::reapi::WaitExecutionRequest;
+
+    let sock = |i: &Instance| i.root().join("run/rbe/frontend.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let ch = rbe_net::unix_channel(&sock(holder)).await.expect("holder");
+        let mut exec =
+            rbe_testkit::exec::start_command(&ch, &["sleep", "3"], &[], 60, Some("wait-elsewhere"))
+                .await
+                .expect("Execute on the holder");
+        let name = exec
+            .message()
+            .await
+            .expect("stream")
+            .expect("an update")
+            .name;
+        let prefix = format!("operations/{}.", holder.name);
+        assert!(name.starts_with(&prefix), "{name}");
+        let waits = others.iter().map(|o| {
+            let (path, name) = (sock(o), name.clone());
+            async move {
+                let ch = rbe_net::unix_channel(&path).await.expect("other");
+                let mut s = ExecutionClient::new(ch.clone())
+                    .wait_execution(WaitExecutionRequest { name: name.clone() })
+                    .await
+                    .expect("WaitExecution elsewhere")
+                    .into_inner();
+                let mut last = None;
+                while let Some(op) = s.message().await.expect("WaitExecution stream") {
+                    last = Some(op);
+                }
+                let last = last.expect("an operation");
+                assert!(last.done && last.name == name, "{last:?}");
+                let got = OperationsClient::new(ch)
+                    .get_operation(GetOperationRequest { name })
+                    .await
+                    .expect("GetOperation elsewhere")
+                    .into_inner();
+                assert!(got.done, "{got:?}");
+                assert_eq!(got.result, last.result);
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(waits))
+            .await
+            .expect("WaitExecution on the other hosts never ended");
+        drop(exec);
+    });
+    eprintln!("WaitExecution and GetOperation on the other hosts reached the holder");
 }

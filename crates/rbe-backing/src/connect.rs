@@ -85,6 +85,9 @@ pub(crate) async fn channel(s: &Backing) -> Result<Channel, BackingError> {
             });
             Ok(tune(e).connect_with_connector_lazy(svc))
         }
+        BackingAddress::S3 { .. } | BackingAddress::Http { .. } => {
+            Err(setup(address, "object storage is not a gRPC channel"))
+        }
     }
 }
 

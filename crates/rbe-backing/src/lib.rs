@@ -7,12 +7,14 @@
 //! blob, and reading and writing action results. [`GrpcBacking`] speaks
 //! REAPI (ContentAddressableStorage, ByteStream, ActionCache) to any
 //! server: another rbe, BuildGrid, bazel-remote, Buildbarn.
+//! [`ObjectBacking`] uses object storage (S3-compatible, WebDAV) through
+//! the `object_store` crate.
 //!
 //! The write-through rule itself (advertise only what the store
 //! acknowledged) lives in casd, which decides when to index a blob; this
 //! crate only reports faithfully whether the store acknowledged it.
 //!
-//! To add a kind of store (object storage is next), implement [`Backing`]
+//! To add a kind of store, implement [`Backing`]
 //! in a file of its own and choose it in [`connect`] by `backing.url`'s
 //! scheme.
 #![warn(missing_docs)]
@@ -20,6 +22,7 @@
 mod connect;
 mod error;
 mod grpc;
+mod objstore;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -31,6 +34,7 @@ use rbe_proto::{Digest, DigestFunction, Hasher};
 
 pub use error::BackingError;
 pub use grpc::GrpcBacking;
+pub use objstore::ObjectBacking;
 
 /// Most digests in one FindMissingBlobs question to the store.
 pub const FIND_MISSING_BATCH: usize = 4096;
@@ -91,8 +95,15 @@ pub trait Backing: Send + Sync {
 
 /// Connects to the store `settings` name (lazily: an unreachable store
 /// shows on the first request). Errors are files that do not load.
-pub async fn connect(settings: &rbe_config::Backing) -> Result<GrpcBacking, BackingError> {
-    GrpcBacking::connect(settings).await
+pub async fn connect(
+    settings: &rbe_config::Backing,
+) -> Result<std::sync::Arc<dyn Backing>, BackingError> {
+    match settings.address() {
+        Some(a) if a.is_object_store() => {
+            Ok(std::sync::Arc::new(ObjectBacking::connect(settings)?))
+        }
+        _ => Ok(std::sync::Arc::new(GrpcBacking::connect(settings).await?)),
+    }
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, BackingError>> + Send>>;

@@ -202,9 +202,19 @@ fn bad_backing_configs_are_refused_naming_the_key() {
     }
     for (dropin, key, words) in [
         (
-            "[backing]\nmode = \"cache\"\nurl = \"s3://bucket/x\"\n",
+            "[backing]\nmode = \"cache\"\nurl = \"gs://bucket/x\"\n",
             "backing.url",
-            "scheme \"s3\" is not supported",
+            "scheme \"gs\" is not supported",
+        ),
+        (
+            "[backing]\nmode = \"cache\"\nurl = \"s3://bucket/x\"\ncredentials_file = \"/nonexistent/creds\"\n",
+            "backing.credentials_file",
+            "cannot read /nonexistent/creds",
+        ),
+        (
+            "[backing]\nmode = \"cache\"\nurl = \"http://127.0.0.1:1/dav\"\npath_style = true\n",
+            "backing.path_style",
+            "only used with an s3://",
         ),
         (
             "[backing]\nmode = \"cache\"\nurl = \"grpc://127.0.0.1:1\"\ntoken_file = \"/nonexistent/token\"\n",

@@ -1,8 +1,8 @@
 //! `[backing]` of `casd.toml`: an authoritative store casd keeps a local
 //! cache (`mode = "cache"`) or a scratch space (`mode = "jit"`) in front
-//! of (issue 13). Only REAPI servers (`grpc://`, `grpcs://`, `unix:`) are
-//! supported; object storage is refused here until it is built, so a
-//! config asking for it fails at start instead of silently running as a
+//! of (issue 13): a REAPI server (`grpc://`, `grpcs://`, `unix:`) or object
+//! storage (`s3://bucket/prefix`, `http(s)://host/prefix` for WebDAV). A
+//! config that cannot work fails at start instead of silently running as a
 //! single host.
 
 use crate::casd::check_instance_name;
@@ -47,6 +47,31 @@ pub enum BackingAddress {
         /// The socket's absolute path.
         path: PathBuf,
     },
+    /// `s3://bucket/prefix`: an S3-compatible object store (`endpoint`,
+    /// `region`, `credentials_file`, `path_style` say where and how).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// Key prefix inside the bucket, without slashes at either end;
+        /// `""` for none.
+        prefix: String,
+    },
+    /// `http://host[:port]/prefix` or `https://...`: a WebDAV server
+    /// (GET, HEAD, PUT; nginx's `dav_methods PUT`).
+    Http {
+        /// The URL as written, without a trailing slash.
+        url: String,
+    },
+}
+
+impl BackingAddress {
+    /// Whether this is object storage (S3 or WebDAV), not a REAPI server.
+    pub fn is_object_store(&self) -> bool {
+        matches!(
+            self,
+            BackingAddress::S3 { .. } | BackingAddress::Http { .. }
+        )
+    }
 }
 
 /// `[backing]`.
@@ -54,7 +79,8 @@ pub enum BackingAddress {
 pub struct Backing {
     /// `none`, `cache` or `jit`.
     pub mode: BackingMode,
-    /// `grpc://host:port`, `grpcs://host:port` or `unix:/path`; `""` unset.
+    /// `grpc://host:port`, `grpcs://host:port`, `unix:/path`,
+    /// `s3://bucket/prefix` or `http(s)://host/prefix`; `""` unset.
     pub url: String,
     /// REAPI instance name used for every request to the backing store.
     pub instance_name: String,
@@ -71,6 +97,19 @@ pub struct Backing {
     /// File holding a bearer token sent as `authorization: Bearer <token>`.
     #[serde(serialize_with = "unset_as_empty")]
     pub token_file: Option<PathBuf>,
+    /// `s3://` only: the S3 API's base URL (`http://127.0.0.1:9000` for a
+    /// local server); `""`: AWS's endpoint for `region`.
+    pub endpoint: String,
+    /// `s3://` only: the bucket's region.
+    pub region: String,
+    /// `s3://` only: a file of `access_key_id = ...`,
+    /// `secret_access_key = ...` and optionally `session_token = ...`
+    /// lines; unset: unsigned requests.
+    #[serde(serialize_with = "unset_as_empty")]
+    pub credentials_file: Option<PathBuf>,
+    /// `s3://` only: `endpoint/bucket/key` URLs instead of
+    /// `bucket.endpoint/key` (what most local S3 servers need).
+    pub path_style: bool,
     /// Bound on connecting to the backing store.
     pub connect_timeout_secs: u64,
     /// Bound on each answer, and on each message of a stream.
@@ -87,6 +126,10 @@ impl Default for Backing {
             tls_cert: None,
             tls_key: None,
             token_file: None,
+            endpoint: String::new(),
+            region: "us-east-1".to_owned(),
+            credentials_file: None,
+            path_style: false,
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
         }
@@ -150,11 +193,64 @@ pub fn parse_url(url: &str) -> Result<Option<BackingAddress>, String> {
         }
         return Ok(Some(BackingAddress::Unix { path: path.into() }));
     }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let rest = rest.trim_end_matches('/');
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        // S3's bucket naming rules, the part that matters for a URL.
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+        if !bucket_ok {
+            return Err(format!(
+                "{url:?}: expected s3://bucket/prefix (a bucket of 3 to 63 characters a-z 0-9 . -)"
+            ));
+        }
+        check_prefix(url, prefix)?;
+        return Ok(Some(BackingAddress::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        }));
+    }
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            let rest = rest.trim_end_matches('/');
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            if host.is_empty() || host.contains('@') || rest.contains(['?', '#']) {
+                return Err(format!(
+                    "{url:?}: expected {scheme}host[:port]/prefix (no user, query or fragment)"
+                ));
+            }
+            check_prefix(url, path)?;
+            return Ok(Some(BackingAddress::Http {
+                url: format!("{scheme}{rest}"),
+            }));
+        }
+    }
     let scheme = url.split_once(':').map_or(url, |(s, _)| s);
     Err(format!(
-        "{url:?}: scheme {scheme:?} is not supported; use grpc://host:port, grpcs://host:port \
-         or unix:/path (object storage is not implemented yet)"
+        "{url:?}: scheme {scheme:?} is not supported; use grpc://host:port, grpcs://host:port, \
+         unix:/path, s3://bucket/prefix or http(s)://host/prefix"
     ))
+}
+
+fn check_prefix(url: &str, prefix: &str) -> Result<(), String> {
+    let ok = prefix.is_empty()
+        || prefix.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url:?}: the path prefix must be segments of a-z A-Z 0-9 - _ . separated by /"
+        ))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +263,10 @@ pub(crate) struct BackingFragment {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    credentials_file: Option<PathBuf>,
+    path_style: Option<bool>,
     connect_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
 }
@@ -200,6 +300,10 @@ impl BackingFragment {
             tls_cert: path("backing.tls_cert", f.tls_cert)?,
             tls_key: path("backing.tls_key", f.tls_key)?,
             token_file: path("backing.token_file", f.token_file)?,
+            endpoint: f.endpoint.unwrap_or(d.endpoint),
+            region: f.region.unwrap_or(d.region),
+            credentials_file: path("backing.credentials_file", f.credentials_file)?,
+            path_style: f.path_style.unwrap_or(d.path_style),
             connect_timeout_secs: f.connect_timeout_secs.unwrap_or(d.connect_timeout_secs),
             request_timeout_secs: f.request_timeout_secs.unwrap_or(d.request_timeout_secs),
         };
@@ -231,9 +335,20 @@ impl BackingFragment {
                 ),
             ));
         };
+        check_object_keys(&b, &addr, prov)?;
         let tls = matches!(addr, BackingAddress::Grpcs { .. });
+        let object_tls = match &addr {
+            BackingAddress::Http { url } => url.starts_with("https://"),
+            BackingAddress::S3 { .. } => !b.endpoint.starts_with("http://"),
+            _ => false,
+        };
+        if b.tls_ca.is_some() && !tls && !object_tls {
+            return Err(prov.error(
+                "backing.tls_ca",
+                "is only used with a grpcs://, https:// or s3:// (https endpoint) backing.url",
+            ));
+        }
         for (key, p) in [
-            ("backing.tls_ca", &b.tls_ca),
             ("backing.tls_cert", &b.tls_cert),
             ("backing.tls_key", &b.tls_key),
         ] {
@@ -260,6 +375,141 @@ impl BackingFragment {
             read_token(t).map_err(|r| prov.error("backing.token_file", r))?;
         }
         Ok(b)
+    }
+}
+
+/// The object-storage keys: used only with `s3://`, each well formed.
+fn check_object_keys(
+    b: &Backing,
+    addr: &BackingAddress,
+    prov: &Provenance,
+) -> Result<(), ConfigError> {
+    let s3 = matches!(addr, BackingAddress::S3 { .. });
+    let d = Backing::default();
+    for (key, set) in [
+        ("backing.endpoint", !b.endpoint.is_empty()),
+        ("backing.region", b.region != d.region),
+        ("backing.credentials_file", b.credentials_file.is_some()),
+        ("backing.path_style", b.path_style),
+    ] {
+        if set && !s3 {
+            return Err(prov.error(key, "is only used with an s3:// backing.url"));
+        }
+    }
+    if !b.instance_name.is_empty() && addr.is_object_store() {
+        return Err(prov.error(
+            "backing.instance_name",
+            "is only used with a REAPI backing.url (grpc://, grpcs://, unix:); \
+             put a prefix in the object store's URL instead",
+        ));
+    }
+    if b.token_file.is_some() && s3 {
+        return Err(prov.error(
+            "backing.token_file",
+            "is not used with s3://; use backing.credentials_file",
+        ));
+    }
+    if !b.endpoint.is_empty() {
+        let ok = ["http://", "https://"].iter().any(|p| {
+            b.endpoint
+                .strip_prefix(p)
+                .is_some_and(|h| !h.is_empty() && !h.contains(['@', '?', '#']))
+        });
+        if !ok {
+            return Err(prov.error(
+                "backing.endpoint",
+                format!("{:?}: expected http(s)://host[:port]", b.endpoint),
+            ));
+        }
+    }
+    if b.region.is_empty()
+        || !b
+            .region
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+    {
+        return Err(prov.error(
+            "backing.region",
+            format!("{:?} is not a region name", b.region),
+        ));
+    }
+    if let Some(p) = &b.credentials_file {
+        read_s3_credentials(p).map_err(|r| prov.error("backing.credentials_file", r))?;
+    }
+    Ok(())
+}
+
+/// S3 credentials from `backing.credentials_file`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// A session token (temporary credentials), if any.
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads an S3 credentials file: `name = value` lines (`#` comments and
+/// blank lines allowed) naming `access_key_id` and `secret_access_key`,
+/// optionally `session_token`. Errors never quote a value.
+pub fn read_s3_credentials(path: &Path) -> Result<S3Credentials, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!(
+                "{} line {}: expected name = value",
+                path.display(),
+                n + 1
+            ));
+        };
+        let v = v.trim().trim_matches('"').to_owned();
+        if v.is_empty() || !v.bytes().all(|c| (0x21..0x7f).contains(&c)) {
+            return Err(format!(
+                "{} line {}: the value must be printable ASCII without spaces",
+                path.display(),
+                n + 1
+            ));
+        }
+        match k.trim() {
+            "access_key_id" => id = Some(v),
+            "secret_access_key" => secret = Some(v),
+            "session_token" => token = Some(v),
+            other => {
+                return Err(format!(
+                    "{} line {}: unknown name {other:?} (access_key_id, secret_access_key, \
+                     session_token)",
+                    path.display(),
+                    n + 1
+                ))
+            }
+        }
+    }
+    match (id, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(S3Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: token,
+        }),
+        _ => Err(format!(
+            "{} must name both access_key_id and secret_access_key",
+            path.display()
+        )),
     }
 }
 
@@ -308,9 +558,28 @@ mod tests {
             );
         }
         assert_eq!(parse_url("").unwrap(), None);
+        assert_eq!(
+            parse_url("s3://rbe-cache/ci/main/").unwrap(),
+            Some(BackingAddress::S3 {
+                bucket: "rbe-cache".into(),
+                prefix: "ci/main".into()
+            })
+        );
+        assert_eq!(
+            parse_url("http://127.0.0.1:8080/dav/").unwrap(),
+            Some(BackingAddress::Http {
+                url: "http://127.0.0.1:8080/dav".into()
+            })
+        );
         for bad in [
-            "s3://bucket",
-            "http://h:1",
+            "s3://b",
+            "s3://Bucket/x",
+            "s3://bucket/../x",
+            "s3://bucket/a//b",
+            "http://",
+            "http://u@h/x",
+            "http://h/x?y",
+            "ftp://h/x",
             "grpc://h",
             "grpc://h:0",
             "grpc://h:1/x",
@@ -320,8 +589,8 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
-        let e = parse_url("s3://bucket/x").unwrap_err();
-        assert!(e.contains("\"s3\"") && e.contains("object storage"), "{e}");
+        let e = parse_url("gs://bucket/x").unwrap_err();
+        assert!(e.contains("\"gs\"") && e.contains("s3://"), "{e}");
     }
 
     fn build(text: &str) -> Result<Backing, String> {
@@ -336,6 +605,23 @@ mod tests {
         let token = dir.path().join("token");
         std::fs::write(&token, "rbe_secret\n").unwrap();
         let missing = dir.path().join("absent");
+        let bad_creds = dir.path().join("bad-creds");
+        std::fs::write(&bad_creds, "access_key_id = AKIA\n").unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::write(
+            &creds,
+            "# test\naccess_key_id = AKIA\nsecret_access_key = s3cr3t\n",
+        )
+        .unwrap();
+        let s3 = build(&format!(
+            "mode = \"cache\"\nurl = \"s3://bkt/p\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             path_style = true\ncredentials_file = {:?}\n",
+            creds.display().to_string()
+        ))
+        .unwrap();
+        let c = read_s3_credentials(s3.credentials_file.as_deref().unwrap()).unwrap();
+        assert_eq!(c.secret_access_key, "s3cr3t");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
         let ok = build(&format!(
             "mode = \"cache\"\nurl = \"grpc://h:1\"\ntoken_file = {:?}\n",
             token.display().to_string()
@@ -351,9 +637,32 @@ mod tests {
         assert_eq!(jit.mode, BackingMode::Jit);
         for (text, key, words) in [
             (
-                "mode = \"cache\"\nurl = \"s3://b\"\n".to_owned(),
+                "mode = \"cache\"\nurl = \"ftp://b\"\n".to_owned(),
                 "backing.url",
                 "not supported",
+            ),
+            (
+                "mode = \"cache\"\nurl = \"http://h/x\"\nendpoint = \"http://h\"\n".to_owned(),
+                "backing.endpoint",
+                "s3://",
+            ),
+            (
+                "mode = \"cache\"\nurl = \"s3://bkt/x\"\nendpoint = \"h:9000\"\n".to_owned(),
+                "backing.endpoint",
+                "expected",
+            ),
+            (
+                "mode = \"cache\"\nurl = \"s3://bkt/x\"\ninstance_name = \"a\"\n".to_owned(),
+                "backing.instance_name",
+                "prefix",
+            ),
+            (
+                format!(
+                    "mode = \"cache\"\nurl = \"s3://bkt\"\ncredentials_file = {:?}\n",
+                    bad_creds.display().to_string()
+                ),
+                "backing.credentials_file",
+                "must name both",
             ),
             (
                 "mode = \"cache\"\n".to_owned(),

@@ -26,7 +26,9 @@ mod workerd;
 use std::path::PathBuf;
 
 pub use auth::{AuthSettings, GrantSettings, RoleSettings};
-pub use backing::{parse_url, read_token, Backing, BackingAddress, BackingMode};
+pub use backing::{
+    parse_url, read_s3_credentials, read_token, Backing, BackingAddress, BackingMode, S3Credentials,
+};
 pub use casd::{CasdListen, CasdSettings, Instances, Limits, Storage};
 pub use cluster::{ClusterSettings, OffloadSettings, OrphanPolicy, CLUSTER_KEY_CREDENTIAL};
 pub use common::Log;
@@ -95,6 +97,10 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "backing.tls_cert",
             "backing.tls_key",
             "backing.token_file",
+            "backing.endpoint",
+            "backing.region",
+            "backing.credentials_file",
+            "backing.path_style",
             "backing.connect_timeout_secs",
             "backing.request_timeout_secs",
             "log.level",

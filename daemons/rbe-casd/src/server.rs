@@ -61,10 +61,7 @@ pub async fn run(
                 .await
                 .context("setting up the backing store")?;
             tracing::info!(backing = %settings.backing.url, instance_name = %settings.backing.instance_name, jit, "write-through in front of a backing store");
-            Some(Arc::new(crate::service::through::Through::new(
-                Arc::new(b),
-                jit,
-            )))
+            Some(Arc::new(crate::service::through::Through::new(b, jit)))
         }
     };
     let casd = Arc::new(Casd {

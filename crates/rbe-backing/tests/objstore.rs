@@ -1,0 +1,679 @@
+//! casd in `[backing] mode = "cache"` in front of object storage started
+//! by the tests: Debian's nginx with WebDAV (`dav_methods PUT`) and moto's
+//! S3 server (`python3 -m moto.server`). A test whose server is not
+//! installed prints why and passes (tests/run-all.sh installs both).
+//! Covered: write-through, read-miss fetch through a second casd, wrong
+//! bytes and an HTML page refused, a dead store named in UNAVAILABLE, and
+//! the invariant under kill -9 of nginx during 100 uploads.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{batch, blob, find_file, present, stats, BOUND};
+use rbe_proto::reapi::action_cache_client::ActionCacheClient;
+use rbe_proto::reapi::{
+    ActionResult, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
+};
+use rbe_proto::{Digest, DigestFunction};
+use rbe_testkit::{client, Casd};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// A store server the test started; killed (by its PID) when dropped.
+struct Server {
+    child: Option<Child>,
+    argv: Vec<String>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        let child = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + BOUND;
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                panic!("{:?} exited with {st}: {log}", self.argv);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?} not listening",
+                self.argv
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("rbe-objstore-")
+        .tempdir_in(rbe_testkit::disk_tmp())
+        .unwrap()
+}
+
+/// nginx serving WebDAV under `/dav/` (files under `<dir>/root/dav`) and
+/// a 200 HTML "login page" for every URL under `/html/`.
+async fn nginx(dir: &Path) -> Option<Server> {
+    nginx_with(dir, "").await
+}
+
+/// nginx as [`nginx`], with `listen_extra` after the port (e.g. `ssl`
+/// and the certificate directives).
+async fn nginx_with(dir: &Path, listen_extra: &str) -> Option<Server> {
+    let bin = ["/usr/sbin/nginx", "nginx"]
+        .into_iter()
+        .find(|b| installed(b))?;
+    let port = rbe_testkit::free_port();
+    let d = dir.display();
+    std::fs::create_dir_all(dir.join("root/dav")).unwrap();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 512; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+         client_max_body_size 0;\n\
+         server {{\n  listen 127.0.0.1:{port}{listen_extra};\n  root {d}/root;\n\
+           location /dav/ {{ dav_methods PUT DELETE; create_full_put_path on; dav_access user:rw; }}\n\
+           location /html/ {{ default_type text/html; return 200 \"<html><body>Please log in</body></html>\\n\"; }}\n\
+         }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let mut s = Server {
+        child: None,
+        argv: vec![
+            bin.to_owned(),
+            "-p".into(),
+            format!("{d}/"),
+            "-e".into(),
+            format!("{d}/error.log"),
+            "-c".into(),
+            format!("{d}/nginx.conf"),
+        ],
+        port,
+        dir: dir.to_owned(),
+    };
+    s.spawn();
+    s.wait_ready().await;
+    Some(s)
+}
+
+/// moto's S3 server with bucket `rbe-test`; `None` if moto is missing.
+async fn moto(dir: &Path) -> Option<Server> {
+    let python = std::env::var("RBE_MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import moto.server, flask"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return None;
+    }
+    let port = rbe_testkit::free_port();
+    let mut s = Server {
+        child: None,
+        argv: vec![
+            python,
+            "-m".into(),
+            "moto.server".into(),
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ],
+        port,
+        dir: dir.to_owned(),
+    };
+    s.spawn();
+    s.wait_ready().await;
+    http(port, "PUT", "/rbe-test", b"").await;
+    Some(s)
+}
+
+/// One plain HTTP/1.1 request; the status line's code.
+async fn http(port: u16, method: &str, path: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(BOUND, c.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn key(d: &Digest) -> String {
+    format!("cas/sha256/{}/{}", d.hex(), d.size)
+}
+
+/// casd's `[backing]` for each store.
+fn dav_backing(port: u16, prefix: &str) -> String {
+    format!("[backing]\nmode = \"cache\"\nurl = \"http://127.0.0.1:{port}/{prefix}\"\nrequest_timeout_secs = 5\nconnect_timeout_secs = 2\n")
+}
+
+fn s3_backing(dir: &Path, port: u16) -> String {
+    let creds = dir.join("s3-credentials");
+    std::fs::write(
+        &creds,
+        "access_key_id = testing\nsecret_access_key = testing\n",
+    )
+    .unwrap();
+    format!(
+        "[backing]\nmode = \"cache\"\nurl = \"s3://rbe-test/ci\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
+         path_style = true\ncredentials_file = {:?}\nrequest_timeout_secs = 5\nconnect_timeout_secs = 2\n",
+        creds.display().to_string()
+    )
+}
+
+/// Write-through from A, then a fresh casd C in front of the same store
+/// answers for A's blobs and fetches them on a read miss.
+async fn write_through_and_read_miss(dir: &Path, dropin: &str) {
+    let a = Casd::start(&dir.join("a"), "2GiB", dropin).await;
+    let ach = a.channel().await;
+    let small = blob(10_000, 1);
+    let large = blob(3 << 20, 2);
+    let r = batch(&ach, std::slice::from_ref(&small)).await.unwrap();
+    assert_eq!(r[0].0, 0, "{r:?}");
+    assert_eq!(
+        client::write(&ach, "", &large.0, &large.1, 1 << 20)
+            .await
+            .unwrap(),
+        large.0.size as i64
+    );
+    let c = Casd::start(&dir.join("c"), "2GiB", dropin).await;
+    let cch = c.channel().await;
+    let absent = blob(100, 3).0;
+    assert_eq!(
+        present(&cch, &[small.0, large.0, absent]).await,
+        [small.0, large.0].into_iter().collect(),
+        "C (empty) answers from the store"
+    );
+    assert_eq!(client::read(&cch, "", &large.0).await.unwrap(), large.1);
+    assert_eq!(client::read(&cch, "", &small.0).await.unwrap(), small.1);
+    assert_eq!(stats(&cch).await.backing_fetches, 2);
+}
+
+#[tokio::test]
+async fn webdav_write_through_and_read_miss() {
+    let dir = tmp();
+    let Some(s) = nginx(dir.path()).await else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    write_through_and_read_miss(dir.path(), &dav_backing(s.port, "dav/ci")).await;
+    // The layout is the documented one.
+    let small = blob(10_000, 1).0;
+    assert!(dir.path().join("root/dav/ci").join(key(&small)).is_file());
+}
+
+#[tokio::test]
+async fn s3_write_through_and_read_miss() {
+    let dir = tmp();
+    let Some(s) = moto(dir.path()).await else {
+        eprintln!("SKIPPED: moto is not installed (pip install 'moto[server]')");
+        return;
+    };
+    // The layout is checked by s3_wrong_bytes_are_refused_and_not_stored,
+    // which plants objects under the documented keys.
+    write_through_and_read_miss(dir.path(), &s3_backing(dir.path(), s.port)).await;
+    // A blob over 16 MiB goes up in parts.
+    let dropin = s3_backing(dir.path(), s.port);
+    let a = Casd::start(&dir.path().join("m"), "2GiB", &dropin).await;
+    let huge = blob(21 << 20, 9);
+    let ach = a.channel().await;
+    client::write(&ach, "", &huge.0, &huge.1, 1 << 20)
+        .await
+        .unwrap();
+    let c = Casd::start(&dir.path().join("n"), "2GiB", &dropin).await;
+    assert!(client::read(&c.channel().await, "", &huge.0).await.unwrap() == huge.1);
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(
+        log.contains("?uploads"),
+        "no multipart upload in moto's log"
+    );
+}
+
+async fn get(ch: &Channel, action: &Digest) -> Result<ActionResult, tonic::Status> {
+    ActionCacheClient::new(ch.clone())
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(action.to_reapi()),
+            digest_function: DigestFunction::Sha256.to_reapi(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn update(ch: &Channel, action: &Digest, out: &Digest) -> Result<(), tonic::Status> {
+    let ar = ActionResult {
+        output_files: vec![OutputFile {
+            path: "out/a".into(),
+            digest: Some(out.to_reapi()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    ActionCacheClient::new(ch.clone())
+        .update_action_result(UpdateActionResultRequest {
+            action_digest: Some(action.to_reapi()),
+            action_result: Some(ar),
+            digest_function: DigestFunction::Sha256.to_reapi(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A result written through A is served by a fresh C, which fetches its
+/// output first; a result whose output the store lacks is a miss.
+async fn action_cache_through(dir: &Path, dropin: &str) {
+    let a = Casd::start(&dir.join("a"), "2GiB", dropin).await;
+    let ach = a.channel().await;
+    let out = blob(2 << 20, 51);
+    client::write(&ach, "", &out.0, &out.1, 1 << 20)
+        .await
+        .unwrap();
+    let action = blob(50, 52).0;
+    update(&ach, &action, &out.0).await.unwrap();
+    let c = Casd::start(&dir.join("c"), "2GiB", dropin).await;
+    let cch = c.channel().await;
+    assert_eq!(get(&cch, &action).await.unwrap().output_files.len(), 1);
+    assert_eq!(
+        stats(&cch).await.backing_fetches,
+        1,
+        "the output came first"
+    );
+    assert_eq!(
+        get(&cch, &blob(50, 53).0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn webdav_action_cache_is_written_and_read_through() {
+    let dir = tmp();
+    let Some(s) = nginx(dir.path()).await else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    action_cache_through(dir.path(), &dav_backing(s.port, "dav/ac")).await;
+    // An HTML page where a result should be: refused naming the store.
+    let url = format!("http://127.0.0.1:{}/html", s.port);
+    let h = Casd::start(&dir.path().join("h"), "2GiB", &dav_backing(s.port, "html")).await;
+    let e = get(&h.channel().await, &blob(50, 54).0).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains(&url) && e.message().contains("not an ActionResult"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn s3_action_cache_is_written_and_read_through() {
+    let dir = tmp();
+    let Some(s) = moto(dir.path()).await else {
+        eprintln!("SKIPPED: moto is not installed (pip install 'moto[server]')");
+        return;
+    };
+    action_cache_through(dir.path(), &s3_backing(dir.path(), s.port)).await;
+}
+
+/// The store holds wrong bytes under a blob's key: a read through A is
+/// NOT_FOUND naming the store and "wrong bytes", and A keeps nothing.
+async fn wrong_bytes_refused(dir: &Path, dropin: &str, url: &str, plant: impl Fn(&Digest, &[u8])) {
+    let a = Casd::start(&dir.join("a"), "2GiB", dropin).await;
+    let ach = a.channel().await;
+    for (size, seed) in [(1000, 11), (3 << 20, 12)] {
+        let (d, mut data) = blob(size, seed);
+        data[size / 2] ^= 0xff;
+        plant(&d, &data);
+        let e = tokio::time::timeout(BOUND, client::read(&ach, "", &d))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(
+            e.message().contains(url) && e.message().contains("wrong bytes"),
+            "{e:?}"
+        );
+        assert!(
+            find_file(&a.layout.cas_dir, &d.hex()).is_none(),
+            "stored on A"
+        );
+    }
+    let s = stats(&ach).await;
+    assert_eq!((s.blobs, s.backing_fetches), (0, 0));
+}
+
+#[tokio::test]
+async fn webdav_wrong_bytes_are_refused_and_not_stored() {
+    let dir = tmp();
+    let Some(s) = nginx(dir.path()).await else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let root = dir.path().join("root/dav/w");
+    let url = format!("http://127.0.0.1:{}/dav/w", s.port);
+    let plant = |d: &Digest, data: &[u8]| {
+        let f = root.join(key(d));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, data).unwrap();
+    };
+    wrong_bytes_refused(dir.path(), &dav_backing(s.port, "dav/w"), &url, plant).await;
+    // A truncated object: absent for FindMissingBlobs, refused on read.
+    let (d, data) = blob(100_000, 13);
+    plant(&d, &data[..50_000]);
+    let a = Casd::start(&dir.path().join("t"), "2GiB", &dav_backing(s.port, "dav/w")).await;
+    let ach = a.channel().await;
+    assert!(present(&ach, &[d]).await.is_empty());
+    let e = client::read(&ach, "", &d).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(
+        e.message().contains(&url) && e.message().contains("wrong bytes"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_wrong_bytes_are_refused_and_not_stored() {
+    let dir = tmp();
+    let Some(s) = moto(dir.path()).await else {
+        eprintln!("SKIPPED: moto is not installed (pip install 'moto[server]')");
+        return;
+    };
+    let port = s.port;
+    let rt = tokio::runtime::Handle::current();
+    wrong_bytes_refused(
+        dir.path(),
+        &s3_backing(dir.path(), port),
+        "s3://rbe-test/ci",
+        move |d, data| {
+            let path = format!("/rbe-test/ci/{}", key(d));
+            let code = tokio::task::block_in_place(|| rt.block_on(http(port, "PUT", &path, data)));
+            assert_eq!(code, 200);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn https_webdav_needs_a_certificate_chaining_to_tls_ca() {
+    let dir = tmp();
+    let pki = rbe_testkit::tls::TestPki::new(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let other = rbe_testkit::tls::TestPki::new(&other);
+    let extra = format!(
+        " ssl;\n  ssl_certificate {};\n  ssl_certificate_key {}",
+        pki.server_cert.display(),
+        pki.server_key.display()
+    );
+    let Some(s) = nginx_with(dir.path(), &extra).await else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let url = format!("https://localhost:{}/dav/t", s.port);
+    let dropin = |ca: &Path| {
+        format!(
+            "[backing]\nmode = \"cache\"\nurl = \"{url}\"\ntls_ca = {:?}\nrequest_timeout_secs = 5\n",
+            ca.display().to_string()
+        )
+    };
+    let good = Casd::start(&dir.path().join("a"), "2GiB", &dropin(&pki.ca)).await;
+    let (d, data) = blob(5000, 60);
+    let r = batch(&good.channel().await, &[(d, data.clone())])
+        .await
+        .unwrap();
+    assert_eq!(r[0].0, 0, "{r:?}");
+    // A store whose certificate does not chain to tls_ca is not trusted.
+    let bad = Casd::start(&dir.path().join("b"), "2GiB", &dropin(&other.ca)).await;
+    let bch = bad.channel().await;
+    let (d2, data2) = blob(5000, 61);
+    let r = batch(&bch, &[(d2, data2)]).await.unwrap();
+    assert_eq!(r[0].0, Code::Unavailable as i32, "{r:?}");
+    assert!(r[0].1.contains(&url), "{r:?}");
+    let e = client::find_missing(&bch, "", &[d]).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(&url), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_store_answering_200_with_an_html_page_is_refused() {
+    let dir = tmp();
+    let Some(s) = nginx(dir.path()).await else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let url = format!("http://127.0.0.1:{}/html", s.port);
+    let a = Casd::start(&dir.path().join("a"), "2GiB", &dav_backing(s.port, "html")).await;
+    let ach = a.channel().await;
+    let (d, data) = blob(5000, 30);
+    // The PUT is answered 200, but nothing of the blob's size is there.
+    let r = batch(&ach, &[(d, data.clone())]).await.unwrap();
+    assert_eq!(r[0].0, Code::Unavailable as i32, "{r:?}");
+    assert!(r[0].1.contains(&url) && r[0].1.contains("HTML"), "{r:?}");
+    let e = client::write(&ach, "", &d, &data, 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // Existence: the page is not the blob.
+    assert!(present(&ach, &[d]).await.is_empty());
+    // A read gets the page's bytes: refused by the digest check.
+    let e = client::read(&ach, "", &d).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(
+        e.message().contains(&url) && e.message().contains("wrong bytes"),
+        "{e:?}"
+    );
+    assert_eq!(stats(&ach).await.blobs, 0);
+}
+
+/// Kill the store: uploads, reads and FindMissingBlobs are UNAVAILABLE
+/// naming it, within the bound.
+async fn dead_store_is_unavailable(dir: &Path, dropin: &str, url: &str, s: &mut Server) {
+    let a = Casd::start(&dir.join("a"), "2GiB", dropin).await;
+    let ach = a.channel().await;
+    let kept = blob(5000, 20);
+    assert_eq!(
+        batch(&ach, std::slice::from_ref(&kept)).await.unwrap()[0].0,
+        0
+    );
+    s.kill9();
+    let (small, large) = (blob(5000, 21), blob(2 << 20, 22));
+    let r = tokio::time::timeout(BOUND, batch(&ach, std::slice::from_ref(&small)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r[0].0, Code::Unavailable as i32, "{r:?}");
+    assert!(r[0].1.contains(url), "{r:?}");
+    let e = tokio::time::timeout(BOUND, client::write(&ach, "", &large.0, &large.1, 1 << 20))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(url), "{e:?}");
+    let e = tokio::time::timeout(BOUND, client::read(&ach, "", &small.0))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(url), "{e:?}");
+    let e = tokio::time::timeout(BOUND, client::find_missing(&ach, "", &[small.0]))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(url), "{e:?}");
+    assert!(present(&ach, &[kept.0]).await.contains(&kept.0));
+}
+
+#[tokio::test]
+async fn webdav_down_is_unavailable_naming_it() {
+    let dir = tmp();
+    let Some(mut s) = nginx(dir.path()).await else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let url = format!("http://127.0.0.1:{}/dav/d", s.port);
+    let dropin = dav_backing(s.port, "dav/d");
+    dead_store_is_unavailable(dir.path(), &dropin, &url, &mut s).await;
+}
+
+#[tokio::test]
+async fn s3_down_is_unavailable_naming_it() {
+    let dir = tmp();
+    let Some(mut s) = moto(dir.path()).await else {
+        eprintln!("SKIPPED: moto is not installed (pip install 'moto[server]')");
+        return;
+    };
+    let dropin = s3_backing(dir.path(), s.port);
+    dead_store_is_unavailable(dir.path(), &dropin, "s3://rbe-test/ci", &mut s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webdav_invariant_holds_when_nginx_is_killed_during_100_uploads() {
+    let dir = tmp();
+    let Some(mut s) = nginx(dir.path()).await else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let url = format!("http://127.0.0.1:{}/dav/k", s.port);
+    let a = Casd::start(&dir.path().join("a"), "2GiB", &dav_backing(s.port, "dav/k")).await;
+    let ach = a.channel().await;
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..100)
+        .map(|i| blob(64 * 1024 + (i as usize % 7) * 300 * 1024, 1000 + i))
+        .collect();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(101));
+    let uploads: Vec<_> = blobs
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, (d, data))| {
+            let (a, acked, start) = (ach.clone(), Arc::clone(&acked), Arc::clone(&start));
+            tokio::spawn(async move {
+                start.wait().await;
+                let r = if i % 2 == 0 {
+                    client::write(&a, "", &d, &data, 256 * 1024)
+                        .await
+                        .map(|_| ())
+                } else {
+                    match batch(&a, &[(d, data)]).await {
+                        Ok(r) if r[0].0 == 0 => Ok(()),
+                        Ok(r) => Err(tonic::Status::new(Code::from_i32(r[0].0), r[0].1.clone())),
+                        Err(e) => Err(e),
+                    }
+                };
+                if r.is_ok() {
+                    acked.fetch_add(1, Ordering::SeqCst);
+                }
+                (d, r)
+            })
+        })
+        .collect();
+    start.wait().await;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while acked.load(Ordering::SeqCst) < 10 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    s.kill9();
+    let (mut ok, mut failed) = (Vec::new(), 0);
+    for u in uploads {
+        let (d, r) = tokio::time::timeout(BOUND, u).await.unwrap().unwrap();
+        match r {
+            Ok(()) => ok.push(d),
+            Err(e) => {
+                failed += 1;
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert!(e.message().contains(&url), "{e:?}");
+            }
+        }
+    }
+    eprintln!(
+        "{} acknowledged, {failed} failed when nginx was killed",
+        ok.len()
+    );
+    assert!(
+        !ok.is_empty() && failed > 0,
+        "the kill was not part-way: {} acked",
+        ok.len()
+    );
+
+    s.restart().await;
+    let root = dir.path().join("root/dav/k");
+    let in_store = |d: &Digest| {
+        let f = root.join(key(d));
+        std::fs::read(f).is_ok_and(|b| Digest::of(d.function, &b) == *d)
+    };
+    for d in &ok {
+        assert!(in_store(d), "A acknowledged {d}, the store lacks it");
+    }
+    let all: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    for d in &present(&ach, &all).await {
+        assert!(in_store(d), "A reports {d} present, the store lacks it");
+    }
+}
