@@ -8,11 +8,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod invariant;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{batch, blob, find_file, present, stats, BOUND};
@@ -604,65 +603,7 @@ async fn webdav_invariant_holds_when_nginx_is_killed_during_100_uploads() {
     let url = format!("http://127.0.0.1:{}/dav/k", s.port);
     let a = Casd::start(&dir.path().join("a"), "2GiB", &dav_backing(s.port, "dav/k")).await;
     let ach = a.channel().await;
-    let blobs: Vec<(Digest, Vec<u8>)> = (0..100)
-        .map(|i| blob(64 * 1024 + (i as usize % 7) * 300 * 1024, 1000 + i))
-        .collect();
-    let acked = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(tokio::sync::Barrier::new(101));
-    let uploads: Vec<_> = blobs
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, (d, data))| {
-            let (a, acked, start) = (ach.clone(), Arc::clone(&acked), Arc::clone(&start));
-            tokio::spawn(async move {
-                start.wait().await;
-                let r = if i % 2 == 0 {
-                    client::write(&a, "", &d, &data, 256 * 1024)
-                        .await
-                        .map(|_| ())
-                } else {
-                    match batch(&a, &[(d, data)]).await {
-                        Ok(r) if r[0].0 == 0 => Ok(()),
-                        Ok(r) => Err(tonic::Status::new(Code::from_i32(r[0].0), r[0].1.clone())),
-                        Err(e) => Err(e),
-                    }
-                };
-                if r.is_ok() {
-                    acked.fetch_add(1, Ordering::SeqCst);
-                }
-                (d, r)
-            })
-        })
-        .collect();
-    start.wait().await;
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while acked.load(Ordering::SeqCst) < 10 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    s.kill9();
-    let (mut ok, mut failed) = (Vec::new(), 0);
-    for u in uploads {
-        let (d, r) = tokio::time::timeout(BOUND, u).await.unwrap().unwrap();
-        match r {
-            Ok(()) => ok.push(d),
-            Err(e) => {
-                failed += 1;
-                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-                assert!(e.message().contains(&url), "{e:?}");
-            }
-        }
-    }
-    eprintln!(
-        "{} acknowledged, {failed} failed when nginx was killed",
-        ok.len()
-    );
-    assert!(
-        !ok.is_empty() && failed > 0,
-        "the kill was not part-way: {} acked",
-        ok.len()
-    );
-
+    let (blobs, ok) = invariant::upload_100_and_kill(&ach, &url, || s.kill9()).await;
     s.restart().await;
     let root = dir.path().join("root/dav/k");
     let in_store = |d: &Digest| {

@@ -1,6 +1,7 @@
 //! The backing-store invariant under kill -9 of the backing store mid
 //! upload, shared by the cache-mode and jit-mode tests.
-#![allow(clippy::unwrap_used)]
+// Each test binary that includes this module uses a different part of it.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use crate::common::{batch, blob, present, Pair, BOUND};
 use rbe_proto::Digest;
 use rbe_testkit::client;
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// During 100 concurrent uploads through A (half ByteStream, half batch)
@@ -16,6 +18,32 @@ use tonic::Code;
 /// present nothing B lacks.
 pub async fn holds_when_b_is_killed_during_100_uploads(mut p: Pair) {
     let a = p.a.channel().await;
+    let url = p.url.clone();
+    let (blobs, ok) = upload_100_and_kill(&a, &url, || p.b.kill9()).await;
+    p.b.restart().await;
+    let b = p.b.channel().await;
+    let all: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    let in_b = present(&b, &all).await;
+    for d in &ok {
+        assert!(in_b.contains(d), "A acknowledged {d}, B lacks it");
+    }
+    let in_a = present(&a, &all).await;
+    for d in &in_a {
+        assert!(in_b.contains(d), "A reports {d} present, B lacks it");
+    }
+    assert!(p.a.alive());
+}
+
+/// Starts 100 concurrent uploads through `a` (half ByteStream, half
+/// batch), calls `kill` (the backing store at `url`) once 10 are
+/// acknowledged, and waits for all: each failure must be UNAVAILABLE
+/// naming `url`, and the kill must have come part-way. Returns the blobs
+/// and the digests `a` acknowledged.
+pub async fn upload_100_and_kill(
+    a: &Channel,
+    url: &str,
+    kill: impl FnOnce(),
+) -> (Vec<(Digest, Vec<u8>)>, Vec<Digest>) {
     let blobs: Vec<(Digest, Vec<u8>)> = (0..100)
         .map(|i| blob(64 * 1024 + (i as usize % 7) * 300 * 1024, 1000 + i))
         .collect();
@@ -52,7 +80,7 @@ pub async fn holds_when_b_is_killed_during_100_uploads(mut p: Pair) {
     while acked.load(Ordering::SeqCst) < 10 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    p.b.kill9();
+    kill();
     let mut ok = Vec::new();
     let mut failed = 0;
     for u in uploads {
@@ -62,12 +90,12 @@ pub async fn holds_when_b_is_killed_during_100_uploads(mut p: Pair) {
             Err(e) => {
                 failed += 1;
                 assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-                assert!(e.message().contains(&p.url), "{e:?}");
+                assert!(e.message().contains(url), "{e:?}");
             }
         }
     }
     eprintln!(
-        "{} acknowledged, {failed} failed when B was killed",
+        "{} acknowledged, {failed} failed when the backing store was killed",
         ok.len()
     );
     assert!(
@@ -75,17 +103,5 @@ pub async fn holds_when_b_is_killed_during_100_uploads(mut p: Pair) {
         "the kill was not part-way: {} acked",
         ok.len()
     );
-
-    p.b.restart().await;
-    let b = p.b.channel().await;
-    let all: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
-    let in_b = present(&b, &all).await;
-    for d in &ok {
-        assert!(in_b.contains(d), "A acknowledged {d}, B lacks it");
-    }
-    let in_a = present(&a, &all).await;
-    for d in &in_a {
-        assert!(in_b.contains(d), "A reports {d} present, B lacks it");
-    }
-    assert!(p.a.alive());
+    (blobs, ok)
 }
