@@ -7,7 +7,7 @@
 
 use crate::casd::check_instance_name;
 use crate::layer::Provenance;
-use crate::tls::resolve;
+use crate::tls::credential_path;
 use crate::ConfigError;
 use serde::{Deserialize, Serialize, Serializer};
 use std::path::{Path, PathBuf};
@@ -284,14 +284,7 @@ impl BackingFragment {
     ) -> Result<Backing, ConfigError> {
         let f = f.unwrap_or_default();
         let d = Backing::default();
-        let path = |key: &str, p: Option<PathBuf>| -> Result<Option<PathBuf>, ConfigError> {
-            match p {
-                Some(p) if !p.as_os_str().is_empty() => resolve(&p, creds)
-                    .map(Some)
-                    .map_err(|reason| prov.error(key, reason)),
-                _ => Ok(None),
-            }
-        };
+        let path = |key: &str, p: Option<PathBuf>| credential_path(prov, key, p, creds);
         let b = Backing {
             mode: f.mode.unwrap_or(d.mode),
             url: f.url.unwrap_or(d.url),

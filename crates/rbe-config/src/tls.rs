@@ -101,14 +101,7 @@ impl TlsFragment {
     ) -> Result<FrontendTls, ConfigError> {
         let f = f.unwrap_or_default();
         let d = FrontendTls::default();
-        let path = |key: &str, p: Option<PathBuf>| -> Result<Option<PathBuf>, ConfigError> {
-            match p {
-                Some(p) if !p.as_os_str().is_empty() => resolve(&p, creds)
-                    .map(Some)
-                    .map_err(|reason| prov.error(key, reason)),
-                _ => Ok(None),
-            }
-        };
+        let path = |key: &str, p: Option<PathBuf>| credential_path(prov, key, p, creds);
         let tls = FrontendTls {
             certificate: path("tls.certificate", f.certificate)?,
             key: path("tls.key", f.key)?,
@@ -147,6 +140,21 @@ impl TlsFragment {
             ));
         }
         Ok(tls)
+    }
+}
+
+/// The path configured at `key`, [`resolve`]d; none when unset or empty.
+pub(crate) fn credential_path(
+    prov: &Provenance,
+    key: &str,
+    p: Option<PathBuf>,
+    creds: Option<&Path>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    match p {
+        Some(p) if !p.as_os_str().is_empty() => resolve(&p, creds)
+            .map(Some)
+            .map_err(|reason| prov.error(key, reason)),
+        _ => Ok(None),
     }
 }
 
