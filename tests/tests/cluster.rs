@@ -22,7 +22,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rbe_testkit::{bin, skip};
+use rbe_testkit::skip;
 use support::lab_cluster::*;
 use support::{name, text, Instance};
 
@@ -331,12 +331,10 @@ fn offload_runs_on_several_hosts() {
     if let Some(why) = cannot_run() {
         return skip(&why);
     }
-    // Built by `cargo build --workspace --bins` (tests/run-all.sh), not by
-    // the test kit's own build of the daemons.
-    let bench = bin("rbectl").with_file_name("rbe-bench");
-    if !bench.is_file() {
-        return skip("rbe-bench is not built (cargo build -p rbe-bench)");
-    }
+    let bench = match rbe_bench() {
+        Ok(b) => b,
+        Err(why) => return skip(&why),
+    };
     let _one = serial();
     let f = Fixture::new("x");
     f.wait_formed(FORM_SECS);

@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use rbe_proto::cluster::ClusterStatus;
-use rbe_testkit::{bin, skip};
+use rbe_testkit::skip;
 use support::lab_cluster::*;
 use support::{text, Instance};
 
@@ -40,10 +40,10 @@ fn offload_fanout_104_sleep_2() {
     if let Some(why) = cannot_run() {
         return skip(&why);
     }
-    let bench = bin("rbectl").with_file_name("rbe-bench");
-    if !bench.is_file() {
-        return skip("rbe-bench is not built (cargo build -p rbe-bench)");
-    }
+    let bench = match rbe_bench() {
+        Ok(b) => b,
+        Err(why) => return skip(&why),
+    };
     let _one = serial();
     let f = Fixture::new("o");
     let formed_in = f.started.elapsed() + f.wait_formed(FORM_SECS);

@@ -31,13 +31,7 @@ async fn an_orphan_of_a_killed_origin_is_cancelled_after_the_grace_time() {
     formed(&c).await;
     let acts: Vec<(Act, String)> = (0..3).map(|_| marked_sleep(600)).collect();
     let ch = c.hosts[0].stack.channel();
-    for (a, _) in &acts {
-        upload(&ch, a).await;
-    }
-    let _runs: Vec<_> = acts
-        .iter()
-        .map(|(a, _)| tokio::spawn(execute(ch.clone(), a.action)))
-        .collect();
+    let _runs = start_all(&ch, acts.iter().map(|(a, _)| a)).await;
     let b_worker = c.hosts[1].stack.workerd_pid().expect("b's worker runs");
     let on_b = || {
         acts.iter()
@@ -79,13 +73,7 @@ async fn a_silent_executor_loses_its_lease_and_its_late_result_is_ignored() {
     let acts: Vec<(Act, String)> = (0..2).map(|_| marked_sleep(10)).collect();
     let sampler = Sampler::start(acts.iter().map(|(_, m)| m.clone()).collect());
     let ch = c.hosts[0].stack.channel();
-    for (a, _) in &acts {
-        upload(&ch, a).await;
-    }
-    let runs: Vec<_> = acts
-        .iter()
-        .map(|(a, _)| tokio::spawn(execute(ch.clone(), a.action)))
-        .collect();
+    let runs = start_all(&ch, acts.iter().map(|(a, _)| a)).await;
     let b_worker = c.hosts[1].stack.workerd_pid().expect("b's worker runs");
     let on_b = || {
         let found = acts.iter().any(|(_, m)| !running(b_worker, m).is_empty());
@@ -259,13 +247,7 @@ async fn a_finished_orphan_lands_in_the_executors_action_cache() {
     formed(&c).await;
     let acts: Vec<(Act, String)> = (0..3).map(|_| marked_sleep(8)).collect();
     let ch = c.hosts[0].stack.channel();
-    for (a, _) in &acts {
-        upload(&ch, a).await;
-    }
-    let _runs: Vec<_> = acts
-        .iter()
-        .map(|(a, _)| tokio::spawn(execute(ch.clone(), a.action)))
-        .collect();
+    let _runs = start_all(&ch, acts.iter().map(|(a, _)| a)).await;
     let b_worker = c.hosts[1].stack.workerd_pid().expect("b's worker runs");
     let on_b = || {
         acts.iter()

@@ -110,13 +110,7 @@ async fn the_origin_dispatches_again_when_the_executing_frontend_is_killed() {
     formed(&c).await;
     let acts: Vec<Act> = (0..6).map(|_| act(4)).collect();
     let ch = c.hosts[0].stack.channel();
-    for a in &acts {
-        upload(&ch, a).await;
-    }
-    let runs: Vec<_> = acts
-        .iter()
-        .map(|a| tokio::spawn(execute(ch.clone(), a.action)))
-        .collect();
+    let runs = start_all(&ch, &acts).await;
     // Once b runs something of a's, b's frontend dies.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while counter(&c.status(0).await, "offers_accepted") == 0 {
@@ -356,13 +350,7 @@ async fn a_stopping_executor_finishes_what_it_runs_for_the_origin() {
     // room to run them at once.
     let acts: Vec<Act> = (0..4).map(|_| act(6)).collect();
     let ch = c.hosts[0].stack.channel();
-    for a in &acts {
-        upload(&ch, a).await;
-    }
-    let runs: Vec<_> = acts
-        .iter()
-        .map(|a| tokio::spawn(execute(ch.clone(), a.action)))
-        .collect();
+    let runs = start_all(&ch, &acts).await;
     // Once b runs what it took, and holds nothing queued or arriving
     // (that would end UNAVAILABLE at its drain's start, a lost lease).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

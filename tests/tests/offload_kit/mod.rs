@@ -203,6 +203,21 @@ pub async fn burst(c: &LocalCluster, acts: &[Act]) -> Vec<ExecuteResponse> {
         .expect("the burst did not finish")
 }
 
+/// Uploads every one of `acts` through `ch`, then starts an Execute of
+/// each in the background; the handles give their final responses.
+pub async fn start_all<'a>(
+    ch: &Channel,
+    acts: impl IntoIterator<Item = &'a Act>,
+) -> Vec<tokio::task::JoinHandle<ExecuteResponse>> {
+    let acts: Vec<&Act> = acts.into_iter().collect();
+    for a in &acts {
+        upload(ch, a).await;
+    }
+    acts.iter()
+        .map(|a| tokio::spawn(execute(ch.clone(), a.action)))
+        .collect()
+}
+
 /// An action that sleeps `secs` under a name no other process has
 /// (`sleep <secs>.<random digits>`): [`running`] finds it.
 pub fn marked_sleep(secs: u32) -> (Act, String) {

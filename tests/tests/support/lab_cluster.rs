@@ -315,3 +315,14 @@ pub fn journals(hosts: &[&Instance]) -> String {
 pub fn rbectl_status(inst: &Instance) -> String {
     inst.sh("rbectl cluster status")
 }
+
+/// `rbe-bench`, built by `cargo build --workspace --bins`
+/// (tests/run-all.sh), not by the test kit's own build of the daemons;
+/// `Err` says how to build it.
+pub fn rbe_bench() -> Result<std::path::PathBuf, String> {
+    let bench = bin("rbectl").with_file_name("rbe-bench");
+    match bench.is_file() {
+        true => Ok(bench),
+        false => Err("rbe-bench is not built (cargo build -p rbe-bench)".to_owned()),
+    }
+}
