@@ -1,6 +1,6 @@
 //! Settings of `rbe-casd`, the content-addressable storage daemon.
 
-use crate::backing::{Backing, BackingFragment, BackingMode};
+use crate::backing::{Backing, BackingFragment};
 use crate::common::{check_absolute, Log, LogFragment};
 use crate::layer::Provenance;
 use crate::size::{Mode, Size};
@@ -286,17 +286,6 @@ impl CasdFragment {
         }
 
         let backing = BackingFragment::build(self.backing, prov)?;
-        // The backing store is asked under one instance name, which would
-        // merge the partitions kept apart here.
-        if backing.mode != BackingMode::None && !instances.separate_action_cache.is_empty() {
-            return Err(prov.error(
-                "instances.separate_action_cache",
-                format!(
-                    "is not supported with a backing store yet (backing.mode set in {})",
-                    prov.origin("backing.mode")
-                ),
-            ));
-        }
 
         let log = LogFragment::build(self.log, prov)?;
         Ok(CasdSettings {

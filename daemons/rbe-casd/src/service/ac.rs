@@ -177,7 +177,7 @@ async fn fetch_through(
 ) -> Result<bool, Status> {
     let Some(ar) = t
         .backing()
-        .get_action_result(action)
+        .get_action_result(super::through::backing_action_key(partition, action))
         .await
         .map_err(|e| t.status(&e))?
     else {
@@ -292,7 +292,10 @@ async fn update(
     }
     if let Some(t) = &casd.through {
         t.backing()
-            .update_action_result(action, ar.clone())
+            .update_action_result(
+                super::through::backing_action_key(&partition, action),
+                ar.clone(),
+            )
             .await
             .map_err(|e| t.status(&e))?;
     }

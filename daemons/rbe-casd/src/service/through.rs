@@ -211,6 +211,21 @@ impl Through {
     }
 }
 
+/// The key under which the backing store keeps the result of `action`
+/// for local action cache `partition`. The store's action cache is one
+/// namespace, so a separate instance's results (`[instances]
+/// separate_action_cache`) are keyed there by a digest of the partition and
+/// the action: every host in front of the store finds them for that
+/// instance, and no other instance (nor a client of the store itself)
+/// finds them under the plain action digest.
+pub fn backing_action_key(partition: &str, action: Digest) -> Digest {
+    if partition == rbe_cas::ac::SHARED_PARTITION {
+        return action;
+    }
+    let key = format!("rbe action cache partition\0{partition}\0{}", action.hex());
+    Digest::of(action.function, key.as_bytes())
+}
+
 /// Checks in-memory blobs against their digests (hashing off the async
 /// threads) before anything is sent anywhere; one result per blob.
 pub async fn check_blobs(
