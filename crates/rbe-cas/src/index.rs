@@ -112,6 +112,18 @@ impl Index {
         self.pinned
     }
 
+    /// Every blob held, with its size, from the most recently used.
+    pub fn entries(&self) -> Vec<(Key, u64)> {
+        let mut out = Vec::with_capacity(self.table.len());
+        let mut i = self.head;
+        while i != NIL {
+            let e = &self.slab[i as usize];
+            out.push((e.key, e.size));
+            i = e.next;
+        }
+        out
+    }
+
     fn find(&self, k: &Key) -> Option<u32> {
         let slab = &self.slab;
         self.table
@@ -318,6 +330,18 @@ mod tests {
         let v = ix.evict_to(10);
         assert_eq!(v.len(), 2);
         assert_eq!(ix.peek(&key(0)), Some(10));
+    }
+
+    #[test]
+    fn entries_lists_every_live_blob_once() {
+        let mut ix = Index::new();
+        for n in 0..4 {
+            ix.insert(key(n), u64::from(n) + 1, false);
+        }
+        ix.remove(&key(2));
+        ix.touch(&key(0));
+        let e: Vec<(u8, u64)> = ix.entries().iter().map(|(k, s)| (k.hash[0], *s)).collect();
+        assert_eq!(e, vec![(0, 1), (3, 4), (1, 2)]);
     }
 
     #[test]

@@ -95,6 +95,18 @@ pub async fn run(
             }
         });
     }
+    match &casd.through {
+        Some(t) => {
+            let identity = crate::service::adopt::identity(&settings.backing);
+            tokio::spawn(crate::service::adopt::run(
+                Arc::clone(&casd),
+                Arc::clone(t),
+                identity,
+                shutdown.clone(),
+            ));
+        }
+        None => crate::service::adopt::forget(store.root()),
+    }
     tokio::spawn(housekeeping(Arc::clone(&casd), shutdown.clone()));
     tokio::spawn(reload_on_sighup(Arc::clone(&casd), config_dirs));
 

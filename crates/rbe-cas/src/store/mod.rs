@@ -722,6 +722,28 @@ impl Store {
         (removed, freed)
     }
 
+    /// Every blob indexed now (a snapshot: blobs may come and go after),
+    /// for a walk over the whole store. Complete only once the index has
+    /// loaded ([`Store::is_loading`] false).
+    pub fn digests(&self) -> Vec<Digest> {
+        self.index
+            .lock()
+            .entries()
+            .into_iter()
+            .map(|(k, size)| Digest {
+                function: k.function,
+                hash: k.hash,
+                size,
+            })
+            .collect()
+    }
+
+    /// The file holding present blob `d` (its bytes were verified when it
+    /// was stored; a reader that must be sure hashes them again).
+    pub fn file_of(&self, d: &Digest) -> PathBuf {
+        self.blob_path(d)
+    }
+
     /// Live figures.
     pub fn stats(&self) -> StoreStats {
         let ix = self.index.lock();

@@ -78,9 +78,10 @@ impl ActionCache for ActionCacheService {
             req.digest_function,
             req.action_digest.as_ref(),
         )?;
-        // In jit mode the backing store's result is the answer: a local
-        // one may name blobs the backing store no longer holds.
-        let mut result = if self.0.jit() {
+        // In jit mode (and before the local store was adopted) the
+        // backing store's result is the answer: a local one may name blobs
+        // the backing store does not hold.
+        let mut result = if !self.0.local_proves() {
             None
         } else {
             serve_local(&self.0, &partition, f, action, &req).await?

@@ -38,7 +38,7 @@ impl ByteStreamService {
     /// then does not complete an upload); false otherwise.
     async fn backing_lacks(&self, d: rbe_proto::Digest) -> Result<bool, Status> {
         match &self.0.through {
-            Some(t) if t.jit() => Ok(!t
+            Some(t) if !t.local_proves() => Ok(!t
                 .backing()
                 .find_missing(d.function, &[d])
                 .await
@@ -451,7 +451,10 @@ impl ByteStream for ByteStreamService {
         drop(active);
         if let Err(e) = r {
             // Another client may have completed the same blob meanwhile.
-            if !self.0.jit() && self.0.store.contains(&d) && e.code() != Code::InvalidArgument {
+            if self.0.local_proves()
+                && self.0.store.contains(&d)
+                && e.code() != Code::InvalidArgument
+            {
                 return Ok(Response::new(WriteResponse {
                     committed_size: if compressed { expected } else { d.size as i64 },
                 }));
@@ -472,7 +475,7 @@ impl ByteStream for ByteStreamService {
         let name = req.into_inner().resource_name;
         let res = resource::parse_write(&name).map_err(resource_status)?;
         self.0.partition(&res.instance)?;
-        if !self.0.jit() && self.0.store.contains(&res.digest) {
+        if self.0.local_proves() && self.0.store.contains(&res.digest) {
             return Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: res.digest.size as i64,
                 complete: true,

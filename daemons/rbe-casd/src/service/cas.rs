@@ -203,10 +203,11 @@ impl ContentAddressableStorage for CasService {
             (ds, missing)
         };
         // Local hits are blobs the backing store acknowledged (see
-        // `through`); only the rest are its to answer, or in jit mode all
-        // of them. A failure to ask is an error, never "present".
+        // `through`); only the rest are its to answer, or all of them in
+        // jit mode and before the local store was adopted. A failure to
+        // ask is an error, never "present".
         let missing = match &self.0.through {
-            Some(t) if t.jit() => {
+            Some(t) if !t.local_proves() => {
                 let lacking: HashSet<Digest> = t
                     .backing()
                     .find_missing(f, &ds)
@@ -557,7 +558,7 @@ async fn write_through_batch(
         match c {
             Err(s) => out[i] = status_of(&s),
             // In jit mode the backing store may lack a blob held here.
-            Ok((d, _)) if !t.jit() && casd.store.contains(&d) => out[i] = status_ok(),
+            Ok((d, _)) if t.local_proves() && casd.store.contains(&d) => out[i] = status_ok(),
             Ok(b) => {
                 sent_index.push(i);
                 to_send.push(b);

@@ -2,6 +2,7 @@
 //! the local API. Errors from `rbe-cas` are mapped to gRPC codes here, once.
 
 pub mod ac;
+pub mod adopt;
 pub mod bytestream;
 pub mod cas;
 pub mod local;
@@ -61,6 +62,12 @@ impl Casd {
 }
 
 impl Casd {
+    /// Whether a blob held here is also in the authoritative store: always
+    /// without a backing store; see [`through::Through::local_proves`].
+    pub fn local_proves(&self) -> bool {
+        self.through.as_ref().is_none_or(|t| t.local_proves())
+    }
+
     /// True in `[backing] mode = "jit"`.
     pub fn jit(&self) -> bool {
         self.through.as_ref().is_some_and(|t| t.jit())

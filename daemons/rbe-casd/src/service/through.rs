@@ -22,7 +22,7 @@
 //! Unpin is removed at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -47,6 +47,10 @@ pub struct Through {
     fetched: AtomicU64,
     errors: AtomicU64,
     jit: bool,
+    /// Whether every blob in the local store is known to be in the
+    /// backing store: false until [`super::adopt`] has checked a store
+    /// that was filled without this backing store (or by another one).
+    adopted: AtomicBool,
 }
 
 impl Through {
@@ -58,7 +62,27 @@ impl Through {
             fetched: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             jit,
+            adopted: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a local copy proves the backing store holds a blob (and a
+    /// local action result may be served without asking it): in cache
+    /// mode, once the local store was adopted; never in jit mode.
+    pub fn local_proves(&self) -> bool {
+        !self.jit && self.adopted.load(Ordering::Acquire)
+    }
+
+    /// Whether the local store is known to hold only what the backing
+    /// store holds (Stats `backing_adopted`).
+    pub fn adopted(&self) -> bool {
+        self.adopted.load(Ordering::Acquire)
+    }
+
+    /// Called once every local blob was found in (or sent to) the backing
+    /// store.
+    pub fn set_adopted(&self) {
+        self.adopted.store(true, Ordering::Release);
     }
 
     /// True in `mode = "jit"`: a local copy proves nothing about the
