@@ -4,9 +4,11 @@
 //! B, a fresh empty store in front of the same backing store, serves the
 //! rebuild after `bazel clean` entirely from cache, with byte-identical
 //! outputs, and the backing store itself holds every output Bazel's
-//! execution log lists. Legs: a second rbe-casd in `cache` and in `jit`
-//! mode, and BuildGrid's server (`bgd`) in `cache` mode (skipped, saying
-//! why, when bgd is not installed). One Bazel server and output root serve
+//! execution log lists. In `jit` mode a third empty host C then runs every
+//! action again (a new salt) on inputs Bazel did not upload to it, because
+//! the backing store had them. Legs: a second rbe-casd in `cache` and in
+//! `jit` mode, and BuildGrid's server (`bgd`) in `cache` mode (skipped,
+//! saying why, when bgd is not installed). One Bazel server and output root serve
 //! every leg, which keeps the test to a few builds' worth of wall time.
 
 use std::collections::BTreeMap;
@@ -218,8 +220,8 @@ fn spawns_of(text: &str) -> Vec<(String, Vec<Digest>)> {
 
 /// sha256 and executable bit of every regular file under `dir` (symlinks,
 /// such as runfiles trees, are not followed).
-fn manifest(dir: &Path) -> BTreeMap<PathBuf, (String, bool)> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, (String, bool)>) {
+fn manifest(dir: &Path) -> Manifest {
+    fn walk(root: &Path, dir: &Path, out: &mut Manifest) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
@@ -251,20 +253,89 @@ async fn stats(ch: &Channel) -> StatsResponse {
         .into_inner()
 }
 
+/// What the steps of one leg share.
+struct Leg<'a> {
+    bazel: &'a Bazel,
+    parent: &'a Path,
+    what: &'a str,
+    /// casd's `[backing]` drop-in, the same on every host of the leg.
+    dropin: String,
+    salt: String,
+}
+
+type Manifest = BTreeMap<PathBuf, (String, bool)>;
+
+impl Leg<'_> {
+    /// A host (casd, frontend, workerd) with an empty store.
+    async fn host(&self) -> Stack {
+        Stack::start_configured_in(self.parent, &self.dropin, "", "").await
+    }
+
+    /// Host C, also empty, runs every action again (a new salt): Bazel
+    /// uploads only what FindMissingBlobs says the backing store lacks, so
+    /// C's worker runs on inputs hydrated from the store. Only for `jit`,
+    /// whose point that is (cache mode's fetch-through for Materialize is
+    /// `crates/rbe-backing/tests/through.rs`'s); one build less on CI.
+    async fn on_c(&self, first: &Build, before: &Manifest, bin: &Path) -> Stack {
+        let what = self.what;
+        let mut c = self.host().await;
+        let c_casd = c.casd.channel().await;
+        self.bazel.clean();
+        let third = self.bazel.build(
+            &format!("grpc://{}", c.addr),
+            &format!("{}-c", self.salt),
+            &format!("{what}-third"),
+        );
+        // An action the salt does not reach (one in Bazel 4.2.3's set) is a
+        // cache hit from the backing store instead; all others run on C.
+        let hits = third.count("remote cache hit");
+        assert!(
+            third
+                .kinds
+                .keys()
+                .all(|k| ["internal", "remote", "remote cache hit"].contains(&k.as_str()))
+                && hits <= 1
+                && third.count("remote") + hits == first.count("remote"),
+            "{what}: build on C: Bazel says {:?}\n{}",
+            third.kinds,
+            third.text
+        );
+        assert_eq!(
+            &manifest(bin),
+            before,
+            "{what}: outputs differ after the build on C"
+        );
+        assert!(
+            stats(&c_casd).await.backing_fetches > 0,
+            "{what}: C's inputs came through the backing store"
+        );
+        assert!(c.alive(), "{what}: a daemon of host C died");
+        c
+    }
+}
+
 /// One leg: host A builds with every action remote, host B (fresh) serves
-/// the rebuild from the backing store `store` (`url` for `[backing]`).
+/// the rebuild from the backing store `store` (`url` for `[backing]`);
+/// in jit mode host C then runs it all again on hydrated inputs.
 async fn leg(bazel: &Bazel, parent: &Path, what: &str, mode: &str, url: &str, store: &Channel) {
-    let dropin =
-        format!("[backing]\nmode = \"{mode}\"\nurl = \"{url}\"\nrequest_timeout_secs = 60\n");
-    let salt = format!(
-        "{what}-{}-{:?}",
-        std::process::id(),
-        std::time::SystemTime::now()
-    );
-    let mut a = Stack::start_configured_in(parent, &dropin, "", "").await;
+    let leg = Leg {
+        bazel,
+        parent,
+        what,
+        dropin: format!(
+            "[backing]\nmode = \"{mode}\"\nurl = \"{url}\"\nrequest_timeout_secs = 60\n"
+        ),
+        salt: format!(
+            "{what}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ),
+    };
+    let salt = &leg.salt;
+    let mut a = leg.host().await;
     let ep_a = format!("grpc://{}", a.addr);
     bazel.clean();
-    let first = bazel.build(&ep_a, &salt, &format!("{what}-first"));
+    let first = bazel.build(&ep_a, salt, &format!("{what}-first"));
     first.assert_only("remote", &format!("{what}, first build on A"));
     assert!(a.alive(), "{what}: a daemon of host A died");
 
@@ -290,7 +361,7 @@ async fn leg(bazel: &Bazel, parent: &Path, what: &str, mode: &str, url: &str, st
         outputs.len()
     );
 
-    let bin = bazel.bazel_bin(&ep_a, &salt);
+    let bin = bazel.bazel_bin(&ep_a, salt);
     let before = manifest(&bin);
     assert!(
         !before.is_empty(),
@@ -298,7 +369,7 @@ async fn leg(bazel: &Bazel, parent: &Path, what: &str, mode: &str, url: &str, st
         bin.display()
     );
 
-    let mut b = Stack::start_configured_in(parent, &dropin, "", "").await;
+    let mut b = leg.host().await;
     let b_casd = b.casd.channel().await;
     assert_eq!(stats(&b_casd).await.blobs, 0, "{what}: B starts empty");
     bazel.clean();
@@ -308,7 +379,7 @@ async fn leg(bazel: &Bazel, parent: &Path, what: &str, mode: &str, url: &str, st
     );
     let second = bazel.build(
         &format!("grpc://{}", b.addr),
-        &salt,
+        salt,
         &format!("{what}-second"),
     );
     second.assert_only("remote cache hit", &format!("{what}, rebuild on B"));
@@ -327,7 +398,12 @@ async fn leg(bazel: &Bazel, parent: &Path, what: &str, mode: &str, url: &str, st
         "{what}: B served its hits through the backing store"
     );
     assert!(b.alive(), "{what}: a daemon of host B died");
-    for (host, s) in [("A", &a), ("B", &b)] {
+
+    let mut hosts = vec![("A", a), ("B", b)];
+    if mode == "jit" {
+        hosts.push(("C", leg.on_c(&first, &before, &bin).await));
+    }
+    for (host, s) in &hosts {
         let errors = stats(&s.casd.channel().await).await.backing_errors;
         assert_eq!(
             errors,
