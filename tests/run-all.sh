@@ -45,7 +45,7 @@ if ((${#need[@]})); then
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 
-step "BuildGrid bgd client (independent REAPI client)"
+step "BuildGrid bgd (independent REAPI client, and a backing store)"
 # shellcheck source=tests/scripts/bgd-env.sh
 . tests/scripts/bgd-env.sh
 if ensure_bgd; then echo "bgd: $BGD"; else echo "bgd unavailable: its test will say SKIP"; fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a BuildGrid server with only CAS + ByteStream + ActionCache (no
 # execution, so no PostgreSQL) on loopback: a reference peer for
-# bazel-cache-e2e.sh and bgd-roundtrip.sh.
+# bazel-cache-e2e.sh and bgd-roundtrip.sh. rbe_testkit::buildgrid (crates/rbe-testkit)
+# writes the same configuration for the Rust tests: change both together.
 # Usage: start-bgd-cache.sh [PORT]      (default 50161)
 # Env: BG_INSTANCE (instance name, default ""), BG_STATE (default
 #      /var/tmp/bgd-cache-PORT: config, CAS on disk, log, pid).
@@ -12,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/bgd-env.sh"
 PORT=${1:-50161}
 case "$PORT" in
-  ''|*[!0-9]*) sed -n '2,8p' "$0"; exit 2;;
+  ''|*[!0-9]*) sed -n '2,9p' "$0"; exit 2;;
 esac
 BG_INSTANCE=${BG_INSTANCE:-}
 BG_STATE=${BG_STATE:-/var/tmp/bgd-cache-$PORT}

@@ -7,6 +7,7 @@
 //! `cargo test` works from a clean checkout.
 #![allow(missing_docs, clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod buildgrid;
 pub mod client;
 pub mod cluster;
 pub mod exec;
