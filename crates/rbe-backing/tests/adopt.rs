@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{batch, blob, present, stats, BOUND};
+use common::{batch, blob, present, stats, until_adopted, BOUND};
 use rbe_proto::Digest;
 use rbe_testkit::{client, Casd};
 use tonic::Code;
@@ -17,17 +17,6 @@ use tonic::Code;
 fn set_dropin(c: &Casd, dropin: &str) {
     let d = c.layout.config_dir.join("casd.toml.d").join("50-test.toml");
     std::fs::write(d, dropin).unwrap();
-}
-
-async fn until_adopted(c: &Casd) {
-    let ch = c.channel().await;
-    tokio::time::timeout(BOUND, async {
-        while !stats(&ch).await.backing_adopted {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test]

@@ -43,7 +43,21 @@ pub async fn pair_with(b_dropin: &str, a_dropin: &str) -> Pair {
         ),
     )
     .await;
+    until_adopted(&a).await;
     Pair { a, b, url, dir }
+}
+
+/// Waits until `c` answers for its backing store from local copies (at
+/// once for an empty store, once its index has loaded).
+pub async fn until_adopted(c: &Casd) {
+    let ch = c.channel().await;
+    tokio::time::timeout(BOUND, async {
+        while !stats(&ch).await.backing_adopted {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("casd adopts its store");
 }
 
 pub fn blob(n: usize, seed: u64) -> (Digest, Vec<u8>) {
