@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{batch, blob, find_file, present, stats, BOUND};
+use common::{batch, blob, casd_in_front, find_file, present, stats, BOUND};
 use rbe_proto::reapi::action_cache_client::ActionCacheClient;
 use rbe_proto::reapi::{
     ActionResult, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
 };
 use rbe_proto::{Digest, DigestFunction};
-use rbe_testkit::{client, Casd};
+use rbe_testkit::client;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -231,7 +231,7 @@ fn s3_backing(dir: &Path, port: u16) -> String {
 /// Write-through from A, then a fresh casd C in front of the same store
 /// answers for A's blobs and fetches them on a read miss.
 async fn write_through_and_read_miss(dir: &Path, dropin: &str) {
-    let a = Casd::start(&dir.join("a"), "2GiB", dropin).await;
+    let a = casd_in_front(&dir.join("a"), "2GiB", dropin).await;
     let ach = a.channel().await;
     let small = blob(10_000, 1);
     let large = blob(3 << 20, 2);
@@ -243,7 +243,7 @@ async fn write_through_and_read_miss(dir: &Path, dropin: &str) {
             .unwrap(),
         large.0.size as i64
     );
-    let c = Casd::start(&dir.join("c"), "2GiB", dropin).await;
+    let c = casd_in_front(&dir.join("c"), "2GiB", dropin).await;
     let cch = c.channel().await;
     let absent = blob(100, 3).0;
     assert_eq!(
@@ -281,13 +281,13 @@ async fn s3_write_through_and_read_miss() {
     write_through_and_read_miss(dir.path(), &s3_backing(dir.path(), s.port)).await;
     // A blob over 16 MiB goes up in parts.
     let dropin = s3_backing(dir.path(), s.port);
-    let a = Casd::start(&dir.path().join("m"), "2GiB", &dropin).await;
+    let a = casd_in_front(&dir.path().join("m"), "2GiB", &dropin).await;
     let huge = blob(21 << 20, 9);
     let ach = a.channel().await;
     client::write(&ach, "", &huge.0, &huge.1, 1 << 20)
         .await
         .unwrap();
-    let c = Casd::start(&dir.path().join("n"), "2GiB", &dropin).await;
+    let c = casd_in_front(&dir.path().join("n"), "2GiB", &dropin).await;
     assert!(client::read(&c.channel().await, "", &huge.0).await.unwrap() == huge.1);
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
     assert!(
@@ -330,7 +330,7 @@ async fn update(ch: &Channel, action: &Digest, out: &Digest) -> Result<(), tonic
 /// A result written through A is served by a fresh C, which fetches its
 /// output first; a result whose output the store lacks is a miss.
 async fn action_cache_through(dir: &Path, dropin: &str) {
-    let a = Casd::start(&dir.join("a"), "2GiB", dropin).await;
+    let a = casd_in_front(&dir.join("a"), "2GiB", dropin).await;
     let ach = a.channel().await;
     let out = blob(2 << 20, 51);
     client::write(&ach, "", &out.0, &out.1, 1 << 20)
@@ -338,7 +338,7 @@ async fn action_cache_through(dir: &Path, dropin: &str) {
         .unwrap();
     let action = blob(50, 52).0;
     update(&ach, &action, &out.0).await.unwrap();
-    let c = Casd::start(&dir.join("c"), "2GiB", dropin).await;
+    let c = casd_in_front(&dir.join("c"), "2GiB", dropin).await;
     let cch = c.channel().await;
     assert_eq!(get(&cch, &action).await.unwrap().output_files.len(), 1);
     assert_eq!(
@@ -362,7 +362,7 @@ async fn webdav_action_cache_is_written_and_read_through() {
     action_cache_through(dir.path(), &dav_backing(s.port, "dav/ac")).await;
     // An HTML page where a result should be: refused naming the store.
     let url = format!("http://127.0.0.1:{}/html", s.port);
-    let h = Casd::start(&dir.path().join("h"), "2GiB", &dav_backing(s.port, "html")).await;
+    let h = casd_in_front(&dir.path().join("h"), "2GiB", &dav_backing(s.port, "html")).await;
     let e = get(&h.channel().await, &blob(50, 54).0).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(
@@ -384,7 +384,7 @@ async fn s3_action_cache_is_written_and_read_through() {
 /// The store holds wrong bytes under a blob's key: a read through A is
 /// NOT_FOUND naming the store and "wrong bytes", and A keeps nothing.
 async fn wrong_bytes_refused(dir: &Path, dropin: &str, url: &str, plant: impl Fn(&Digest, &[u8])) {
-    let a = Casd::start(&dir.join("a"), "2GiB", dropin).await;
+    let a = casd_in_front(&dir.join("a"), "2GiB", dropin).await;
     let ach = a.channel().await;
     for (size, seed) in [(1000, 11), (3 << 20, 12)] {
         let (d, mut data) = blob(size, seed);
@@ -426,7 +426,7 @@ async fn webdav_wrong_bytes_are_refused_and_not_stored() {
     // A truncated object: absent for FindMissingBlobs, refused on read.
     let (d, data) = blob(100_000, 13);
     plant(&d, &data[..50_000]);
-    let a = Casd::start(&dir.path().join("t"), "2GiB", &dav_backing(s.port, "dav/w")).await;
+    let a = casd_in_front(&dir.path().join("t"), "2GiB", &dav_backing(s.port, "dav/w")).await;
     let ach = a.channel().await;
     assert!(present(&ach, &[d]).await.is_empty());
     let e = client::read(&ach, "", &d).await.unwrap_err();
@@ -482,14 +482,14 @@ async fn https_webdav_needs_a_certificate_chaining_to_tls_ca() {
             ca.display().to_string()
         )
     };
-    let good = Casd::start(&dir.path().join("a"), "2GiB", &dropin(&pki.ca)).await;
+    let good = casd_in_front(&dir.path().join("a"), "2GiB", &dropin(&pki.ca)).await;
     let (d, data) = blob(5000, 60);
     let r = batch(&good.channel().await, &[(d, data.clone())])
         .await
         .unwrap();
     assert_eq!(r[0].0, 0, "{r:?}");
     // A store whose certificate does not chain to tls_ca is not trusted.
-    let bad = Casd::start(&dir.path().join("b"), "2GiB", &dropin(&other.ca)).await;
+    let bad = casd_in_front(&dir.path().join("b"), "2GiB", &dropin(&other.ca)).await;
     let bch = bad.channel().await;
     let (d2, data2) = blob(5000, 61);
     let r = batch(&bch, &[(d2, data2)]).await.unwrap();
@@ -508,7 +508,7 @@ async fn a_store_answering_200_with_an_html_page_is_refused() {
         return;
     };
     let url = format!("http://127.0.0.1:{}/html", s.port);
-    let a = Casd::start(&dir.path().join("a"), "2GiB", &dav_backing(s.port, "html")).await;
+    let a = casd_in_front(&dir.path().join("a"), "2GiB", &dav_backing(s.port, "html")).await;
     let ach = a.channel().await;
     let (d, data) = blob(5000, 30);
     // The PUT is answered 200, but nothing of the blob's size is there.
@@ -534,7 +534,7 @@ async fn a_store_answering_200_with_an_html_page_is_refused() {
 /// Kill the store: uploads, reads and FindMissingBlobs are UNAVAILABLE
 /// naming it, within the bound.
 async fn dead_store_is_unavailable(dir: &Path, dropin: &str, url: &str, s: &mut Server) {
-    let a = Casd::start(&dir.join("a"), "2GiB", dropin).await;
+    let a = casd_in_front(&dir.join("a"), "2GiB", dropin).await;
     let ach = a.channel().await;
     let kept = blob(5000, 20);
     assert_eq!(
@@ -601,7 +601,7 @@ async fn webdav_invariant_holds_when_nginx_is_killed_during_100_uploads() {
         return;
     };
     let url = format!("http://127.0.0.1:{}/dav/k", s.port);
-    let a = Casd::start(&dir.path().join("a"), "2GiB", &dav_backing(s.port, "dav/k")).await;
+    let a = casd_in_front(&dir.path().join("a"), "2GiB", &dav_backing(s.port, "dav/k")).await;
     let ach = a.channel().await;
     let (blobs, ok) = invariant::upload_100_and_kill(&ach, &url, || s.kill9()).await;
     s.restart().await;

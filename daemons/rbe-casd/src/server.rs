@@ -98,6 +98,9 @@ pub async fn run(
     match &casd.through {
         Some(t) => {
             let identity = crate::service::adopt::identity(&settings.backing);
+            if crate::service::adopt::recorded(store.root(), &identity) {
+                t.set_adopted();
+            }
             tokio::spawn(crate::service::adopt::run(
                 Arc::clone(&casd),
                 Arc::clone(t),

@@ -47,6 +47,14 @@ pub async fn pair_with(b_dropin: &str, a_dropin: &str) -> Pair {
     Pair { a, b, url, dir }
 }
 
+/// A casd with `dropin`, once it answers for its backing store from local
+/// copies.
+pub async fn casd_in_front(root: &std::path::Path, max_size: &str, dropin: &str) -> Casd {
+    let c = Casd::start(root, max_size, dropin).await;
+    until_adopted(&c).await;
+    c
+}
+
 /// Waits until `c` answers for its backing store from local copies (at
 /// once for an empty store, once its index has loaded).
 pub async fn until_adopted(c: &Casd) {

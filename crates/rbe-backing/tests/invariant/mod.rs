@@ -35,8 +35,8 @@ pub async fn holds_when_b_is_killed_during_100_uploads(mut p: Pair) {
 }
 
 /// Starts 100 concurrent uploads through `a` (half ByteStream, half
-/// batch), calls `kill` (the backing store at `url`) once 10 are
-/// acknowledged, and waits for all: each failure must be UNAVAILABLE
+/// batch), calls `kill` (the backing store at `url`) once 2 are
+/// acknowledged (early: on a loaded machine the rest finish fast), and waits for all: each failure must be UNAVAILABLE
 /// naming `url`, and the kill must have come part-way. Returns the blobs
 /// and the digests `a` acknowledged.
 pub async fn upload_100_and_kill(
@@ -77,7 +77,7 @@ pub async fn upload_100_and_kill(
         .collect();
     start.wait().await;
     let deadline = tokio::time::Instant::now() + BOUND;
-    while acked.load(Ordering::SeqCst) < 10 && tokio::time::Instant::now() < deadline {
+    while acked.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     kill();

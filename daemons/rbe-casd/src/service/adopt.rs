@@ -43,6 +43,13 @@ fn marker(root: &Path) -> PathBuf {
     root.join(MARKER)
 }
 
+/// Whether the local store was recorded as consistent with the store
+/// `identity` names (called before serving, so a restart in front of the
+/// same store answers from local copies from its first request).
+pub fn recorded(root: &Path, identity: &str) -> bool {
+    std::fs::read_to_string(marker(root)).is_ok_and(|s| s == identity)
+}
+
 /// Without a backing store: blobs stored from now on reach no store, so a
 /// later start in front of one must check them all again.
 pub fn forget(root: &Path) {
@@ -72,7 +79,7 @@ struct Walk {
 pub async fn run(casd: Arc<Casd>, t: Arc<Through>, identity: String, stop: CancellationToken) {
     let root = casd.store.root().to_path_buf();
     let path = marker(&root);
-    if std::fs::read_to_string(&path).is_ok_and(|s| s == identity) {
+    if recorded(&root, &identity) {
         t.set_adopted();
         return;
     }
