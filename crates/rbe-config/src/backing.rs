@@ -762,8 +762,7 @@ mod tests {
                 "out of range",
             ),
             (
-                "mode = \"cache\"\nurl = \"grpc://h:1\"\nexistence_cache_secs = 86401\n"
-                    .to_owned(),
+                "mode = \"cache\"\nurl = \"grpc://h:1\"\nexistence_cache_secs = 86401\n".to_owned(),
                 "backing.existence_cache_secs",
                 "out of range (0 to 86400)",
             ),

@@ -10,6 +10,7 @@ use rbe_proto::reapi::{
 use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
+use super::backing_metrics::add;
 use super::through::Through;
 use super::{blocking, cas_status, digest_status, Casd};
 
@@ -85,11 +86,22 @@ impl ActionCache for ActionCacheService {
         } else {
             serve_local(&self.0, &partition, f, action, &req).await?
         };
-        if result.is_none() {
-            if let Some(t) = &self.0.through {
+        if let Some(t) = &self.0.through {
+            let hits = &t.metrics.hits;
+            if result.is_some() {
+                add(&hits.ac_hits_local, 1);
+            } else {
                 if fetch_through(&self.0, t, &partition, f, action).await? {
                     result = serve_local(&self.0, &partition, f, action, &req).await?;
                 }
+                add(
+                    if result.is_some() {
+                        &hits.ac_hits_backing
+                    } else {
+                        &hits.ac_misses
+                    },
+                    1,
+                );
             }
         }
         match result {
@@ -175,16 +187,11 @@ async fn fetch_through(
     f: DigestFunction,
     action: Digest,
 ) -> Result<bool, Status> {
-    let Some(ar) = t
-        .backing()
-        .get_action_result(action)
-        .await
-        .map_err(|e| t.status(&e))?
-    else {
+    let Some(ar) = t.get_action_result(action).await? else {
         return Ok(false);
     };
     if validate(f, &ar).is_err() {
-        tracing::warn!(action_digest = %action, backing = t.backing().address(), "backing store's action result names a malformed digest; answered as a cache miss");
+        tracing::warn!(action_digest = %action, backing = t.address(), backing_op = "get_action_result", "backing store's action result names a malformed digest; answered as a cache miss");
         return Ok(false);
     }
     // Output files, stdout, stderr and Trees first; then the files the
@@ -291,10 +298,7 @@ async fn update(
         }
     }
     if let Some(t) = &casd.through {
-        t.backing()
-            .update_action_result(action, ar.clone())
-            .await
-            .map_err(|e| t.status(&e))?;
+        t.update_action_result(action, ar.clone()).await?;
     }
     let casd = Arc::clone(casd);
     let stored = ar.clone();

@@ -70,6 +70,7 @@ impl casd_server::Casd for LocalService {
             blobs_read: self.0.blobs_read.load(std::sync::atomic::Ordering::Relaxed),
             backing_fetches: self.0.through.as_ref().map_or(0, |t| t.fetches()),
             backing_errors: self.0.through.as_ref().map_or(0, |t| t.errors()),
+            backing: self.0.through.as_ref().map(|t| t.stats()),
         }))
     }
 

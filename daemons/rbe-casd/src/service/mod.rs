@@ -2,8 +2,10 @@
 //! the local API. Errors from `rbe-cas` are mapped to gRPC codes here, once.
 
 pub mod ac;
+pub mod backing_metrics;
 pub mod bytestream;
 pub mod cas;
+pub mod existence;
 pub mod local;
 pub mod through;
 
