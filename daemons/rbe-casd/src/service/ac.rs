@@ -202,7 +202,7 @@ async fn fetch_through(
         let missing = match blocking(move || c.ac.missing_for_result(f, &r)).await? {
             Ok(m) => m,
             Err(e) => {
-                tracing::info!(action_digest = %action, error = %e, "backing store's action result cannot be checked; answered as a cache miss");
+                tracing::info!(action_digest = %action, backing = t.address(), backing_op = "get_action_result", error = %e, "backing store's action result cannot be checked; answered as a cache miss");
                 return Ok(false);
             }
         };
@@ -220,7 +220,7 @@ async fn fetch_through(
             .next()
         {
             if e.code() == tonic::Code::NotFound {
-                tracing::info!(action_digest = %action, digest = %d, "backing store's action result is incomplete; answered as a cache miss");
+                tracing::info!(action_digest = %action, backing = t.address(), backing_op = "get_action_result", digest = %d, "backing store's action result is incomplete; answered as a cache miss");
                 return Ok(false);
             }
             return Err(e);

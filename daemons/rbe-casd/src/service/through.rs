@@ -20,6 +20,11 @@
 //! nor complete an upload of a blob the store lacks), action results are
 //! read from the backing store, and a blob whose last pin is released by
 //! Unpin is removed at once.
+//!
+//! Every request to the store is made here, so each is timed and counted
+//! per operation, and each failure logged with the same fields
+//! (`backing_metrics`). In cache mode FindMissingBlobs also consults a
+//! bounded positive existence cache (`existence`) before asking.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
