@@ -125,7 +125,7 @@ pub struct Backing {
 /// Longest `existence_cache_secs`: a day. The window is how long a blob
 /// the store lost may still be reported present.
 pub const MAX_EXISTENCE_CACHE_SECS: u64 = 86_400;
-/// Most `existence_cache_entries` (each costs about 150 bytes).
+/// Most `existence_cache_entries` (each costs up to about 250 bytes).
 pub const MAX_EXISTENCE_CACHE_ENTRIES: u64 = 100_000_000;
 
 impl Default for Backing {
