@@ -268,7 +268,7 @@ impl ObjectBacking {
             Ok(meta) => {
                 // A wrong object (or a page answering every URL) is not the
                 // blob; reporting it missing makes the client upload again.
-                tracing::warn!(backing = %self.address, digest = %d, size = meta.size,
+                tracing::warn!(backing = %self.address, backing_op = "find_missing", digest = %d, size = meta.size,
                     "backing store holds an object of the wrong size for a blob");
                 Ok(false)
             }

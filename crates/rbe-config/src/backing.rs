@@ -114,7 +114,19 @@ pub struct Backing {
     pub connect_timeout_secs: u64,
     /// Bound on each answer, and on each message of a stream.
     pub request_timeout_secs: u64,
+    /// `cache` mode: how long a blob the backing store said it holds (or
+    /// acknowledged) is taken as present without asking again; 0: never.
+    pub existence_cache_secs: u64,
+    /// `cache` mode: most digests remembered so (the oldest go first);
+    /// 0: none.
+    pub existence_cache_entries: u64,
 }
+
+/// Longest `existence_cache_secs`: a day. The window is how long a blob
+/// the store lost may still be reported present.
+pub const MAX_EXISTENCE_CACHE_SECS: u64 = 86_400;
+/// Most `existence_cache_entries` (each costs up to about 250 bytes).
+pub const MAX_EXISTENCE_CACHE_ENTRIES: u64 = 100_000_000;
 
 impl Default for Backing {
     fn default() -> Self {
@@ -132,6 +144,8 @@ impl Default for Backing {
             path_style: false,
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
+            existence_cache_secs: 60,
+            existence_cache_entries: 1_000_000,
         }
     }
 }
@@ -269,6 +283,8 @@ pub(crate) struct BackingFragment {
     path_style: Option<bool>,
     connect_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
+    existence_cache_secs: Option<u64>,
+    existence_cache_entries: Option<u64>,
 }
 
 impl BackingFragment {
@@ -299,6 +315,10 @@ impl BackingFragment {
             path_style: f.path_style.unwrap_or(d.path_style),
             connect_timeout_secs: f.connect_timeout_secs.unwrap_or(d.connect_timeout_secs),
             request_timeout_secs: f.request_timeout_secs.unwrap_or(d.request_timeout_secs),
+            existence_cache_secs: f.existence_cache_secs.unwrap_or(d.existence_cache_secs),
+            existence_cache_entries: f
+                .existence_cache_entries
+                .unwrap_or(d.existence_cache_entries),
         };
         let addr = parse_url(&b.url).map_err(|r| prov.error("backing.url", r))?;
         check_instance_name(&b.instance_name)
@@ -311,8 +331,44 @@ impl BackingFragment {
                 return Err(prov.error(key, format!("{v} is out of range (1 to 3600)")));
             }
         }
+        for (key, v, max) in [
+            (
+                "backing.existence_cache_secs",
+                b.existence_cache_secs,
+                MAX_EXISTENCE_CACHE_SECS,
+            ),
+            (
+                "backing.existence_cache_entries",
+                b.existence_cache_entries,
+                MAX_EXISTENCE_CACHE_ENTRIES,
+            ),
+        ] {
+            if v > max {
+                return Err(prov.error(key, format!("{v} is out of range (0 to {max})")));
+            }
+        }
         if b.mode == BackingMode::None {
             return Ok(b);
+        }
+        if b.mode == BackingMode::Jit {
+            for (key, set) in [
+                (
+                    "backing.existence_cache_secs",
+                    b.existence_cache_secs != d.existence_cache_secs,
+                ),
+                (
+                    "backing.existence_cache_entries",
+                    b.existence_cache_entries != d.existence_cache_entries,
+                ),
+            ] {
+                if set {
+                    return Err(prov.error(
+                        key,
+                        "is not used with backing.mode = \"jit\", where existence is always \
+                         the backing store's answer",
+                    ));
+                }
+            }
         }
         let Some(addr) = addr else {
             return Err(prov.error(
@@ -628,6 +684,15 @@ mod tests {
         assert_eq!(build("").unwrap(), Backing::default());
         let jit = build("mode = \"jit\"\nurl = \"grpc://h:1\"\n").unwrap();
         assert_eq!(jit.mode, BackingMode::Jit);
+        let off = build(
+            "mode = \"cache\"\nurl = \"grpc://h:1\"\nexistence_cache_secs = 0\n\
+             existence_cache_entries = 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (off.existence_cache_secs, off.existence_cache_entries),
+            (0, 0)
+        );
         for (text, key, words) in [
             (
                 "mode = \"cache\"\nurl = \"ftp://b\"\n".to_owned(),
@@ -695,6 +760,27 @@ mod tests {
                 "mode = \"cache\"\nurl = \"grpc://h:1\"\nrequest_timeout_secs = 0\n".to_owned(),
                 "backing.request_timeout_secs",
                 "out of range",
+            ),
+            (
+                "mode = \"cache\"\nurl = \"grpc://h:1\"\nexistence_cache_secs = 86401\n".to_owned(),
+                "backing.existence_cache_secs",
+                "out of range (0 to 86400)",
+            ),
+            (
+                "mode = \"cache\"\nurl = \"grpc://h:1\"\nexistence_cache_entries = 100000001\n"
+                    .to_owned(),
+                "backing.existence_cache_entries",
+                "out of range",
+            ),
+            (
+                "mode = \"jit\"\nurl = \"grpc://h:1\"\nexistence_cache_secs = 5\n".to_owned(),
+                "backing.existence_cache_secs",
+                "not used with backing.mode = \"jit\"",
+            ),
+            (
+                "mode = \"jit\"\nurl = \"grpc://h:1\"\nexistence_cache_entries = 0\n".to_owned(),
+                "backing.existence_cache_entries",
+                "not used with backing.mode = \"jit\"",
             ),
             (
                 "mode = \"cache\"\nurl = \"grpc://h:1\"\ninstance_name = \"a//b\"\n".to_owned(),

@@ -103,6 +103,8 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "backing.path_style",
             "backing.connect_timeout_secs",
             "backing.request_timeout_secs",
+            "backing.existence_cache_secs",
+            "backing.existence_cache_entries",
             "log.level",
         ],
         "frontend" => vec![

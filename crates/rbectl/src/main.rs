@@ -5,6 +5,7 @@ mod cluster_status;
 mod config_check;
 mod local;
 mod pki;
+mod status;
 mod tls;
 mod token;
 
@@ -33,6 +34,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: token::TokenCmd,
     },
+    /// This host's casd: its store and, with [backing], the backing
+    /// store's latency, errors and hit rates.
+    Status(status::StatusArgs),
     /// The hosts of an rbe cluster.
     Cluster {
         #[command(subcommand)]
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         } => config_check::run(a),
         Cmd::Token { cmd } => token::run(cmd),
         Cmd::Tls { cmd } => tls::run(cmd),
+        Cmd::Status(a) => status::run(a),
         Cmd::Cluster {
             cmd: ClusterCmd::Init(a),
         } => cluster::init(a),

@@ -60,8 +60,11 @@ pub async fn run(
             let b = rbe_backing::connect(&settings.backing)
                 .await
                 .context("setting up the backing store")?;
-            tracing::info!(backing = %settings.backing.url, instance_name = %settings.backing.instance_name, jit, "write-through in front of a backing store");
-            Some(Arc::new(crate::service::through::Through::new(b, jit)))
+            tracing::info!(backing = %settings.backing.url, instance_name = %settings.backing.instance_name, jit, existence_cache_secs = if jit { 0 } else { settings.backing.existence_cache_secs }, "write-through in front of a backing store");
+            Some(Arc::new(crate::service::through::Through::new(
+                b,
+                &settings.backing,
+            )))
         }
     };
     let casd = Arc::new(Casd {
@@ -247,7 +250,7 @@ fn status_line(casd: &Casd) -> String {
     if let Some(t) = &casd.through {
         line.push_str(&format!(
             "; backing {}: {} fetched, {} errors",
-            t.backing().address(),
+            t.address(),
             t.fetches(),
             t.errors()
         ));

@@ -10,6 +10,7 @@ use rbe_proto::reapi::{
 use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
+use super::backing_metrics::add;
 use super::through::Through;
 use super::{blocking, cas_status, digest_status, Casd};
 
@@ -86,11 +87,22 @@ impl ActionCache for ActionCacheService {
         } else {
             serve_local(&self.0, &partition, f, action, &req).await?
         };
-        if result.is_none() {
-            if let Some(t) = &self.0.through {
+        if let Some(t) = &self.0.through {
+            let hits = &t.metrics.hits;
+            if result.is_some() {
+                add(&hits.ac_hits_local, 1);
+            } else {
                 if fetch_through(&self.0, t, &partition, f, action).await? {
                     result = serve_local(&self.0, &partition, f, action, &req).await?;
                 }
+                add(
+                    if result.is_some() {
+                        &hits.ac_hits_backing
+                    } else {
+                        &hits.ac_misses
+                    },
+                    1,
+                );
             }
         }
         match result {
@@ -177,15 +189,13 @@ async fn fetch_through(
     action: Digest,
 ) -> Result<bool, Status> {
     let Some(ar) = t
-        .backing()
         .get_action_result(super::through::backing_action_key(partition, action))
-        .await
-        .map_err(|e| t.status(&e))?
+        .await?
     else {
         return Ok(false);
     };
     if validate(f, &ar).is_err() {
-        tracing::warn!(action_digest = %action, backing = t.backing().address(), "backing store's action result names a malformed digest; answered as a cache miss");
+        tracing::warn!(action_digest = %action, backing = t.address(), backing_op = "get_action_result", "backing store's action result names a malformed digest; answered as a cache miss");
         return Ok(false);
     }
     // Output files, stdout, stderr and Trees first; then the files the
@@ -196,7 +206,7 @@ async fn fetch_through(
         let missing = match blocking(move || c.ac.missing_for_result(f, &r)).await? {
             Ok(m) => m,
             Err(e) => {
-                tracing::info!(action_digest = %action, error = %e, "backing store's action result cannot be checked; answered as a cache miss");
+                tracing::info!(action_digest = %action, backing = t.address(), backing_op = "get_action_result", error = %e, "backing store's action result cannot be checked; answered as a cache miss");
                 return Ok(false);
             }
         };
@@ -214,7 +224,7 @@ async fn fetch_through(
             .next()
         {
             if e.code() == tonic::Code::NotFound {
-                tracing::info!(action_digest = %action, digest = %d, "backing store's action result is incomplete; answered as a cache miss");
+                tracing::info!(action_digest = %action, backing = t.address(), backing_op = "get_action_result", digest = %d, "backing store's action result is incomplete; answered as a cache miss");
                 return Ok(false);
             }
             return Err(e);
@@ -292,13 +302,11 @@ async fn update(
         }
     }
     if let Some(t) = &casd.through {
-        t.backing()
-            .update_action_result(
-                super::through::backing_action_key(&partition, action),
-                ar.clone(),
-            )
-            .await
-            .map_err(|e| t.status(&e))?;
+        t.update_action_result(
+            super::through::backing_action_key(&partition, action),
+            ar.clone(),
+        )
+        .await?;
     }
     let casd = Arc::clone(casd);
     let stored = ar.clone();

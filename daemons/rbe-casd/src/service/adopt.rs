@@ -83,7 +83,7 @@ pub async fn run(casd: Arc<Casd>, t: Arc<Through>, identity: String, stop: Cance
         t.set_adopted();
         return;
     }
-    tracing::info!(backing = t.backing().address(), path = %path.display(), "the local store is not known to be in this backing store; it answers for nothing until checked");
+    tracing::info!(backing = t.address(), path = %path.display(), "the local store is not known to be in this backing store; it answers for nothing until checked");
     while casd.store.is_loading() {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -98,7 +98,7 @@ pub async fn run(casd: Arc<Casd>, t: Arc<Through>, identity: String, stop: Cance
             match send_missing(&casd, &t, batch, &mut walk).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(backing = t.backing().address(), error = %e, retry_secs = backoff.as_secs(), "checking the local store against the backing store failed; retrying");
+                    tracing::warn!(backing = t.address(), error = %e, retry_secs = backoff.as_secs(), "checking the local store against the backing store failed; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -114,7 +114,7 @@ pub async fn run(casd: Arc<Casd>, t: Arc<Through>, identity: String, stop: Cance
     }
     t.set_adopted();
     tracing::info!(
-        backing = t.backing().address(),
+        backing = t.address(),
         checked = walk.checked,
         sent = walk.sent,
         gone = walk.gone,
@@ -138,10 +138,9 @@ async fn send_missing(
             continue;
         }
         let missing = t
-            .backing()
             .find_missing(f, &of_f)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.message().to_owned())?;
         lacking.extend(missing);
     }
     let results: Vec<Result<Outcome, String>> = futures::stream::iter(lacking)

@@ -38,12 +38,7 @@ impl ByteStreamService {
     /// then does not complete an upload); false otherwise.
     async fn backing_lacks(&self, d: rbe_proto::Digest) -> Result<bool, Status> {
         match &self.0.through {
-            Some(t) if !t.local_proves() => Ok(!t
-                .backing()
-                .find_missing(d.function, &[d])
-                .await
-                .map_err(|e| t.status(&e))?
-                .is_empty()),
+            Some(t) if !t.local_proves() => Ok(!t.find_missing(d.function, &[d]).await?.is_empty()),
             _ => Ok(false),
         }
     }

@@ -202,35 +202,11 @@ impl ContentAddressableStorage for CasService {
             let missing = store.find_missing(&ds);
             (ds, missing)
         };
-        // Local hits are blobs the backing store acknowledged (see
-        // `through`); only the rest are its to answer, or all of them in
-        // jit mode and before the local store was adopted. A failure to
-        // ask is an error, never "present".
+        // In front of a backing store, it answers for what is not local
+        // (or, in jit mode, for everything).
         let missing = match &self.0.through {
-            Some(t) if !t.local_proves() => {
-                let lacking: HashSet<Digest> = t
-                    .backing()
-                    .find_missing(f, &ds)
-                    .await
-                    .map_err(|e| t.status(&e))?
-                    .into_iter()
-                    .collect();
-                ds.iter().filter(|d| lacking.contains(d)).copied().collect()
-            }
-            Some(t) if !missing.is_empty() => {
-                let lacking: HashSet<Digest> = t
-                    .backing()
-                    .find_missing(f, &missing)
-                    .await
-                    .map_err(|e| t.status(&e))?
-                    .into_iter()
-                    .collect();
-                missing
-                    .into_iter()
-                    .filter(|d| lacking.contains(d))
-                    .collect()
-            }
-            _ => missing,
+            Some(t) => t.missing(f, &ds, missing).await?,
+            None => missing,
         };
         // `missing` keeps the request's order, so the answer can reuse the
         // request's own messages (already valid lowercase hex) instead of
@@ -362,13 +338,9 @@ impl ContentAddressableStorage for CasService {
             .contains(&Compressor::Zstd.to_reapi());
         let mut failed: std::collections::HashMap<Digest, Status> = Default::default();
         if let Some(t) = &self.0.through {
-            let absent: Vec<Digest> = ds
-                .iter()
-                .filter(|d| !self.0.store.contains(d))
-                .copied()
-                .collect();
+            // Local blobs return at once (and are counted as local reads).
             failed = t
-                .ensure_all_local(&self.0.store, &absent)
+                .ensure_all_local(&self.0.store, &ds)
                 .await
                 .into_iter()
                 .collect();

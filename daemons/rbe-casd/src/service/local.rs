@@ -71,6 +71,7 @@ impl casd_server::Casd for LocalService {
             backing_fetches: self.0.through.as_ref().map_or(0, |t| t.fetches()),
             backing_errors: self.0.through.as_ref().map_or(0, |t| t.errors()),
             backing_adopted: self.0.through.as_ref().is_some_and(|t| t.adopted()),
+            backing: self.0.through.as_ref().map(|t| t.stats()),
         }))
     }
 

@@ -3,8 +3,10 @@
 
 pub mod ac;
 pub mod adopt;
+pub mod backing_metrics;
 pub mod bytestream;
 pub mod cas;
+pub mod existence;
 pub mod local;
 pub mod through;
 

@@ -26,7 +26,6 @@ mod offload;
 mod orphan;
 pub mod peer;
 pub mod peer_cas;
-mod quantiles;
 mod tree_size;
 
 pub use layer::{PeerLayer, PeerNode};
@@ -127,10 +126,10 @@ pub struct Counters {
     pub rejected_by_reason: [AtomicU64; REJECT_REASONS],
     /// Nanoseconds of `OffloadPolicy::pick` in the rebalance pass, lock
     /// included.
-    pub decision_ns: quantiles::Histogram,
+    pub decision_ns: rbe_metrics::Histogram,
     /// Microseconds from sending an offer to its answer (accepted or
     /// rejected).
-    pub offer_rtt_us: quantiles::Histogram,
+    pub offer_rtt_us: rbe_metrics::Histogram,
 }
 
 /// `RejectReason` values counted apart (0 is unspecified; unknown ones

@@ -1,5 +1,7 @@
-//! Latency quantiles for `rbectl cluster status`: how long the offload
-//! decision and an offer's round trip take (design §5), since start.
+//! Latency quantiles for the daemons' status counters: `rbectl cluster
+//! status` (how long the offload decision and an offer's round trip take,
+//! design §5) and `rbectl status` (each backing-store operation of casd),
+//! since start.
 //!
 //! A log-linear histogram of atomics: values below 16 have a bucket each,
 //! larger ones share a bucket with everything of the same power of two and
@@ -8,6 +10,9 @@
 //! increments and takes no lock, so the rebalance pass and the lease tasks
 //! never wait on a reader; a reader may see a count and buckets from a
 //! moment apart, which a quantile does not notice.
+
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -54,6 +59,7 @@ fn middle(i: usize) -> u64 {
 }
 
 impl Histogram {
+    /// Counts one value.
     pub fn record(&self, v: u64) {
         self.buckets[bucket(v)].fetch_add(1, Ordering::Relaxed);
     }
