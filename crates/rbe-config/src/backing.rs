@@ -114,6 +114,10 @@ pub struct Backing {
     pub connect_timeout_secs: u64,
     /// Bound on each answer, and on each message of a stream.
     pub request_timeout_secs: u64,
+    /// A name for the store that hosts reaching it by different URLs
+    /// share (its hash is the store id the cluster compares); `""`: the
+    /// id is derived from `url` and `instance_name` ([`Backing::store_id`]).
+    pub store_id: String,
 }
 
 impl Default for Backing {
@@ -132,6 +136,7 @@ impl Default for Backing {
             path_style: false,
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
+            store_id: String::new(),
         }
     }
 }
@@ -269,6 +274,7 @@ pub(crate) struct BackingFragment {
     path_style: Option<bool>,
     connect_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
+    store_id: Option<String>,
 }
 
 impl BackingFragment {
@@ -299,6 +305,7 @@ impl BackingFragment {
             path_style: f.path_style.unwrap_or(d.path_style),
             connect_timeout_secs: f.connect_timeout_secs.unwrap_or(d.connect_timeout_secs),
             request_timeout_secs: f.request_timeout_secs.unwrap_or(d.request_timeout_secs),
+            store_id: f.store_id.unwrap_or(d.store_id),
         };
         let addr = parse_url(&b.url).map_err(|r| prov.error("backing.url", r))?;
         check_instance_name(&b.instance_name)
@@ -311,7 +318,18 @@ impl BackingFragment {
                 return Err(prov.error(key, format!("{v} is out of range (1 to 3600)")));
             }
         }
+        // "" is unset, as for `url`: what the serialized defaults say.
+        if !b.store_id.is_empty() {
+            crate::store_id::check_store_id(&b.store_id)
+                .map_err(|r| prov.error("backing.store_id", r))?;
+        }
         if b.mode == BackingMode::None {
+            if !b.store_id.is_empty() {
+                return Err(prov.error(
+                    "backing.store_id",
+                    "is only used with backing.mode = \"cache\" or \"jit\"",
+                ));
+            }
             return Ok(b);
         }
         let Some(addr) = addr else {
@@ -700,6 +718,21 @@ mod tests {
                 "mode = \"cache\"\nurl = \"grpc://h:1\"\ninstance_name = \"a//b\"\n".to_owned(),
                 "backing.instance_name",
                 "empty",
+            ),
+            (
+                "mode = \"cache\"\nurl = \"grpc://h:1\"\nstore_id = \"  \"\n".to_owned(),
+                "backing.store_id",
+                "blank",
+            ),
+            (
+                "mode = \"cache\"\nurl = \"grpc://h:1\"\nstore_id = \"a\\u0007b\"\n".to_owned(),
+                "backing.store_id",
+                "printable",
+            ),
+            (
+                "store_id = \"team\"\n".to_owned(),
+                "backing.store_id",
+                "only used",
             ),
         ] {
             let e = build(&text).unwrap_err();

@@ -20,6 +20,7 @@ mod frontend;
 mod layer;
 pub mod local;
 mod size;
+mod store_id;
 mod tls;
 mod workerd;
 
@@ -103,6 +104,7 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "backing.path_style",
             "backing.connect_timeout_secs",
             "backing.request_timeout_secs",
+            "backing.store_id",
             "log.level",
         ],
         "frontend" => vec![
