@@ -55,6 +55,17 @@ impl casd_server::Casd for LocalService {
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let s = self.0.store.stats();
         let st = self.0.store.policy();
+        // [backing] is restart-only (a reload keeps the running one), so
+        // the loaded settings are what casd runs with.
+        let backing = &self.0.settings.load().backing;
+        let (backing_store_id, backing_address, backing_mode) = match &self.0.through {
+            Some(t) => (
+                backing.store_id(),
+                backing.url.clone(),
+                if t.jit() { "jit" } else { "cache" },
+            ),
+            None => (0, String::new(), "none"),
+        };
         Ok(Response::new(StatsResponse {
             blobs: s.blobs,
             bytes: s.bytes,
@@ -70,6 +81,9 @@ impl casd_server::Casd for LocalService {
             blobs_read: self.0.blobs_read.load(std::sync::atomic::Ordering::Relaxed),
             backing_fetches: self.0.through.as_ref().map_or(0, |t| t.fetches()),
             backing_errors: self.0.through.as_ref().map_or(0, |t| t.errors()),
+            backing_store_id,
+            backing_address,
+            backing_mode: backing_mode.to_owned(),
         }))
     }
 
