@@ -83,8 +83,15 @@ async fn store_ids(c: &LocalCluster) -> Vec<u64> {
     }
 }
 
-/// Every response ran; each output is readable at the origin and carries
-/// the input. Returns how many ran elsewhere.
+/// An action whose output is its input twice: a blob no host had, so
+/// the origin would have to pull it from an executor it shares nothing
+/// with.
+fn doubling(size: usize) -> Act {
+    act_sized("cat in.txt in.txt > out; sleep 2", size)
+}
+
+/// Every response ran; each output is readable at the origin and is the
+/// input twice. Returns how many ran elsewhere.
 async fn check_results(c: &LocalCluster, acts: &[Act], responses: &[ExecuteResponse]) -> usize {
     let ch = c.hosts[0].stack.channel();
     let mut elsewhere = 0;
@@ -105,7 +112,7 @@ async fn check_results(c: &LocalCluster, acts: &[Act], responses: &[ExecuteRespo
         let bytes = client::read(&ch, "", &d)
             .await
             .expect("output at the origin");
-        assert_eq!(bytes, a.input, "the output carries the input");
+        assert_eq!(bytes, a.input.repeat(2), "the output is the input twice");
     }
     elsewhere
 }
@@ -136,7 +143,7 @@ async fn offload_through_a_shared_store(mode: &str) {
     let c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], "", &casd).await;
     let ids = store_ids(&c).await;
     assert_eq!(ids[0], ids[1], "one store, one id: {ids:x?}");
-    let acts: Vec<Act> = (0..6).map(|_| act(2)).collect();
+    let acts: Vec<Act> = (0..6).map(|_| doubling(0)).collect();
     let responses = burst(&c, &acts).await;
     let elsewhere = check_results(&c, &acts, &responses).await;
     nothing_moved(&c, elsewhere).await;
@@ -178,9 +185,7 @@ async fn input_trees_over_max_transfer_bytes_are_offloaded_through_a_shared_stor
     )
     .await;
     store_ids(&c).await;
-    let acts: Vec<Act> = (0..6)
-        .map(|_| act_sized("cat in.txt > out; sleep 2", 64 << 10))
-        .collect();
+    let acts: Vec<Act> = (0..6).map(|_| doubling(64 << 10)).collect();
     let responses = burst(&c, &acts).await;
     let elsewhere = check_results(&c, &acts, &responses).await;
     nothing_moved(&c, elsewhere).await;
@@ -201,7 +206,7 @@ async fn hosts_in_front_of_different_stores_transfer_as_before() {
     let c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], "", &casd).await;
     let ids = store_ids(&c).await;
     assert_ne!(ids[0], ids[1], "{ids:x?}");
-    let acts: Vec<Act> = (0..6).map(|_| act(2)).collect();
+    let acts: Vec<Act> = (0..6).map(|_| doubling(0)).collect();
     let responses = burst(&c, &acts).await;
     let elsewhere = check_results(&c, &acts, &responses).await;
     assert!(elsewhere > 0, "nothing was offloaded");
@@ -272,4 +277,79 @@ async fn auto_finishes_an_orphan_when_the_store_is_shared() {
     }
     let r = found.expect("the shared store's action cache has the orphan's result");
     assert_eq!(r.exit_code, 0, "{r:?}");
+}
+
+/// Inputs the shared store lacks (a client that never uploaded them): the
+/// executor pulls nothing, its casd finds them missing in the store at
+/// Materialize, and the origin's client gets FAILED_PRECONDITION with one
+/// MISSING violation per blob, as for a local action; not dispatched
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_the_shared_store_lacks_fail_precondition_listing_them() {
+    let dir = tempdir();
+    let store = Store::start(dir.path(), "store").await;
+    let casd = vec![store.dropin("cache"), store.dropin("cache")];
+    let c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], "", &casd).await;
+    store_ids(&c).await;
+    let ch = c.hosts[0].stack.channel();
+    // a's one slot is busy, so the next action goes to b.
+    let mut blocker =
+        rbe_testkit::exec::start_command_with(&ch, &["sleep", "30"], &[], 120, None)
+            .await
+            .expect("Execute the blocker");
+    loop {
+        let op = blocker.message().await.expect("stream").expect("an update");
+        let md = op
+            .metadata
+            .as_ref()
+            .and_then(|a| {
+                <rbe_proto::reapi::ExecuteOperationMetadata as prost::Message>::decode(
+                    a.value.as_slice(),
+                )
+                .ok()
+            })
+            .expect("metadata");
+        if md.stage == rbe_proto::reapi::execution_stage::Value::Executing as i32 {
+            break;
+        }
+        assert!(!op.done, "the blocker ended: {op:?}");
+    }
+    let y = act_with(1, 2);
+    let codes = client::batch_update(&ch, "", &y.blobs[..3])
+        .await
+        .expect("BatchUpdateBlobs");
+    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
+    let r = tokio::time::timeout(LIMIT, execute(ch, y.action))
+        .await
+        .expect("the action did not end");
+    let st = r.status.clone().unwrap_or_default();
+    assert_eq!(
+        st.code,
+        tonic::Code::FailedPrecondition as i32,
+        "{r:?}; a: {:?}",
+        c.status(0).await
+    );
+    let status = tonic::Status::with_details(
+        tonic::Code::FailedPrecondition,
+        st.message.clone(),
+        prost::Message::encode_to_vec(&st).into(),
+    );
+    let pf = rbe_proto::status::precondition_failure(&status).expect("a PreconditionFailure");
+    let mut subjects: Vec<String> = pf.violations.iter().map(|v| v.subject.clone()).collect();
+    subjects.sort();
+    let mut want: Vec<String> = y.blobs[3..]
+        .iter()
+        .map(|(d, _)| format!("blobs/{}/{}", d.hex(), d.size))
+        .collect();
+    want.sort();
+    assert_eq!(subjects, want, "{pf:?}");
+    assert!(
+        pf.violations.iter().all(|v| v.r#type == "MISSING"),
+        "{pf:?}"
+    );
+    let (a, b) = (c.status(0).await, c.status(1).await);
+    assert_eq!(counter(&a, "shared_store_offers"), 1, "{a:?}");
+    assert_eq!(counter(&a, "leases_lost"), 0, "{a:?}");
+    assert_eq!(counter(&b, "inputs_pulled_bytes"), 0, "{b:?}");
+    drop(blocker);
 }
