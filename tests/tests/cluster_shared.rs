@@ -293,10 +293,9 @@ async fn inputs_the_shared_store_lacks_fail_precondition_listing_them() {
     store_ids(&c).await;
     let ch = c.hosts[0].stack.channel();
     // a's one slot is busy, so the next action goes to b.
-    let mut blocker =
-        rbe_testkit::exec::start_command_with(&ch, &["sleep", "30"], &[], 120, None)
-            .await
-            .expect("Execute the blocker");
+    let mut blocker = rbe_testkit::exec::start_command_with(&ch, &["sleep", "30"], &[], 120, None)
+        .await
+        .expect("Execute the blocker");
     loop {
         let op = blocker.message().await.expect("stream").expect("an update");
         let md = op

@@ -10,7 +10,7 @@ mod invariant;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use common::{batch, blob, find_file, pair, present, stats, BOUND};
+use common::{batch, blob, find_file, pair, pair_with, present, stats, BOUND};
 use rbe_testkit::client;
 use tonic::Code;
 

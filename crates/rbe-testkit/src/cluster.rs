@@ -77,8 +77,7 @@ impl LocalCluster {
                     ports[i],
                     &seeds,
                     &c.key.clone(),
-                    extra_frontend,
-                    casd.get(i).map_or("", String::as_str),
+                    (extra_frontend, casd.get(i).map_or("", String::as_str)),
                 )
                 .await;
             c.hosts.push(host);
@@ -97,7 +96,14 @@ impl LocalCluster {
             .map(|h| format!("\"127.0.0.1:{}\"", h.gossip_port))
             .collect();
         let host = self
-            .start_host(node, slots, (free_port(), free_port()), &seeds, &key, "", "")
+            .start_host(
+                node,
+                slots,
+                (free_port(), free_port()),
+                &seeds,
+                &key,
+                ("", ""),
+            )
             .await;
         self.hosts.push(host);
         self.hosts.len() - 1
@@ -110,8 +116,7 @@ impl LocalCluster {
         (gossip, peer): (u16, u16),
         seeds: &[String],
         key: &std::path::Path,
-        extra: &str,
-        casd: &str,
+        (extra, casd): (&str, &str),
     ) -> Host {
         let (cert, cert_key) = self.pki.host(node);
         let frontend = format!(
