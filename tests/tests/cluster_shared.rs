@@ -352,3 +352,51 @@ async fn inputs_the_shared_store_lacks_fail_precondition_listing_them() {
     assert_eq!(counter(&b, "inputs_pulled_bytes"), 0, "{b:?}");
     drop(blocker);
 }
+
+/// The id follows casd: b's casd is restarted in front of another store
+/// (and b's frontend reloaded); while casd is away b keeps its last id,
+/// and once it is back b reports the new one, so a and b share nothing
+/// any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_id_follows_a_casd_restarted_in_front_of_another_store() {
+    let dir = tempdir();
+    let (one, two) = (
+        Store::start(dir.path(), "one").await,
+        Store::start(dir.path(), "two").await,
+    );
+    let casd = vec![one.dropin("cache"), one.dropin("cache")];
+    let mut c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], "", &casd).await;
+    let ids = store_ids(&c).await;
+    assert_eq!(ids[0], ids[1], "{ids:x?}");
+    let b = &mut c.hosts[1].stack.casd;
+    b.kill9();
+    let dropin = b.layout.config_dir.join("casd.toml.d/50-test.toml");
+    std::fs::write(&dropin, two.dropin("cache")).expect("drop-in");
+    b.restart().await;
+    let new = casd_stats(&b.channel().await).await.backing_store_id;
+    assert_ne!(new, ids[0]);
+    let pid = c.hosts[1].stack.frontend_pid().expect("b runs");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let s = c.status(0).await;
+        let seen = s
+            .members
+            .iter()
+            .find(|m| m.node == "b")
+            .and_then(|m| m.load.as_ref())
+            .map_or(0, |l| l.store_id);
+        if seen == new {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b's new store id not seen: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
