@@ -10,9 +10,35 @@ mod invariant;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use common::{batch, blob, find_file, pair, present, stats, BOUND};
+use common::{batch, blob, find_file, pair, pair_with, present, stats, BOUND};
 use rbe_testkit::client;
 use tonic::Code;
+
+/// Stats names the store and its id, the one the cluster compares; a
+/// casd without `[backing]` reports none.
+#[tokio::test]
+async fn stats_report_the_backing_store_and_its_id() {
+    let p = pair_with("", "store_id = \"team-cas\"\n").await;
+    let s = stats(&p.a.channel().await).await;
+    assert_eq!(s.backing_address, p.url);
+    assert_eq!(s.backing_mode, "cache");
+    let named = rbe_config::Backing {
+        mode: rbe_config::BackingMode::Cache,
+        url: "grpc://elsewhere:1".into(),
+        store_id: "team-cas".into(),
+        ..Default::default()
+    };
+    assert_eq!(s.backing_store_id, named.store_id());
+    let b = stats(&p.b.channel().await).await;
+    assert_eq!(
+        (
+            b.backing_store_id,
+            b.backing_address.as_str(),
+            b.backing_mode.as_str()
+        ),
+        (0, "", "none")
+    );
+}
 
 #[tokio::test]
 async fn uploads_through_a_reach_b_and_b_answers_for_a() {

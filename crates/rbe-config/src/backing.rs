@@ -120,6 +120,10 @@ pub struct Backing {
     /// `cache` mode: most digests remembered so (the oldest go first);
     /// 0: none.
     pub existence_cache_entries: u64,
+    /// A name for the store that hosts reaching it by different URLs
+    /// share (its hash is the store id the cluster compares); `""`: the
+    /// id is derived from `url` and `instance_name` ([`Backing::store_id`]).
+    pub store_id: String,
 }
 
 /// Longest `existence_cache_secs`: a day. The window is how long a blob
@@ -146,6 +150,7 @@ impl Default for Backing {
             request_timeout_secs: 60,
             existence_cache_secs: 60,
             existence_cache_entries: 1_000_000,
+            store_id: String::new(),
         }
     }
 }
@@ -285,6 +290,7 @@ pub(crate) struct BackingFragment {
     request_timeout_secs: Option<u64>,
     existence_cache_secs: Option<u64>,
     existence_cache_entries: Option<u64>,
+    store_id: Option<String>,
 }
 
 impl BackingFragment {
@@ -319,6 +325,7 @@ impl BackingFragment {
             existence_cache_entries: f
                 .existence_cache_entries
                 .unwrap_or(d.existence_cache_entries),
+            store_id: f.store_id.unwrap_or(d.store_id),
         };
         let addr = parse_url(&b.url).map_err(|r| prov.error("backing.url", r))?;
         check_instance_name(&b.instance_name)
@@ -347,7 +354,18 @@ impl BackingFragment {
                 return Err(prov.error(key, format!("{v} is out of range (0 to {max})")));
             }
         }
+        // "" is unset, as for `url`: what the serialized defaults say.
+        if !b.store_id.is_empty() {
+            crate::store_id::check_store_id(&b.store_id)
+                .map_err(|r| prov.error("backing.store_id", r))?;
+        }
         if b.mode == BackingMode::None {
+            if !b.store_id.is_empty() {
+                return Err(prov.error(
+                    "backing.store_id",
+                    "is only used with backing.mode = \"cache\" or \"jit\"",
+                ));
+            }
             return Ok(b);
         }
         if b.mode == BackingMode::Jit {
@@ -786,6 +804,21 @@ mod tests {
                 "mode = \"cache\"\nurl = \"grpc://h:1\"\ninstance_name = \"a//b\"\n".to_owned(),
                 "backing.instance_name",
                 "empty",
+            ),
+            (
+                "mode = \"cache\"\nurl = \"grpc://h:1\"\nstore_id = \"  \"\n".to_owned(),
+                "backing.store_id",
+                "blank",
+            ),
+            (
+                "mode = \"cache\"\nurl = \"grpc://h:1\"\nstore_id = \"a\\u0007b\"\n".to_owned(),
+                "backing.store_id",
+                "printable",
+            ),
+            (
+                "store_id = \"team\"\n".to_owned(),
+                "backing.store_id",
+                "only used",
             ),
         ] {
             let e = build(&text).unwrap_err();

@@ -159,7 +159,8 @@ pub struct OffloadSettings {
     /// How long an orphan waits for its origin to come back, in seconds.
     pub orphan_grace_secs: u64,
     /// Input trees larger than this stay at the origin, and offers of
-    /// larger ones are refused as executor.
+    /// larger ones are refused as executor; not applied between hosts in
+    /// front of one backing store, where nothing moves.
     pub max_transfer_bytes: u64,
     /// Whether `do_not_cache` actions are offloaded too.
     pub do_not_cache: bool,

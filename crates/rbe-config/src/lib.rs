@@ -20,6 +20,7 @@ mod frontend;
 mod layer;
 pub mod local;
 mod size;
+mod store_id;
 mod tls;
 mod workerd;
 
@@ -105,6 +106,7 @@ pub fn known_keys(daemon: &str) -> Vec<&'static str> {
             "backing.request_timeout_secs",
             "backing.existence_cache_secs",
             "backing.existence_cache_entries",
+            "backing.store_id",
             "log.level",
         ],
         "frontend" => vec![

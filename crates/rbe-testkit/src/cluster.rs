@@ -42,6 +42,16 @@ impl LocalCluster {
     /// Starts one host per `(node, worker slots)`, each with
     /// `extra_frontend` appended to its frontend drop-in.
     pub async fn start(nodes: &[(&str, u32)], extra_frontend: &str) -> LocalCluster {
+        Self::start_with_casd(nodes, extra_frontend, &[]).await
+    }
+
+    /// [`LocalCluster::start`] with `casd[i]` as host `i`'s casd drop-in
+    /// (a `[backing]` section, say); hosts past its end get none.
+    pub async fn start_with_casd(
+        nodes: &[(&str, u32)],
+        extra_frontend: &str,
+        casd: &[String],
+    ) -> LocalCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::new(dir.path());
         let key = dir.path().join("cluster.key");
@@ -67,7 +77,7 @@ impl LocalCluster {
                     ports[i],
                     &seeds,
                     &c.key.clone(),
-                    extra_frontend,
+                    (extra_frontend, casd.get(i).map_or("", String::as_str)),
                 )
                 .await;
             c.hosts.push(host);
@@ -86,7 +96,14 @@ impl LocalCluster {
             .map(|h| format!("\"127.0.0.1:{}\"", h.gossip_port))
             .collect();
         let host = self
-            .start_host(node, slots, (free_port(), free_port()), &seeds, &key, "")
+            .start_host(
+                node,
+                slots,
+                (free_port(), free_port()),
+                &seeds,
+                &key,
+                ("", ""),
+            )
             .await;
         self.hosts.push(host);
         self.hosts.len() - 1
@@ -99,7 +116,7 @@ impl LocalCluster {
         (gossip, peer): (u16, u16),
         seeds: &[String],
         key: &std::path::Path,
-        extra: &str,
+        (extra, casd): (&str, &str),
     ) -> Host {
         let (cert, cert_key) = self.pki.host(node);
         let frontend = format!(
@@ -114,7 +131,7 @@ impl LocalCluster {
             cert_key.display(),
         );
         let workerd = format!("[worker]\nslots = {slots}\nname = \"{node}-worker\"\n");
-        let stack = Stack::start_configured("", &frontend, &workerd).await;
+        let stack = Stack::start_configured(casd, &frontend, &workerd).await;
         Host {
             node: node.to_owned(),
             stack,

@@ -57,8 +57,13 @@ fn load_line(l: &LoadReport) -> String {
         queued += p.queued;
         incoming += p.incoming;
     }
+    // Hosts showing the same store move no blobs between each other.
+    let store = match l.store_id {
+        0 => String::new(),
+        id => format!(", store {id:016x}"),
+    };
     format!(
-        "{} pools, {slots} slots, {running} running, {queued} queued, {incoming} incoming{}",
+        "{} pools, {slots} slots, {running} running, {queued} queued, {incoming} incoming{}{store}",
         l.pools.len(),
         if l.accepting { "" } else { ", not accepting" }
     )
@@ -127,6 +132,7 @@ mod tests {
                 queued: 1,
                 ..Default::default()
             }],
+            store_id: 0x00ab_cdef_0123_4567,
             ..Default::default()
         };
         let s = ClusterStatus {
@@ -153,6 +159,7 @@ mod tests {
         assert!(t.contains("this host a (generation 7)"), "{t}");
         assert!(t.contains("b                    up       no"), "{t}");
         assert!(t.contains("4 slots, 2 running, 1 queued"), "{t}");
+        assert!(t.contains("store 00abcdef01234567"), "{t}");
         assert!(t.contains("! peer certificate names node-x"), "{t}");
         assert!(t.contains("gossip_auth_failures"), "{t}");
         assert!(render(&ClusterStatus::default()).contains("cluster: off"));

@@ -55,6 +55,17 @@ impl casd_server::Casd for LocalService {
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let s = self.0.store.stats();
         let st = self.0.store.policy();
+        // [backing] is restart-only (a reload keeps the running one), so
+        // the loaded settings are what casd runs with.
+        let backing = &self.0.settings.load().backing;
+        let (backing_store_id, backing_address, backing_mode) = match &self.0.through {
+            Some(t) => (
+                backing.store_id(),
+                backing.url.clone(),
+                if t.jit() { "jit" } else { "cache" },
+            ),
+            None => (0, String::new(), "none"),
+        };
         Ok(Response::new(StatsResponse {
             blobs: s.blobs,
             bytes: s.bytes,
@@ -72,6 +83,9 @@ impl casd_server::Casd for LocalService {
             backing_errors: self.0.through.as_ref().map_or(0, |t| t.errors()),
             backing_adopted: self.0.through.as_ref().is_some_and(|t| t.adopted()),
             backing: self.0.through.as_ref().map(|t| t.stats()),
+            backing_store_id,
+            backing_address,
+            backing_mode: backing_mode.to_owned(),
         }))
     }
 

@@ -7,7 +7,11 @@
 //! is pulled from the origin's read-only peer CAS into the local casd
 //! (hash-verified there; the offer counts as `incoming` meanwhile; blobs
 //! the origin lacks end it INPUTS_MISSING naming them, which the origin's
-//! client gets as from a local worker), and the action is queued as a *hosted* execution owned by `peer:<origin>`:
+//! client gets as from a local worker); when the Offer names this host's
+//! own backing store id nothing is pulled (its casd fetches the inputs
+//! through from the shared store on Materialize, and a blob that store
+//! lacks is the worker's INPUTS_MISSING, which goes back the same way).
+//! Then the action is queued as a *hosted* execution owned by `peer:<origin>`:
 //! never offered on, and no action-cache entry is written here (the origin
 //! writes it once it holds the outputs). Stages, heartbeats every lease/3
 //! and the result go back on the stream. CancelLease, or the origin ending
@@ -25,8 +29,8 @@ use prost::Message;
 use rbe_cluster::policy::{HostLoad, OfferInfo, PROTO};
 use rbe_cluster::NodeName;
 use rbe_proto::cluster::{
-    host_message, origin_message, Accepted, Heartbeat, HostMessage, Offer, OriginMessage,
-    RejectReason, Rejected, StageUpdate,
+    host_message, origin_message, Accepted, Heartbeat, HostMessage, LoadReport, Offer,
+    OriginMessage, RejectReason, Rejected, StageUpdate,
 };
 use rbe_proto::reapi::{self, Action, ActionResult, ExecuteResponse};
 use rbe_proto::worker::{Assignment, Finished, Outcome};
@@ -58,6 +62,9 @@ struct Valid {
     /// The client's RequestMetadata: the hosted action is logged under it
     /// here, as at the origin.
     metadata: reapi::RequestMetadata,
+    /// The origin's casd and this host's stand in front of one backing
+    /// store: nothing is pulled, casd fetches the inputs through.
+    shared_store: bool,
 }
 
 /// Checks an offer's contents; `caller` is the node the certificate names.
@@ -116,6 +123,7 @@ fn validate(caller: &NodeName, offer: Offer) -> Result<Valid, Status> {
         do_not_cache: action.do_not_cache,
         metadata,
         offer,
+        shared_store: false,
     })
 }
 
@@ -143,7 +151,7 @@ pub async fn run(
         ));
     };
     Counters::bump(&cluster.counters.offers_received);
-    let v = match validate(&caller, offer) {
+    let mut v = match validate(&caller, offer) {
         Ok(v) => v,
         Err(s) => {
             Counters::bump(&cluster.counters.offers_refused);
@@ -152,8 +160,13 @@ pub async fn run(
         }
     };
     let limit = cluster.offload.load().max_transfer_bytes;
+    // Decided once, with the id the Accepted below carries: the origin
+    // pulls the outputs back or not by the same comparison.
+    let load = cluster.own_report(exec);
+    v.shared_store = super::store::same_store(v.offer.store_id, load.store_id);
     let pools = exec.pool_loads();
-    let admitted = if v.offer.input_bytes > limit {
+    // Nothing moves through a shared store: the transfer limit is moot.
+    let admitted = if !v.shared_store && v.offer.input_bytes > limit {
         Counters::bump(&cluster.counters.hosted_too_large);
         Err(RejectReason::TooLarge)
     } else {
@@ -196,7 +209,10 @@ pub async fn run(
     let accepted = HostMessage {
         kind: Some(host_message::Kind::Accepted(Accepted {
             lease_ms: u32::try_from(lease_secs * 1000).unwrap_or(u32::MAX),
-            load: Some(cluster.own_report(exec)),
+            load: Some(LoadReport {
+                store_id: load.store_id,
+                ..cluster.own_report(exec)
+            }),
         })),
         load: None,
     };
@@ -215,6 +231,7 @@ pub async fn run(
         target_id = %m.target_id,
         configuration_id = %m.configuration_id,
         client = %v.offer.client,
+        shared_store = v.shared_store,
         "offload: offer accepted"
     );
     let (cluster, exec) = (Arc::clone(cluster), Arc::clone(exec));
@@ -275,7 +292,14 @@ async fn host(
     };
     let attached = {
         let _counted = counted;
-        match hydrate(&cluster, &exec, &v).await {
+        let hydrated = if v.shared_store {
+            Counters::bump(&cluster.counters.shared_store_hosted);
+            tracing::info!(origin = %v.origin, lease, operation = %op, invocation_id = %invocation, store_id = %super::store::hex(v.offer.store_id), "offload: inputs left in the shared backing store");
+            Ok(())
+        } else {
+            hydrate(&cluster, &exec, &v).await
+        };
+        match hydrated {
             Ok(()) => submit(&exec, &v),
             Err(e) => Err(e),
         }
@@ -341,8 +365,7 @@ async fn host(
         let o = cluster.offload.load();
         let grace = Duration::from_secs(o.orphan_grace_secs);
         if fate.is_none() && watch.expired(Instant::now(), grace) {
-            let shared =
-                v.offer.store_id != 0 && v.offer.store_id == cluster.own_report(&exec).store_id;
+            let shared = super::store::same_store(v.offer.store_id, cluster.store_id());
             let f = orphan::fate(o.orphan_policy, shared, v.do_not_cache);
             if f == orphan::Fate::Cancel {
                 Counters::bump(&cluster.counters.orphans_cancelled);
@@ -542,6 +565,7 @@ async fn hydrate(cluster: &Cluster, exec: &Exec, v: &Valid) -> Result<(), NotSta
     let local = rbe_transfer::Local::new(exec.upstream.unary.clone(), instance);
     match rbe_transfer::fetch_input_closure(&source, &local, v.function, v.input_root).await {
         Ok(stats) => {
+            Counters::add(&cluster.counters.inputs_pulled_bytes, stats.bytes);
             tracing::info!(origin = %v.origin, lease = v.offer.lease_epoch, operation = %v.assignment.operation, invocation_id = %v.assignment.invocation_id, hydrate_bytes = stats.bytes, hydrate_ms = stats.duration.as_millis() as u64, "offload: inputs pulled from the origin");
             Ok(())
         }

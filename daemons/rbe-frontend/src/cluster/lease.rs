@@ -15,7 +15,10 @@
 //!
 //! Before the offer, the input tree is measured in the local casd: over
 //! `max_transfer_bytes` the operation stays here for good. A BUSY reject
-//! starts the peer's backoff in the `PeerTable`.
+//! starts the peer's backoff in the `PeerTable`. A peer in front of this
+//! host's backing store (the same non-zero store id) moves no blobs:
+//! nothing is measured, and its outputs are not pulled (casd fetches them
+//! through when a client reads them).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,12 +187,24 @@ async fn drive(
         assignment.request_metadata.clone()
     };
     let limit = cluster.offload.load().max_transfer_bytes;
-    let input_bytes = match input_size(exec, l, limit).await {
-        Ok(n) => n,
-        Err(e) => {
-            // Unknown: offered all the same; the peer measures it too.
-            tracing::debug!(peer = %to, lease, operation = %l.name, error = %e, "offload: the input tree was not measured");
-            0
+    let own_store = cluster.store_id();
+    let peer_store = cluster
+        .placement
+        .lock()
+        .peers
+        .get(to)
+        .map_or(0, |p| p.store_id);
+    let input_bytes = if super::store::same_store(own_store, peer_store) {
+        // Nothing will move: no limit to check, no tree to walk.
+        0
+    } else {
+        match input_size(exec, l, limit).await {
+            Ok(n) => n,
+            Err(e) => {
+                // Unknown: offered all the same; the peer measures it too.
+                tracing::debug!(peer = %to, lease, operation = %l.name, error = %e, "offload: the input tree was not measured");
+                0
+            }
         }
     };
     if input_bytes > limit {
@@ -212,7 +227,7 @@ async fn drive(
         lease_epoch: lease,
         request_metadata,
         traceparent: String::new(),
-        store_id: 0,
+        store_id: own_store,
         hop: 0,
         client: l.client.clone(),
         input_bytes,
@@ -254,7 +269,7 @@ async fn drive(
     };
     let answer = tokio::time::timeout(ANSWER_TIMEOUT, stream.message()).await;
     let offer_rtt_us = sent.elapsed().as_micros() as u64;
-    let lease_ms = match answer {
+    let (lease_ms, shared) = match answer {
         Ok(Ok(Some(HostMessage {
             kind: Some(host_message::Kind::Accepted(a)),
             ..
@@ -262,8 +277,15 @@ async fn drive(
             answered(true, a.load.as_ref());
             cluster.counters.offer_rtt_us.record(offer_rtt_us);
             Counters::bump(&cluster.counters.offers_accepted);
-            tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, "offload: offer accepted");
-            a.lease_ms
+            // The executor compared the same ids, with the one it says
+            // here: it pulled no inputs exactly when this holds.
+            let shared =
+                super::store::same_store(own_store, a.load.as_ref().map_or(0, |r| r.store_id));
+            if shared {
+                Counters::bump(&cluster.counters.shared_store_offers);
+            }
+            tracing::info!(peer = %to, lease, operation = %l.name, invocation_id = %l.invocation_id, offer_rtt_us, shared_store = shared, "offload: offer accepted");
+            (a.lease_ms, shared)
         }
         Ok(Ok(Some(HostMessage {
             kind: Some(host_message::Kind::Rejected(r)),
@@ -344,7 +366,7 @@ async fn drive(
                         if let Some(load) = &msg.load {
                             cluster.placement.lock().peers.on_direct(cluster.now(), load);
                         }
-                        return finished(cluster, exec, to, l, &bytes).await;
+                        return finished(cluster, exec, to, l, &bytes, shared).await;
                     }
                     _ => tracing::debug!(peer = %to, lease, "offload: unexpected message ignored"),
                 }
@@ -453,6 +475,7 @@ async fn finished(
     to: &NodeName,
     l: &Leased,
     bytes: &[u8],
+    shared: bool,
 ) -> End {
     let Ok(mut f) = Finished::decode(bytes) else {
         return End::Lost("the peer's result does not decode".into());
@@ -469,7 +492,11 @@ async fn finished(
     let result = (!f.action_result.is_empty())
         .then(|| ActionResult::decode(f.action_result.as_slice()).ok())
         .flatten();
-    if let Some(r) = &result {
+    if shared {
+        // The executor's casd wrote them through to the store this
+        // host's casd fetches from on a client's read.
+        tracing::info!(peer = %to, lease = l.lease, operation = %l.name, invocation_id = %l.invocation_id, store_id = %super::store::hex(cluster.store_id()), "offload: outputs left in the shared backing store");
+    } else if let Some(r) = &result {
         let Ok(function) = DigestFunction::from_reapi(l.assignment.digest_function) else {
             return End::Lost("the action's digest function is unknown".into());
         };
@@ -494,6 +521,7 @@ async fn finished(
         );
         match rbe_transfer::fetch_result_outputs(&source, &local, function, r).await {
             Ok(stats) => {
+                Counters::add(&cluster.counters.outputs_pulled_bytes, stats.bytes);
                 tracing::info!(peer = %to, lease = l.lease, operation = %l.name, invocation_id = %l.invocation_id, hydrate_bytes = stats.bytes, hydrate_ms = stats.duration.as_millis() as u64, "offload: outputs pulled from the peer");
             }
             Err(e) => return End::Lost(format!("its outputs could not be pulled: {e}")),

@@ -34,7 +34,7 @@ impl Cluster {
             self.handle.report_seq(),
             // Offers are taken only with offload on, and not while stopping.
             !exec.draining() && self.offload.load().enabled,
-            0,
+            self.store_id(),
             &exec.pool_loads(),
             self.incoming.load(std::sync::atomic::Ordering::Relaxed),
         );

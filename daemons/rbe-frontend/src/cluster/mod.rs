@@ -26,6 +26,7 @@ mod offload;
 mod orphan;
 pub mod peer;
 pub mod peer_cas;
+pub mod store;
 mod tree_size;
 
 pub use layer::{PeerLayer, PeerNode};
@@ -122,6 +123,16 @@ pub struct Counters {
     pub orphans_cancelled: AtomicU64,
     /// ... run to their end, the result cached here.
     pub orphans_finished: AtomicU64,
+    /// Offers accepted by a peer in front of this host's backing store:
+    /// no input measured, no output pulled back.
+    pub shared_store_offers: AtomicU64,
+    /// Offers hosted here from an origin in front of this host's backing
+    /// store: no input pulled.
+    pub shared_store_hosted: AtomicU64,
+    /// Bytes of inputs pulled from origins' peer CAS (as executor).
+    pub inputs_pulled_bytes: AtomicU64,
+    /// Bytes of outputs pulled from executors' peer CAS (as origin).
+    pub outputs_pulled_bytes: AtomicU64,
     /// `offers_rejected` by the peer's reason (`RejectReason` as index).
     pub rejected_by_reason: [AtomicU64; REJECT_REASONS],
     /// Nanoseconds of `OffloadPolicy::pick` in the rebalance pass, lock
@@ -139,6 +150,10 @@ pub const REJECT_REASONS: usize = 9;
 impl Counters {
     pub fn bump(a: &AtomicU64) {
         a.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts a reject with the peer's `reason`.
@@ -173,6 +188,10 @@ impl Counters {
             ("orphans_adopted", g(&self.orphans_adopted)),
             ("orphans_cancelled", g(&self.orphans_cancelled)),
             ("orphans_finished", g(&self.orphans_finished)),
+            ("shared_store_offers", g(&self.shared_store_offers)),
+            ("shared_store_hosted", g(&self.shared_store_hosted)),
+            ("inputs_pulled_bytes", g(&self.inputs_pulled_bytes)),
+            ("outputs_pulled_bytes", g(&self.outputs_pulled_bytes)),
         ]
         .into_iter()
         .map(|(n, c)| (n.to_owned(), c))
@@ -229,6 +248,11 @@ pub struct Cluster {
     epoch: tokio::time::Instant,
     /// Operations never offered again (their input tree is too large).
     local_only: Mutex<std::collections::HashSet<rbe_sched::OpId>>,
+    /// This host's backing store id from casd ([`store`]); 0 none or
+    /// not known yet.
+    store_id: AtomicU64,
+    /// Asks casd for it again (a reload).
+    store_recheck: tokio::sync::Notify,
 }
 
 /// Operations remembered as local-only; past it the set starts afresh
@@ -394,6 +418,8 @@ impl Cluster {
             report_interval_ms: AtomicU64::new(c.report_interval_ms),
             epoch: tokio::time::Instant::now(),
             local_only: Mutex::new(std::collections::HashSet::new()),
+            store_id: AtomicU64::new(0),
+            store_recheck: tokio::sync::Notify::new(),
         }))
     }
 
@@ -483,6 +509,8 @@ impl Cluster {
         self.offload.store(Arc::new(offload.clone()));
         let cfg = offload_config(offload, Duration::from_millis(c.report_max_age_ms));
         self.placement.lock().policy = OffloadPolicy::new(cfg);
+        // casd may have been restarted with another store meanwhile.
+        self.recheck_store();
     }
 
     /// Says goodbye to the cluster (on stop).
@@ -582,6 +610,7 @@ pub async fn start(
     )
     .await
     .context("joining the cluster")?;
+    cluster.spawn_store_watch(upstream.unary.clone(), shutdown.clone());
     cluster.spawn(Arc::clone(exec), shutdown.clone());
     offload::spawn(Arc::clone(&cluster), Arc::clone(exec), shutdown.clone());
     let max_message = settings.limits.max_message_bytes as usize;
