@@ -14,14 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{batch, blob, find_file, present, stats, BOUND};
-use rbe_proto::reapi::action_cache_client::ActionCacheClient;
-use rbe_proto::reapi::{
-    ActionResult, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
+use common::{
+    batch, blob, find_file, get_result as get, present, stats, update_result as update, BOUND,
 };
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::Digest;
 use rbe_testkit::{client, Casd};
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// A store server the test started; killed (by its PID) when dropped.
@@ -294,37 +291,6 @@ async fn s3_write_through_and_read_miss() {
         log.contains("?uploads"),
         "no multipart upload in moto's log"
     );
-}
-
-async fn get(ch: &Channel, action: &Digest) -> Result<ActionResult, tonic::Status> {
-    ActionCacheClient::new(ch.clone())
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(action.to_reapi()),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn update(ch: &Channel, action: &Digest, out: &Digest) -> Result<(), tonic::Status> {
-    let ar = ActionResult {
-        output_files: vec![OutputFile {
-            path: "out/a".into(),
-            digest: Some(out.to_reapi()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    ActionCacheClient::new(ch.clone())
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(action.to_reapi()),
-            action_result: Some(ar),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
 }
 
 /// A result written through A is served by a fresh C, which fetches its
