@@ -122,12 +122,15 @@ async fn a_slow_backing_link_degrades_throughput_never_correctness() {
         .await
         .unwrap();
     assert_eq!(r[0].0, 0, "{r:?}");
+    let t = std::time::Instant::now();
     assert_eq!(
         bounded(client::write(&a, "", &large.0, &large.1, 1 << 20))
             .await
             .unwrap(),
         large.0.size as i64
     );
+    // Informational: how many timeouts' worth the blob took to cross.
+    eprintln!("12 MiB written through A in {:?}", t.elapsed());
     assert_eq!(present(&b, &[small.0, large.0]).await.len(), 2);
 
     // Reads through A of what only B has, existence, the action cache.
@@ -140,7 +143,9 @@ async fn a_slow_backing_link_degrades_throughput_never_correctness() {
         present(&a, &[only_b.0, only_b_small.0, absent]).await,
         [only_b.0, only_b_small.0].into_iter().collect()
     );
+    let t = std::time::Instant::now();
     assert!(bounded(client::read(&a, "", &only_b.0)).await.unwrap() == only_b.1);
+    eprintln!("12 MiB read through A in {:?}", t.elapsed());
     let action = blob(60, 86).0;
     update_result(&a, &action, &small.0).await.unwrap();
     assert_eq!(get_result(&b, &action).await.unwrap().output_files.len(), 1);

@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod proxy;
+pub mod stores;
 
 use std::collections::HashSet;
 use std::time::Duration;
