@@ -122,13 +122,30 @@ impl ObjectBacking {
                 (Arc::new(store), prefix)
             }
             Some(BackingAddress::Http { url }) => {
-                if let Some(p) = &s.token_file {
-                    let token = rbe_config::read_token(p)
-                        .map_err(|r| setup(address, format!("backing.token_file: {r}")))?;
-                    let mut headers = object_store::HeaderMap::new();
-                    let v = format!("Bearer {token}")
+                let auth = match (&s.token_file, &s.credentials_file) {
+                    (Some(p), _) => {
+                        let token = rbe_config::read_token(p)
+                            .map_err(|r| setup(address, format!("backing.token_file: {r}")))?;
+                        Some(("backing.token_file", format!("Bearer {token}")))
+                    }
+                    (None, Some(p)) => {
+                        let c = rbe_config::read_basic_credentials(p).map_err(|r| {
+                            setup(address, format!("backing.credentials_file: {r}"))
+                        })?;
+                        let pair = format!("{}:{}", c.username, c.password);
+                        Some((
+                            "backing.credentials_file",
+                            format!("Basic {}", base64(pair.as_bytes())),
+                        ))
+                    }
+                    (None, None) => None,
+                };
+                if let Some((key, value)) = auth {
+                    let mut v: object_store::HeaderValue = value
                         .parse()
-                        .map_err(|_| setup(address, "backing.token_file: not a header value"))?;
+                        .map_err(|_| setup(address, format!("{key}: not a header value")))?;
+                    v.set_sensitive(true);
+                    let mut headers = object_store::HeaderMap::new();
                     headers.insert("authorization", v);
                     options = options.with_default_headers(headers);
                 }
@@ -164,10 +181,12 @@ impl ObjectBacking {
     fn error(&self, what: &str, e: object_store::Error) -> BackingError {
         use object_store::Error as E;
         match e {
-            E::PermissionDenied { .. }
-            | E::Unauthenticated { .. }
-            | E::NotSupported { .. }
-            | E::NotImplemented => BackingError::Refused {
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => BackingError::Refused {
+                address: self.address.clone(),
+                what: what.to_owned(),
+                reason: format!("{} ({e})", crate::error::CREDENTIALS),
+            },
+            E::NotSupported { .. } | E::NotImplemented => BackingError::Refused {
                 address: self.address.clone(),
                 what: what.to_owned(),
                 reason: e.to_string(),
@@ -276,6 +295,28 @@ impl ObjectBacking {
             Err(e) => Err(self.error(&what, e)),
         }
     }
+}
+
+/// Standard base64 with padding (RFC 4648), for a basic-auth header.
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 async fn file_payload(
@@ -426,5 +467,22 @@ impl Backing for ObjectBacking {
             PutPayload::from(result.encode_to_vec()),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_is_rfc_4648() {
+        for (plain, coded) in [
+            (&b""[..], ""),
+            (b"a", "YQ=="),
+            (b"ab", "YWI="),
+            (b"abc", "YWJj"),
+            (b"rbe:right", "cmJlOnJpZ2h0"),
+            (&[0xfb, 0xff], "+/8="),
+        ] {
+            assert_eq!(super::base64(plain), coded);
+        }
     }
 }

@@ -102,9 +102,10 @@ pub struct Backing {
     pub endpoint: String,
     /// `s3://` only: the bucket's region.
     pub region: String,
-    /// `s3://` only: a file of `access_key_id = ...`,
-    /// `secret_access_key = ...` and optionally `session_token = ...`
-    /// lines; unset: unsigned requests.
+    /// `s3://`: a file of `access_key_id = ...`, `secret_access_key =
+    /// ...` and optionally `session_token = ...` lines; unset: unsigned
+    /// requests. `http(s)://`: a file of `username = ...` and `password =
+    /// ...` lines, sent as HTTP basic authentication.
     #[serde(serialize_with = "unset_as_empty")]
     pub credentials_file: Option<PathBuf>,
     /// `s3://` only: `endpoint/bucket/key` URLs instead of
@@ -382,12 +383,26 @@ fn check_object_keys(
     for (key, set) in [
         ("backing.endpoint", !b.endpoint.is_empty()),
         ("backing.region", b.region != d.region),
-        ("backing.credentials_file", b.credentials_file.is_some()),
         ("backing.path_style", b.path_style),
     ] {
         if set && !s3 {
             return Err(prov.error(key, "is only used with an s3:// backing.url"));
         }
+    }
+    if let (Some(p), BackingAddress::Http { .. }) = (&b.credentials_file, addr) {
+        if b.token_file.is_some() {
+            return Err(prov.error(
+                "backing.credentials_file",
+                "and backing.token_file are both set; an http(s):// store takes one of them",
+            ));
+        }
+        read_basic_credentials(p).map_err(|r| prov.error("backing.credentials_file", r))?;
+    } else if b.credentials_file.is_some() && !addr.is_object_store() {
+        return Err(prov.error(
+            "backing.credentials_file",
+            "is only used with an s3:// or http(s):// backing.url; a REAPI store takes \
+             backing.token_file",
+        ));
     }
     if !b.instance_name.is_empty() && addr.is_object_store() {
         return Err(prov.error(
@@ -426,7 +441,7 @@ fn check_object_keys(
             format!("{:?} is not a region name", b.region),
         ));
     }
-    if let Some(p) = &b.credentials_file {
+    if let (Some(p), true) = (&b.credentials_file, s3) {
         read_s3_credentials(p).map_err(|r| prov.error("backing.credentials_file", r))?;
     }
     Ok(())
@@ -452,13 +467,12 @@ impl std::fmt::Debug for S3Credentials {
     }
 }
 
-/// Reads an S3 credentials file: `name = value` lines (`#` comments and
-/// blank lines allowed) naming `access_key_id` and `secret_access_key`,
-/// optionally `session_token`. Errors never quote a value.
-pub fn read_s3_credentials(path: &Path) -> Result<S3Credentials, String> {
+/// Reads `name = value` lines (`#` comments and blank lines allowed),
+/// each name one of `names`; errors never quote a value.
+fn read_pairs(path: &Path, names: &[&str]) -> Result<Vec<(String, String)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let (mut id, mut secret, mut token) = (None, None, None);
+    let mut pairs = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -479,28 +493,85 @@ pub fn read_s3_credentials(path: &Path) -> Result<S3Credentials, String> {
                 n + 1
             ));
         }
-        match k.trim() {
-            "access_key_id" => id = Some(v),
-            "secret_access_key" => secret = Some(v),
-            "session_token" => token = Some(v),
-            other => {
-                return Err(format!(
-                    "{} line {}: unknown name {other:?} (access_key_id, secret_access_key, \
-                     session_token)",
-                    path.display(),
-                    n + 1
-                ))
-            }
+        let k = k.trim();
+        if !names.contains(&k) {
+            return Err(format!(
+                "{} line {}: unknown name {k:?} ({})",
+                path.display(),
+                n + 1,
+                names.join(", ")
+            ));
         }
+        pairs.push((k.to_owned(), v));
     }
-    match (id, secret) {
+    Ok(pairs)
+}
+
+fn take(pairs: &[(String, String)], name: &str) -> Option<String> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Reads an S3 credentials file: `name = value` lines (`#` comments and
+/// blank lines allowed) naming `access_key_id` and `secret_access_key`,
+/// optionally `session_token`. Errors never quote a value.
+pub fn read_s3_credentials(path: &Path) -> Result<S3Credentials, String> {
+    let pairs = read_pairs(
+        path,
+        &["access_key_id", "secret_access_key", "session_token"],
+    )?;
+    match (
+        take(&pairs, "access_key_id"),
+        take(&pairs, "secret_access_key"),
+    ) {
         (Some(access_key_id), Some(secret_access_key)) => Ok(S3Credentials {
             access_key_id,
             secret_access_key,
-            session_token: token,
+            session_token: take(&pairs, "session_token"),
         }),
         _ => Err(format!(
             "{} must name both access_key_id and secret_access_key",
+            path.display()
+        )),
+    }
+}
+
+/// HTTP basic authentication for an `http(s)://` store, from
+/// `backing.credentials_file`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicCredentials {
+    /// The user name (no `:`).
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never reaches a log.
+        f.debug_struct("BasicCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a basic-authentication credentials file: `username = ...` and
+/// `password = ...` lines. Errors never quote a value.
+pub fn read_basic_credentials(path: &Path) -> Result<BasicCredentials, String> {
+    let pairs = read_pairs(path, &["username", "password"])?;
+    match (take(&pairs, "username"), take(&pairs, "password")) {
+        (Some(username), Some(password)) if !username.contains(':') => {
+            Ok(BasicCredentials { username, password })
+        }
+        (Some(_), Some(_)) => Err(format!(
+            "{}: the username must not contain ':'",
+            path.display()
+        )),
+        _ => Err(format!(
+            "{} must name both username and password",
             path.display()
         )),
     }
@@ -625,6 +696,16 @@ mod tests {
             read_token(ok.token_file.as_deref().unwrap()).unwrap(),
             "rbe_secret"
         );
+        let basic = dir.path().join("basic");
+        std::fs::write(&basic, "username = rbe\npassword = pa55\n").unwrap();
+        let dav = build(&format!(
+            "mode = \"cache\"\nurl = \"https://h/dav\"\ncredentials_file = {:?}\n",
+            basic.display().to_string()
+        ))
+        .unwrap();
+        let c = read_basic_credentials(dav.credentials_file.as_deref().unwrap()).unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("rbe", "pa55"));
+        assert!(!format!("{c:?}").contains("pa55"));
         assert_eq!(build("").unwrap(), Backing::default());
         let jit = build("mode = \"jit\"\nurl = \"grpc://h:1\"\n").unwrap();
         assert_eq!(jit.mode, BackingMode::Jit);
@@ -656,6 +737,32 @@ mod tests {
                 ),
                 "backing.credentials_file",
                 "must name both",
+            ),
+            (
+                format!(
+                    "mode = \"cache\"\nurl = \"http://h/x\"\ncredentials_file = {:?}\n",
+                    creds.display().to_string()
+                ),
+                "backing.credentials_file",
+                "unknown name \"access_key_id\"",
+            ),
+            (
+                format!(
+                    "mode = \"cache\"\nurl = \"http://h/x\"\ncredentials_file = {:?}\n\
+                     token_file = {:?}\n",
+                    basic.display().to_string(),
+                    token.display().to_string()
+                ),
+                "backing.credentials_file",
+                "one of them",
+            ),
+            (
+                format!(
+                    "mode = \"cache\"\nurl = \"grpc://h:1\"\ncredentials_file = {:?}\n",
+                    basic.display().to_string()
+                ),
+                "backing.credentials_file",
+                "backing.token_file",
             ),
             (
                 "mode = \"cache\"\n".to_owned(),

@@ -27,7 +27,8 @@ use std::path::PathBuf;
 
 pub use auth::{AuthSettings, GrantSettings, RoleSettings};
 pub use backing::{
-    parse_url, read_s3_credentials, read_token, Backing, BackingAddress, BackingMode, S3Credentials,
+    parse_url, read_basic_credentials, read_s3_credentials, read_token, Backing, BackingAddress,
+    BackingMode, BasicCredentials, S3Credentials,
 };
 pub use casd::{CasdListen, CasdSettings, Instances, Limits, Storage};
 pub use cluster::{ClusterSettings, OffloadSettings, OrphanPolicy, CLUSTER_KEY_CREDENTIAL};
