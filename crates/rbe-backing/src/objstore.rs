@@ -13,9 +13,13 @@
 //! "present" only if the HEAD's size is the digest's size; a blob's PUT
 //! is acknowledged only once such a HEAD follows it; every read is
 //! hashed by [`BlobChunks`]; an action result that does not decode is
-//! refused. Each request is bounded by `request_timeout_secs` (the
-//! client's own timeout and a retry budget of the same length), so a
-//! store that is down fails as unavailable instead of hanging.
+//! refused. Each request is bounded by twice `request_timeout_secs`
+//! (retries included), plus, for an upload, the time its bytes take at
+//! [`SLOWEST_TRANSFER`]; a download's body by `request_timeout_secs`
+//! without a byte ([`BlobChunks`]). So a store that is down fails as
+//! unavailable instead of hanging, and a slow one is never cut while a
+//! large blob's bytes flow (the HTTP client's own whole-request timeout
+//! is off: it would cut them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +48,10 @@ const MULTIPART_OVER: u64 = 16 << 20;
 /// in flight at once.
 const PART_SIZE: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
+/// Bytes per second below which an upload counts as stalled: its bound
+/// grows by its size at this rate. (A PUT's body gives no progress to
+/// watch, so an idle timeout like the reads' is not possible.)
+const SLOWEST_TRANSFER: u64 = 256 << 10;
 
 /// An object store used as the backing store.
 pub struct ObjectBacking {
@@ -67,8 +75,10 @@ impl ObjectBacking {
     pub fn connect(s: &rbe_config::Backing) -> Result<ObjectBacking, BackingError> {
         let address = s.url.as_str();
         let timeout = Duration::from_secs(s.request_timeout_secs);
+        // No whole-request timeout: it would cut a large blob on a slow
+        // link while its bytes flow. Requests are bounded here instead.
         let mut options = ClientOptions::new()
-            .with_timeout(timeout)
+            .with_timeout_disabled()
             .with_connect_timeout(Duration::from_secs(s.connect_timeout_secs))
             .with_allow_http(true);
         if let Some(ca) = &s.tls_ca {
@@ -198,20 +208,35 @@ impl ObjectBacking {
         }
     }
 
-    /// `f` bounded by the request timeout (the client's own bound covers
-    /// one attempt; this covers the retries too).
+    /// `f` bounded by twice the request timeout (retries included).
     async fn bounded<T>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = Result<T, object_store::Error>>,
     ) -> Result<Result<T, object_store::Error>, BackingError> {
-        tokio::time::timeout(self.timeout * 2, f)
+        self.bounded_sending(what, 0, f).await
+    }
+
+    /// [`Self::bounded`] for a request sending `bytes`: longer by their
+    /// time at [`SLOWEST_TRANSFER`].
+    async fn bounded_sending<T>(
+        &self,
+        what: &str,
+        bytes: u64,
+        f: impl std::future::Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<Result<T, object_store::Error>, BackingError> {
+        let bound = self.timeout * 2 + Duration::from_secs(bytes / SLOWEST_TRANSFER);
+        tokio::time::timeout(bound, f)
             .await
-            .map_err(|_| BackingError::timeout(&self.address, what, self.timeout.as_secs() * 2))
+            .map_err(|_| BackingError::timeout(&self.address, what, bound.as_secs()))
     }
 
     async fn put(&self, what: &str, key: ObjPath, p: PutPayload) -> Result<(), BackingError> {
-        match self.bounded(what, self.store.put(&key, p)).await? {
+        let bytes = p.content_length() as u64;
+        match self
+            .bounded_sending(what, bytes, self.store.put(&key, p))
+            .await?
+        {
             Ok(_) => Ok(()),
             Err(e) => Err(self.error(what, e)),
         }
@@ -247,7 +272,8 @@ impl ObjectBacking {
             };
             if n == 0 {
                 break if sent == d.size {
-                    match self.bounded(what, w.finish()).await? {
+                    let last = (PART_SIZE * PARTS_IN_FLIGHT) as u64;
+                    match self.bounded_sending(what, last, w.finish()).await? {
                         Ok(_) => return Ok(()),
                         Err(e) => return Err(self.error(what, e)),
                     }
@@ -257,7 +283,11 @@ impl ObjectBacking {
             }
             sent += n as u64;
             match self
-                .bounded(what, w.wait_for_capacity(PARTS_IN_FLIGHT))
+                .bounded_sending(
+                    what,
+                    (PART_SIZE * PARTS_IN_FLIGHT) as u64,
+                    w.wait_for_capacity(PARTS_IN_FLIGHT),
+                )
                 .await
             {
                 Ok(Ok(())) => w.write(&buf),

@@ -18,6 +18,7 @@ use std::path::Path;
 
 use common::netns::{Link, B_IP};
 use common::proxy::{Proxy, Upstream};
+use common::stores::{key, nginx};
 use common::{batch, blob, get_result, present, stats, update_result, BOUND};
 use rbe_testkit::{client, Casd};
 
@@ -155,4 +156,54 @@ async fn a_slow_backing_link_degrades_throughput_never_correctness() {
     assert_eq!(got.output_files[0].digest, Some(only_b_small.0.to_reapi()));
     assert_eq!(stats(&a).await.backing_fetches, 2);
     assert_eq!(stats(&a).await.backing_errors, 0);
+}
+
+/// The same over WebDAV: nginx behind a forwarder in B's namespace, the
+/// link at 2 MB/s and a 2 s timeout. A 12 MiB PUT and GET each take
+/// several timeouts and must not be cut for it while their bytes flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_webdav_link_does_not_cut_large_blobs() {
+    let Some(link) = link_or_skip() else { return };
+    if let Err(why) = link.rate_limit("16mbit") {
+        rbe_testkit::skip(&format!("no tbf qdisc: {why}"));
+        return;
+    }
+    let dir = tmp();
+    let Some(s) = nginx(dir.path()).await else {
+        rbe_testkit::skip("nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let _proxy = Proxy::start(
+        link.listen_in_b(8080),
+        Upstream::Tcp(([127, 0, 0, 1], s.port).into()),
+    );
+    let a = Casd::start_wrapped(
+        &dir.path().join("a"),
+        "2GiB",
+        &format!(
+            "[backing]\nmode = \"cache\"\nurl = \"http://{B_IP}:8080/dav/s\"\n\
+             request_timeout_secs = 2\nconnect_timeout_secs = 2\n"
+        ),
+        &link.exec_in_a(),
+    )
+    .await;
+    let ach = a.channel().await;
+    let up = blob(12 << 20, 95);
+    let t = std::time::Instant::now();
+    assert_eq!(
+        bounded(client::write(&ach, "", &up.0, &up.1, 1 << 20))
+            .await
+            .unwrap(),
+        up.0.size as i64
+    );
+    eprintln!("12 MiB PUT through A in {:?}", t.elapsed());
+    let root = dir.path().join("root/dav/s");
+    assert!(std::fs::read(root.join(key(&up.0))).unwrap() == up.1);
+    let (d, data) = blob(12 << 20, 96);
+    let f = root.join(key(&d));
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(&f, &data).unwrap();
+    let t = std::time::Instant::now();
+    assert!(bounded(client::read(&ach, "", &d)).await.unwrap() == data);
+    eprintln!("12 MiB GET through A in {:?}", t.elapsed());
 }
