@@ -15,6 +15,7 @@ mod casd;
 pub mod cli;
 mod cluster;
 mod common;
+mod credentials;
 mod error;
 mod frontend;
 mod layer;
