@@ -4,6 +4,12 @@
 
 use rbe_proto::Digest;
 
+/// What an error says when the store refused who we are: the operator
+/// must fix casd's configuration, not the client its request.
+pub(crate) const CREDENTIALS: &str =
+    "the store refused casd's credentials (backing.token_file, backing.credentials_file, \
+     backing.tls_cert)";
+
 /// A request to the backing store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackingError {
@@ -84,6 +90,11 @@ impl BackingError {
             | Code::ResourceExhausted => BackingError::Unavailable {
                 address: address.to_owned(),
                 reason,
+            },
+            Code::Unauthenticated | Code::PermissionDenied => BackingError::Refused {
+                address: address.to_owned(),
+                what: what.to_owned(),
+                reason: format!("{CREDENTIALS} ({:?}: {})", s.code(), s.message()),
             },
             _ => BackingError::Refused {
                 address: address.to_owned(),

@@ -13,9 +13,13 @@
 //! "present" only if the HEAD's size is the digest's size; a blob's PUT
 //! is acknowledged only once such a HEAD follows it; every read is
 //! hashed by [`BlobChunks`]; an action result that does not decode is
-//! refused. Each request is bounded by `request_timeout_secs` (the
-//! client's own timeout and a retry budget of the same length), so a
-//! store that is down fails as unavailable instead of hanging.
+//! refused. Each request is bounded by twice `request_timeout_secs`
+//! (retries included), plus, for an upload, the time its bytes take at
+//! [`SLOWEST_TRANSFER`]; a download's body by `request_timeout_secs`
+//! without a byte ([`BlobChunks`]). So a store that is down fails as
+//! unavailable instead of hanging, and a slow one is never cut while a
+//! large blob's bytes flow (the HTTP client's own whole-request timeout
+//! is off: it would cut them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +48,10 @@ const MULTIPART_OVER: u64 = 16 << 20;
 /// in flight at once.
 const PART_SIZE: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
+/// Bytes per second below which an upload counts as stalled: its bound
+/// grows by its size at this rate. (A PUT's body gives no progress to
+/// watch, so an idle timeout like the reads' is not possible.)
+const SLOWEST_TRANSFER: u64 = 256 << 10;
 
 /// An object store used as the backing store.
 pub struct ObjectBacking {
@@ -67,8 +75,10 @@ impl ObjectBacking {
     pub fn connect(s: &rbe_config::Backing) -> Result<ObjectBacking, BackingError> {
         let address = s.url.as_str();
         let timeout = Duration::from_secs(s.request_timeout_secs);
+        // No whole-request timeout: it would cut a large blob on a slow
+        // link while its bytes flow. Requests are bounded here instead.
         let mut options = ClientOptions::new()
-            .with_timeout(timeout)
+            .with_timeout_disabled()
             .with_connect_timeout(Duration::from_secs(s.connect_timeout_secs))
             .with_allow_http(true);
         if let Some(ca) = &s.tls_ca {
@@ -122,13 +132,30 @@ impl ObjectBacking {
                 (Arc::new(store), prefix)
             }
             Some(BackingAddress::Http { url }) => {
-                if let Some(p) = &s.token_file {
-                    let token = rbe_config::read_token(p)
-                        .map_err(|r| setup(address, format!("backing.token_file: {r}")))?;
-                    let mut headers = object_store::HeaderMap::new();
-                    let v = format!("Bearer {token}")
+                let auth = match (&s.token_file, &s.credentials_file) {
+                    (Some(p), _) => {
+                        let token = rbe_config::read_token(p)
+                            .map_err(|r| setup(address, format!("backing.token_file: {r}")))?;
+                        Some(("backing.token_file", format!("Bearer {token}")))
+                    }
+                    (None, Some(p)) => {
+                        let c = rbe_config::read_basic_credentials(p).map_err(|r| {
+                            setup(address, format!("backing.credentials_file: {r}"))
+                        })?;
+                        let pair = format!("{}:{}", c.username, c.password);
+                        Some((
+                            "backing.credentials_file",
+                            format!("Basic {}", base64(pair.as_bytes())),
+                        ))
+                    }
+                    (None, None) => None,
+                };
+                if let Some((key, value)) = auth {
+                    let mut v: object_store::HeaderValue = value
                         .parse()
-                        .map_err(|_| setup(address, "backing.token_file: not a header value"))?;
+                        .map_err(|_| setup(address, format!("{key}: not a header value")))?;
+                    v.set_sensitive(true);
+                    let mut headers = object_store::HeaderMap::new();
                     headers.insert("authorization", v);
                     options = options.with_default_headers(headers);
                 }
@@ -164,10 +191,12 @@ impl ObjectBacking {
     fn error(&self, what: &str, e: object_store::Error) -> BackingError {
         use object_store::Error as E;
         match e {
-            E::PermissionDenied { .. }
-            | E::Unauthenticated { .. }
-            | E::NotSupported { .. }
-            | E::NotImplemented => BackingError::Refused {
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => BackingError::Refused {
+                address: self.address.clone(),
+                what: what.to_owned(),
+                reason: format!("{} ({e})", crate::error::CREDENTIALS),
+            },
+            E::NotSupported { .. } | E::NotImplemented => BackingError::Refused {
                 address: self.address.clone(),
                 what: what.to_owned(),
                 reason: e.to_string(),
@@ -179,20 +208,35 @@ impl ObjectBacking {
         }
     }
 
-    /// `f` bounded by the request timeout (the client's own bound covers
-    /// one attempt; this covers the retries too).
+    /// `f` bounded by twice the request timeout (retries included).
     async fn bounded<T>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = Result<T, object_store::Error>>,
     ) -> Result<Result<T, object_store::Error>, BackingError> {
-        tokio::time::timeout(self.timeout * 2, f)
+        self.bounded_sending(what, 0, f).await
+    }
+
+    /// [`Self::bounded`] for a request sending `bytes`: longer by their
+    /// time at [`SLOWEST_TRANSFER`].
+    async fn bounded_sending<T>(
+        &self,
+        what: &str,
+        bytes: u64,
+        f: impl std::future::Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<Result<T, object_store::Error>, BackingError> {
+        let bound = self.timeout * 2 + Duration::from_secs(bytes / SLOWEST_TRANSFER);
+        tokio::time::timeout(bound, f)
             .await
-            .map_err(|_| BackingError::timeout(&self.address, what, self.timeout.as_secs() * 2))
+            .map_err(|_| BackingError::timeout(&self.address, what, bound.as_secs()))
     }
 
     async fn put(&self, what: &str, key: ObjPath, p: PutPayload) -> Result<(), BackingError> {
-        match self.bounded(what, self.store.put(&key, p)).await? {
+        let bytes = p.content_length() as u64;
+        match self
+            .bounded_sending(what, bytes, self.store.put(&key, p))
+            .await?
+        {
             Ok(_) => Ok(()),
             Err(e) => Err(self.error(what, e)),
         }
@@ -228,7 +272,8 @@ impl ObjectBacking {
             };
             if n == 0 {
                 break if sent == d.size {
-                    match self.bounded(what, w.finish()).await? {
+                    let last = (PART_SIZE * PARTS_IN_FLIGHT) as u64;
+                    match self.bounded_sending(what, last, w.finish()).await? {
                         Ok(_) => return Ok(()),
                         Err(e) => return Err(self.error(what, e)),
                     }
@@ -238,7 +283,11 @@ impl ObjectBacking {
             }
             sent += n as u64;
             match self
-                .bounded(what, w.wait_for_capacity(PARTS_IN_FLIGHT))
+                .bounded_sending(
+                    what,
+                    (PART_SIZE * PARTS_IN_FLIGHT) as u64,
+                    w.wait_for_capacity(PARTS_IN_FLIGHT),
+                )
                 .await
             {
                 Ok(Ok(())) => w.write(&buf),
@@ -276,6 +325,28 @@ impl ObjectBacking {
             Err(e) => Err(self.error(&what, e)),
         }
     }
+}
+
+/// Standard base64 with padding (RFC 4648), for a basic-auth header.
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 async fn file_payload(
@@ -426,5 +497,22 @@ impl Backing for ObjectBacking {
             PutPayload::from(result.encode_to_vec()),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_is_rfc_4648() {
+        for (plain, coded) in [
+            (&b""[..], ""),
+            (b"a", "YQ=="),
+            (b"ab", "YWI="),
+            (b"abc", "YWJj"),
+            (b"rbe:right", "cmJlOnJpZ2h0"),
+            (&[0xfb, 0xff], "+/8="),
+        ] {
+            assert_eq!(super::base64(plain), coded);
+        }
     }
 }

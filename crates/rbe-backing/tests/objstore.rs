@@ -10,223 +10,17 @@
 mod common;
 mod invariant;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use common::stores::{dav_backing, http, key, moto, nginx, nginx_with, s3_backing, tmp, Server};
 
-use common::{batch, blob, casd_in_front, find_file, present, stats, BOUND};
-use rbe_proto::reapi::action_cache_client::ActionCacheClient;
-use rbe_proto::reapi::{
-    ActionResult, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
+use std::path::Path;
+
+use common::{
+    batch, blob, casd_in_front, find_file, get_result as get, present, stats,
+    update_result as update, BOUND,
 };
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::Digest;
 use rbe_testkit::client;
-use tonic::transport::Channel;
 use tonic::Code;
-
-/// A store server the test started; killed (by its PID) when dropped.
-struct Server {
-    child: Option<Child>,
-    argv: Vec<String>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
-        let child = Command::new(&self.argv[0])
-            .args(&self.argv[1..])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = tokio::time::Instant::now() + BOUND;
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-                panic!("{:?} exited with {st}: {log}", self.argv);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{:?} not listening",
-                self.argv
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.spawn();
-        self.wait_ready().await;
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn installed(program: &str) -> bool {
-    Command::new(program)
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("rbe-objstore-")
-        .tempdir_in(rbe_testkit::disk_tmp())
-        .unwrap()
-}
-
-/// nginx serving WebDAV under `/dav/` (files under `<dir>/root/dav`) and
-/// a 200 HTML "login page" for every URL under `/html/`.
-async fn nginx(dir: &Path) -> Option<Server> {
-    nginx_with(dir, "").await
-}
-
-/// nginx as [`nginx`], with `listen_extra` after the port (e.g. `ssl`
-/// and the certificate directives).
-async fn nginx_with(dir: &Path, listen_extra: &str) -> Option<Server> {
-    let bin = ["/usr/sbin/nginx", "nginx"]
-        .into_iter()
-        .find(|b| installed(b))?;
-    let port = rbe_testkit::free_port();
-    let d = dir.display();
-    std::fs::create_dir_all(dir.join("root/dav")).unwrap();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{ worker_connections 512; }}\n\
-         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-         client_max_body_size 0;\n\
-         server {{\n  listen 127.0.0.1:{port}{listen_extra};\n  root {d}/root;\n\
-           location /dav/ {{ dav_methods PUT DELETE; create_full_put_path on; dav_access user:rw; }}\n\
-           location /html/ {{ default_type text/html; return 200 \"<html><body>Please log in</body></html>\\n\"; }}\n\
-         }}\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let mut s = Server {
-        child: None,
-        argv: vec![
-            bin.to_owned(),
-            "-p".into(),
-            format!("{d}/"),
-            "-e".into(),
-            format!("{d}/error.log"),
-            "-c".into(),
-            format!("{d}/nginx.conf"),
-        ],
-        port,
-        dir: dir.to_owned(),
-    };
-    s.spawn();
-    s.wait_ready().await;
-    Some(s)
-}
-
-/// moto's S3 server with bucket `rbe-test`; `None` if moto is missing.
-async fn moto(dir: &Path) -> Option<Server> {
-    let python = std::env::var("RBE_MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", "import moto.server, flask"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        return None;
-    }
-    let port = rbe_testkit::free_port();
-    let mut s = Server {
-        child: None,
-        argv: vec![
-            python,
-            "-m".into(),
-            "moto.server".into(),
-            "-H".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ],
-        port,
-        dir: dir.to_owned(),
-    };
-    s.spawn();
-    s.wait_ready().await;
-    http(port, "PUT", "/rbe-test", b"").await;
-    Some(s)
-}
-
-/// One plain HTTP/1.1 request; the status line's code.
-async fn http(port: u16, method: &str, path: &str, body: &[u8]) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    c.write_all(head.as_bytes()).await.unwrap();
-    c.write_all(body).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(BOUND, c.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out);
-    text.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-fn key(d: &Digest) -> String {
-    format!("cas/sha256/{}/{}", d.hex(), d.size)
-}
-
-/// casd's `[backing]` for each store.
-fn dav_backing(port: u16, prefix: &str) -> String {
-    format!("[backing]\nmode = \"cache\"\nurl = \"http://127.0.0.1:{port}/{prefix}\"\nrequest_timeout_secs = 5\nconnect_timeout_secs = 2\n")
-}
-
-fn s3_backing(dir: &Path, port: u16) -> String {
-    let creds = dir.join("s3-credentials");
-    std::fs::write(
-        &creds,
-        "access_key_id = testing\nsecret_access_key = testing\n",
-    )
-    .unwrap();
-    format!(
-        "[backing]\nmode = \"cache\"\nurl = \"s3://rbe-test/ci\"\nendpoint = \"http://127.0.0.1:{port}\"\n\
-         path_style = true\ncredentials_file = {:?}\nrequest_timeout_secs = 5\nconnect_timeout_secs = 2\n",
-        creds.display().to_string()
-    )
-}
 
 /// Write-through from A, then a fresh casd C in front of the same store
 /// answers for A's blobs and fetches them on a read miss.
@@ -294,37 +88,6 @@ async fn s3_write_through_and_read_miss() {
         log.contains("?uploads"),
         "no multipart upload in moto's log"
     );
-}
-
-async fn get(ch: &Channel, action: &Digest) -> Result<ActionResult, tonic::Status> {
-    ActionCacheClient::new(ch.clone())
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(action.to_reapi()),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn update(ch: &Channel, action: &Digest, out: &Digest) -> Result<(), tonic::Status> {
-    let ar = ActionResult {
-        output_files: vec![OutputFile {
-            path: "out/a".into(),
-            digest: Some(out.to_reapi()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    ActionCacheClient::new(ch.clone())
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(action.to_reapi()),
-            action_result: Some(ar),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
 }
 
 /// A result written through A is served by a fresh C, which fetches its
@@ -471,7 +234,7 @@ async fn https_webdav_needs_a_certificate_chaining_to_tls_ca() {
         pki.server_cert.display(),
         pki.server_key.display()
     );
-    let Some(s) = nginx_with(dir.path(), &extra).await else {
+    let Some(s) = nginx_with(dir.path(), &extra, "").await else {
         eprintln!("SKIPPED: nginx is not installed (apt-get install nginx-light)");
         return;
     };
@@ -617,4 +380,26 @@ async fn webdav_invariant_holds_when_nginx_is_killed_during_100_uploads() {
     for d in &present(&ach, &all).await {
         assert!(in_store(d), "A reports {d} present, the store lacks it");
     }
+}
+
+/// moto keeps its objects in memory, so a kill -9 would empty the store
+/// and leave nothing to check the invariant against: moto is frozen
+/// instead (SIGSTOP: connections are accepted and never answered, the
+/// worse failure), and thawed once every upload has ended. A fresh casd
+/// C in front of the same bucket then answers for the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_invariant_holds_when_moto_stops_answering_during_100_uploads() {
+    let dir = tmp();
+    let Some(s) = moto(dir.path()).await else {
+        eprintln!("SKIPPED: moto is not installed (pip install 'moto[server]')");
+        return;
+    };
+    let dropin = s3_backing(dir.path(), s.port);
+    let a = casd_in_front(&dir.path().join("a"), "2GiB", &dropin).await;
+    let ach = a.channel().await;
+    let (blobs, ok) =
+        invariant::upload_100_and_kill(&ach, "s3://rbe-test/ci", || s.signal("STOP")).await;
+    s.signal("CONT");
+    let c = casd_in_front(&dir.path().join("c"), "2GiB", &dropin).await;
+    invariant::holds(&ach, &c.channel().await, &blobs, &ok).await;
 }

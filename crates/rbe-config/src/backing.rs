@@ -6,6 +6,9 @@
 //! single host.
 
 use crate::casd::check_instance_name;
+pub use crate::credentials::{
+    read_basic_credentials, read_s3_credentials, read_token, BasicCredentials, S3Credentials,
+};
 use crate::layer::Provenance;
 use crate::tls::credential_path;
 use crate::ConfigError;
@@ -102,9 +105,10 @@ pub struct Backing {
     pub endpoint: String,
     /// `s3://` only: the bucket's region.
     pub region: String,
-    /// `s3://` only: a file of `access_key_id = ...`,
-    /// `secret_access_key = ...` and optionally `session_token = ...`
-    /// lines; unset: unsigned requests.
+    /// `s3://`: a file of `access_key_id = ...`, `secret_access_key =
+    /// ...` and optionally `session_token = ...` lines; unset: unsigned
+    /// requests. `http(s)://`: a file of `username = ...` and `password =
+    /// ...` lines, sent as HTTP basic authentication.
     #[serde(serialize_with = "unset_as_empty")]
     pub credentials_file: Option<PathBuf>,
     /// `s3://` only: `endpoint/bucket/key` URLs instead of
@@ -456,12 +460,26 @@ fn check_object_keys(
     for (key, set) in [
         ("backing.endpoint", !b.endpoint.is_empty()),
         ("backing.region", b.region != d.region),
-        ("backing.credentials_file", b.credentials_file.is_some()),
         ("backing.path_style", b.path_style),
     ] {
         if set && !s3 {
             return Err(prov.error(key, "is only used with an s3:// backing.url"));
         }
+    }
+    if let (Some(p), BackingAddress::Http { .. }) = (&b.credentials_file, addr) {
+        if b.token_file.is_some() {
+            return Err(prov.error(
+                "backing.credentials_file",
+                "and backing.token_file are both set; an http(s):// store takes one of them",
+            ));
+        }
+        read_basic_credentials(p).map_err(|r| prov.error("backing.credentials_file", r))?;
+    } else if b.credentials_file.is_some() && !addr.is_object_store() {
+        return Err(prov.error(
+            "backing.credentials_file",
+            "is only used with an s3:// or http(s):// backing.url; a REAPI store takes \
+             backing.token_file",
+        ));
     }
     if !b.instance_name.is_empty() && addr.is_object_store() {
         return Err(prov.error(
@@ -500,102 +518,10 @@ fn check_object_keys(
             format!("{:?} is not a region name", b.region),
         ));
     }
-    if let Some(p) = &b.credentials_file {
+    if let (Some(p), true) = (&b.credentials_file, s3) {
         read_s3_credentials(p).map_err(|r| prov.error("backing.credentials_file", r))?;
     }
     Ok(())
-}
-
-/// S3 credentials from `backing.credentials_file`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct S3Credentials {
-    /// The access key id.
-    pub access_key_id: String,
-    /// The secret access key.
-    pub secret_access_key: String,
-    /// A session token (temporary credentials), if any.
-    pub session_token: Option<String>,
-}
-
-impl std::fmt::Debug for S3Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The secret never reaches a log.
-        f.debug_struct("S3Credentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Reads an S3 credentials file: `name = value` lines (`#` comments and
-/// blank lines allowed) naming `access_key_id` and `secret_access_key`,
-/// optionally `session_token`. Errors never quote a value.
-pub fn read_s3_credentials(path: &Path) -> Result<S3Credentials, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let (mut id, mut secret, mut token) = (None, None, None);
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(format!(
-                "{} line {}: expected name = value",
-                path.display(),
-                n + 1
-            ));
-        };
-        let v = v.trim().trim_matches('"').to_owned();
-        if v.is_empty() || !v.bytes().all(|c| (0x21..0x7f).contains(&c)) {
-            return Err(format!(
-                "{} line {}: the value must be printable ASCII without spaces",
-                path.display(),
-                n + 1
-            ));
-        }
-        match k.trim() {
-            "access_key_id" => id = Some(v),
-            "secret_access_key" => secret = Some(v),
-            "session_token" => token = Some(v),
-            other => {
-                return Err(format!(
-                    "{} line {}: unknown name {other:?} (access_key_id, secret_access_key, \
-                     session_token)",
-                    path.display(),
-                    n + 1
-                ))
-            }
-        }
-    }
-    match (id, secret) {
-        (Some(access_key_id), Some(secret_access_key)) => Ok(S3Credentials {
-            access_key_id,
-            secret_access_key,
-            session_token: token,
-        }),
-        _ => Err(format!(
-            "{} must name both access_key_id and secret_access_key",
-            path.display()
-        )),
-    }
-}
-
-/// Reads a bearer token file: one line, trimmed, not empty, printable
-/// ASCII (it becomes an HTTP header value).
-pub fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    if token.lines().count() > 1 || !token.bytes().all(|c| (0x21..0x7f).contains(&c)) {
-        return Err(format!(
-            "{} must hold one token of printable ASCII without spaces",
-            path.display()
-        ));
-    }
-    Ok(token.to_owned())
 }
 
 #[cfg(test)]
@@ -699,6 +625,16 @@ mod tests {
             read_token(ok.token_file.as_deref().unwrap()).unwrap(),
             "rbe_secret"
         );
+        let basic = dir.path().join("basic");
+        std::fs::write(&basic, "username = rbe\npassword = pa55\n").unwrap();
+        let dav = build(&format!(
+            "mode = \"cache\"\nurl = \"https://h/dav\"\ncredentials_file = {:?}\n",
+            basic.display().to_string()
+        ))
+        .unwrap();
+        let c = read_basic_credentials(dav.credentials_file.as_deref().unwrap()).unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("rbe", "pa55"));
+        assert!(!format!("{c:?}").contains("pa55"));
         assert_eq!(build("").unwrap(), Backing::default());
         let jit = build("mode = \"jit\"\nurl = \"grpc://h:1\"\n").unwrap();
         assert_eq!(jit.mode, BackingMode::Jit);
@@ -739,6 +675,32 @@ mod tests {
                 ),
                 "backing.credentials_file",
                 "must name both",
+            ),
+            (
+                format!(
+                    "mode = \"cache\"\nurl = \"http://h/x\"\ncredentials_file = {:?}\n",
+                    creds.display().to_string()
+                ),
+                "backing.credentials_file",
+                "unknown name \"access_key_id\"",
+            ),
+            (
+                format!(
+                    "mode = \"cache\"\nurl = \"http://h/x\"\ncredentials_file = {:?}\n\
+                     token_file = {:?}\n",
+                    basic.display().to_string(),
+                    token.display().to_string()
+                ),
+                "backing.credentials_file",
+                "one of them",
+            ),
+            (
+                format!(
+                    "mode = \"cache\"\nurl = \"grpc://h:1\"\ncredentials_file = {:?}\n",
+                    basic.display().to_string()
+                ),
+                "backing.credentials_file",
+                "backing.token_file",
             ),
             (
                 "mode = \"cache\"\n".to_owned(),

@@ -15,6 +15,7 @@ mod casd;
 pub mod cli;
 mod cluster;
 mod common;
+mod credentials;
 mod error;
 mod frontend;
 mod layer;
@@ -28,7 +29,8 @@ use std::path::PathBuf;
 
 pub use auth::{AuthSettings, GrantSettings, RoleSettings};
 pub use backing::{
-    parse_url, read_s3_credentials, read_token, Backing, BackingAddress, BackingMode, S3Credentials,
+    parse_url, read_basic_credentials, read_s3_credentials, read_token, Backing, BackingAddress,
+    BackingMode, BasicCredentials, S3Credentials,
 };
 pub use casd::{CasdListen, CasdSettings, Instances, Limits, Storage};
 pub use cluster::{ClusterSettings, OffloadSettings, OrphanPolicy, CLUSTER_KEY_CREDENTIAL};

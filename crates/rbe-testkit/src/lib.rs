@@ -199,12 +199,20 @@ async fn wait_healthy(ch: Channel, child: &mut Child, what: &str) {
 pub struct Casd {
     pub layout: LocalLayout,
     child: Option<Child>,
+    wrap: Vec<String>,
 }
 
 impl Casd {
     /// Starts casd with its state under `root`. `dropin` is extra TOML
     /// written to `config/casd.toml.d/50-test.toml`.
     pub async fn start(root: &Path, max_size: &str, dropin: &str) -> Casd {
+        Self::start_wrapped(root, max_size, dropin, &[]).await
+    }
+
+    /// [`Casd::start`] with the command line prefixed by `wrap` (e.g.
+    /// `ip netns exec NAME`, to run casd in a network namespace); the
+    /// wrapper must exec casd, so that the pid is casd's.
+    pub async fn start_wrapped(root: &Path, max_size: &str, dropin: &str, wrap: &[&str]) -> Casd {
         let layout = LocalLayout::new(root);
         layout
             .write_configs("127.0.0.1:1", max_size)
@@ -215,6 +223,7 @@ impl Casd {
         let mut casd = Casd {
             layout,
             child: None,
+            wrap: wrap.iter().map(|s| (*s).to_owned()).collect(),
         };
         casd.restart().await;
         casd
@@ -222,7 +231,16 @@ impl Casd {
 
     /// Starts (again) with the same state.
     pub async fn restart(&mut self) {
-        let mut child = Command::new(bin("rbe-casd"))
+        let casd = bin("rbe-casd");
+        let mut cmd = match self.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(casd);
+                c
+            }
+            None => Command::new(casd),
+        };
+        let mut child = cmd
             .arg("--config-dir")
             .arg(&self.layout.config_dir)
             .stdin(Stdio::null())

@@ -2,13 +2,21 @@
 //! of a second real casd (B), and small client helpers.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod netns;
+pub mod proxy;
+pub mod stores;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
 use rbe_proto::casd::casd_client::CasdClient;
 use rbe_proto::casd::{StatsRequest, StatsResponse};
+use rbe_proto::reapi::action_cache_client::ActionCacheClient;
 use rbe_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use rbe_proto::reapi::{batch_update_blobs_request, BatchUpdateBlobsRequest};
+use rbe_proto::reapi::{
+    batch_update_blobs_request, ActionResult, BatchUpdateBlobsRequest, GetActionResultRequest,
+    OutputFile, UpdateActionResultRequest,
+};
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::{client, pseudo_random, Casd};
 use tonic::transport::Channel;
@@ -137,4 +145,41 @@ pub fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf
         }
     }
     None
+}
+
+/// GetActionResult.
+pub async fn get_result(ch: &Channel, action: &Digest) -> Result<ActionResult, tonic::Status> {
+    ActionCacheClient::new(ch.clone())
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(action.to_reapi()),
+            digest_function: DigestFunction::Sha256.to_reapi(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// UpdateActionResult of a result with one output file, `out`.
+pub async fn update_result(
+    ch: &Channel,
+    action: &Digest,
+    out: &Digest,
+) -> Result<(), tonic::Status> {
+    let ar = ActionResult {
+        output_files: vec![OutputFile {
+            path: "out/a".into(),
+            digest: Some(out.to_reapi()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    ActionCacheClient::new(ch.clone())
+        .update_action_result(UpdateActionResultRequest {
+            action_digest: Some(action.to_reapi()),
+            action_result: Some(ar),
+            digest_function: DigestFunction::Sha256.to_reapi(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
 }
