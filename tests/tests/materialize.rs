@@ -119,6 +119,7 @@ async fn materialize(
             }),
             target: target.display().to_string(),
             copy: false,
+            pin_ttl_seconds: 0,
         })
         .await
         .map(tonic::Response::into_inner)

@@ -106,6 +106,7 @@ async fn materialize(
             root: Some(casd_digest(root)),
             target: target.display().to_string(),
             copy: false,
+            pin_ttl_seconds: 0,
         })
         .await
         .map(|r| r.into_inner())

@@ -4,6 +4,7 @@
 pub mod ac;
 pub mod bytestream;
 pub mod cas;
+pub mod lease;
 pub mod local;
 pub mod through;
 
