@@ -66,6 +66,11 @@ pub fn refuse(id: u64, why: &str) -> Finished {
 /// uploading outputs.
 const OVERHEAD_ALLOWANCE: Duration = Duration::from_secs(600);
 
+/// How long the whole action may take, inputs and uploads included.
+fn whole_action_limit(a: &Assignment) -> Duration {
+    Duration::from_secs(u64::from(a.timeout_seconds.max(1))) + OVERHEAD_ALLOWANCE
+}
+
 /// Runs an assignment and says how it ended.
 pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) -> Finished {
     let id = a.id;
@@ -74,10 +79,10 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
     let slot = w.take_slot();
     // The whole action, inputs and uploads included, is bounded and
     // cancellable: a hung casd must not hold a slot forever.
-    let limit = Duration::from_secs(u64::from(a.timeout_seconds.max(1))) + OVERHEAD_ALLOWANCE;
+    let limit = whole_action_limit(&a);
     let inputs = Arc::new(InputLease::default());
     let r = tokio::select! {
-        r = run(w, &a, &dir, &action_id, slot, cancel.clone(), &inputs, limit) => r,
+        r = run(w, &a, &dir, &action_id, slot, cancel.clone(), &inputs) => r,
         _ = cancel.cancelled() => Ok(fail(id, Outcome::Cancelled, "cancelled")),
         _ = tokio::time::sleep(limit) => Ok(fail(id, Outcome::Unavailable, format!(
             "worker {} could not finish the action within {} s (inputs or outputs stalled)", w.name, limit.as_secs()
@@ -125,7 +130,6 @@ async fn run(
     slot: Option<u32>,
     cancel: CancellationToken,
     inputs: &Arc<InputLease>,
-    limit: Duration,
 ) -> anyhow::Result<Finished> {
     let worker_start = SystemTime::now();
     // One snapshot for the whole action: a reload applies to later ones.
@@ -166,7 +170,7 @@ async fn run(
         target: root.display().to_string(),
         copy: !w.privileged,
         // As long as the whole action may take; casd caps it.
-        pin_ttl_seconds: u32::try_from(limit.as_secs()).unwrap_or(u32::MAX),
+        pin_ttl_seconds: u32::try_from(whole_action_limit(a).as_secs()).unwrap_or(u32::MAX),
     };
     let m = match inputs::materialize(&w.casd, req, inputs, &a.operation).await {
         Ok(m) => m,
