@@ -9,6 +9,7 @@
 //! present blob always materializes; a blob that vanishes (evicted, or
 //! gone from disk) is reported as a MISSING violation; an input tree can
 //! never exhaust an inode's link count for others.
+//! An action's inputs are pinned while it runs and released after.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,7 @@ async fn materialize(
             }),
             target: target.display().to_string(),
             copy: false,
+            pin_ttl_seconds: 0,
         })
         .await
         .map(tonic::Response::into_inner)
@@ -697,4 +699,70 @@ async fn an_action_runs_through_casd_in_jit_mode_on_inputs_only_the_backing_stor
         .await
         .expect("FindMissingBlobs on B")
         .is_empty());
+}
+
+/// Without a backing store too, an action's inputs are pinned while it
+/// runs (eviction passes them over) and released when it ends, whether it
+/// ran to the end or was cancelled; nothing is reclaimed, the store being
+/// a cache here, not scratch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actions_inputs_are_pinned_while_it_runs_and_released_after() {
+    use rbe_proto::longrunning::{operations_client::OperationsClient, CancelOperationRequest};
+    let s = Stack::start_configured_in(&disk_tmp(), "", "", "").await;
+    let (ch, a) = (s.channel(), s.casd.channel().await);
+    let mut blobs: Blobs = Vec::new();
+    let input = blob(&mut blobs, pseudo_random(10_000, 5));
+    let root = directory(&mut blobs, &[("in".into(), input, false)], &[]);
+    let quick = action(&mut blobs, "cat in > out", root, &["out"], "pins quick");
+    let slow = action(&mut blobs, "sleep 60", root, &[], "pins slow");
+    upload(&ch, &blobs).await;
+
+    let r = execute(&ch, quick).await;
+    assert_eq!(code_of(&r), Code::Ok, "{r:?}");
+    assert_eq!(casd_stats(&a).await.pinned_blobs, 0);
+
+    let mut stream = ExecutionClient::new(ch.clone())
+        .execute(ExecuteRequest {
+            action_digest: Some(slow.to_reapi()),
+            skip_cache_lookup: true,
+            digest_function: F.to_reapi(),
+            ..Default::default()
+        })
+        .await
+        .expect("Execute")
+        .into_inner();
+    let name = stream
+        .message()
+        .await
+        .expect("operation stream")
+        .expect("a first Operation")
+        .name;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let wait_pinned = |n: u64| {
+        let a = a.clone();
+        async move {
+            loop {
+                let st = casd_stats(&a).await;
+                if st.pinned_blobs == n {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < until,
+                    "never {n} pinned: {st:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_pinned(2).await;
+    OperationsClient::new(ch.clone())
+        .cancel_operation(CancelOperationRequest { name })
+        .await
+        .expect("CancelOperation");
+    wait_pinned(0).await;
+    assert!(client::find_missing(&ch, "", &[input, root])
+        .await
+        .expect("FindMissingBlobs")
+        .is_empty());
+    drop(stream);
 }

@@ -98,6 +98,16 @@ async fn materialize(
     root: &Digest,
     target: &std::path::Path,
 ) -> Result<MaterializeResponse, tonic::Status> {
+    materialize_pinned(ch, root, target, 0).await
+}
+
+/// Materialize asking for a lease over the tree (`pin_ttl_seconds`).
+async fn materialize_pinned(
+    ch: &Channel,
+    root: &Digest,
+    target: &std::path::Path,
+    pin_ttl_seconds: u32,
+) -> Result<MaterializeResponse, tonic::Status> {
     std::fs::create_dir_all(target).unwrap();
     CasdClient::new(ch.clone())
         .materialize(MaterializeRequest {
@@ -106,6 +116,7 @@ async fn materialize(
             root: Some(casd_digest(root)),
             target: target.display().to_string(),
             copy: false,
+            pin_ttl_seconds,
         })
         .await
         .map(|r| r.into_inner())
@@ -276,6 +287,79 @@ async fn a_tree_only_b_has_is_materialized_and_its_scratch_reclaimed_at_unpin() 
     assert!(m.missing.is_empty(), "{:?}", m.missing);
     // The files again; the directories are still parsed in memory.
     assert_eq!(stats(&a).await.backing_fetches, 7 + 5);
+}
+
+/// Actions sharing one tree, each materializing it under a lease and
+/// releasing the lease as soon as it has it: every release reclaims the
+/// tree unless another lease holds it, racing the others' fetches and
+/// walks (a blob found present, or just fetched, reclaimed before it is
+/// linked). Every Materialize must still build the whole tree; at the end
+/// nothing is pinned and the scratch is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materializes_racing_releases_of_a_shared_tree_never_miss_an_input() {
+    const TASKS: usize = 8;
+    const ROUNDS: usize = 15;
+    let p = jit_pair().await;
+    let (a, b) = (p.a.channel().await, p.b.channel().await);
+    let (root, _) = tree_in(&b, 4, 80).await;
+    let work = p.a.layout.work_dir.clone();
+    let calls: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (a, work) = (a.clone(), work.clone());
+            tokio::spawn(async move {
+                for r in 0..ROUNDS {
+                    let target = work.join(format!("action-{t}-{r}"));
+                    let m = materialize_pinned(&a, &root, &target, 600).await.unwrap();
+                    assert!(m.missing.is_empty(), "round {r}: {:?}", m.missing);
+                    assert_eq!(m.files, 4);
+                    assert!(!m.lease.is_empty(), "no lease");
+                    unpin(&a, m.lease).await;
+                    std::fs::remove_dir_all(&target).unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in calls {
+        tokio::time::timeout(BOUND * 4, c).await.unwrap().unwrap();
+    }
+    let s = stats(&a).await;
+    assert_eq!((s.pinned_blobs, s.blobs, s.bytes), (0, 0, 0), "{s:?}");
+}
+
+/// A tree with a blob B lacks too: reported missing, no lease, and what
+/// was fetched of it neither pinned nor kept.
+#[tokio::test]
+async fn a_pinned_materialize_with_a_missing_blob_leaves_nothing_pinned() {
+    let p = jit_pair().await;
+    let (a, b) = (p.a.channel().await, p.b.channel().await);
+    let (present, data) = blob(10_000, 90);
+    client::write(&b, "", &present, &data, 1 << 20)
+        .await
+        .unwrap();
+    let lacking = blob(10_000, 91).0;
+    let root = Directory {
+        files: ["p", "x"]
+            .iter()
+            .zip([present, lacking])
+            .map(|(n, d)| FileNode {
+                name: (*n).into(),
+                digest: Some(d.to_reapi()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let root_d = Digest::of(DigestFunction::Sha256, &root);
+    client::write(&b, "", &root_d, &root, 1 << 20)
+        .await
+        .unwrap();
+    let target = p.a.layout.work_dir.join("action-1");
+    let m = materialize_pinned(&a, &root_d, &target, 600).await.unwrap();
+    assert_eq!(m.missing, vec![casd_digest(&lacking)]);
+    assert!(m.lease.is_empty());
+    let s = stats(&a).await;
+    assert_eq!((s.pinned_blobs, s.blobs), (0, 0), "{s:?}");
 }
 
 #[tokio::test]

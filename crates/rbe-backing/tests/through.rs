@@ -163,6 +163,7 @@ async fn get_tree_and_materialize_fetch_a_tree_only_the_backing_store_has() {
             }),
             target: target.display().to_string(),
             copy: false,
+            pin_ttl_seconds: 0,
         })
         .await
         .unwrap()

@@ -249,6 +249,16 @@ impl Index {
         }
     }
 
+    /// Pins the blob unless it is pinned already (the caller counts its
+    /// holders itself); false when the blob is absent.
+    pub fn hold(&mut self, k: &Key) -> bool {
+        match self.find(k) {
+            Some(i) if self.slab[i as usize].pins > 0 => true,
+            Some(_) => self.pin(k),
+            None => false,
+        }
+    }
+
     /// Drops a pin taken with [`Index::pin`].
     pub fn unpin(&mut self, k: &Key) {
         if let Some(i) = self.find(k) {

@@ -127,6 +127,8 @@ struct Tree {
     missing: Vec<Digest>,
     /// How many of `missing`, at its start, are directories.
     missing_dirs: usize,
+    /// Every file of the closure, each once.
+    files: Vec<Digest>,
     entries: u64,
 }
 
@@ -224,6 +226,7 @@ fn load_tree(
         dirs,
         missing,
         missing_dirs: n_dirs,
+        files,
         entries,
     })
 }
@@ -260,6 +263,45 @@ pub fn missing_tree(
     let missing_files = t.missing.split_off(t.missing_dirs);
     Ok(Closure {
         missing_directories: t.missing,
+        missing_files,
+        directories: t.dirs.len() as u64,
+        entries: t.entries,
+    })
+}
+
+/// [`missing_tree`] for one input root that also pins, with `pin` (which
+/// pins what is present and returns what is absent, as
+/// [`crate::pins::Leases::add`] does), every directory read and every file
+/// of the closure. What `pin` finds absent is listed as missing even if
+/// the walk saw it: it was evicted or reclaimed in between. So once an
+/// answer lists nothing, the whole tree is present and pinned, and
+/// [`materialize`] cannot lose an input to eviction or to another lease's
+/// release.
+pub fn pin_tree(
+    store: &Arc<Store>,
+    cache: &DirCache,
+    f: DigestFunction,
+    root: Digest,
+    max_entries: u64,
+    pin: impl FnOnce(&[Digest]) -> Vec<Digest>,
+) -> Result<Closure, TreeError> {
+    let t = load_tree(store, cache, f, &[root], max_entries)?;
+    let mut all: Vec<Digest> = t.dirs.keys().copied().collect();
+    all.extend(t.files.iter().copied());
+    let absent: HashSet<Digest> = pin(&all).into_iter().collect();
+    let mut missing_directories: Vec<Digest> = t.missing[..t.missing_dirs].to_vec();
+    missing_directories.extend(t.dirs.keys().filter(|d| absent.contains(*d)).copied());
+    let listed: HashSet<Digest> = missing_directories.iter().copied().collect();
+    let missing_files = t
+        .files
+        .iter()
+        // `pin` checks presence itself: a file the walk found absent is
+        // absent to it too, unless it arrived meanwhile (and is now held).
+        .filter(|d| absent.contains(*d) && !listed.contains(*d))
+        .copied()
+        .collect();
+    Ok(Closure {
+        missing_directories,
         missing_files,
         directories: t.dirs.len() as u64,
         entries: t.entries,

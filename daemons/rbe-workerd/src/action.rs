@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use rbe_exec::{ActionSpec, Sandbox};
-use rbe_proto::casd::{casd_client::CasdClient, MaterializeRequest};
+use rbe_proto::casd::MaterializeRequest;
 use rbe_proto::reapi::{
     Action, ActionResult, Command, ExecutedActionMetadata, OutputDirectory, OutputFile,
     OutputSymlink,
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::confine::{self, Scope};
+use crate::inputs::{self, InputLease};
 use crate::outputs::{self, Found, Uploader};
 use crate::server::Worker;
 
@@ -65,6 +66,11 @@ pub fn refuse(id: u64, why: &str) -> Finished {
 /// uploading outputs.
 const OVERHEAD_ALLOWANCE: Duration = Duration::from_secs(600);
 
+/// How long the whole action may take, inputs and uploads included.
+fn whole_action_limit(a: &Assignment) -> Duration {
+    Duration::from_secs(u64::from(a.timeout_seconds.max(1))) + OVERHEAD_ALLOWANCE
+}
+
 /// Runs an assignment and says how it ended.
 pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) -> Finished {
     let id = a.id;
@@ -73,9 +79,10 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
     let slot = w.take_slot();
     // The whole action, inputs and uploads included, is bounded and
     // cancellable: a hung casd must not hold a slot forever.
-    let limit = Duration::from_secs(u64::from(a.timeout_seconds.max(1))) + OVERHEAD_ALLOWANCE;
+    let limit = whole_action_limit(&a);
+    let inputs = Arc::new(InputLease::default());
     let r = tokio::select! {
-        r = run(w, &a, &dir, &action_id, slot, cancel.clone()) => r,
+        r = run(w, &a, &dir, &action_id, slot, cancel.clone(), &inputs) => r,
         _ = cancel.cancelled() => Ok(fail(id, Outcome::Cancelled, "cancelled")),
         _ = tokio::time::sleep(limit) => Ok(fail(id, Outcome::Unavailable, format!(
             "worker {} could not finish the action within {} s (inputs or outputs stalled)", w.name, limit.as_secs()
@@ -86,6 +93,11 @@ pub async fn execute(w: &Arc<Worker>, a: Assignment, cancel: CancellationToken) 
     // Whatever the action left there, this ends (see `workdir`).
     let work = Arc::clone(&w.work);
     tokio::task::spawn_blocking(move || work.dispose(&action_id));
+    // Every way out passes here: outputs uploaded (they were read from the
+    // action directory, not the store), failure, cancel, timeout. Done
+    // before the report, so a client that saw the result finds the inputs
+    // released (and in jit mode the scratch freed).
+    inputs.release(&w.casd, &a.operation).await;
     w.return_slot(slot);
     match r {
         Ok(f) => f,
@@ -117,6 +129,7 @@ async fn run(
     action_id: &str,
     slot: Option<u32>,
     cancel: CancellationToken,
+    inputs: &Arc<InputLease>,
 ) -> anyhow::Result<Finished> {
     let worker_start = SystemTime::now();
     // One snapshot for the whole action: a reload applies to later ones.
@@ -147,21 +160,20 @@ async fn run(
 
     // Inputs.
     let fetch_start = SystemTime::now();
-    let m = CasdClient::new(w.casd.clone())
-        .max_decoding_message_size(64 << 20)
-        .materialize(MaterializeRequest {
-            instance_name: a.instance_name.clone(),
-            digest_function: a.digest_function,
-            root: Some(rbe_proto::casd::Digest {
-                hash: root_digest.hash.clone(),
-                size_bytes: root_digest.size_bytes,
-            }),
-            target: root.display().to_string(),
-            copy: !w.privileged,
-        })
-        .await;
-    let m = match m {
-        Ok(m) => m.into_inner(),
+    let req = MaterializeRequest {
+        instance_name: a.instance_name.clone(),
+        digest_function: a.digest_function,
+        root: Some(rbe_proto::casd::Digest {
+            hash: root_digest.hash.clone(),
+            size_bytes: root_digest.size_bytes,
+        }),
+        target: root.display().to_string(),
+        copy: !w.privileged,
+        // As long as the whole action may take; casd caps it.
+        pin_ttl_seconds: u32::try_from(whole_action_limit(a).as_secs()).unwrap_or(u32::MAX),
+    };
+    let m = match inputs::materialize(&w.casd, req, inputs, &a.operation).await {
+        Ok(m) => m,
         Err(s) if s.code() == Code::InvalidArgument => {
             return Ok(fail(a.id, Outcome::InvalidAction, s.message()))
         }

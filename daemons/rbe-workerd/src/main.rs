@@ -4,6 +4,7 @@
 mod action;
 mod cgroups;
 mod confine;
+mod inputs;
 mod outputs;
 mod privileges;
 mod server;

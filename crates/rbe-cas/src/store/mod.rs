@@ -688,7 +688,20 @@ impl Store {
             .collect()
     }
 
-    /// Releases pins taken with [`Store::pin`].
+    /// Pins present blobs that are not pinned yet, for a caller that
+    /// counts its holders itself ([`crate::pins::Leases`]); returns those
+    /// that are absent. Present and pinned are decided under one lock, so
+    /// a blob reported present cannot be reclaimed or evicted before it is
+    /// pinned.
+    pub fn hold(&self, ds: &[Digest]) -> Vec<Digest> {
+        let mut ix = self.index.lock();
+        ds.iter()
+            .filter(|d| !d.is_empty_blob() && !ix.hold(&Key::from(*d)))
+            .copied()
+            .collect()
+    }
+
+    /// Releases pins taken with [`Store::pin`] or [`Store::hold`].
     pub fn unpin(&self, ds: &[Digest]) {
         let mut ix = self.index.lock();
         for d in ds {

@@ -397,10 +397,10 @@ impl ContentAddressableStorage for CasService {
         self.0.partition(&req.instance_name)?;
         let f = self.function(req.digest_function)?;
         let root = Digest::from_reapi_opt(f, req.root_digest.as_ref()).map_err(digest_status)?;
-        if let Some(t) = &self.0.through {
+        if self.0.through.is_some() {
             // The tree's directories are fetched through first, so the
             // walk omits only those the backing store lacks too.
-            super::local::hydrate(&self.0, t, f, root, false).await?;
+            super::local::hydrate(&self.0, None, f, root, false).await?;
         }
         if !self.0.store.contains(&root) {
             return Err(Status::not_found(format!(

@@ -14,6 +14,7 @@ use rbe_proto::reapi::ActionResult;
 use rbe_proto::{Digest, DigestFunction};
 use tonic::{Request, Response, Status};
 
+use super::lease::Held;
 use super::{blocking, cas_status, digest_status, Casd};
 
 /// Most digests one MissingTree or MissingForResult answer lists, so the
@@ -109,14 +110,7 @@ impl casd_server::Casd for LocalService {
 
     async fn unpin(&self, req: Request<UnpinRequest>) -> Result<Response<UnpinResponse>, Status> {
         let lease = req.into_inner().lease;
-        if let Some(held) = self.0.leases.release(&lease) {
-            if self.0.jit() {
-                // Scratch: what no other lease holds is not needed here
-                // any more; the backing store keeps it.
-                let store = Arc::clone(&self.0.store);
-                let (blobs, bytes) = blocking(move || store.reclaim(&held)).await?;
-                tracing::debug!(lease = %lease, blobs, freed_bytes = bytes, "scratch reclaimed after unpin");
-            }
+        if super::lease::release(&self.0, &lease).await? {
             Ok(Response::new(UnpinResponse {}))
         } else {
             Err(Status::not_found(format!(
@@ -137,8 +131,13 @@ impl casd_server::Casd for LocalService {
             .ok_or_else(|| Status::invalid_argument("root is missing"))?;
         let root = Digest::parse(f, &root.hash, root.size_bytes).map_err(digest_status)?;
         let started = std::time::Instant::now();
-        if let Some(t) = &self.0.through {
-            hydrate(&self.0, t, f, root, true).await?;
+        // Taken before the first walk and dropped (released) on every way
+        // out but a complete tree.
+        let held = (req.pin_ttl_seconds > 0)
+            .then(|| Held::open(&self.0, Duration::from_secs(u64::from(req.pin_ttl_seconds))));
+        let lease = held.as_ref().map(Held::id);
+        if self.0.through.is_some() || lease.is_some() {
+            hydrate(&self.0, lease, f, root, true).await?;
         }
         let casd = Arc::clone(&self.0);
         let r = blocking(move || {
@@ -150,11 +149,20 @@ impl casd_server::Casd for LocalService {
         .await?;
         let m = r.map_err(tree_status)?;
         tracing::debug!(digest = %root, files = m.files, directories = m.directories, missing = m.missing.len(), elapsed_us = started.elapsed().as_micros() as u64, "materialized input tree");
+        let lease = match held {
+            Some(h) if m.missing.is_empty() => h.keep(),
+            Some(h) => {
+                h.release().await?;
+                String::new()
+            }
+            None => String::new(),
+        };
         Ok(Response::new(MaterializeResponse {
             missing: m.missing.iter().map(to_proto).collect(),
             files: m.files,
             directories: m.directories,
             bytes: m.bytes,
+            lease,
         }))
     }
 
@@ -222,22 +230,50 @@ impl casd_server::Casd for LocalService {
 /// through before it is materialized or walked, a level per round. Blobs
 /// the backing store lacks too are left for the caller to report missing,
 /// as without a backing store.
+///
+/// With `lease`, each walk pins what it finds under the lease
+/// ([`materialize::pin_tree`]) and each fetched blob is pinned as its fetch
+/// ends, so what this call made present stays until the lease is
+/// released; a blob lost between fetch and pin (evicted, reclaimed by
+/// another lease's release) is fetched again in the next round. Without a
+/// backing store one walk pins what is present.
 pub(super) async fn hydrate(
     casd: &Arc<Casd>,
-    t: &Arc<super::through::Through>,
+    lease: Option<&str>,
     f: DigestFunction,
     root: Digest,
     files: bool,
 ) -> Result<(), Status> {
+    use futures::StreamExt;
     let mut absent_everywhere: std::collections::HashSet<Digest> = Default::default();
     let mut fetched: std::collections::HashMap<Digest, u32> = Default::default();
     loop {
-        let c = Arc::clone(casd);
-        let closure = blocking(move || {
-            materialize::missing_tree(&c.store, &c.dirs, f, &[root], MAX_WALK_ENTRIES)
+        let (c, id) = (Arc::clone(casd), lease.map(str::to_owned));
+        let (closure, expired) = blocking(move || match id {
+            Some(id) => {
+                let mut expired = false;
+                let pin = |ds: &[Digest]| {
+                    c.leases.add(&id, ds).unwrap_or_else(|| {
+                        expired = true;
+                        Vec::new()
+                    })
+                };
+                let r = materialize::pin_tree(&c.store, &c.dirs, f, root, MAX_WALK_ENTRIES, pin);
+                (r, expired)
+            }
+            None => (
+                materialize::missing_tree(&c.store, &c.dirs, f, &[root], MAX_WALK_ENTRIES),
+                false,
+            ),
         })
-        .await?
-        .map_err(tree_status)?;
+        .await?;
+        let closure = closure.map_err(tree_status)?;
+        if expired {
+            return Err(lease_expired(root));
+        }
+        let Some(t) = &casd.through else {
+            return Ok(());
+        };
         let mut missing = closure.missing_directories;
         if files {
             missing.extend(closure.missing_files);
@@ -249,23 +285,45 @@ pub(super) async fn hydrate(
         if wanted.is_empty() {
             return Ok(());
         }
-        // A blob wanted again after two fetches is being evicted as it
-        // arrives: the store is too small for the tree, and looping would
-        // not change that.
+        // A blob wanted again and again is being evicted as it arrives: the
+        // store is too small for the tree, and looping would not change
+        // that. (Once more than without a lease: a blob can also be
+        // reclaimed by another lease's release before this one pins it.)
+        let bound = if lease.is_some() { 3 } else { 2 };
         for d in &wanted {
             let n = fetched.entry(*d).or_insert(0u32);
-            if *n >= 2 {
+            if *n >= bound {
                 return Err(Status::resource_exhausted(format!(
-                    "blob {d} of input tree {root} was evicted twice while the tree was fetched from the backing store; the store is too small"
+                    "blob {d} of input tree {root} was evicted {n} times while the tree was fetched from the backing store; the store is too small"
                 )));
             }
             *n += 1;
         }
-        for (d, e) in t.ensure_all_local(&casd.store, &wanted).await {
+        let failed: Vec<(Digest, Status)> = futures::stream::iter(wanted)
+            .map(|d| async move {
+                let r = t.ensure_local(&casd.store, d).await;
+                if let (Ok(()), Some(id)) = (&r, lease) {
+                    // Pinned as soon as it is here; if it is gone already,
+                    // or the lease expired, the next walk says so.
+                    let _ = casd.leases.add(id, &[d]);
+                }
+                (d, r)
+            })
+            .buffer_unordered(super::through::FETCH_PARALLELISM)
+            .filter_map(|(d, r)| async move { r.err().map(|e| (d, e)) })
+            .collect()
+            .await;
+        for (d, e) in failed {
             if e.code() != tonic::Code::NotFound {
                 return Err(e);
             }
             absent_everywhere.insert(d);
         }
     }
+}
+
+fn lease_expired(root: Digest) -> Status {
+    Status::unavailable(format!(
+        "the lease over input tree {root} expired before the tree was complete (storage.max_pin_ttl_secs)"
+    ))
 }

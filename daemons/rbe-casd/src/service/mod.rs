@@ -7,6 +7,7 @@ pub mod backing_metrics;
 pub mod bytestream;
 pub mod cas;
 pub mod existence;
+pub mod lease;
 pub mod local;
 pub mod through;
 
