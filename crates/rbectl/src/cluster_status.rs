@@ -5,7 +5,6 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use rbe_proto::cluster::cluster_admin_client::ClusterAdminClient;
 use rbe_proto::cluster::{ClusterStatus, ClusterStatusRequest, LoadReport};
 
@@ -20,30 +19,13 @@ pub struct StatusArgs {
 }
 
 pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let socket = match a.socket {
-        Some(s) => s,
-        None => {
-            let dirs = if a.config_dirs.is_empty() {
-                rbe_config::default_dirs()
-            } else {
-                a.config_dirs
-            };
-            rbe_config::load_frontend(&dirs)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .listen
-                .local
-        }
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let status = rt.block_on(async {
-        let ch = rbe_net::unix_channel(&socket).await?;
-        let r = ClusterAdminClient::new(ch)
+    let socket = crate::ask::socket(a.socket, a.config_dirs, |dirs| {
+        rbe_config::load_frontend(dirs).map(|s| s.listen.local)
+    })?;
+    let status = crate::ask::ask(&socket, "rbe-frontend", |ch| async move {
+        ClusterAdminClient::new(ch)
             .status(ClusterStatusRequest {})
             .await
-            .with_context(|| format!("asking rbe-frontend at {}", socket.display()))?;
-        anyhow::Ok(r.into_inner())
     })?;
     print!("{}", render(&status));
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,6 @@
 //! rbectl: the rbe admin CLI.
 
+mod ask;
 mod cluster;
 mod cluster_status;
 mod config_check;

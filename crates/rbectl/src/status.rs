@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use rbe_proto::casd::casd_client::CasdClient;
 use rbe_proto::casd::{BackingStats, StatsRequest, StatsResponse};
 
@@ -21,30 +20,11 @@ pub struct StatusArgs {
 }
 
 pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let socket = match a.socket {
-        Some(s) => s,
-        None => {
-            let dirs = if a.config_dirs.is_empty() {
-                rbe_config::default_dirs()
-            } else {
-                a.config_dirs
-            };
-            rbe_config::load_casd(&dirs)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .listen
-                .socket
-        }
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let stats = rt.block_on(async {
-        let ch = rbe_net::unix_channel(&socket).await?;
-        let r = CasdClient::new(ch)
-            .stats(StatsRequest {})
-            .await
-            .with_context(|| format!("asking rbe-casd at {}", socket.display()))?;
-        anyhow::Ok(r.into_inner())
+    let socket = crate::ask::socket(a.socket, a.config_dirs, |dirs| {
+        rbe_config::load_casd(dirs).map(|s| s.listen.socket)
+    })?;
+    let stats = crate::ask::ask(&socket, "rbe-casd", |ch| async move {
+        CasdClient::new(ch).stats(StatsRequest {}).await
     })?;
     print!("{}", render(&socket.display().to_string(), &stats));
     Ok(ExitCode::SUCCESS)
