@@ -43,14 +43,14 @@ def main():
             row = {p: builds.get((rnd, m, p)) for p in ("cold", "cached", "warmhost")}
             wall = {p: (r or {}).get("wall_s") for p, r in row.items()}
             bad = [p for p, r in row.items() if r and (r["exit"] != 0)]
-            load = (row["cold"] or {}).get("loadavg_before", "").split(" ")[0]
+            la = (row["cold"] or {}).get("loadavg_before", "").split(" ")[0]
             cells = [fmt_ratio(wall["cold"], base["cold"]), fmt_ratio(wall["cached"], base["cached"]),
                      fmt_ratio(wall["warmhost"], base["cold"]), fmt_ratio(wall["warmhost"], base["cached"])]
             for name, v in zip(("cold", "cached", "warm/cold", "warm/cached"), cells):
                 if v != "—":
                     ratios.setdefault((m, name), []).append(float(v))
             print("| %d | %s | %s | %s | %s | %s | %s |%s" % (
-                rnd, m, load,
+                rnd, m, la,
                 *("%.1f s" % wall[p] if wall[p] else "—" for p in ("cold", "cached", "warmhost")),
                 " | ".join(cells if m != "none" else ["1", "1", "—", "—"]),
                 " exit≠0: " + ",".join(bad) if bad else ""))
