@@ -68,9 +68,9 @@ def main():
     print("Counters (casd Stats after each build; front = rbectl local's casd, "
           "backing = the second casd; cumulative since that casd started):")
     print()
-    print("| round | mode | build | remote / cache hits | front backing_fetches | front backing_errors "
-          "| backing: blobs, MB stored | backing blobs_read |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| round | mode | build | machine busy CPU | remote / cache hits | front: blobs, MB "
+          "| front backing_fetches | front backing_errors | backing: blobs, MB stored | backing blobs_read |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for rnd in rounds:
         for m in modes:
             for p in ("cold", "cached", "warmhost"):
@@ -78,8 +78,9 @@ def main():
                 if not r:
                     continue
                 f, b = r.get("front") or {}, r.get("backing") or {}
-                print("| %d | %s | %s | %d / %d | %s | %s | %s | %s |" % (
-                    rnd, m, p, r["remote"], r["cache_hit"],
+                print("| %d | %s | %s | %.0f s | %d / %d | %s | %s | %s | %s | %s |" % (
+                    rnd, m, p, r.get("machine_busy_cpu_s", 0), r["remote"], r["cache_hit"],
+                    "%d, %.1f" % (f["blobs"], f["bytes"] / 1e6) if "blobs" in f else "—",
                     f.get("backing_fetches", "—") if m != "none" else "—",
                     f.get("backing_errors", "—") if m != "none" else "—",
                     "%d, %.1f" % (b["blobs"], b["bytes"] / 1e6) if "blobs" in b else "—",
