@@ -154,6 +154,10 @@ pub async fn stats(a: StatsArgs) -> anyhow::Result<()> {
         .b("index_loading", s.index_loading)
         .i("evicted_blobs", s.evicted_blobs)
         .i("pinned_blobs", s.pinned_blobs)
+        .i("action_results", s.action_results)
+        .i("blobs_read", s.blobs_read)
+        .i("backing_fetches", s.backing_fetches)
+        .i("backing_errors", s.backing_errors)
         .n("waited_ms", waited)
         .print();
     Ok(())
