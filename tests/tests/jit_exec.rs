@@ -10,7 +10,6 @@
 //! the blob's file being absent from A's store directory (FindMissingBlobs
 //! answers for B in jit mode, so it cannot tell).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -50,15 +49,6 @@ async fn wait_stats(
         assert!(Instant::now() < until, "{what}: {s:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn store_path(cas_dir: &Path, d: &Digest) -> PathBuf {
-    let hex = d.hex();
-    cas_dir
-        .join("cas.v1")
-        .join("sha256")
-        .join(&hex[..2])
-        .join(hex)
 }
 
 /// The backing casd B, and the stack (casd A in jit mode in front of B,

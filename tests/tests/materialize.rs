@@ -49,16 +49,6 @@ async fn materialize(
         .map(tonic::Response::into_inner)
 }
 
-/// Path of a blob's file in a store rooted at `cas_dir`.
-fn store_path(cas_dir: &Path, d: &Digest) -> PathBuf {
-    let hex = d.hex();
-    cas_dir
-        .join("cas.v1")
-        .join("sha256")
-        .join(&hex[..2])
-        .join(hex)
-}
-
 /// The MISSING subjects of an ExecuteResponse's PreconditionFailure.
 fn missing_subjects(r: &ExecuteResponse) -> Vec<String> {
     let Some(st) = r.status.as_ref() else {

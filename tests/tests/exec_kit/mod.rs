@@ -4,6 +4,7 @@
 // Each test binary that includes this module uses a different part of it.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use prost::Message;
@@ -170,6 +171,16 @@ pub async fn finish(
 /// ExecuteResponse.
 pub async fn execute(ch: &Channel, action: Digest) -> ExecuteResponse {
     finish(start_execute(ch, action).await).await
+}
+
+/// Path of a blob's file in a store rooted at `cas_dir`.
+pub fn store_path(cas_dir: &Path, d: &Digest) -> PathBuf {
+    let hex = d.hex();
+    cas_dir
+        .join("cas.v1")
+        .join("sha256")
+        .join(&hex[..2])
+        .join(hex)
 }
 
 pub fn code_of(r: &ExecuteResponse) -> Code {

@@ -164,6 +164,24 @@ pub fn host_of(r: &ExecuteResponse) -> String {
     }
 }
 
+/// Checks that `r` ran (status OK, exit code 0) and returns its output
+/// `out`, read through `ch` (the origin's, whichever host ran it).
+pub async fn output_of(ch: &Channel, r: &ExecuteResponse) -> Vec<u8> {
+    assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
+    let result = r.result.as_ref().expect("result");
+    assert_eq!(result.exit_code, 0, "{r:?}");
+    let out = result
+        .output_files
+        .iter()
+        .find(|f| f.path == "out")
+        .and_then(|f| f.digest.as_ref())
+        .expect("out");
+    let d = Digest::from_reapi(F, out).expect("digest");
+    client::read(ch, "", &d)
+        .await
+        .expect("output at the origin")
+}
+
 pub fn counter(s: &rbe_proto::cluster::ClusterStatus, name: &str) -> u64 {
     s.counters
         .iter()
