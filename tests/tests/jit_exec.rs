@@ -13,8 +13,6 @@
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rbe_proto::casd::StatsResponse;
-use rbe_proto::longrunning::{operations_client::OperationsClient, CancelOperationRequest};
 use rbe_proto::reapi::ExecuteResponse;
 use rbe_proto::Digest;
 use rbe_testkit::{client, disk_tmp, pseudo_random, Casd, Stack};
@@ -31,24 +29,6 @@ async fn stdout_of(ch: &Channel, r: &ExecuteResponse) -> String {
         .await
         .expect("read stdout");
     String::from_utf8(bytes).expect("utf-8").trim().to_owned()
-}
-
-/// Polls until `ok(stats)`, for state that settles after a report (a
-/// cancelled action's release); a generous bound so nothing hangs.
-async fn wait_stats(
-    ch: &Channel,
-    what: &str,
-    ok: impl Fn(&StatsResponse) -> bool,
-) -> StatsResponse {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = casd_stats(ch).await;
-        if ok(&s) {
-            return s;
-        }
-        assert!(Instant::now() < until, "{what}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The backing casd B, and the stack (casd A in jit mode in front of B,
@@ -266,26 +246,7 @@ async fn timed_out_and_cancelled_jit_actions_leave_nothing_pinned() {
     assert_eq!(s.pinned_blobs, 0, "after a timeout: {s:?}");
     assert!(jit.in_scratch(&[input, root]).is_empty());
 
-    let mut stream = start_execute(&ch, cancelled).await;
-    let name = stream
-        .message()
-        .await
-        .expect("operation stream")
-        .expect("a first Operation")
-        .name;
-    // Running: its inputs are pinned.
-    wait_stats(&a, "inputs pinned while the action runs", |s| {
-        s.pinned_blobs == 2
-    })
-    .await;
-    OperationsClient::new(ch.clone())
-        .cancel_operation(CancelOperationRequest { name })
-        .await
-        .expect("CancelOperation");
-    wait_stats(&a, "nothing pinned after the cancel", |s| {
-        s.pinned_blobs == 0
-    })
-    .await;
+    let stream = cancel_once_pinned(&ch, &a, cancelled, 2).await;
     // Released with a reclaim, which ends before the pins are seen gone
     // only by the worker; give it the same bound.
     let until = Instant::now() + Duration::from_secs(60);

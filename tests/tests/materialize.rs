@@ -13,7 +13,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use prost::Message;
 use rbe_proto::casd::{casd_client::CasdClient, MaterializeRequest, MaterializeResponse};
@@ -567,7 +566,6 @@ async fn an_action_runs_through_casd_in_jit_mode_on_inputs_only_the_backing_stor
 /// a cache here, not scratch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_actions_inputs_are_pinned_while_it_runs_and_released_after() {
-    use rbe_proto::longrunning::{operations_client::OperationsClient, CancelOperationRequest};
     let s = Stack::start_configured_in(&disk_tmp(), "", "", "").await;
     let (ch, a) = (s.channel(), s.casd.channel().await);
     let mut blobs: Blobs = Vec::new();
@@ -588,36 +586,7 @@ async fn an_actions_inputs_are_pinned_while_it_runs_and_released_after() {
     assert_eq!(code_of(&r), Code::Ok, "{r:?}");
     assert_eq!(casd_stats(&a).await.pinned_blobs, 0);
 
-    let mut stream = start_execute(&ch, slow).await;
-    let name = stream
-        .message()
-        .await
-        .expect("operation stream")
-        .expect("a first Operation")
-        .name;
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    let wait_pinned = |n: u64| {
-        let a = a.clone();
-        async move {
-            loop {
-                let st = casd_stats(&a).await;
-                if st.pinned_blobs == n {
-                    return;
-                }
-                assert!(
-                    std::time::Instant::now() < until,
-                    "never {n} pinned: {st:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    wait_pinned(2).await;
-    OperationsClient::new(ch.clone())
-        .cancel_operation(CancelOperationRequest { name })
-        .await
-        .expect("CancelOperation");
-    wait_pinned(0).await;
+    let stream = cancel_once_pinned(&ch, &a, slow, 2).await;
     assert!(client::find_missing(&ch, "", &[input, root])
         .await
         .expect("FindMissingBlobs")

@@ -5,11 +5,13 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use rbe_proto::casd::{casd_client::CasdClient, StatsRequest, StatsResponse};
-use rbe_proto::longrunning::operation;
+use rbe_proto::longrunning::{
+    operation, operations_client::OperationsClient, CancelOperationRequest,
+};
 use rbe_proto::reapi::{
     command::EnvironmentVariable, execution_client::ExecutionClient, Action, Command, Directory,
     DirectoryNode, ExecuteRequest, ExecuteResponse, FileNode,
@@ -171,6 +173,56 @@ pub async fn finish(
 /// ExecuteResponse.
 pub async fn execute(ch: &Channel, action: Digest) -> ExecuteResponse {
     finish(start_execute(ch, action).await).await
+}
+
+/// Polls casd's Stats behind `casd` until `ok(stats)`, for state that
+/// settles after a report (a cancelled action's release); a generous bound
+/// so nothing hangs.
+pub async fn wait_stats(
+    casd: &Channel,
+    what: &str,
+    ok: impl Fn(&StatsResponse) -> bool,
+) -> StatsResponse {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = casd_stats(casd).await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(Instant::now() < until, "{what}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `action` through `ch` and, once casd (behind `casd`) holds its
+/// `pinned` inputs pinned (it runs), cancels it and waits until nothing is
+/// pinned. Returns the Execute stream, for the caller to hold to its end.
+pub async fn cancel_once_pinned(
+    ch: &Channel,
+    casd: &Channel,
+    action: Digest,
+    pinned: u64,
+) -> tonic::Streaming<rbe_proto::longrunning::Operation> {
+    let mut stream = start_execute(ch, action).await;
+    let name = stream
+        .message()
+        .await
+        .expect("operation stream")
+        .expect("a first Operation")
+        .name;
+    wait_stats(casd, "inputs pinned while the action runs", |s| {
+        s.pinned_blobs == pinned
+    })
+    .await;
+    OperationsClient::new(ch.clone())
+        .cancel_operation(CancelOperationRequest { name })
+        .await
+        .expect("CancelOperation");
+    wait_stats(casd, "nothing pinned after the cancel", |s| {
+        s.pinned_blobs == 0
+    })
+    .await;
+    stream
 }
 
 /// Path of a blob's file in a store rooted at `cas_dir`.
