@@ -42,6 +42,20 @@ impl Store {
     }
 }
 
+/// Hosts a (1 slot) and b (4 slots), both casds in front of one store in
+/// `mode`, with `frontend` as both frontends' drop-in. The temp dir and
+/// the store come back too, for the caller to hold as long as the cluster.
+async fn in_front_of_one_store(
+    mode: &str,
+    frontend: &str,
+) -> (tempfile::TempDir, Store, LocalCluster) {
+    let dir = tempdir();
+    let store = Store::start(dir.path(), "store").await;
+    let casd = vec![store.dropin(mode), store.dropin(mode)];
+    let c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], frontend, &casd).await;
+    (dir, store, c)
+}
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("rbe-shared-")
@@ -123,10 +137,7 @@ async fn nothing_moved(c: &LocalCluster, offloaded: usize) {
 }
 
 async fn offload_through_a_shared_store(mode: &str) {
-    let dir = tempdir();
-    let store = Store::start(dir.path(), "store").await;
-    let casd = vec![store.dropin(mode), store.dropin(mode)];
-    let c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], "", &casd).await;
+    let (_dir, store, c) = in_front_of_one_store(mode, "").await;
     let ids = store_ids(&c).await;
     assert_eq!(ids[0], ids[1], "one store, one id: {ids:x?}");
     let acts: Vec<Act> = (0..6).map(|_| doubling(0)).collect();
@@ -161,15 +172,8 @@ async fn offload_through_a_shared_jit_mode_store_moves_no_blob() {
 /// nothing is copied, so they are offloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_trees_over_max_transfer_bytes_are_offloaded_through_a_shared_store() {
-    let dir = tempdir();
-    let store = Store::start(dir.path(), "store").await;
-    let casd = vec![store.dropin("cache"), store.dropin("cache")];
-    let c = LocalCluster::start_with_casd(
-        &[("a", 1), ("b", 4)],
-        "[offload]\nmax_transfer_bytes = \"1KiB\"\n",
-        &casd,
-    )
-    .await;
+    let (_dir, _store, c) =
+        in_front_of_one_store("cache", "[offload]\nmax_transfer_bytes = \"1KiB\"\n").await;
     store_ids(&c).await;
     let acts: Vec<Act> = (0..6).map(|_| doubling(64 << 10)).collect();
     let responses = burst(&c, &acts).await;
@@ -209,13 +213,9 @@ async fn hosts_in_front_of_different_stores_transfer_as_before() {
 /// finds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_finishes_an_orphan_when_the_store_is_shared() {
-    let dir = tempdir();
-    let store = Store::start(dir.path(), "store").await;
-    let casd = vec![store.dropin("cache"), store.dropin("cache")];
-    let c = LocalCluster::start_with_casd(
-        &[("a", 1), ("b", 4)],
+    let (_dir, store, c) = in_front_of_one_store(
+        "cache",
         "[offload]\norphan_policy = \"auto\"\norphan_grace_secs = 1\n",
-        &casd,
     )
     .await;
     store_ids(&c).await;
@@ -232,10 +232,7 @@ async fn auto_finishes_an_orphan_when_the_store_is_shared() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_the_shared_store_lacks_fail_precondition_listing_them() {
-    let dir = tempdir();
-    let store = Store::start(dir.path(), "store").await;
-    let casd = vec![store.dropin("cache"), store.dropin("cache")];
-    let c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], "", &casd).await;
+    let (_dir, _store, c) = in_front_of_one_store("cache", "").await;
     store_ids(&c).await;
     // a's one slot is busy, so the next action goes to b.
     let blocker = occupy(&c, 0, 30, None).await;
