@@ -16,11 +16,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use rbe_proto::casd::{casd_client::CasdClient, StatsRequest, StatsResponse};
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::buildgrid::Bgd;
 use rbe_testkit::{client, disk_tmp, Casd, Stack};
 use tonic::transport::Channel;
+
+mod exec_kit;
+use exec_kit::casd_stats;
 
 /// Everything but `//host:host_info`, which is `no-remote-exec`: what is
 /// left must all run remotely.
@@ -245,14 +247,6 @@ fn manifest(dir: &Path) -> Manifest {
     out
 }
 
-async fn stats(ch: &Channel) -> StatsResponse {
-    CasdClient::new(ch.clone())
-        .stats(StatsRequest {})
-        .await
-        .expect("Stats")
-        .into_inner()
-}
-
 /// What the steps of one leg share.
 struct Leg<'a> {
     bazel: &'a Bazel,
@@ -306,7 +300,7 @@ impl Leg<'_> {
             "{what}: outputs differ after the build on C"
         );
         assert!(
-            stats(&c_casd).await.backing_fetches > 0,
+            casd_stats(&c_casd).await.backing_fetches > 0,
             "{what}: C's inputs came through the backing store"
         );
         assert!(c.alive(), "{what}: a daemon of host C died");
@@ -371,7 +365,7 @@ async fn leg(bazel: &Bazel, parent: &Path, what: &str, mode: &str, url: &str, st
 
     let mut b = leg.host().await;
     let b_casd = b.casd.channel().await;
-    assert_eq!(stats(&b_casd).await.blobs, 0, "{what}: B starts empty");
+    assert_eq!(casd_stats(&b_casd).await.blobs, 0, "{what}: B starts empty");
     bazel.clean();
     assert!(
         manifest(&bin).is_empty(),
@@ -394,7 +388,7 @@ async fn leg(bazel: &Bazel, parent: &Path, what: &str, mode: &str, url: &str, st
         "{what}: outputs differ after the rebuild on B"
     );
     assert!(
-        stats(&b_casd).await.backing_fetches > 0,
+        casd_stats(&b_casd).await.backing_fetches > 0,
         "{what}: B served its hits through the backing store"
     );
     assert!(b.alive(), "{what}: a daemon of host B died");
@@ -404,7 +398,7 @@ async fn leg(bazel: &Bazel, parent: &Path, what: &str, mode: &str, url: &str, st
         hosts.push(("C", leg.on_c(&first, &before, &bin).await));
     }
     for (host, s) in &hosts {
-        let errors = stats(&s.casd.channel().await).await.backing_errors;
+        let errors = casd_stats(&s.casd.channel().await).await.backing_errors;
         assert_eq!(
             errors,
             0,

@@ -13,14 +13,6 @@ use rbe_testkit::cluster::LocalCluster;
 mod offload_kit;
 use offload_kit::*;
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success(), "kill {sig} {pid}");
-}
-
 /// a (1 slot) offloads a long action to b; a's frontend is killed (-9).
 /// b withdraws the orphan after `orphan_grace_secs` (`auto` without a
 /// shared store cancels): the action's process is gone, the orphan
@@ -245,43 +237,8 @@ async fn a_finished_orphan_lands_in_the_executors_action_cache() {
     )
     .await;
     formed(&c).await;
-    let acts: Vec<(Act, String)> = (0..3).map(|_| marked_sleep(8)).collect();
-    let ch = c.hosts[0].stack.channel();
-    let _runs = start_all(&ch, acts.iter().map(|(a, _)| a)).await;
-    let b_worker = c.hosts[1].stack.workerd_pid().expect("b's worker runs");
-    let on_b = || {
-        acts.iter()
-            .position(|(_, m)| !running(b_worker, m).is_empty())
-    };
-    until(&c, 1, LIMIT, "nothing of a's ran on b", || {
-        let found = on_b().is_some();
-        async move { found }
-    })
-    .await;
-    let i = on_b().expect("an action of a's runs on b");
-    signal(c.hosts[0].stack.frontend_pid().expect("a runs"), "-9");
-    until(&c, 1, LIMIT, "b did not finish the orphan", || async {
-        counter(&c.status(1).await, "orphans_finished") >= 1
-    })
-    .await;
-    let s = c.status(1).await;
-    assert_eq!(counter(&s, "orphans_cancelled"), 0, "{s:?}");
-    let ac =
-        rbe_proto::reapi::action_cache_client::ActionCacheClient::new(c.hosts[1].stack.channel());
-    let req = rbe_proto::reapi::GetActionResultRequest {
-        action_digest: Some(acts[i].0.action.to_reapi()),
-        digest_function: F.to_reapi(),
-        ..Default::default()
-    };
-    let mut found = None;
-    // The action-cache write is queued: it lands shortly after.
-    for _ in 0..100 {
-        if let Ok(r) = ac.clone().get_action_result(req.clone()).await {
-            found = Some(r.into_inner());
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let (orphan, _runs) = finish_an_orphan(&c).await;
+    let found = queued_action_result(&c.hosts[1].stack.channel(), orphan).await;
     let r = found.expect("b's action cache has the orphan's result");
     assert_eq!(r.exit_code, 0, "{r:?}");
 }

@@ -13,10 +13,7 @@ use prost::Message;
 use rbe_proto::cluster::host_message;
 use rbe_proto::longrunning::operation;
 use rbe_proto::reapi::{ExecuteResponse, RequestMetadata, ToolDetails};
-use rbe_proto::Digest;
-use rbe_testkit::client;
 use rbe_testkit::cluster::LocalCluster;
-use rbe_testkit::exec::start_command_with;
 
 mod offload_kit;
 use offload_kit::*;
@@ -30,21 +27,9 @@ async fn a_burst_at_the_one_slot_host_runs_on_its_peers_with_inputs_and_outputs_
     let mut per_host: HashMap<String, usize> = HashMap::new();
     let ch = c.hosts[0].stack.channel();
     for (a, r) in acts.iter().zip(&responses) {
-        assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
-        let result = r.result.as_ref().expect("result");
-        assert_eq!(result.exit_code, 0, "{r:?}");
-        *per_host.entry(host_of(r)).or_default() += 1;
         // The output is readable at the origin, whichever host ran it.
-        let out = result
-            .output_files
-            .iter()
-            .find(|f| f.path == "out")
-            .and_then(|f| f.digest.as_ref())
-            .expect("out");
-        let d = Digest::from_reapi(F, out).expect("digest");
-        let bytes = client::read(&ch, "", &d)
-            .await
-            .expect("output at the origin");
+        let bytes = output_of(&ch, r).await;
+        *per_host.entry(host_of(r)).or_default() += 1;
         assert_eq!(bytes, a.input, "the output carries the input");
     }
     let elsewhere: usize = per_host
@@ -139,34 +124,6 @@ async fn the_origin_dispatches_again_when_the_executing_frontend_is_killed() {
     assert!(counter(&s, "leases_lost") >= 1, "{s:?}");
 }
 
-/// Keeps host `i`'s one slot busy with a `sleep secs` that stays there
-/// (`do_not_cache`: never offloaded), returning its stream once it runs.
-async fn occupy(
-    c: &LocalCluster,
-    i: usize,
-    secs: u32,
-    md: &RequestMetadata,
-) -> tonic::Streaming<rbe_proto::longrunning::Operation> {
-    let ch = c.hosts[i].stack.channel();
-    let mut s = start_command_with(&ch, &["sleep", &secs.to_string()], &[], 120, Some(md))
-        .await
-        .expect("Execute the blocker");
-    loop {
-        let op = s.message().await.expect("stream").expect("an update");
-        let md = op
-            .metadata
-            .as_ref()
-            .and_then(|a| {
-                rbe_proto::reapi::ExecuteOperationMetadata::decode(a.value.as_slice()).ok()
-            })
-            .expect("metadata");
-        if md.stage == rbe_proto::reapi::execution_stage::Value::Executing as i32 {
-            return s;
-        }
-        assert!(!op.done, "the blocker ended: {op:?}");
-    }
-}
-
 /// The final response on a stream.
 async fn response_on(
     mut s: tonic::Streaming<rbe_proto::longrunning::Operation>,
@@ -244,7 +201,7 @@ async fn an_offloaded_action_carries_its_request_metadata_and_names_its_host() {
     let c = LocalCluster::start(&[("a", 1), ("b", 4)], "").await;
     formed(&c).await;
     let local = metadata("inv-local", "Block");
-    let blocker = occupy(&c, 0, 6, &local).await;
+    let blocker = occupy(&c, 0, 6, Some(&local)).await;
     // a's slot is busy: this one waits at a and goes to b.
     let y = act(1);
     let ch = c.hosts[0].stack.channel();
@@ -294,43 +251,10 @@ async fn an_offloaded_action_carries_its_request_metadata_and_names_its_host() {
 async fn inputs_the_origin_lacks_fail_precondition_listing_them_and_are_not_retried() {
     let c = LocalCluster::start(&[("a", 1), ("b", 4)], "").await;
     formed(&c).await;
-    let blocker = occupy(&c, 0, 30, &metadata("inv-block", "Block")).await;
-    // A client that never uploaded the two input files.
-    let y = act_with(1, 2);
-    let ch = c.hosts[0].stack.channel();
-    let codes = client::batch_update(&ch, "", &y.blobs[..3])
-        .await
-        .expect("BatchUpdateBlobs");
-    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
-    let r = tokio::time::timeout(LIMIT, execute(ch, y.action))
-        .await
-        .expect("the action did not end");
-    let st = r.status.clone().unwrap_or_default();
-    assert_eq!(
-        st.code,
-        tonic::Code::FailedPrecondition as i32,
-        "{r:?}; a: {:?}",
-        c.status(0).await
-    );
-    // Exactly as for a local action: one MISSING violation per blob.
-    let status = tonic::Status::with_details(
-        tonic::Code::FailedPrecondition,
-        st.message.clone(),
-        st.encode_to_vec().into(),
-    );
-    let pf = rbe_proto::status::precondition_failure(&status).expect("a PreconditionFailure");
-    let mut subjects: Vec<String> = pf.violations.iter().map(|v| v.subject.clone()).collect();
-    subjects.sort();
-    let mut want: Vec<String> = y.blobs[3..]
-        .iter()
-        .map(|(d, _)| format!("blobs/{}/{}", d.hex(), d.size))
-        .collect();
-    want.sort();
-    assert_eq!(subjects, want, "{pf:?}");
-    assert!(
-        pf.violations.iter().all(|v| v.r#type == "MISSING"),
-        "{pf:?}"
-    );
+    let blocker = occupy(&c, 0, 30, Some(&metadata("inv-block", "Block"))).await;
+    // A client that never uploaded the two input files; exactly as for a
+    // local action.
+    fails_listing_missing_inputs(&c, act_with(1, 2)).await;
     // It went to b once, and was not dispatched again.
     let s = c.status(0).await;
     assert_eq!(counter(&s, "offers_accepted"), 1, "{s:?}");

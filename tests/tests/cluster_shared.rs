@@ -12,9 +12,7 @@
 use std::time::Duration;
 
 use rbe_proto::casd::{casd_client::CasdClient, StatsRequest, StatsResponse};
-use rbe_proto::reapi::{ExecuteResponse, GetActionResultRequest};
-use rbe_proto::Digest;
-use rbe_testkit::client;
+use rbe_proto::reapi::ExecuteResponse;
 use rbe_testkit::cluster::LocalCluster;
 use rbe_testkit::{disk_tmp, Casd};
 use tonic::transport::Channel;
@@ -42,6 +40,20 @@ impl Store {
             self.url
         )
     }
+}
+
+/// Hosts a (1 slot) and b (4 slots), both casds in front of one store in
+/// `mode`, with `frontend` as both frontends' drop-in. The temp dir and
+/// the store come back too, for the caller to hold as long as the cluster.
+async fn in_front_of_one_store(
+    mode: &str,
+    frontend: &str,
+) -> (tempfile::TempDir, Store, LocalCluster) {
+    let dir = tempdir();
+    let store = Store::start(dir.path(), "store").await;
+    let casd = vec![store.dropin(mode), store.dropin(mode)];
+    let c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], frontend, &casd).await;
+    (dir, store, c)
 }
 
 fn tempdir() -> tempfile::TempDir {
@@ -96,22 +108,10 @@ async fn check_results(c: &LocalCluster, acts: &[Act], responses: &[ExecuteRespo
     let ch = c.hosts[0].stack.channel();
     let mut elsewhere = 0;
     for (a, r) in acts.iter().zip(responses) {
-        assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
-        let result = r.result.as_ref().expect("result");
-        assert_eq!(result.exit_code, 0, "{r:?}");
+        let bytes = output_of(&ch, r).await;
         if host_of(r) != "a" {
             elsewhere += 1;
         }
-        let out = result
-            .output_files
-            .iter()
-            .find(|f| f.path == "out")
-            .and_then(|f| f.digest.as_ref())
-            .expect("out");
-        let d = Digest::from_reapi(F, out).expect("digest");
-        let bytes = client::read(&ch, "", &d)
-            .await
-            .expect("output at the origin");
         assert_eq!(bytes, a.input.repeat(2), "the output is the input twice");
     }
     elsewhere
@@ -137,10 +137,7 @@ async fn nothing_moved(c: &LocalCluster, offloaded: usize) {
 }
 
 async fn offload_through_a_shared_store(mode: &str) {
-    let dir = tempdir();
-    let store = Store::start(dir.path(), "store").await;
-    let casd = vec![store.dropin(mode), store.dropin(mode)];
-    let c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], "", &casd).await;
+    let (_dir, store, c) = in_front_of_one_store(mode, "").await;
     let ids = store_ids(&c).await;
     assert_eq!(ids[0], ids[1], "one store, one id: {ids:x?}");
     let acts: Vec<Act> = (0..6).map(|_| doubling(0)).collect();
@@ -175,15 +172,8 @@ async fn offload_through_a_shared_jit_mode_store_moves_no_blob() {
 /// nothing is copied, so they are offloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_trees_over_max_transfer_bytes_are_offloaded_through_a_shared_store() {
-    let dir = tempdir();
-    let store = Store::start(dir.path(), "store").await;
-    let casd = vec![store.dropin("cache"), store.dropin("cache")];
-    let c = LocalCluster::start_with_casd(
-        &[("a", 1), ("b", 4)],
-        "[offload]\nmax_transfer_bytes = \"1KiB\"\n",
-        &casd,
-    )
-    .await;
+    let (_dir, _store, c) =
+        in_front_of_one_store("cache", "[offload]\nmax_transfer_bytes = \"1KiB\"\n").await;
     store_ids(&c).await;
     let acts: Vec<Act> = (0..6).map(|_| doubling(64 << 10)).collect();
     let responses = burst(&c, &acts).await;
@@ -223,58 +213,14 @@ async fn hosts_in_front_of_different_stores_transfer_as_before() {
 /// finds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_finishes_an_orphan_when_the_store_is_shared() {
-    let dir = tempdir();
-    let store = Store::start(dir.path(), "store").await;
-    let casd = vec![store.dropin("cache"), store.dropin("cache")];
-    let c = LocalCluster::start_with_casd(
-        &[("a", 1), ("b", 4)],
+    let (_dir, store, c) = in_front_of_one_store(
+        "cache",
         "[offload]\norphan_policy = \"auto\"\norphan_grace_secs = 1\n",
-        &casd,
     )
     .await;
     store_ids(&c).await;
-    let acts: Vec<(Act, String)> = (0..3).map(|_| marked_sleep(8)).collect();
-    let ch = c.hosts[0].stack.channel();
-    let _runs = start_all(&ch, acts.iter().map(|(a, _)| a)).await;
-    let b_worker = c.hosts[1].stack.workerd_pid().expect("b's worker runs");
-    let on_b = || {
-        acts.iter()
-            .position(|(_, m)| !running(b_worker, m).is_empty())
-    };
-    until(&c, 1, LIMIT, "nothing of a's ran on b", || {
-        let found = on_b().is_some();
-        async move { found }
-    })
-    .await;
-    let i = on_b().expect("an action of a's runs on b");
-    let pid = c.hosts[0].stack.frontend_pid().expect("a runs");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    until(&c, 1, LIMIT, "b did not finish the orphan", || async {
-        counter(&c.status(1).await, "orphans_finished") >= 1
-    })
-    .await;
-    let s = c.status(1).await;
-    assert_eq!(counter(&s, "orphans_cancelled"), 0, "{s:?}");
-    let req = GetActionResultRequest {
-        action_digest: Some(acts[i].0.action.to_reapi()),
-        digest_function: F.to_reapi(),
-        ..Default::default()
-    };
-    let store_ch = store.casd.channel().await;
-    let mut found = None;
-    // The action-cache write is queued: it lands shortly after.
-    for _ in 0..100 {
-        let ac = rbe_proto::reapi::action_cache_client::ActionCacheClient::new(store_ch.clone());
-        if let Ok(r) = ac.clone().get_action_result(req.clone()).await {
-            found = Some(r.into_inner());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (orphan, _runs) = finish_an_orphan(&c).await;
+    let found = queued_action_result(&store.casd.channel().await, orphan).await;
     let r = found.expect("the shared store's action cache has the orphan's result");
     assert_eq!(r.exit_code, 0, "{r:?}");
 }
@@ -286,66 +232,11 @@ async fn auto_finishes_an_orphan_when_the_store_is_shared() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_the_shared_store_lacks_fail_precondition_listing_them() {
-    let dir = tempdir();
-    let store = Store::start(dir.path(), "store").await;
-    let casd = vec![store.dropin("cache"), store.dropin("cache")];
-    let c = LocalCluster::start_with_casd(&[("a", 1), ("b", 4)], "", &casd).await;
+    let (_dir, _store, c) = in_front_of_one_store("cache", "").await;
     store_ids(&c).await;
-    let ch = c.hosts[0].stack.channel();
     // a's one slot is busy, so the next action goes to b.
-    let mut blocker = rbe_testkit::exec::start_command_with(&ch, &["sleep", "30"], &[], 120, None)
-        .await
-        .expect("Execute the blocker");
-    loop {
-        let op = blocker.message().await.expect("stream").expect("an update");
-        let md = op
-            .metadata
-            .as_ref()
-            .and_then(|a| {
-                <rbe_proto::reapi::ExecuteOperationMetadata as prost::Message>::decode(
-                    a.value.as_slice(),
-                )
-                .ok()
-            })
-            .expect("metadata");
-        if md.stage == rbe_proto::reapi::execution_stage::Value::Executing as i32 {
-            break;
-        }
-        assert!(!op.done, "the blocker ended: {op:?}");
-    }
-    let y = act_with(1, 2);
-    let codes = client::batch_update(&ch, "", &y.blobs[..3])
-        .await
-        .expect("BatchUpdateBlobs");
-    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
-    let r = tokio::time::timeout(LIMIT, execute(ch, y.action))
-        .await
-        .expect("the action did not end");
-    let st = r.status.clone().unwrap_or_default();
-    assert_eq!(
-        st.code,
-        tonic::Code::FailedPrecondition as i32,
-        "{r:?}; a: {:?}",
-        c.status(0).await
-    );
-    let status = tonic::Status::with_details(
-        tonic::Code::FailedPrecondition,
-        st.message.clone(),
-        prost::Message::encode_to_vec(&st).into(),
-    );
-    let pf = rbe_proto::status::precondition_failure(&status).expect("a PreconditionFailure");
-    let mut subjects: Vec<String> = pf.violations.iter().map(|v| v.subject.clone()).collect();
-    subjects.sort();
-    let mut want: Vec<String> = y.blobs[3..]
-        .iter()
-        .map(|(d, _)| format!("blobs/{}/{}", d.hex(), d.size))
-        .collect();
-    want.sort();
-    assert_eq!(subjects, want, "{pf:?}");
-    assert!(
-        pf.violations.iter().all(|v| v.r#type == "MISSING"),
-        "{pf:?}"
-    );
+    let blocker = occupy(&c, 0, 30, None).await;
+    fails_listing_missing_inputs(&c, act_with(1, 2)).await;
     let (a, b) = (c.status(0).await, c.status(1).await);
     assert_eq!(counter(&a, "shared_store_offers"), 1, "{a:?}");
     assert_eq!(counter(&a, "leases_lost"), 0, "{a:?}");

@@ -10,138 +10,17 @@
 //! the blob's file being absent from A's store directory (FindMissingBlobs
 //! answers for B in jit mode, so it cannot tell).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rbe_proto::casd::{casd_client::CasdClient, StatsRequest, StatsResponse};
-use rbe_proto::longrunning::{
-    operation, operations_client::OperationsClient, CancelOperationRequest,
-};
-use rbe_proto::reapi::{
-    command::EnvironmentVariable, execution_client::ExecutionClient, Action, Command, Directory,
-    DirectoryNode, ExecuteRequest, ExecuteResponse, FileNode,
-};
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::reapi::ExecuteResponse;
+use rbe_proto::Digest;
 use rbe_testkit::{client, disk_tmp, pseudo_random, Casd, Stack};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const F: DigestFunction = DigestFunction::Sha256;
-
-type Blobs = Vec<(Digest, Vec<u8>)>;
-
-fn blob(blobs: &mut Blobs, data: Vec<u8>) -> Digest {
-    let d = Digest::of(F, &data);
-    if !blobs.iter().any(|(x, _)| *x == d) {
-        blobs.push((d, data));
-    }
-    d
-}
-
-/// A Directory of `files` (name, digest) and `dirs` (name, digest).
-fn directory(blobs: &mut Blobs, files: &[(&str, Digest)], dirs: &[(&str, Digest)]) -> Digest {
-    let mut d = Directory {
-        files: files
-            .iter()
-            .map(|(name, digest)| FileNode {
-                name: (*name).to_owned(),
-                digest: Some(digest.to_reapi()),
-                ..Default::default()
-            })
-            .collect(),
-        directories: dirs
-            .iter()
-            .map(|(name, digest)| DirectoryNode {
-                name: (*name).to_owned(),
-                digest: Some(digest.to_reapi()),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    d.files.sort_by(|a, b| a.name.cmp(&b.name));
-    d.directories.sort_by(|a, b| a.name.cmp(&b.name));
-    blob(blobs, d.encode_to_vec())
-}
-
-/// An action running `script` in `/bin/sh` on `root`, with a timeout.
-fn action(blobs: &mut Blobs, script: &str, root: Digest, timeout_secs: i64, salt: &str) -> Digest {
-    let command = Command {
-        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        environment_variables: vec![EnvironmentVariable {
-            name: "PATH".into(),
-            value: "/usr/bin:/bin".into(),
-        }],
-        output_paths: vec!["out".into()],
-        ..Default::default()
-    };
-    let command = blob(blobs, command.encode_to_vec());
-    let action = Action {
-        command_digest: Some(command.to_reapi()),
-        input_root_digest: Some(root.to_reapi()),
-        timeout: Some(rbe_proto::wkt::Duration {
-            seconds: timeout_secs,
-            nanos: 0,
-        }),
-        salt: salt.as_bytes().to_vec(),
-        ..Default::default()
-    };
-    blob(blobs, action.encode_to_vec())
-}
-
-async fn upload(ch: &Channel, blobs: &[(Digest, Vec<u8>)]) {
-    for chunk in blobs.chunks(64) {
-        let codes = client::batch_update(ch, "", chunk)
-            .await
-            .expect("BatchUpdateBlobs");
-        assert!(codes.iter().all(|&c| c == 0), "refused: {codes:?}");
-    }
-}
-
-async fn start_execute(
-    ch: &Channel,
-    action: Digest,
-) -> tonic::Streaming<rbe_proto::longrunning::Operation> {
-    ExecutionClient::new(ch.clone())
-        .max_decoding_message_size(64 << 20)
-        .execute(ExecuteRequest {
-            action_digest: Some(action.to_reapi()),
-            skip_cache_lookup: true,
-            digest_function: F.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .expect("Execute")
-        .into_inner()
-}
-
-async fn finish(
-    mut stream: tonic::Streaming<rbe_proto::longrunning::Operation>,
-) -> ExecuteResponse {
-    let fut = async {
-        while let Some(op) = stream.message().await.expect("operation stream") {
-            match op.result {
-                Some(operation::Result::Response(any)) => {
-                    return ExecuteResponse::decode(any.value.as_slice()).expect("ExecuteResponse")
-                }
-                Some(operation::Result::Error(st)) => panic!("operation error: {st:?}"),
-                None => {}
-            }
-        }
-        panic!("the operation stream ended without a result");
-    };
-    tokio::time::timeout(Duration::from_secs(300), fut)
-        .await
-        .expect("Execute finished in time")
-}
-
-async fn execute(ch: &Channel, action: Digest) -> ExecuteResponse {
-    finish(start_execute(ch, action).await).await
-}
-
-fn code_of(r: &ExecuteResponse) -> Code {
-    Code::from_i32(r.status.as_ref().map_or(0, |s| s.code))
-}
+mod exec_kit;
+use exec_kit::*;
 
 async fn stdout_of(ch: &Channel, r: &ExecuteResponse) -> String {
     let res = r.result.as_ref().expect("result");
@@ -150,41 +29,6 @@ async fn stdout_of(ch: &Channel, r: &ExecuteResponse) -> String {
         .await
         .expect("read stdout");
     String::from_utf8(bytes).expect("utf-8").trim().to_owned()
-}
-
-async fn stats(ch: &Channel) -> StatsResponse {
-    CasdClient::new(ch.clone())
-        .stats(StatsRequest {})
-        .await
-        .expect("Stats")
-        .into_inner()
-}
-
-/// Polls until `ok(stats)`, for state that settles after a report (a
-/// cancelled action's release); a generous bound so nothing hangs.
-async fn wait_stats(
-    ch: &Channel,
-    what: &str,
-    ok: impl Fn(&StatsResponse) -> bool,
-) -> StatsResponse {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = stats(ch).await;
-        if ok(&s) {
-            return s;
-        }
-        assert!(Instant::now() < until, "{what}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn store_path(cas_dir: &Path, d: &Digest) -> PathBuf {
-    let hex = d.hex();
-    cas_dir
-        .join("cas.v1")
-        .join("sha256")
-        .join(&hex[..2])
-        .join(hex)
 }
 
 /// The backing casd B, and the stack (casd A in jit mode in front of B,
@@ -236,14 +80,15 @@ async fn a_jit_action_hydrates_its_inputs_and_its_scratch_is_reclaimed_after() {
     let (a, b) = (jit.stack.casd.channel().await, jit.b.channel().await);
     let mut blobs: Blobs = Vec::new();
     let input = blob(&mut blobs, pseudo_random(300_000, 7));
-    let sub = directory(&mut blobs, &[("in", input)], &[]);
-    let root = directory(&mut blobs, &[], &[("d", sub)]);
+    let sub = directory(&mut blobs, &[("in".into(), input, false)], &[]);
+    let root = directory(&mut blobs, &[], &[("d".into(), sub)]);
     let inputs = [input, sub, root];
     let ad = action(
         &mut blobs,
         "sha256sum d/in | cut -c1-64 | tee out",
         root,
-        60,
+        &["out"],
+        Some(60),
         "once",
     );
     upload(&b, &blobs).await;
@@ -252,7 +97,7 @@ async fn a_jit_action_hydrates_its_inputs_and_its_scratch_is_reclaimed_after() {
     let r = execute(&ch, ad).await;
     assert_eq!(code_of(&r), Code::Ok, "{r:?}");
     assert_eq!(stdout_of(&ch, &r).await, input.hex());
-    let first = stats(&a).await;
+    let first = casd_stats(&a).await;
     assert!(
         first.backing_fetches >= 5,
         "inputs, Action, Command from B: {first:?}"
@@ -265,7 +110,7 @@ async fn a_jit_action_hydrates_its_inputs_and_its_scratch_is_reclaimed_after() {
 
     let r = execute(&ch, ad).await;
     assert_eq!(code_of(&r), Code::Ok, "{r:?}");
-    let second = stats(&a).await;
+    let second = casd_stats(&a).await;
     assert_eq!(second.pinned_blobs, 0, "{second:?}");
     assert!(
         second.backing_fetches >= first.backing_fetches + inputs.len() as u64,
@@ -291,19 +136,24 @@ async fn twenty_concurrent_jit_actions_sharing_an_input_all_succeed_and_leave_no
     let mut blobs: Blobs = Vec::new();
     let shared_bytes = pseudo_random(200_000, 1);
     let shared = blob(&mut blobs, shared_bytes.clone());
-    let common = directory(&mut blobs, &[("in", shared)], &[]);
+    let common = directory(&mut blobs, &[("in".into(), shared, false)], &[]);
     let mut inputs = vec![shared, common];
     let mut runs = Vec::new();
     for i in 0..N {
         let own_bytes = pseudo_random(10_000 + i as usize, 100 + i);
         let own = blob(&mut blobs, own_bytes.clone());
-        let root = directory(&mut blobs, &[("own", own)], &[("c", common)]);
+        let root = directory(
+            &mut blobs,
+            &[("own".into(), own, false)],
+            &[("c".into(), common)],
+        );
         inputs.extend([own, root]);
         let ad = action(
             &mut blobs,
             "cat c/in own | sha256sum | cut -c1-64 | tee out",
             root,
-            60,
+            &["out"],
+            Some(60),
             &format!("shared {i}"),
         );
         let mut want = shared_bytes.clone();
@@ -321,7 +171,7 @@ async fn twenty_concurrent_jit_actions_sharing_an_input_all_succeed_and_leave_no
         }
     }));
     results.await;
-    let s = stats(&a).await;
+    let s = casd_stats(&a).await;
     assert_eq!(s.pinned_blobs, 0, "{s:?}");
     assert!(
         jit.in_scratch(&inputs).is_empty(),
@@ -338,8 +188,19 @@ async fn a_jit_action_whose_input_the_backing_store_lacks_is_missing_and_pins_no
     let mut blobs: Blobs = Vec::new();
     let present = blob(&mut blobs, b"present\n".to_vec());
     let lacking = Digest::of(F, b"only the client has this\n");
-    let root = directory(&mut blobs, &[("p", present), ("x", lacking)], &[]);
-    let ad = action(&mut blobs, "cat p x > out", root, 60, "missing");
+    let root = directory(
+        &mut blobs,
+        &[("p".into(), present, false), ("x".into(), lacking, false)],
+        &[],
+    );
+    let ad = action(
+        &mut blobs,
+        "cat p x > out",
+        root,
+        &["out"],
+        Some(60),
+        "missing",
+    );
     upload(&b, &blobs).await;
     let ch = jit.stack.channel();
     let r = execute(&ch, ad).await;
@@ -358,7 +219,7 @@ async fn a_jit_action_whose_input_the_backing_store_lacks_is_missing_and_pins_no
         subjects,
         vec![format!("blobs/{}/{}", lacking.hex(), lacking.size)]
     );
-    let s = stats(&a).await;
+    let s = casd_stats(&a).await;
     assert_eq!(s.pinned_blobs, 0, "{s:?}");
     assert!(
         jit.in_scratch(&[present, root]).is_empty(),
@@ -373,38 +234,19 @@ async fn timed_out_and_cancelled_jit_actions_leave_nothing_pinned() {
     let (a, b) = (jit.stack.casd.channel().await, jit.b.channel().await);
     let mut blobs: Blobs = Vec::new();
     let input = blob(&mut blobs, pseudo_random(50_000, 3));
-    let root = directory(&mut blobs, &[("in", input)], &[]);
-    let slow = action(&mut blobs, "sleep 60", root, 1, "timeout");
-    let cancelled = action(&mut blobs, "sleep 60", root, 120, "cancel");
+    let root = directory(&mut blobs, &[("in".into(), input, false)], &[]);
+    let slow = action(&mut blobs, "sleep 60", root, &["out"], Some(1), "timeout");
+    let cancelled = action(&mut blobs, "sleep 60", root, &["out"], Some(120), "cancel");
     upload(&b, &blobs).await;
     let ch = jit.stack.channel();
 
     let r = execute(&ch, slow).await;
     assert_eq!(code_of(&r), Code::DeadlineExceeded, "{r:?}");
-    let s = stats(&a).await;
+    let s = casd_stats(&a).await;
     assert_eq!(s.pinned_blobs, 0, "after a timeout: {s:?}");
     assert!(jit.in_scratch(&[input, root]).is_empty());
 
-    let mut stream = start_execute(&ch, cancelled).await;
-    let name = stream
-        .message()
-        .await
-        .expect("operation stream")
-        .expect("a first Operation")
-        .name;
-    // Running: its inputs are pinned.
-    wait_stats(&a, "inputs pinned while the action runs", |s| {
-        s.pinned_blobs == 2
-    })
-    .await;
-    OperationsClient::new(ch.clone())
-        .cancel_operation(CancelOperationRequest { name })
-        .await
-        .expect("CancelOperation");
-    wait_stats(&a, "nothing pinned after the cancel", |s| {
-        s.pinned_blobs == 0
-    })
-    .await;
+    let stream = cancel_once_pinned(&ch, &a, cancelled, 2).await;
     // Released with a reclaim, which ends before the pins are seen gone
     // only by the worker; give it the same bound.
     let until = Instant::now() + Duration::from_secs(60);

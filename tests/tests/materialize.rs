@@ -13,95 +13,17 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use prost::Message;
 use rbe_proto::casd::{casd_client::CasdClient, MaterializeRequest, MaterializeResponse};
-use rbe_proto::longrunning::operation;
-use rbe_proto::reapi::{
-    command::EnvironmentVariable, execution_client::ExecutionClient, Action, Command, Directory,
-    DirectoryNode, ExecuteRequest, ExecuteResponse, FileNode,
-};
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::reapi::ExecuteResponse;
+use rbe_proto::Digest;
 use rbe_testkit::{client, disk_tmp, pseudo_random, Casd, Stack};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const F: DigestFunction = DigestFunction::Sha256;
-
-type Blobs = Vec<(Digest, Vec<u8>)>;
-
-fn blob(blobs: &mut Blobs, data: Vec<u8>) -> Digest {
-    let d = Digest::of(F, &data);
-    if !blobs.iter().any(|(x, _)| *x == d) {
-        blobs.push((d, data));
-    }
-    d
-}
-
-/// A Directory message of `files` (name, digest, executable) and `dirs`
-/// (name, digest), sorted as the REAPI requires; returns its digest.
-fn directory(
-    blobs: &mut Blobs,
-    files: &[(String, Digest, bool)],
-    dirs: &[(String, Digest)],
-) -> Digest {
-    let mut d = Directory {
-        files: files
-            .iter()
-            .map(|(name, digest, x)| FileNode {
-                name: name.clone(),
-                digest: Some(digest.to_reapi()),
-                is_executable: *x,
-                node_properties: None,
-            })
-            .collect(),
-        directories: dirs
-            .iter()
-            .map(|(name, digest)| DirectoryNode {
-                name: name.clone(),
-                digest: Some(digest.to_reapi()),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    d.files.sort_by(|a, b| a.name.cmp(&b.name));
-    d.directories.sort_by(|a, b| a.name.cmp(&b.name));
-    blob(blobs, d.encode_to_vec())
-}
-
-/// Uploads blobs: small ones in batches under 2 MiB, large ones by
-/// ByteStream. Every one must be accepted.
-async fn upload(ch: &Channel, blobs: &[(Digest, Vec<u8>)]) {
-    let mut batch: Blobs = Vec::new();
-    let mut bytes = 0usize;
-    for (d, data) in blobs {
-        if data.len() > 1 << 20 {
-            client::write(ch, "", d, data, 1 << 20)
-                .await
-                .expect("ByteStream Write");
-            continue;
-        }
-        if bytes + data.len() > 2 << 20 {
-            flush(ch, &mut batch).await;
-            bytes = 0;
-        }
-        bytes += data.len();
-        batch.push((*d, data.clone()));
-    }
-    flush(ch, &mut batch).await;
-}
-
-async fn flush(ch: &Channel, batch: &mut Blobs) {
-    if batch.is_empty() {
-        return;
-    }
-    let codes = client::batch_update(ch, "", batch)
-        .await
-        .expect("BatchUpdateBlobs");
-    assert!(codes.iter().all(|&c| c == 0), "refused: {codes:?}");
-    batch.clear();
-}
+mod exec_kit;
+use exec_kit::*;
 
 /// casd's local Materialize of `root` into the new directory `target`.
 async fn materialize(
@@ -124,80 +46,6 @@ async fn materialize(
         })
         .await
         .map(tonic::Response::into_inner)
-}
-
-async fn casd_stats(ch: &Channel) -> rbe_proto::casd::StatsResponse {
-    CasdClient::new(ch.clone())
-        .stats(rbe_proto::casd::StatsRequest {})
-        .await
-        .expect("Stats")
-        .into_inner()
-}
-
-/// Path of a blob's file in a store rooted at `cas_dir`.
-fn store_path(cas_dir: &Path, d: &Digest) -> PathBuf {
-    let hex = d.hex();
-    cas_dir
-        .join("cas.v1")
-        .join("sha256")
-        .join(&hex[..2])
-        .join(hex)
-}
-
-/// An action running `script` in `/bin/sh` on the input root `root`,
-/// unique by `salt`; its blobs go into `blobs`.
-fn action(blobs: &mut Blobs, script: &str, root: Digest, outputs: &[&str], salt: &str) -> Digest {
-    let command = Command {
-        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        environment_variables: vec![EnvironmentVariable {
-            name: "PATH".into(),
-            value: "/usr/bin:/bin".into(),
-        }],
-        output_paths: outputs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    let command = blob(blobs, command.encode_to_vec());
-    let action = Action {
-        command_digest: Some(command.to_reapi()),
-        input_root_digest: Some(root.to_reapi()),
-        salt: salt.as_bytes().to_vec(),
-        ..Default::default()
-    };
-    blob(blobs, action.encode_to_vec())
-}
-
-/// Executes an action (cache lookup skipped) and returns the final
-/// ExecuteResponse; the RPC itself must succeed.
-async fn execute(ch: &Channel, action: Digest) -> ExecuteResponse {
-    let fut = async {
-        let mut stream = ExecutionClient::new(ch.clone())
-            .max_decoding_message_size(64 << 20)
-            .execute(ExecuteRequest {
-                action_digest: Some(action.to_reapi()),
-                skip_cache_lookup: true,
-                digest_function: F.to_reapi(),
-                ..Default::default()
-            })
-            .await
-            .expect("Execute")
-            .into_inner();
-        while let Some(op) = stream.message().await.expect("operation stream") {
-            if let Some(operation::Result::Response(any)) = op.result {
-                return ExecuteResponse::decode(any.value.as_slice()).expect("ExecuteResponse");
-            }
-            if let Some(operation::Result::Error(st)) = op.result {
-                panic!("operation error: {st:?}");
-            }
-        }
-        panic!("the operation stream ended without a result");
-    };
-    tokio::time::timeout(Duration::from_secs(300), fut)
-        .await
-        .expect("Execute finished in time")
-}
-
-fn code_of(r: &ExecuteResponse) -> Code {
-    Code::from_i32(r.status.as_ref().map_or(0, |s| s.code))
 }
 
 /// The MISSING subjects of an ExecuteResponse's PreconditionFailure.
@@ -360,6 +208,7 @@ async fn concurrent_executes_sharing_executable_inputs_all_run() {
                 script,
                 root,
                 &["app", "sum"],
+                None,
                 &format!("{wave}/{a}"),
             ));
         }
@@ -493,6 +342,7 @@ async fn blob_gone_at_link_time_fails_precondition_with_violation() {
             "cksum gone kept",
             root,
             &[],
+            None,
             &format!("gone {executable}"),
         );
         upload(&ch, &blobs).await;
@@ -563,7 +413,14 @@ async fn hard_link_limit_never_fails_an_action() {
         ],
         &[],
     );
-    let ad = action(&mut blobs, "cat plain && ./tool", root, &[], "link limit");
+    let ad = action(
+        &mut blobs,
+        "cat plain && ./tool",
+        root,
+        &[],
+        None,
+        "link limit",
+    );
     upload(&ch, &blobs).await;
     let r = execute(&ch, ad).await;
     assert_eq!(code_of(&r), Code::Ok, "{:?}", r.status);
@@ -616,6 +473,7 @@ async fn a_full_disk_is_resource_exhausted_and_nothing_is_lost() {
         "mkdir -p out && cat sub/f > out/r",
         root,
         &["out/r"],
+        None,
         "full-disk",
     );
     upload(&ch, &blobs).await;
@@ -674,6 +532,7 @@ async fn an_action_runs_through_casd_in_jit_mode_on_inputs_only_the_backing_stor
         "sha256sum d/in | cut -c1-64 > out; cat out",
         root,
         &["out"],
+        None,
         "jit",
     );
     upload(&b_ch, &blobs).await;
@@ -707,59 +566,27 @@ async fn an_action_runs_through_casd_in_jit_mode_on_inputs_only_the_backing_stor
 /// a cache here, not scratch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_actions_inputs_are_pinned_while_it_runs_and_released_after() {
-    use rbe_proto::longrunning::{operations_client::OperationsClient, CancelOperationRequest};
     let s = Stack::start_configured_in(&disk_tmp(), "", "", "").await;
     let (ch, a) = (s.channel(), s.casd.channel().await);
     let mut blobs: Blobs = Vec::new();
     let input = blob(&mut blobs, pseudo_random(10_000, 5));
     let root = directory(&mut blobs, &[("in".into(), input, false)], &[]);
-    let quick = action(&mut blobs, "cat in > out", root, &["out"], "pins quick");
-    let slow = action(&mut blobs, "sleep 60", root, &[], "pins slow");
+    let quick = action(
+        &mut blobs,
+        "cat in > out",
+        root,
+        &["out"],
+        None,
+        "pins quick",
+    );
+    let slow = action(&mut blobs, "sleep 60", root, &[], None, "pins slow");
     upload(&ch, &blobs).await;
 
     let r = execute(&ch, quick).await;
     assert_eq!(code_of(&r), Code::Ok, "{r:?}");
     assert_eq!(casd_stats(&a).await.pinned_blobs, 0);
 
-    let mut stream = ExecutionClient::new(ch.clone())
-        .execute(ExecuteRequest {
-            action_digest: Some(slow.to_reapi()),
-            skip_cache_lookup: true,
-            digest_function: F.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .expect("Execute")
-        .into_inner();
-    let name = stream
-        .message()
-        .await
-        .expect("operation stream")
-        .expect("a first Operation")
-        .name;
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    let wait_pinned = |n: u64| {
-        let a = a.clone();
-        async move {
-            loop {
-                let st = casd_stats(&a).await;
-                if st.pinned_blobs == n {
-                    return;
-                }
-                assert!(
-                    std::time::Instant::now() < until,
-                    "never {n} pinned: {st:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    wait_pinned(2).await;
-    OperationsClient::new(ch.clone())
-        .cancel_operation(CancelOperationRequest { name })
-        .await
-        .expect("CancelOperation");
-    wait_pinned(0).await;
+    let stream = cancel_once_pinned(&ch, &a, slow, 2).await;
     assert!(client::find_missing(&ch, "", &[input, root])
         .await
         .expect("FindMissingBlobs")

@@ -4,19 +4,19 @@
 //! the limits comes back as a complete Tree. Real daemons, real gRPC.
 
 use prost::Message;
-use rbe_proto::longrunning::operation;
 use rbe_proto::reapi::{
-    command::EnvironmentVariable, execution_client::ExecutionClient, Action, Command, Directory,
-    ExecuteRequest, ExecuteResponse, Tree,
+    command::EnvironmentVariable, Action, Command, Directory, ExecuteResponse, Tree,
 };
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::Digest;
 use rbe_testkit::{client, Stack};
 use tonic::transport::Channel;
 use tonic::Code;
 
+mod exec_kit;
+use exec_kit::*;
+
 /// Runs `sh -c script` with `out` declared as an output; the final response.
 async fn run_with_output(ch: &Channel, script: &str) -> ExecuteResponse {
-    let f = DigestFunction::Sha256;
     let command = Command {
         arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
         environment_variables: vec![EnvironmentVariable {
@@ -28,7 +28,7 @@ async fn run_with_output(ch: &Channel, script: &str) -> ExecuteResponse {
     }
     .encode_to_vec();
     let root = Directory::default().encode_to_vec();
-    let (cd, rd) = (Digest::of(f, &command), Digest::of(f, &root));
+    let (cd, rd) = (Digest::of(F, &command), Digest::of(F, &root));
     let action = Action {
         command_digest: Some(cd.to_reapi()),
         input_root_digest: Some(rd.to_reapi()),
@@ -40,32 +40,11 @@ async fn run_with_output(ch: &Channel, script: &str) -> ExecuteResponse {
         ..Default::default()
     }
     .encode_to_vec();
-    let ad = Digest::of(f, &action);
+    let ad = Digest::of(F, &action);
     client::batch_update(ch, "", &[(cd, command), (rd, root), (ad, action)])
         .await
         .expect("upload");
-    let mut stream = ExecutionClient::new(ch.clone())
-        .max_decoding_message_size(64 << 20)
-        .execute(ExecuteRequest {
-            action_digest: Some(ad.to_reapi()),
-            skip_cache_lookup: true,
-            digest_function: f.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .expect("Execute")
-        .into_inner();
-    let fut = async {
-        while let Some(op) = stream.message().await.expect("stream") {
-            if let Some(operation::Result::Response(any)) = op.result {
-                return ExecuteResponse::decode(any.value.as_slice()).expect("decode");
-            }
-        }
-        panic!("no response");
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(300), fut)
-        .await
-        .expect("the action finished in time")
+    execute(ch, ad).await
 }
 
 fn code(r: &ExecuteResponse) -> Code {
@@ -95,11 +74,7 @@ async fn tree_of(ch: &Channel, r: &ExecuteResponse) -> Tree {
         .output_directories
         .first()
         .expect("an output directory");
-    let d = Digest::from_reapi(
-        DigestFunction::Sha256,
-        od.tree_digest.as_ref().expect("tree"),
-    )
-    .expect("digest");
+    let d = Digest::from_reapi(F, od.tree_digest.as_ref().expect("tree")).expect("digest");
     Tree::decode(
         client::read(ch, "", &d)
             .await
@@ -115,7 +90,7 @@ async fn stdout(ch: &Channel, r: &ExecuteResponse) -> String {
         .as_ref()
         .and_then(|r| r.stdout_digest.as_ref())
         .expect("stdout digest");
-    let d = Digest::from_reapi(DigestFunction::Sha256, d).expect("digest");
+    let d = Digest::from_reapi(F, d).expect("digest");
     String::from_utf8(client::read(ch, "", &d).await.expect("stdout blob")).expect("utf-8")
 }
 

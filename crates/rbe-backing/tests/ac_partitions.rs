@@ -7,49 +7,11 @@
 
 mod common;
 
-use common::blob;
-use rbe_proto::reapi::action_cache_client::ActionCacheClient;
-use rbe_proto::reapi::{
-    ActionResult, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
-};
-use rbe_proto::{Digest, DigestFunction};
+use common::{blob, get_result_in, result_with, update_result, update_result_in};
 use rbe_testkit::{client, Casd};
-use tonic::transport::Channel;
 use tonic::Code;
 
 const SEPARATE: &str = "\n[instances]\nseparate_action_cache = [\"private\"]\n";
-
-async fn get(ch: &Channel, instance: &str, action: &Digest) -> Result<ActionResult, tonic::Status> {
-    ActionCacheClient::new(ch.clone())
-        .get_action_result(GetActionResultRequest {
-            instance_name: instance.into(),
-            action_digest: Some(action.to_reapi()),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn update(ch: &Channel, instance: &str, action: &Digest, out: &Digest) {
-    ActionCacheClient::new(ch.clone())
-        .update_action_result(UpdateActionResultRequest {
-            instance_name: instance.into(),
-            action_digest: Some(action.to_reapi()),
-            action_result: Some(ActionResult {
-                output_files: vec![OutputFile {
-                    path: "out".into(),
-                    digest: Some(out.to_reapi()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
 
 #[tokio::test]
 async fn a_separate_instances_results_reach_only_that_instance_on_every_host() {
@@ -73,11 +35,13 @@ async fn a_separate_instances_results_reach_only_that_instance_on_every_host() {
             .await
             .unwrap();
         let action = blob(60, 72).0;
-        update(&a, "private", &action, &out.0).await;
+        update_result_in(&a, "private", &action, result_with(&out.0))
+            .await
+            .unwrap();
 
         // The same instance on another host: served through the store.
         assert_eq!(
-            get(&c, "private", &action)
+            get_result_in(&c, "private", &action)
                 .await
                 .unwrap()
                 .output_files
@@ -87,16 +51,19 @@ async fn a_separate_instances_results_reach_only_that_instance_on_every_host() {
         );
         // Any other instance, on either host or at the store itself: a miss.
         for (ch, instance) in [(&a, ""), (&c, ""), (&c, "other"), (&b, "")] {
-            let e = get(ch, instance, &action).await.unwrap_err();
+            let e = get_result_in(ch, instance, &action).await.unwrap_err();
             assert_eq!(e.code(), Code::NotFound, "{mode} {instance:?}: {e:?}");
         }
 
         // A shared-instance result is the plain key at the store, as before.
         let shared = blob(60, 73).0;
-        update(&a, "", &shared, &out.0).await;
-        assert!(get(&b, "", &shared).await.is_ok(), "{mode}");
+        update_result(&a, &shared, &out.0).await.unwrap();
+        assert!(get_result_in(&b, "", &shared).await.is_ok(), "{mode}");
         assert_eq!(
-            get(&c, "private", &shared).await.unwrap_err().code(),
+            get_result_in(&c, "private", &shared)
+                .await
+                .unwrap_err()
+                .code(),
             Code::NotFound,
             "{mode}"
         );

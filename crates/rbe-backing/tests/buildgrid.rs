@@ -9,60 +9,16 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{batch, blob, present, stats};
-use rbe_proto::reapi::action_cache_client::ActionCacheClient;
-use rbe_proto::reapi::{
-    ActionResult, GetActionResultRequest, OutputFile, UpdateActionResultRequest,
+use common::{
+    batch, blob, get_result_in, present, result_with, stats, update_result, update_result_in,
 };
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::Digest;
 use rbe_testkit::buildgrid::Bgd;
 use rbe_testkit::{client, Casd};
 use tonic::transport::Channel;
 use tonic::Code;
 
 const INSTANCE: &str = "ci/main";
-
-fn result_with(out: &Digest) -> ActionResult {
-    ActionResult {
-        output_files: vec![OutputFile {
-            path: "out/a".into(),
-            digest: Some(out.to_reapi()),
-            ..Default::default()
-        }],
-        exit_code: 0,
-        ..Default::default()
-    }
-}
-
-async fn get(ch: &Channel, instance: &str, action: &Digest) -> Result<ActionResult, tonic::Status> {
-    ActionCacheClient::new(ch.clone())
-        .get_action_result(GetActionResultRequest {
-            instance_name: instance.into(),
-            action_digest: Some(action.to_reapi()),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn update(
-    ch: &Channel,
-    instance: &str,
-    action: &Digest,
-    ar: ActionResult,
-) -> Result<(), tonic::Status> {
-    ActionCacheClient::new(ch.clone())
-        .update_action_result(UpdateActionResultRequest {
-            instance_name: instance.into(),
-            action_digest: Some(action.to_reapi()),
-            action_result: Some(ar),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
-}
 
 /// What BuildGrid itself says is missing, asked under its instance name.
 async fn missing_in_bgd(bgd: &Channel, ds: &[Digest]) -> HashSet<Digest> {
@@ -139,10 +95,8 @@ async fn casd_in_cache_mode_writes_and_reads_through_buildgrid() {
 
     // The action cache, written through A ...
     let action = blob(50, 10).0;
-    update(&a, "", &action, result_with(&small[0].0))
-        .await
-        .unwrap();
-    let got = get(&b, INSTANCE, &action).await.unwrap();
+    update_result(&a, &action, &small[0].0).await.unwrap();
+    let got = get_result_in(&b, INSTANCE, &action).await.unwrap();
     assert_eq!(got.output_files.len(), 1, "BuildGrid has A's result");
     // ... and read through A from BuildGrid, outputs fetched first.
     let out = blob(3 << 20, 11);
@@ -150,10 +104,17 @@ async fn casd_in_cache_mode_writes_and_reads_through_buildgrid() {
         .await
         .unwrap();
     let action2 = blob(50, 12).0;
-    update(&b, INSTANCE, &action2, result_with(&out.0))
+    update_result_in(&b, INSTANCE, &action2, result_with(&out.0))
         .await
         .unwrap();
-    assert_eq!(get(&a, "", &action2).await.unwrap().output_files.len(), 1);
+    assert_eq!(
+        get_result_in(&a, "", &action2)
+            .await
+            .unwrap()
+            .output_files
+            .len(),
+        1
+    );
     assert!(
         present(&a, &[out.0]).await.contains(&out.0),
         "the result's output is there for the client"
@@ -161,11 +122,11 @@ async fn casd_in_cache_mode_writes_and_reads_through_buildgrid() {
     assert_eq!(client::read(&a, "", &out.0).await.unwrap(), out.1);
     // A result BuildGrid holds without its output is a miss on A.
     let action3 = blob(50, 13).0;
-    update(&b, INSTANCE, &action3, result_with(&blob(10, 14).0))
+    update_result_in(&b, INSTANCE, &action3, result_with(&blob(10, 14).0))
         .await
         .unwrap();
     assert_eq!(
-        get(&a, "", &action3).await.unwrap_err().code(),
+        get_result_in(&a, "", &action3).await.unwrap_err().code(),
         Code::NotFound
     );
 }

@@ -10,15 +10,11 @@ mod invariant;
 
 use std::collections::HashSet;
 
-use common::{batch, blob, present, stats, Pair, BOUND};
+use common::{batch, blob, get_result, present, stats, update_result, Pair, BOUND};
 use prost::Message;
 use rbe_proto::casd::casd_client::CasdClient;
 use rbe_proto::casd::{MaterializeRequest, MaterializeResponse, PinRequest, UnpinRequest};
-use rbe_proto::reapi::action_cache_client::ActionCacheClient;
-use rbe_proto::reapi::{
-    ActionResult, Directory, DirectoryNode, FileNode, GetActionResultRequest, OutputFile,
-    UpdateActionResultRequest,
-};
+use rbe_proto::reapi::{Directory, DirectoryNode, FileNode};
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::{client, Casd};
 use tonic::transport::Channel;
@@ -196,53 +192,16 @@ async fn action_results_are_read_from_the_backing_store() {
         .await
         .unwrap();
     let action = blob(50, 32).0;
-    let ar = ActionResult {
-        output_files: vec![OutputFile {
-            path: "out/a".into(),
-            digest: Some(out.0.to_reapi()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let get = |ch: Channel| async move {
-        ActionCacheClient::new(ch)
-            .get_action_result(GetActionResultRequest {
-                action_digest: Some(action.to_reapi()),
-                digest_function: DigestFunction::Sha256.to_reapi(),
-                ..Default::default()
-            })
-            .await
-    };
-    ActionCacheClient::new(a.clone())
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(action.to_reapi()),
-            action_result: Some(ar),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        get(a.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .output_files
-            .len(),
-        1
-    );
-    assert_eq!(
-        get(p.b.channel().await)
-            .await
-            .unwrap()
-            .into_inner()
-            .output_files
-            .len(),
-        1
-    );
+    update_result(&a, &action, &out.0).await.unwrap();
+    assert_eq!(get_result(&a, &action).await.unwrap().output_files.len(), 1);
+    let b = p.b.channel().await;
+    assert_eq!(get_result(&b, &action).await.unwrap().output_files.len(), 1);
     // B lost it: A's own copy of the result is not served.
     empty_b(&mut p).await;
-    assert_eq!(get(a.clone()).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        get_result(&a, &action).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }
 
 #[tokio::test]

@@ -7,11 +7,10 @@
 
 mod common;
 
-use common::{batch, blob, pair, pair_with, present, stats, BOUND};
+use common::{batch, blob, get_result, pair, pair_with, present, stats, update_result_in, BOUND};
 use rbe_proto::casd::{BackingOpStats, BackingStats};
-use rbe_proto::reapi::action_cache_client::ActionCacheClient;
-use rbe_proto::reapi::{ActionResult, GetActionResultRequest, UpdateActionResultRequest};
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::reapi::ActionResult;
+use rbe_proto::Digest;
 use rbe_testkit::client;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -113,23 +112,9 @@ async fn every_operation_is_counted_in_stats_and_shown_by_rbectl_status() {
         stdout_raw: b"hello".to_vec(),
         ..Default::default()
     };
-    let mut ac = ActionCacheClient::new(a.clone());
-    ac.update_action_result(UpdateActionResultRequest {
-        action_digest: Some(action.to_reapi()),
-        action_result: Some(ar),
-        digest_function: DigestFunction::Sha256.to_reapi(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    update_result_in(&a, "", &action, ar).await.unwrap();
     for (d, ok) in [(action, true), (nobody, false)] {
-        let r = ac
-            .get_action_result(GetActionResultRequest {
-                action_digest: Some(d.to_reapi()),
-                digest_function: DigestFunction::Sha256.to_reapi(),
-                ..Default::default()
-            })
-            .await;
+        let r = get_result(&a, &d).await;
         assert_eq!(r.is_ok(), ok, "{r:?}");
     }
 

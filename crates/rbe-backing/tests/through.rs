@@ -5,55 +5,15 @@
 
 mod common;
 
-use common::{blob, pair, stats, BOUND};
+use common::{blob, get_result, pair, stats, update_result, BOUND};
 use prost::Message;
 use rbe_proto::casd::casd_client::CasdClient;
 use rbe_proto::casd::MaterializeRequest;
-use rbe_proto::reapi::action_cache_client::ActionCacheClient;
 use rbe_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use rbe_proto::reapi::{
-    ActionResult, Directory, DirectoryNode, FileNode, GetActionResultRequest, GetTreeRequest,
-    OutputFile, UpdateActionResultRequest,
-};
+use rbe_proto::reapi::{Directory, DirectoryNode, FileNode, GetTreeRequest};
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::client;
-use tonic::transport::Channel;
 use tonic::Code;
-
-fn result_with(out: &Digest) -> ActionResult {
-    ActionResult {
-        output_files: vec![OutputFile {
-            path: "out/a".into(),
-            digest: Some(out.to_reapi()),
-            ..Default::default()
-        }],
-        exit_code: 0,
-        ..Default::default()
-    }
-}
-
-async fn get(ch: &Channel, action: &Digest) -> Result<ActionResult, tonic::Status> {
-    ActionCacheClient::new(ch.clone())
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(action.to_reapi()),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn update(ch: &Channel, action: &Digest, ar: ActionResult) -> Result<(), tonic::Status> {
-    ActionCacheClient::new(ch.clone())
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(action.to_reapi()),
-            action_result: Some(ar),
-            digest_function: DigestFunction::Sha256.to_reapi(),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
-}
 
 #[tokio::test]
 async fn the_action_cache_is_written_and_read_through() {
@@ -66,8 +26,8 @@ async fn the_action_cache_is_written_and_read_through() {
         .await
         .unwrap();
     let action = blob(50, 32).0;
-    update(&a, &action, result_with(&out.0)).await.unwrap();
-    assert_eq!(get(&b, &action).await.unwrap().output_files.len(), 1);
+    update_result(&a, &action, &out.0).await.unwrap();
+    assert_eq!(get_result(&b, &action).await.unwrap().output_files.len(), 1);
 
     // Only in B: A serves it, and its output is local before it does.
     let out2 = blob(3 << 20, 33);
@@ -75,9 +35,12 @@ async fn the_action_cache_is_written_and_read_through() {
         .await
         .unwrap();
     let action2 = blob(50, 34).0;
-    update(&b, &action2, result_with(&out2.0)).await.unwrap();
+    update_result(&b, &action2, &out2.0).await.unwrap();
     let fetched = stats(&a).await.backing_fetches;
-    assert_eq!(get(&a, &action2).await.unwrap().output_files.len(), 1);
+    assert_eq!(
+        get_result(&a, &action2).await.unwrap().output_files.len(),
+        1
+    );
     assert_eq!(stats(&a).await.backing_fetches, fetched + 1);
     let s = stats(&b).await.blobs_read;
     assert_eq!(client::read(&a, "", &out2.0).await.unwrap(), out2.1);
@@ -85,21 +48,22 @@ async fn the_action_cache_is_written_and_read_through() {
 
     // In B without its output: a miss on A, not a result it cannot serve.
     let action3 = blob(50, 35).0;
-    update(&b, &action3, result_with(&blob(10, 36).0))
-        .await
-        .unwrap();
-    assert_eq!(get(&a, &action3).await.unwrap_err().code(), Code::NotFound);
+    update_result(&b, &action3, &blob(10, 36).0).await.unwrap();
+    assert_eq!(
+        get_result(&a, &action3).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     // B down: writing a result fails naming it; nothing is stored on A.
     p.b.kill9();
     let action4 = blob(50, 37).0;
-    let e = tokio::time::timeout(BOUND, update(&a, &action4, result_with(&out.0)))
+    let e = tokio::time::timeout(BOUND, update_result(&a, &action4, &out.0))
         .await
         .unwrap()
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains(&p.url), "{e:?}");
-    let e = tokio::time::timeout(BOUND, get(&a, &action4))
+    let e = tokio::time::timeout(BOUND, get_result(&a, &action4))
         .await
         .unwrap()
         .unwrap_err();

@@ -3,16 +3,17 @@
 //! mid-build, and the file system's hard-link limit.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 
 use prost::Message;
 use rbe_cas::materialize::{materialize, open_target, DirCache, Materialized, TreeError};
-use rbe_cas::{Store, StoreConfig};
+use rbe_cas::Store;
 use rbe_proto::reapi::{Directory, FileNode};
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::Digest;
 
-const F: DigestFunction = DigestFunction::Sha256;
+mod common;
+use common::{blob_path, open, F};
 
 /// A temp dir on a disk file system where there is one (`/var/tmp` is
 /// usually not tmpfs): rename and link timing, and the hard-link limit,
@@ -23,27 +24,6 @@ fn disk_tempdir() -> tempfile::TempDir {
         .tempdir_in("/var/tmp")
         .or_else(|_| tempfile::tempdir())
         .expect("tmp")
-}
-
-fn open(dir: &Path) -> Arc<Store> {
-    let s = Store::open(StoreConfig {
-        root: dir.to_path_buf(),
-        max_size: 1 << 30,
-        high_watermark: 0.9,
-        low_watermark: 0.5,
-        verify_reads: true,
-    })
-    .expect("open");
-    s.load_index().expect("load");
-    s
-}
-
-fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
-    let h = d.hex();
-    dir.join("cas.v1")
-        .join(d.function.name())
-        .join(&h[..2])
-        .join(h)
 }
 
 fn data(n: usize, seed: u64) -> Vec<u8> {

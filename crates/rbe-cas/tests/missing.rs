@@ -8,25 +8,18 @@ use std::sync::Arc;
 use prost::Message;
 use rbe_cas::ac::ActionCache;
 use rbe_cas::materialize::{missing_tree, DirCache, TreeError, MAX_ENTRIES};
-use rbe_cas::{CasError, Store, StoreConfig};
+use rbe_cas::{CasError, Store};
 use rbe_proto::reapi::{
     ActionResult, Directory, DirectoryNode, FileNode, OutputDirectory, OutputFile, Tree,
 };
-use rbe_proto::{Digest, DigestFunction};
+use rbe_proto::Digest;
 
-const F: DigestFunction = DigestFunction::Sha256;
+mod common;
+use common::F;
 
 fn open() -> (tempfile::TempDir, Arc<Store>) {
     let t = tempfile::tempdir().expect("tmp");
-    let s = Store::open(StoreConfig {
-        root: t.path().to_path_buf(),
-        max_size: 1 << 30,
-        high_watermark: 0.9,
-        low_watermark: 0.5,
-        verify_reads: true,
-    })
-    .expect("open");
-    s.load_index().expect("load");
+    let s = common::open(t.path());
     (t, s)
 }
 

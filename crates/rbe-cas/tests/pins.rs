@@ -9,24 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rbe_cas::pins::Leases;
-use rbe_cas::{Store, StoreConfig};
-use rbe_proto::{Digest, DigestFunction};
+use rbe_cas::Store;
+use rbe_proto::Digest;
 
-const F: DigestFunction = DigestFunction::Sha256;
+mod common;
+use common::{open, F};
+
 const TTL: Duration = Duration::from_secs(600);
-
-fn open(dir: &std::path::Path) -> Arc<Store> {
-    let s = Store::open(StoreConfig {
-        root: dir.to_path_buf(),
-        max_size: 1 << 30,
-        high_watermark: 0.9,
-        low_watermark: 0.5,
-        verify_reads: true,
-    })
-    .expect("open");
-    s.load_index().expect("load");
-    s
-}
 
 fn put(s: &Arc<Store>, data: &[u8]) -> Digest {
     let d = Digest::of(F, data);

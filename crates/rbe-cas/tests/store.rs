@@ -1,36 +1,17 @@
 //! Store behaviour on a real filesystem.
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 
-use rbe_cas::{CasError, Store, StoreConfig};
+use rbe_cas::CasError;
 use rbe_proto::{Digest, DigestFunction};
 
-fn open(dir: &std::path::Path, max: u64) -> Arc<Store> {
-    let s = Store::open(StoreConfig {
-        root: dir.to_path_buf(),
-        max_size: max,
-        high_watermark: 0.9,
-        low_watermark: 0.5,
-        verify_reads: true,
-    })
-    .expect("open");
-    s.load_index().expect("load");
-    s
-}
-
-fn blob_path(dir: &std::path::Path, d: &Digest) -> std::path::PathBuf {
-    let h = d.hex();
-    dir.join("cas.v1")
-        .join(d.function.name())
-        .join(&h[..2])
-        .join(h)
-}
+mod common;
+use common::{blob_path, open, open_sized};
 
 #[test]
 fn put_read_and_readonly_inode() {
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     for f in DigestFunction::ALL {
         let d = Digest::of(f, b"hello");
         assert!(!s.contains(&d));
@@ -49,7 +30,7 @@ fn put_read_and_readonly_inode() {
 #[test]
 fn wrong_content_is_refused_and_leaves_nothing() {
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     let d = Digest::of(DigestFunction::Sha256, b"hello");
     assert!(matches!(
         s.put(d, b"hellp"),
@@ -69,7 +50,7 @@ fn wrong_content_is_refused_and_leaves_nothing() {
 #[test]
 fn corrupt_file_is_detected_and_removed() {
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     let d = Digest::of(DigestFunction::Sha256, b"precious bytes");
     s.put(d, b"precious bytes").expect("put");
     let p = blob_path(t.path(), &d);
@@ -85,7 +66,7 @@ fn restart_rebuilds_index_and_cleans_temp_files() {
     let t = tempfile::tempdir().expect("tmp");
     let d = Digest::of(DigestFunction::Blake3, b"survivor");
     {
-        let s = open(t.path(), 1 << 30);
+        let s = open(t.path());
         s.put(d, b"survivor").expect("put");
         let _w = s
             .begin_write(Digest::of(DigestFunction::Sha256, b"torn"))
@@ -96,7 +77,7 @@ fn restart_rebuilds_index_and_cleans_temp_files() {
         std::fs::read_dir(t.path().join("tmp")).expect("ls").count(),
         1
     );
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     assert_eq!(
         std::fs::read_dir(t.path().join("tmp")).expect("ls").count(),
         0
@@ -108,7 +89,7 @@ fn restart_rebuilds_index_and_cleans_temp_files() {
 #[test]
 fn lru_eviction_respects_watermarks_and_pins() {
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1000); // high 900, low 500
+    let s = open_sized(t.path(), 1000); // high 900, low 500
     let blobs: Vec<(Digest, Vec<u8>)> = (0..9u8)
         .map(|i| {
             let data = vec![i; 100];
@@ -137,7 +118,7 @@ fn lru_eviction_respects_watermarks_and_pins() {
 #[test]
 fn batch_put_with_syncfs() {
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     let datas: Vec<Vec<u8>> = (0..50u32).map(|i| i.to_le_bytes().repeat(10)).collect();
     let mut items: Vec<(Digest, &[u8])> = datas
         .iter()
@@ -156,7 +137,7 @@ fn batch_put_with_syncfs() {
 #[test]
 fn ranged_reads() {
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
     let d = Digest::of(DigestFunction::Sha256, &data);
     s.put(d, &data).expect("put");
@@ -171,7 +152,7 @@ fn ranged_reads() {
 #[test]
 fn a_read_with_the_wrong_size_does_not_delete_the_blob() {
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     let d = Digest::of(DigestFunction::Sha256, b"keep me");
     s.put(d, b"keep me").expect("put");
     let wrong = Digest { size: 3, ..d };
@@ -183,7 +164,7 @@ fn a_read_with_the_wrong_size_does_not_delete_the_blob() {
 #[test]
 fn big_batches_do_not_hold_a_descriptor_per_blob() {
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     let datas: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().to_vec()).collect();
     let items: Vec<(Digest, &[u8])> = datas
         .iter()
@@ -211,7 +192,7 @@ fn materialize_refuses_trees_that_expand_beyond_the_limits() {
     use rbe_cas::materialize::{materialize, open_target, DirCache, TreeError};
     use rbe_proto::reapi::{Directory, DirectoryNode, FileNode};
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     let f = DigestFunction::Sha256;
     let leaf = Digest::of(f, b"y");
     s.put(leaf, b"y").expect("leaf");
@@ -266,7 +247,7 @@ fn materialize_refuses_trees_that_expand_beyond_the_limits() {
 #[test]
 fn reclaim_removes_only_what_no_pin_holds() {
     let t = tempfile::tempdir().expect("tmp");
-    let s = open(t.path(), 1 << 30);
+    let s = open(t.path());
     let blobs: Vec<(Digest, Vec<u8>)> = (0..3u8)
         .map(|i| {
             let data = vec![i; 100];

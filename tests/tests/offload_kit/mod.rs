@@ -11,13 +11,16 @@ use prost::Message;
 use rbe_proto::cluster::{origin_message, Offer, OriginMessage};
 use rbe_proto::longrunning::operation;
 use rbe_proto::reapi::{
-    command::EnvironmentVariable, execution_client::ExecutionClient, Action, Command, Directory,
-    ExecuteRequest, ExecuteResponse, FileNode, RequestMetadata,
+    action_cache_client::ActionCacheClient, command::EnvironmentVariable,
+    execution_client::ExecutionClient, execution_stage, Action, ActionResult, Command, Directory,
+    ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, FileNode, GetActionResultRequest,
+    RequestMetadata,
 };
 use rbe_proto::worker::Assignment;
 use rbe_proto::{Digest, DigestFunction};
 use rbe_testkit::client;
 use rbe_testkit::cluster::LocalCluster;
+use rbe_testkit::exec::start_command_with;
 use tonic::transport::Channel;
 
 pub const F: DigestFunction = DigestFunction::Sha256;
@@ -159,6 +162,24 @@ pub fn host_of(r: &ExecuteResponse) -> String {
         Some((node, _)) => node.to_owned(),
         None => w.trim_end_matches("-worker").to_owned(),
     }
+}
+
+/// Checks that `r` ran (status OK, exit code 0) and returns its output
+/// `out`, read through `ch` (the origin's, whichever host ran it).
+pub async fn output_of(ch: &Channel, r: &ExecuteResponse) -> Vec<u8> {
+    assert_eq!(r.status.as_ref().map_or(0, |s| s.code), 0, "{r:?}");
+    let result = r.result.as_ref().expect("result");
+    assert_eq!(result.exit_code, 0, "{r:?}");
+    let out = result
+        .output_files
+        .iter()
+        .find(|f| f.path == "out")
+        .and_then(|f| f.digest.as_ref())
+        .expect("out");
+    let d = Digest::from_reapi(F, out).expect("digest");
+    client::read(ch, "", &d)
+        .await
+        .expect("output at the origin")
 }
 
 pub fn counter(s: &rbe_proto::cluster::ClusterStatus, name: &str) -> u64 {
@@ -349,4 +370,130 @@ pub fn offer(origin: &str, hop: u32, a: &Act) -> OriginMessage {
             ..Default::default()
         })),
     }
+}
+
+/// Sends `sig` ("-9", "-STOP", ...) to `pid` with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+/// Keeps host `i`'s one slot busy with a `sleep secs` that stays there
+/// (`do_not_cache`: never offloaded), returning its stream once it runs.
+pub async fn occupy(
+    c: &LocalCluster,
+    i: usize,
+    secs: u32,
+    md: Option<&RequestMetadata>,
+) -> tonic::Streaming<rbe_proto::longrunning::Operation> {
+    let ch = c.hosts[i].stack.channel();
+    let mut s = start_command_with(&ch, &["sleep", &secs.to_string()], &[], 120, md)
+        .await
+        .expect("Execute the blocker");
+    loop {
+        let op = s.message().await.expect("stream").expect("an update");
+        let md = op
+            .metadata
+            .as_ref()
+            .and_then(|a| ExecuteOperationMetadata::decode(a.value.as_slice()).ok())
+            .expect("metadata");
+        if md.stage == execution_stage::Value::Executing as i32 {
+            return s;
+        }
+        assert!(!op.done, "the blocker ended: {op:?}");
+    }
+}
+
+/// Executes `y` at host 0 after uploading only its Action, Command and
+/// input root (a client that never uploaded the input files): the answer
+/// is FAILED_PRECONDITION with one MISSING violation per input file,
+/// exactly as for a local action.
+pub async fn fails_listing_missing_inputs(c: &LocalCluster, y: Act) {
+    let ch = c.hosts[0].stack.channel();
+    let codes = client::batch_update(&ch, "", &y.blobs[..3])
+        .await
+        .expect("BatchUpdateBlobs");
+    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
+    let r = tokio::time::timeout(LIMIT, execute(ch, y.action))
+        .await
+        .expect("the action did not end");
+    let st = r.status.clone().unwrap_or_default();
+    assert_eq!(
+        st.code,
+        tonic::Code::FailedPrecondition as i32,
+        "{r:?}; a: {:?}",
+        c.status(0).await
+    );
+    let status = tonic::Status::with_details(
+        tonic::Code::FailedPrecondition,
+        st.message.clone(),
+        st.encode_to_vec().into(),
+    );
+    let pf = rbe_proto::status::precondition_failure(&status).expect("a PreconditionFailure");
+    let mut subjects: Vec<String> = pf.violations.iter().map(|v| v.subject.clone()).collect();
+    subjects.sort();
+    let mut want: Vec<String> = y.blobs[3..]
+        .iter()
+        .map(|(d, _)| format!("blobs/{}/{}", d.hex(), d.size))
+        .collect();
+    want.sort();
+    assert_eq!(subjects, want, "{pf:?}");
+    assert!(
+        pf.violations.iter().all(|v| v.r#type == "MISSING"),
+        "{pf:?}"
+    );
+}
+
+/// Host 0 (one slot) starts three 8 s actions, one of which host 1 runs;
+/// host 0's frontend is then killed (-9) and host 1 finishes that orphan
+/// (`orphan_policy` must let it) rather than cancel it. Returns the
+/// orphan's action digest, and the Execute tasks of the dead origin,
+/// which the caller holds to its end.
+pub async fn finish_an_orphan(
+    c: &LocalCluster,
+) -> (Digest, Vec<tokio::task::JoinHandle<ExecuteResponse>>) {
+    let acts: Vec<(Act, String)> = (0..3).map(|_| marked_sleep(8)).collect();
+    let ch = c.hosts[0].stack.channel();
+    let runs = start_all(&ch, acts.iter().map(|(a, _)| a)).await;
+    let b_worker = c.hosts[1].stack.workerd_pid().expect("b's worker runs");
+    let on_b = || {
+        acts.iter()
+            .position(|(_, m)| !running(b_worker, m).is_empty())
+    };
+    until(c, 1, LIMIT, "nothing of a's ran on b", || {
+        let found = on_b().is_some();
+        async move { found }
+    })
+    .await;
+    let i = on_b().expect("an action of a's runs on b");
+    signal(c.hosts[0].stack.frontend_pid().expect("a runs"), "-9");
+    until(c, 1, LIMIT, "b did not finish the orphan", || async {
+        counter(&c.status(1).await, "orphans_finished") >= 1
+    })
+    .await;
+    let s = c.status(1).await;
+    assert_eq!(counter(&s, "orphans_cancelled"), 0, "{s:?}");
+    (acts[i].0.action, runs)
+}
+
+/// The result the action cache behind `ch` holds for `action`, waiting
+/// for it: an action-cache write is queued, so it lands shortly after the
+/// action ends. None if it has not after 100 tries 200 ms apart.
+pub async fn queued_action_result(ch: &Channel, action: Digest) -> Option<ActionResult> {
+    let ac = ActionCacheClient::new(ch.clone());
+    let req = GetActionResultRequest {
+        action_digest: Some(action.to_reapi()),
+        digest_function: F.to_reapi(),
+        ..Default::default()
+    };
+    for _ in 0..100 {
+        if let Ok(r) = ac.clone().get_action_result(req.clone()).await {
+            return Some(r.into_inner());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
 }

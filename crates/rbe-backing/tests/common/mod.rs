@@ -147,10 +147,33 @@ pub fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf
     None
 }
 
+/// A result with one output file, `out/a`, of `out`.
+pub fn result_with(out: &Digest) -> ActionResult {
+    ActionResult {
+        output_files: vec![OutputFile {
+            path: "out/a".into(),
+            digest: Some(out.to_reapi()),
+            ..Default::default()
+        }],
+        exit_code: 0,
+        ..Default::default()
+    }
+}
+
 /// GetActionResult.
 pub async fn get_result(ch: &Channel, action: &Digest) -> Result<ActionResult, tonic::Status> {
+    get_result_in(ch, "", action).await
+}
+
+/// GetActionResult under `instance`.
+pub async fn get_result_in(
+    ch: &Channel,
+    instance: &str,
+    action: &Digest,
+) -> Result<ActionResult, tonic::Status> {
     ActionCacheClient::new(ch.clone())
         .get_action_result(GetActionResultRequest {
+            instance_name: instance.into(),
             action_digest: Some(action.to_reapi()),
             digest_function: DigestFunction::Sha256.to_reapi(),
             ..Default::default()
@@ -165,16 +188,19 @@ pub async fn update_result(
     action: &Digest,
     out: &Digest,
 ) -> Result<(), tonic::Status> {
-    let ar = ActionResult {
-        output_files: vec![OutputFile {
-            path: "out/a".into(),
-            digest: Some(out.to_reapi()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    update_result_in(ch, "", action, result_with(out)).await
+}
+
+/// UpdateActionResult of `ar` under `instance`.
+pub async fn update_result_in(
+    ch: &Channel,
+    instance: &str,
+    action: &Digest,
+    ar: ActionResult,
+) -> Result<(), tonic::Status> {
     ActionCacheClient::new(ch.clone())
         .update_action_result(UpdateActionResultRequest {
+            instance_name: instance.into(),
             action_digest: Some(action.to_reapi()),
             action_result: Some(ar),
             digest_function: DigestFunction::Sha256.to_reapi(),
