@@ -7,6 +7,18 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tonic::transport::Channel;
 
+/// Where a status command finds its daemon.
+#[derive(clap::Args)]
+pub struct SocketArgs {
+    /// The daemon's local socket. Default: from its configuration
+    /// (`listen.socket` of casd.toml; `listen.local` of frontend.toml).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Configuration directory, lowest precedence first; repeatable.
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dirs: Vec<PathBuf>,
+}
+
 /// `socket` if given, else what `from_config` reads from the configuration
 /// in `config_dirs` (the default directories when none are given).
 pub fn socket(

@@ -2,21 +2,12 @@
 //! from its ClusterAdmin service on the local socket.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use rbe_proto::cluster::cluster_admin_client::ClusterAdminClient;
 use rbe_proto::cluster::{ClusterStatus, ClusterStatusRequest, LoadReport};
 
-#[derive(clap::Args)]
-pub struct StatusArgs {
-    /// The frontend's local socket. Default: `listen.local` of frontend.toml.
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Configuration directory, lowest precedence first; repeatable.
-    #[arg(long = "config-dir", value_name = "DIR")]
-    config_dirs: Vec<PathBuf>,
-}
+pub use crate::ask::SocketArgs as StatusArgs;
 
 pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = crate::ask::socket(a.socket, a.config_dirs, |dirs| {

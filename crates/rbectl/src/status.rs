@@ -3,21 +3,12 @@
 //! failures per operation) and what the local store saves (hit rates).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use rbe_proto::casd::casd_client::CasdClient;
 use rbe_proto::casd::{BackingStats, StatsRequest, StatsResponse};
 
-#[derive(clap::Args)]
-pub struct StatusArgs {
-    /// casd's socket. Default: `listen.socket` of casd.toml.
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Configuration directory, lowest precedence first; repeatable.
-    #[arg(long = "config-dir", value_name = "DIR")]
-    config_dirs: Vec<PathBuf>,
-}
+pub use crate::ask::SocketArgs as StatusArgs;
 
 pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = crate::ask::socket(a.socket, a.config_dirs, |dirs| {
