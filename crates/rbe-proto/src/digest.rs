@@ -265,6 +265,27 @@ impl Digest {
         }
     }
 
+    /// The digest of everything `r` yields, read a piece at a time (a
+    /// large file is never held whole).
+    pub fn of_reader(function: DigestFunction, mut r: impl std::io::Read) -> std::io::Result<Self> {
+        let mut h = function.hasher();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(Self {
+            function,
+            hash: h.finish(),
+            size,
+        })
+    }
+
     /// The digest of the empty blob, which is always present.
     pub fn empty(function: DigestFunction) -> Self {
         Self::of(function, &[])
@@ -293,6 +314,17 @@ mod tests {
     use super::*;
 
     const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn a_reader_digests_like_its_bytes() {
+        let data: Vec<u8> = (0..(3 << 20) + 7).map(|i| (i % 251) as u8).collect();
+        for f in [DigestFunction::Sha256, DigestFunction::Blake3] {
+            for n in [0, 1, 1 << 20, data.len()] {
+                let got = Digest::of_reader(f, &data[..n]).expect("reading a slice");
+                assert_eq!(got, Digest::of(f, &data[..n]));
+            }
+        }
+    }
 
     #[test]
     fn empty_sha256() {

@@ -92,25 +92,7 @@ impl Uploader {
         let f = self.function;
         let (d, file) =
             tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, std::fs::File)> {
-                let mut h = f.hasher();
-                let mut buf = vec![0u8; CHUNK];
-                let mut total = 0u64;
-                loop {
-                    let n = file.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                    total += n as u64;
-                }
-                Ok((
-                    Digest {
-                        function: f,
-                        hash: h.finish(),
-                        size: total,
-                    },
-                    file,
-                ))
+                Ok((Digest::of_reader(f, &mut file)?, file))
             })
             .await?
             .with_context(|| format!("hashing {name}"))?;

@@ -180,9 +180,11 @@ async fn send_one(casd: &Arc<Casd>, t: &Arc<Through>, d: Digest) -> Result<Outco
     let store = Arc::clone(&casd.store);
     let file = store.file_of(&d);
     let f2 = file.clone();
-    let hashed = super::blocking(move || digest_of_file(d.function, &f2))
-        .await
-        .map_err(|e| e.to_string())?;
+    let hashed = super::blocking(move || {
+        std::fs::File::open(&f2).and_then(|f| Digest::of_reader(d.function, f))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     match hashed {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Gone),
         Err(e) => {
@@ -217,26 +219,4 @@ async fn write_marker(root: &Path, identity: &str) -> std::io::Result<()> {
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-/// The digest of a file's bytes, read in pieces.
-fn digest_of_file(function: DigestFunction, path: &Path) -> std::io::Result<Digest> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = function.hasher();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok(Digest {
-        function,
-        hash: hasher.finish(),
-        size,
-    })
 }
